@@ -1,0 +1,3 @@
+from elastic_nas.cli import main
+
+raise SystemExit(main())

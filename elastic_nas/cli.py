@@ -1,0 +1,101 @@
+"""``elastic-nas`` command line: one subcommand per step, lazy imports so ``--help`` is instant.
+
+User errors (:class:`elastic_nas.errors.UserError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--config", default=default, help=f"YAML job config (default: {default})")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set elastic.max_workers=4 (repeatable)",
+    )
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from elastic_nas.data.cli import prepare
+
+    return prepare(args)
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from elastic_nas.data.cli import convert
+
+    return convert(args)
+
+
+def _cmd_arch_info(args: argparse.Namespace) -> int:
+    from elastic_nas.spaces.cli import arch_info
+
+    return arch_info(args)
+
+
+def _cmd_supernet(args: argparse.Namespace) -> int:
+    from elastic_nas.train.cli import supernet
+
+    return supernet(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elastic-nas",
+        description="One-shot NAS (SPOS, Cream) on elastic, preemptible Ray clusters.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # data
+    data = sub.add_parser("data", help="prepare or convert datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data_sub.add_parser("prepare", help="generate/cache a dataset and print its splits")
+    _add_config_args(p, "jobs/supernet.yaml")
+    p.set_defaults(func=_cmd_data_prepare)
+    p = data_sub.add_parser("convert", help="convert an ImageNet-style folder into parquet shards")
+    p.add_argument("src", help="folder with one subfolder per class (JPEG/PNG)")
+    p.add_argument("dst", help="output directory for parquet shards")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes (default: all cores)")
+    p.set_defaults(func=_cmd_data_convert)
+
+    # arch
+    arch = sub.add_parser("arch", help="inspect architectures")
+    arch_sub = arch.add_subparsers(dest="arch_command", metavar="ACTION", required=True)
+    p = arch_sub.add_parser("info", help="print MACs, params and the normalised arch as JSON")
+    p.add_argument("--space", choices=["spos", "cream"], default=None,
+                   help="search space (implied by a published name)")
+    p.add_argument("--arch", required=True,
+                   help="a JSON list, or a published name (spos-323m, cream-14 ... cream-604)")
+    p.add_argument("--input-size", type=int, default=None, help="input resolution (default: published or 224)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.set_defaults(func=_cmd_arch_info)
+
+    # steps
+    p = sub.add_parser("supernet", help="train a weight-sharing supernet on Ray Train (elastic)")
+    _add_config_args(p, "jobs/supernet.yaml")
+    p.set_defaults(func=_cmd_supernet)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from elastic_nas.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except UserError as e:
+        print(f"elastic-nas: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("elastic-nas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,342 @@
+"""Typed job configs: dataclasses loaded from YAML with ``--set key.sub=value`` overrides.
+
+Every check here runs before any work starts; a failure raises :class:`ConfigError`
+naming the key, which the CLI prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from elastic_nas.errors import ConfigError
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    name: str = "supernet"  # run name; launching again with the same name resumes
+    storage_path: str = "runs"  # local directory or a pyarrow URI (s3://bucket/prefix)
+    seed: int = 0  # seeds paths, data order and init; same seed -> same run
+
+    def validate(self, prefix: str) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"{prefix}.name", f"must be a non-empty name without '/', got {self.name!r}")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "cifar10", "imagefolder", "parquet"] = "synthetic"
+    path: str = ""  # cifar10 root, imagefolder/parquet dir or URI; synthetic: cache dir ("" = default)
+    seed: int = 0  # synthetic generation and the train/search_val split
+    num_train: int = 50000  # synthetic only: train images generated (search_val is carved from them)
+    num_test: int = 10000  # synthetic only: test images generated
+    search_val_size: int = 5000  # images held out from train for search (SPOS holds out 50k on ImageNet)
+    augment: bool = True  # random crop + flip on the train split
+    num_workers: int = 0  # DataLoader processes per training worker (0 = in-process)
+    download: bool = True  # cifar10: fetch when the files are absent (off: fail fast offline)
+
+    def validate(self, prefix: str) -> None:
+        _positive(self.num_train, f"{prefix}.num_train")
+        _positive(self.num_test, f"{prefix}.num_test")
+        _non_negative(self.search_val_size, f"{prefix}.search_val_size")
+        _non_negative(self.num_workers, f"{prefix}.num_workers")
+        if self.source in ("imagefolder", "parquet") and not self.path:
+            raise ConfigError(f"{prefix}.path", f"source {self.source!r} needs a path")
+        if self.source == "synthetic" and self.search_val_size >= self.num_train:
+            raise ConfigError(
+                f"{prefix}.search_val_size",
+                f"must be smaller than num_train ({self.num_train}), got {self.search_val_size}",
+            )
+
+
+@dataclass
+class SpaceConfig:
+    name: Literal["spos", "cream"] = "spos"
+    input_size: int = 32  # square input resolution
+    num_classes: int = 10
+    stem_stride: int = 1  # 2 in the published spaces; 1 keeps 32x32 inputs from vanishing
+    width_mult: float = 1.0  # scales every width (SPOS/Cream published = 1.0)
+    channel_search: bool = False  # SPOS block+channel variant: mid width scale per block
+    max_depths: list[int] = field(default_factory=lambda: [4, 4, 5, 4, 4])  # Cream: max blocks per choice stage
+
+    def validate(self, prefix: str) -> None:
+        _positive(self.input_size, f"{prefix}.input_size")
+        _positive(self.num_classes, f"{prefix}.num_classes")
+        if self.stem_stride not in (1, 2):
+            raise ConfigError(f"{prefix}.stem_stride", f"must be 1 or 2, got {self.stem_stride}")
+        if self.width_mult <= 0:
+            raise ConfigError(f"{prefix}.width_mult", f"must be > 0, got {self.width_mult}")
+        if len(self.max_depths) != 5 or any(d < 1 for d in self.max_depths):
+            raise ConfigError(f"{prefix}.max_depths", f"must be 5 depths >= 1, got {self.max_depths}")
+
+
+@dataclass
+class SamplingConfig:
+    method: Literal["uniform", "flops_bins"] = "uniform"  # SPOS: uniform over MACs bins
+    flops_min: float = 0.0  # MACs lower bound for sampled paths, in millions (0 = none)
+    flops_max: float = 0.0  # MACs upper bound, in millions (0 = none)
+    num_bins: int = 7  # flops_bins: SPOS splits [290, 360] MFLOPs into 7 bins
+    max_tries: int = 500  # rejection tries per bin before falling back to plain uniform (SPOS: 500)
+
+    def validate(self, prefix: str) -> None:
+        _non_negative(self.flops_min, f"{prefix}.flops_min")
+        _non_negative(self.flops_max, f"{prefix}.flops_max")
+        if self.flops_max and self.flops_min > self.flops_max:
+            raise ConfigError(
+                f"{prefix}.flops_min", f"flops_min ({self.flops_min}) > flops_max ({self.flops_max})"
+            )
+        _positive(self.num_bins, f"{prefix}.num_bins")
+        _positive(self.max_tries, f"{prefix}.max_tries")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1  # LR at reference_batch; scaled linearly with the global batch
+    reference_batch: int = 256  # global batch at which `lr` applies
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 4e-5  # not applied to 1-D params (BN, bias), as SPOS
+    label_smoothing: float = 0.1
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay, written in samples seen
+    warmup_epochs: float = 0.0  # linear warm-up, in epochs of samples
+    epochs: float = 2.0  # training length in epochs of the train split
+    grad_clip: float = 0.0  # max grad norm (0 = off)
+
+    def validate(self, prefix: str) -> None:
+        _positive(self.lr, f"{prefix}.lr")
+        _positive(self.reference_batch, f"{prefix}.reference_batch")
+        _positive(self.epochs, f"{prefix}.epochs")
+        _non_negative(self.warmup_epochs, f"{prefix}.warmup_epochs")
+        _non_negative(self.weight_decay, f"{prefix}.weight_decay")
+        _non_negative(self.grad_clip, f"{prefix}.grad_clip")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{prefix}.momentum", f"must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"{prefix}.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class ElasticConfig:
+    min_workers: int = 1
+    max_workers: int = 2
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    batch_policy: Literal["scale", "fixed", "naive"] = "scale"  # scale = Dynamic mini-batch SGD; naive = no LR rescale (baseline)
+    per_worker_batch: int = 64  # scale: fixed per-worker batch
+    global_batch: int = 128  # fixed: constant global batch, split over the workers
+    max_per_worker_batch: int = 256  # fixed: above this, accumulate gradients
+    lr_ramp_steps: int = 8  # scale: LR moves to its new value over T*r steps (Lin et al.)
+    max_failures: int = 10  # Ray's default of 0 ends the run on the first node loss
+    checkpoint_every_steps: int = 50
+    checkpoint_every_s: float = 60.0
+    keep_checkpoints: int = 3
+    preemption_poll_steps: int = 5  # every rank polls the preemption barrier this often
+    report_every_steps: int = 10
+    resize_monitor_interval_s: float = 2.0  # Train V2 elastic_resize_monitor_interval_s
+    sample_log_dir: str = ""  # audit: each rank logs the sample ids of every step ("" = off)
+
+    def validate(self, prefix: str) -> None:
+        _positive(self.min_workers, f"{prefix}.min_workers")
+        if self.min_workers > self.max_workers:
+            raise ConfigError(
+                f"{prefix}.min_workers",
+                f"min_workers ({self.min_workers}) > max_workers ({self.max_workers})",
+            )
+        for key in ("per_worker_batch", "global_batch", "max_per_worker_batch", "lr_ramp_steps",
+                    "checkpoint_every_steps", "keep_checkpoints", "preemption_poll_steps",
+                    "report_every_steps"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
+        _non_negative(self.max_failures, f"{prefix}.max_failures")
+        _positive(self.checkpoint_every_s, f"{prefix}.checkpoint_every_s")
+        _positive(self.resize_monitor_interval_s, f"{prefix}.resize_monitor_interval_s")
+
+
+@dataclass
+class SupernetConfig:
+    """``elastic-nas supernet``: weight-sharing supernet training."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    strategy: Literal["spos", "cream"] = "spos"
+
+    def validate(self, prefix: str = "") -> None:
+        if self.strategy == "cream" and self.space.name != "cream":
+            raise ConfigError("strategy", "strategy 'cream' needs space.name: cream")
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from a YAML file plus ``key.sub=value`` overrides, fully validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"no such file: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("--config", f"{p} must hold a mapping at top level")
+        raw = loaded or {}
+    for item in overrides or []:
+        _apply_override(raw, item)
+    cfg = from_dict(cls, raw)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "<root>", f"expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(full, f"unknown key (valid: {', '.join(fields)}){hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Run each section's ``validate`` (children first), naming keys by their dotted path."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}.")
+    if hasattr(cfg, "validate"):
+        cfg.validate(prefix.rstrip("."))
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError("--set", f"expected key.sub=value, got {item!r}")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"{part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, f"{key}.")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(key, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(key, f"expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config field {key} has unsupported type {tp}")  # programming error
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def _non_negative(value: float, key: str) -> None:
+    if value < 0:
+        raise ConfigError(key, f"must be >= 0, got {value}")
+
+
+__all__ = [
+    "DataConfig",
+    "ElasticConfig",
+    "OptimConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "SpaceConfig",
+    "SupernetConfig",
+    "from_dict",
+    "load_config",
+    "to_dict",
+    "validate",
+]

@@ -1,0 +1,160 @@
+"""Training checkpoints: atomic, checksummed, ``weights_only`` loading, validated against the run.
+
+A checkpoint is a directory ``checkpoint_step<NNNNNNNNN>/`` holding
+
+* ``state.pt`` -- ``torch.save`` of plain containers and tensors only, so it loads with
+  ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects);
+* ``meta.json`` -- format version, kind, step, the run's fingerprint and the sha256 of
+  ``state.pt``. It is written last, so a directory without it is incomplete.
+
+Directories are read through a ``pyarrow.fs.FileSystem``, so the same code reads local
+paths and s3:// storage. A checkpoint that fails its checksum or cannot be parsed is
+skipped with a message naming it, and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+
+from elastic_nas.errors import CheckpointError
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+_DIR_RE = re.compile(r"^checkpoint_step(\d+)$")
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"checkpoint_step{step:09d}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write ``state`` and ``meta`` into ``directory`` atomically (state first, meta last)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    _atomic_write(directory / STATE_FILE, payload)
+    full_meta = dict(meta, format=FORMAT_VERSION, sha256=hashlib.sha256(payload).hexdigest())
+    _atomic_write(directory / META_FILE, json.dumps(full_meta, indent=1, sort_keys=True).encode())
+    return directory
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: str
+    meta: dict[str, Any]
+    state: dict[str, Any]
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheckpoint:
+    """Read and verify one checkpoint directory; :class:`CheckpointError` says what is wrong."""
+    if fs is None:
+        fs, path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    try:
+        meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is incomplete: no {META_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has an unreadable {META_FILE}: {e}") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
+    try:
+        payload = _read(fs, f"{path}/{STATE_FILE}")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is incomplete: no {STATE_FILE}") from None
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE} fails its sha256 check")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for malformed pickles
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {e}") from None
+    return LoadedCheckpoint(path=path, meta=meta, state=state)
+
+
+def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every checkpoint directory under ``run_path``, newest first."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except OSError:
+        return []
+    found = []
+    for info in infos:
+        m = _DIR_RE.match(info.base_name)
+        if m and info.type == pafs.FileType.Directory:
+            found.append((int(m.group(1)), info.path))
+    return sorted(found, reverse=True)
+
+
+def check_compatible(meta: dict[str, Any], fingerprint: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint from another space or an incompatible config, naming the key."""
+    theirs = meta.get("fingerprint", {})
+    for key, ours in fingerprint.items():
+        if key in theirs and theirs[key] != ours:
+            raise CheckpointError(
+                f"checkpoint {path} is incompatible with this config: {key} is {theirs[key]!r} "
+                f"there and {ours!r} here"
+            )
+        if key not in theirs:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}: not a checkpoint of this kind of run")
+
+
+def load_latest_valid(
+    candidates: list[str],
+    fingerprint: dict[str, Any],
+    fs: pafs.FileSystem | None = None,
+    log=None,
+) -> LoadedCheckpoint | None:
+    """The newest readable checkpoint of ``candidates`` (newest first).
+
+    Corrupt or incomplete ones are skipped with a message saying which, and which one
+    is used instead; an incompatible one is an error (falling back would silently
+    train a different run).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    skipped: list[str] = []
+    for path in candidates:
+        try:
+            ckpt = read_checkpoint(path, fs)
+        except CheckpointError as e:
+            skipped.append(str(e))
+            log(f"elastic-nas: {e}; trying the previous checkpoint")
+            continue
+        check_compatible(ckpt.meta, fingerprint, path)
+        if skipped:
+            log(f"elastic-nas: resuming from {path} (step {ckpt.meta.get('step')}) after skipping {len(skipped)}")
+        return ckpt
+    if skipped:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(skipped))
+    return None

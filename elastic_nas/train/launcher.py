@@ -1,0 +1,103 @@
+"""Driver side: start Ray, build the ``TorchTrainer``, run it, and summarise the result.
+
+The Ray Train knobs below make recovery fast; Ray propagates ``RAY_TRAIN_*`` variables
+from the driver to its controller. A user's own environment always wins (setdefault).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+
+from elastic_nas.config import ElasticConfig, RunConfig
+from elastic_nas.errors import UserError
+
+# Ray's defaults wait 60 s for a restarted worker group and check health every 2 s;
+# on a resize that is most of the ~68 s it takes to resume (see README, "Elastic").
+RAY_TRAIN_ENV_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10",
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+}
+
+
+def init_ray() -> None:
+    """Connect to ``RAY_ADDRESS`` / a running local cluster, or start one on 127.0.0.1."""
+    for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True, dashboard_host="127.0.0.1")
+
+
+def resolve_storage(run: RunConfig) -> str:
+    """An absolute local path or a URI that pyarrow can open; a clear error otherwise."""
+    path = run.storage_path
+    if "://" not in path:
+        p = Path(path).expanduser().resolve()
+        p.mkdir(parents=True, exist_ok=True)
+        return str(p)
+    try:
+        fs, fs_path = pafs.FileSystem.from_uri(path)
+        fs.get_file_info(fs_path)
+    except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
+        raise UserError(f"cannot reach run.storage_path {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return path
+
+
+def run_trainer(
+    worker_fn: Callable[[dict], None],
+    loop_config: dict[str, Any],
+    run: RunConfig,
+    elastic: ElasticConfig,
+    storage: str,
+):
+    """Run ``worker_fn`` on an elastic worker group; resumes if the run name exists."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    num_workers = (
+        elastic.max_workers if elastic.min_workers == elastic.max_workers
+        else (elastic.min_workers, elastic.max_workers)
+    )
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=elastic.use_gpu,
+            resources_per_worker=dict(elastic.resources_per_worker),
+            elastic_resize_monitor_interval_s=elastic.resize_monitor_interval_s,
+        ),
+        run_config=RayRunConfig(
+            name=run.name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=elastic.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=elastic.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()
+
+
+def local_run_dir(storage: str, name: str) -> Path | None:
+    return Path(storage) / name if "://" not in storage else None
+
+
+def print_outputs(title: str, outputs: dict[str, Any]) -> None:
+    print(f"\n{title}", flush=True)
+    width = max(len(k) for k in outputs)
+    for k, v in outputs.items():
+        print(f"  {k:<{width}}  {v}")
+    sys.stdout.flush()
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)

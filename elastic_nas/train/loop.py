@@ -1,0 +1,362 @@
+"""The per-worker elastic training loop, run by Ray Train V2 on every worker.
+
+It trains a supernet (one path per step) or a standalone subnet (the same "path" every
+step) with synchronous data-parallel SGD. Ray restarts the worker group on every resize
+or failure; the loop then resumes from the latest checkpoint at the new world size:
+
+* data: the :class:`ElasticSampler` cursor continues mid-epoch, so no sample of the
+  epoch is skipped or repeated (steps after the last checkpoint are redone as a whole);
+* LR/batch: :class:`ElasticLRPolicy` rescales the global batch and ramps the LR;
+* paths: the path of step t depends only on (seed, t), never on the world size.
+
+Order, as in Ray's examples: 1. build, 2. resume, 3. loop, 4. report/checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from elastic_nas.elastic.checkpoint import (
+    checkpoint_dir_name,
+    list_checkpoints,
+    load_latest_valid,
+    write_checkpoint,
+)
+from elastic_nas.elastic.policy import ElasticLRPolicy
+from elastic_nas.elastic.sampler import ElasticSampler
+from elastic_nas.train import distributed as D
+
+
+@dataclass
+class TrainTask:
+    """What the loop trains; built on every worker by a picklable factory.
+
+    ``path(step)`` gives the architecture of a step (a supernet samples one from
+    (seed, step); a subnet returns None). ``grad_params(arch)`` are the parameters whose
+    gradients are all-reduced: for a supernet, only those on the path.
+    """
+
+    model: torch.nn.Module
+    forward: Callable[[torch.Tensor, Any], torch.Tensor]
+    path: Callable[[int], Any]
+    grad_params: Callable[[Any], list[torch.nn.Parameter]]
+    train_split: Any  # elastic_nas.data.Split
+    fingerprint: dict[str, Any]  # checkpoints from runs with another fingerprint are refused
+    kind: str = "supernet"
+    extra_state: Callable[[], dict] | None = None  # e.g. Cream's board
+    load_extra_state: Callable[[dict], None] | None = None
+
+
+@dataclass
+class LoopSettings:
+    """The parts of a job config the loop needs, as plain values (picklable, testable)."""
+
+    seed: int
+    epochs: float
+    lr: float
+    reference_batch: int
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    label_smoothing: float
+    schedule: str
+    warmup_epochs: float
+    grad_clip: float
+    batch_policy: str
+    per_worker_batch: int
+    global_batch: int
+    max_per_worker_batch: int
+    lr_ramp_steps: int
+    checkpoint_every_steps: int
+    checkpoint_every_s: float
+    preemption_poll_steps: int
+    report_every_steps: int
+    augment: bool = True
+    sample_log_dir: str = ""  # audit: every rank appends the sample ids it trained on
+    tensorboard_dir: str = ""
+    preemption_margin_s: float = 5.0  # stop stepping this long before a spot deadline
+    extra: dict = field(default_factory=dict)
+
+
+def make_optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.SGD:
+    """SGD with weight decay on weights only, as SPOS: BN and biases (1-D) get none.
+
+    Parameters without a gradient (unsampled choices; grads are set to None, not zero)
+    are skipped by SGD entirely, so they see no momentum and no weight decay.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": s.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()}
+
+
+class _Reporter:
+    """Accumulates per-step metrics between reports and writes TensorBoard on rank 0."""
+
+    def __init__(self, rank: int, tb_dir: str):
+        self.rank = rank
+        self.loss_sum = 0.0
+        self.correct = 0.0
+        self.count = 0.0
+        self.t0 = time.perf_counter()
+        self.samples = 0
+        self.writer = None
+        if rank == 0 and tb_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(tb_dir)
+            except ImportError:  # tensorboard is a dependency, but keep training without it
+                print("elastic-nas: tensorboard not installed; no TensorBoard logs", file=sys.stderr)
+
+    def add(self, loss_sum: float, correct: float, count: float, global_samples: int) -> None:
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.count += count
+        self.samples += global_samples
+
+    def flush(self, device: torch.device) -> tuple[float, float, float]:
+        loss_sum, correct, count = D.allreduce_sum([self.loss_sum, self.correct, self.count], device)
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        rate = self.samples / dt
+        self.loss_sum = self.correct = self.count = 0.0
+        self.samples = 0
+        self.t0 = time.perf_counter()
+        return loss_sum / max(count, 1.0), correct / max(count, 1.0), rate
+
+
+def train_loop(task: TrainTask, s: LoopSettings) -> None:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    # 1. Build: model, optimizer, sampler, LR policy.
+    model = task.model.to(device)
+    optimizer = make_optimizer(model, s)
+    train_split = task.train_split
+    sampler = ElasticSampler(len(train_split), seed=s.seed)
+    total_samples = s.epochs * len(train_split)
+    policy = ElasticLRPolicy(
+        s.batch_policy, s.lr, s.reference_batch, s.per_worker_batch, s.global_batch,
+        s.max_per_worker_batch, s.lr_ramp_steps, s.schedule, total_samples,
+        s.warmup_epochs * len(train_split),
+    )
+    step, samples_seen = 0, 0
+    history: list[dict] = []
+
+    # 2. Resume from the latest good checkpoint (falling back past corrupt ones).
+    storage = ctx.get_storage()
+    fs, run_path = storage.storage_filesystem, storage.experiment_fs_path
+    latest = ray.train.get_checkpoint()
+    candidates = [p for _, p in list_checkpoints(fs, run_path)]
+    if latest is not None:
+        latest_path = latest.path
+        candidates = [latest_path] + [p for p in candidates if p < latest_path]
+    loaded = load_latest_valid(candidates, task.fingerprint, fs) if candidates else None
+    if loaded is not None:
+        st = loaded.state
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        sampler.load_state_dict(st["sampler"])
+        policy.load_state_dict(st["policy"])
+        step, samples_seen = int(st["step"]), int(st["samples_seen"])
+        history = list(st["history"])
+        torch.set_rng_state(st["rng"]["torch"])
+        if task.load_extra_state and "extra" in st:
+            task.load_extra_state(st["extra"])
+    else:
+        D.broadcast_params(model)  # same init everywhere, whatever each rank's seed did
+    plan = policy.on_world_size(step, world)
+    attempt = D.broadcast_int(time.time_ns(), device)
+    if rank == 0:
+        print(
+            f"elastic-nas: {'resumed at step %d' % step if loaded else 'started'} with {world} worker(s), "
+            f"global batch {plan.global_batch}, lr {policy.lr(step, samples_seen):.4g} "
+            f"(epoch {sampler.epoch}, {sampler.cursor}/{len(train_split)} samples into it)",
+            flush=True,
+        )
+    history.append({"event": "start", "step": step, "time": time.time(), "world_size": world,
+                    "global_batch": plan.global_batch, "lr": policy.lr(step, samples_seen),
+                    "samples_seen": samples_seen, "samples_per_s": 0.0})
+
+    aug_rng = np.random.default_rng([s.seed, rank, attempt % (2**63)])
+    reporter = _Reporter(rank, s.tensorboard_dir)
+    sample_log = None
+    if s.sample_log_dir:
+        Path(s.sample_log_dir).mkdir(parents=True, exist_ok=True)
+        sample_log = open(Path(s.sample_log_dir) / f"rank{rank}_{attempt}.jsonl", "a")
+    last_ckpt_time = time.monotonic()
+    preempt_deadline: float | None = None  # wall-clock seconds of a spot-reclaim deadline
+    model.train()
+
+    def checkpoint_now(metrics: dict, reason: str) -> None:
+        nonlocal last_ckpt_time
+        ckpt = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "policy": policy.state_dict(),
+                    "step": step,
+                    "samples_seen": samples_seen,
+                    "history": history,
+                    "rng": _rng_state(),
+                }
+                if task.extra_state:
+                    state["extra"] = task.extra_state()
+                meta = {"kind": task.kind, "step": step, "epoch": sampler.epoch, "reason": reason,
+                        "fingerprint": task.fingerprint, "world_size": world, "time": time.time()}
+                write_checkpoint(tmp, state, meta)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(step))
+        last_ckpt_time = time.monotonic()
+
+    # 3. Loop, one optimizer step per iteration.
+    while samples_seen < total_samples:
+        arch = task.path(step)
+        step_plan = sampler.plan(world, plan.global_batch)
+        idx, valid = step_plan.indices(rank), step_plan.valid(rank)
+        x, y, ids = train_split.get_batch(idx, augment=s.augment, rng=aug_rng)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        w = torch.as_tensor(valid, dtype=torch.float32, device=device)
+
+        lr = policy.lr(step, samples_seen)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = correct = 0.0
+        # Sum of per-sample losses / real samples in the global batch: with a SUM
+        # all-reduce this is the exact global mean, padding included at weight 0.
+        denom = float(step_plan.num_real)
+        for xm, ym, wm in zip(*(t.chunk(plan.accum_steps) for t in (x, y, w))):
+            logits = task.forward(xm, arch)
+            per_sample = F.cross_entropy(logits, ym, label_smoothing=s.label_smoothing, reduction="none")
+            (per_sample * wm).sum().div(denom).backward()
+            with torch.no_grad():
+                loss_sum += float((per_sample * wm).sum())
+                correct += float(((logits.argmax(1) == ym).float() * wm).sum())
+        D.allreduce_grads(task.grad_params(arch))
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], s.grad_clip)
+        optimizer.step()
+
+        if sample_log is not None:
+            sample_log.write(json.dumps({"epoch": sampler.epoch, "step": step,
+                                         "ids": ids[torch.as_tensor(valid)].tolist()}) + "\n")
+            sample_log.flush()
+        sampler.advance(step_plan)
+        step += 1
+        samples_seen += step_plan.num_real
+        reporter.add(loss_sum, correct, float(valid.sum()), step_plan.num_real)
+        done = samples_seen >= total_samples
+
+        # Spot notice: checkpoint at once, then stop stepping shortly before the deadline
+        # so that nothing trained after the last checkpoint is lost.
+        if step % s.preemption_poll_steps == 0 or done:
+            info = ray.train.get_preemption_info()
+            if info is not None and preempt_deadline is None:
+                preempt_deadline = (info.deadline_ms / 1000.0) if info.deadline_ms else time.time() + 30.0
+                if rank == 0:
+                    print(f"elastic-nas: preemption notice for ranks {info.preempted_ranks}; "
+                          f"checkpointing at step {step}", flush=True)
+                history.append({"event": "preemption_notice", "step": step, "time": time.time(),
+                                "world_size": world, "global_batch": plan.global_batch, "lr": lr,
+                                "samples_seen": samples_seen, "samples_per_s": 0.0})
+                checkpoint_now(_metrics(reporter, device, step, world, plan, lr, sampler, samples_seen),
+                               "preemption")
+                continue
+            if preempt_deadline is not None and not done:
+                # Agree on one decision: a rank's clock must not split the collectives.
+                remaining = D.allreduce_min(preempt_deadline - time.time(), device)
+                if remaining < s.preemption_margin_s:
+                    checkpoint_now(_metrics(reporter, device, step, world, plan, lr, sampler, samples_seen),
+                                   "preemption")
+                    _wait_for_reclaim(rank, remaining)
+                    preempt_deadline = None  # the node survived: carry on training
+                    continue
+
+        report_due = step % s.report_every_steps == 0 or done
+        ckpt_due = step % s.checkpoint_every_steps == 0 or done
+        if not (report_due or ckpt_due):
+            continue
+        metrics = _metrics(reporter, device, step, world, plan, lr, sampler, samples_seen)
+        history.append({"event": "report", "step": step, "time": time.time(), "world_size": world,
+                        "global_batch": plan.global_batch, "lr": lr, "samples_seen": samples_seen,
+                        "samples_per_s": metrics["samples_per_s"]})
+        if rank == 0:
+            _log_line(metrics, total_samples)
+            if reporter.writer is not None:
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        reporter.writer.add_scalar(f"train/{k}", v, samples_seen)
+                reporter.writer.flush()
+        # Time-based cadence is decided on rank 0 alone: only rank 0 attaches a checkpoint.
+        time_due = time.monotonic() - last_ckpt_time >= s.checkpoint_every_s
+        if ckpt_due or (rank == 0 and time_due):
+            checkpoint_now(metrics, "done" if done else "periodic")
+        else:
+            ray.train.report(metrics)
+    if sample_log is not None:
+        sample_log.close()
+    if reporter.writer is not None:
+        reporter.writer.close()
+
+
+def _metrics(reporter, device, step, world, plan, lr, sampler, samples_seen) -> dict:
+    loss, top1, rate = reporter.flush(device)
+    return {
+        "step": step,
+        "loss": loss,
+        "train_top1": 100.0 * top1,
+        "world_size": world,
+        "global_batch": plan.global_batch,
+        "lr": lr,
+        "samples_per_s": rate,
+        "epoch": sampler.epoch + sampler.cursor / max(sampler.num_samples, 1),
+        "samples_seen": samples_seen,
+    }
+
+
+def _log_line(m: dict, total: float) -> None:
+    pct = 100.0 * m["samples_seen"] / max(total, 1)
+    print(
+        f"[{pct:5.1f}%] step {m['step']:>6} epoch {m['epoch']:.2f} loss {m['loss']:.3f} "
+        f"top1 {m['train_top1']:.1f} lr {m['lr']:.4g} world {m['world_size']} "
+        f"batch {m['global_batch']} {m['samples_per_s']:.0f} samples/s",
+        flush=True,
+    )
+
+
+def _wait_for_reclaim(rank: int, remaining: float) -> None:
+    """Idle until the reclaimed node takes the group down; bounded in case it never does."""
+    if rank == 0:
+        print(f"elastic-nas: checkpoint saved; waiting for the reclaim ({remaining:.0f}s to deadline)", flush=True)
+    deadline = time.monotonic() + max(remaining, 0.0) + 60.0
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+__all__ = ["LoopSettings", "TrainTask", "make_optimizer", "train_loop"]

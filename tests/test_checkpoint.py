@@ -1,0 +1,89 @@
+"""Checkpoints: atomic, weights_only, checksummed, validated, with fallback past corrupt ones."""
+
+import json
+
+import pytest
+import torch
+
+from elastic_nas.elastic.checkpoint import (
+    checkpoint_dir_name,
+    list_checkpoints,
+    load_latest_valid,
+    read_checkpoint,
+    write_checkpoint,
+)
+from elastic_nas.errors import CheckpointError
+
+FP = {"kind": "supernet", "space": {"name": "spos", "input_size": 32}}
+
+
+def _write(root, step, fp=FP):
+    return write_checkpoint(root / checkpoint_dir_name(step),
+                            {"model": {"w": torch.full((3,), float(step))}, "step": step},
+                            {"step": step, "fingerprint": fp})
+
+
+def test_roundtrip_and_listing(tmp_path):
+    for s in (10, 20, 30):
+        _write(tmp_path, s)
+    listed = list_checkpoints(__import__("pyarrow.fs").fs.LocalFileSystem(), str(tmp_path))
+    assert [s for s, _ in listed] == [30, 20, 10]
+    ck = read_checkpoint(str(tmp_path / checkpoint_dir_name(20)))
+    assert ck.state["step"] == 20 and torch.equal(ck.state["model"]["w"], torch.full((3,), 20.0))
+
+
+def test_truncated_latest_falls_back_to_previous_and_says_which(tmp_path):
+    for s in (10, 20):
+        _write(tmp_path, s)
+    state = tmp_path / checkpoint_dir_name(20) / "state.pt"
+    state.write_bytes(state.read_bytes()[:50])
+    messages = []
+    cands = [str(tmp_path / checkpoint_dir_name(s)) for s in (20, 10)]
+    ck = load_latest_valid(cands, FP, log=messages.append)
+    assert ck.state["step"] == 10
+    assert any("step000000020" in m and "corrupt" in m for m in messages)
+    assert any("resuming from" in m and "step000000010" in m for m in messages)
+
+
+def test_missing_meta_is_incomplete(tmp_path):
+    d = _write(tmp_path, 5)
+    (d / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete"):
+        read_checkpoint(str(d))
+
+
+def test_all_corrupt_is_a_clear_error(tmp_path):
+    d = _write(tmp_path, 5)
+    (d / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*corrupt"):
+        load_latest_valid([str(d)], FP, log=lambda m: None)
+
+
+def test_other_space_is_refused(tmp_path):
+    d = _write(tmp_path, 5, fp={"kind": "supernet", "space": {"name": "cream", "input_size": 32}})
+    with pytest.raises(CheckpointError, match="incompatible.*space"):
+        load_latest_valid([str(d)], FP, log=lambda m: None)
+
+
+def test_pickled_objects_are_refused_even_with_valid_checksum(tmp_path):
+    import hashlib
+    import io
+
+    d = tmp_path / checkpoint_dir_name(1)
+    d.mkdir()
+    buf = io.BytesIO()
+    torch.save({"x": _Evil()}, buf)
+    (d / "state.pt").write_bytes(buf.getvalue())
+    (d / "meta.json").write_text(json.dumps({"format": 1, "step": 1, "fingerprint": FP,
+                                             "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}))
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        read_checkpoint(str(d))
+
+
+def test_write_leaves_no_temp_files(tmp_path):
+    d = _write(tmp_path, 3)
+    assert sorted(p.name for p in d.iterdir()) == ["meta.json", "state.pt"]
+
+
+class _Evil:  # any non-allow-listed class: weights_only loading must refuse it
+    pass

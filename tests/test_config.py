@@ -1,0 +1,65 @@
+"""Config loading: typed dataclasses, --set overrides, one-line errors with exit code 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elastic_nas.config import SupernetConfig, load_config
+from elastic_nas.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_job_config_loads_with_overrides():
+    cfg = load_config(SupernetConfig, REPO / "jobs/supernet.yaml",
+                      ["elastic.max_workers=4", "optim.lr=0.2", "space.max_depths=[2,2,2,2,2]"])
+    assert cfg.elastic.max_workers == 4
+    assert cfg.optim.lr == 0.2 and isinstance(cfg.optim.lr, float)
+    assert cfg.space.max_depths == [2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("optim.lrr=0.1", "did you mean 'optim.lr'"),
+        ("elastc.max_workers=2", "did you mean 'elastic'"),
+        ("elastic.max_workers=two", "expected an integer"),
+        ("data.augment=3", "expected true or false"),
+        ("space.name=resnet", "must be one of 'spos', 'cream'"),
+        ("elastic.min_workers=3", "min_workers (3) > max_workers (2)"),
+        ("elastic.per_worker_batch=0", "must be > 0"),
+        ("sampling.flops_min=50", "flops_min (50.0) > flops_max (10.0)"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    extra = ["sampling.flops_max=10"] if "flops_min" in override else []
+    with pytest.raises(ConfigError) as e:
+        load_config(SupernetConfig, None, extra + [override])
+    assert fragment in str(e.value)
+    assert override.split("=")[0].split(".")[0] in str(e.value)
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(SupernetConfig, tmp_path / "nope.yaml")
+
+
+def test_cli_bad_config_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 0.1\n  momentom: 0.9\n")
+    proc = subprocess.run([sys.executable, "-m", "elastic_nas", "supernet", "--config", str(bad)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optim.momentom" in lines[0] and "momentum" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_help_lists_commands():
+    proc = subprocess.run([sys.executable, "-m", "elastic_nas", "--help"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0
+    for cmd in ("data", "arch", "supernet"):
+        assert cmd in proc.stdout
