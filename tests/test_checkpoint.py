@@ -27,7 +27,7 @@ def test_roundtrip_and_listing(tmp_path):
     for s in (10, 20, 30):
         _write(tmp_path, s)
     listed = list_checkpoints(__import__("pyarrow.fs").fs.LocalFileSystem(), str(tmp_path))
-    assert [s for s, _ in listed] == [30, 20, 10]
+    assert [s for s, *_ in listed] == [30, 20, 10]
     ck = read_checkpoint(str(tmp_path / checkpoint_dir_name(20)))
     assert ck.state["step"] == 20 and torch.equal(ck.state["model"]["w"], torch.full((3,), 20.0))
 
@@ -41,8 +41,8 @@ def test_truncated_latest_falls_back_to_previous_and_says_which(tmp_path):
     cands = [str(tmp_path / checkpoint_dir_name(s)) for s in (20, 10)]
     ck = load_latest_valid(cands, FP, log=messages.append)
     assert ck.state["step"] == 10
-    assert any("step000000020" in m and "corrupt" in m for m in messages)
-    assert any("resuming from" in m and "step000000010" in m for m in messages)
+    assert any("step000000020_" in m and "corrupt" in m for m in messages)
+    assert any("resuming from" in m and "step000000010_" in m for m in messages)
 
 
 def test_missing_meta_is_incomplete(tmp_path):

@@ -1,6 +1,6 @@
 """Training checkpoints: atomic, checksummed, ``weights_only`` loading, validated against the run.
 
-A checkpoint is a directory ``checkpoint_step<NNNNNNNNN>/`` holding
+A checkpoint is a directory ``checkpoint_step<NNNNNNNNN>_<attempt>/`` holding
 
 * ``state.pt`` -- ``torch.save`` of plain containers and tensors only, so it loads with
   ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects);
@@ -33,11 +33,13 @@ from elastic_nas.errors import CheckpointError
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-_DIR_RE = re.compile(r"^checkpoint_step(\d+)$")
+_DIR_RE = re.compile(r"^checkpoint_step(\d+)(?:_(\d+))?$")
 
 
-def checkpoint_dir_name(step: int) -> str:
-    return f"checkpoint_step{step:09d}"
+def checkpoint_dir_name(step: int, attempt: int = 0) -> str:
+    """Unique per worker-group start: a run that falls back to an older checkpoint
+    reaches the same step again, and Ray's checkpoint manager needs distinct names."""
+    return f"checkpoint_step{step:09d}_{attempt}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -103,8 +105,8 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheck
     return LoadedCheckpoint(path=path, meta=meta, state=state)
 
 
-def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]]:
-    """``(step, path)`` of every checkpoint directory under ``run_path``, newest first."""
+def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, int, str]]:
+    """``(step, attempt, path)`` of every checkpoint directory under ``run_path``, newest first."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
     except OSError:
@@ -113,7 +115,7 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, str]
     for info in infos:
         m = _DIR_RE.match(info.base_name)
         if m and info.type == pafs.FileType.Directory:
-            found.append((int(m.group(1)), info.path))
+            found.append((int(m.group(1)), int(m.group(2) or 0), info.path))
     return sorted(found, reverse=True)
 
 

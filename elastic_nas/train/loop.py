@@ -168,11 +168,12 @@ def train_loop(task: TrainTask, s: LoopSettings) -> None:
     # 2. Resume from the latest good checkpoint (falling back past corrupt ones).
     storage = ctx.get_storage()
     fs, run_path = storage.storage_filesystem, storage.experiment_fs_path
+    # Ray's latest registered checkpoint, plus any newer complete one whose registration
+    # a hard kill cut short: every candidate is checksummed, so newest-first is safe.
     latest = ray.train.get_checkpoint()
-    candidates = [p for _, p in list_checkpoints(fs, run_path)]
-    if latest is not None:
-        latest_path = latest.path
-        candidates = [latest_path] + [p for p in candidates if p < latest_path]
+    candidates = [p for *_, p in list_checkpoints(fs, run_path)]
+    if latest is not None and latest.path not in candidates:
+        candidates.insert(0, latest.path)
     loaded = load_latest_valid(candidates, task.fingerprint, fs) if candidates else None
     if loaded is not None:
         st = loaded.state
@@ -231,7 +232,7 @@ def train_loop(task: TrainTask, s: LoopSettings) -> None:
                         "fingerprint": task.fingerprint, "world_size": world, "time": time.time()}
                 write_checkpoint(tmp, state, meta)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(step))
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(step, attempt))
         last_ckpt_time = time.monotonic()
 
     # 3. Loop, one optimizer step per iteration.

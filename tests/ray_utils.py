@@ -1,0 +1,97 @@
+"""Helpers for integration tests on real local Ray clusters (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CliRun:
+    """An ``elastic-nas`` command in a subprocess, its output collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "elastic_nas", *args], cwd=REPO, env=full_env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match:
+        """First match of ``pattern`` in lines[start:], waiting up to ``timeout`` seconds."""
+        rx = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.lines[start:]):
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout}s; output:\n{self.output()[-6000:]}")
+
+    def finish(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"run did not finish in {timeout}s; output:\n{self.output()[-6000:]}")
+        self._reader.join(timeout=10)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=30)
+
+
+def effective_samples(log_dir: Path) -> dict[int, list[int]]:
+    """Sample ids that count toward training, per epoch.
+
+    Every worker-group start (an *attempt*) writes its own files. Steps after the last
+    checkpoint of a failed attempt are redone by the next one, so for each step only
+    the latest attempt's records count.
+    """
+    records: dict[int, dict[int, list[tuple[int, list[int]]]]] = defaultdict(lambda: defaultdict(list))
+    for f in log_dir.glob("rank*_*.jsonl"):
+        attempt = int(f.stem.split("_")[1])
+        for line in f.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                records[r["step"]][attempt].append((r["epoch"], r["ids"]))
+    per_epoch: dict[int, list[int]] = defaultdict(list)
+    for step, by_attempt in records.items():
+        for epoch, ids in by_attempt[max(by_attempt)]:
+            per_epoch[epoch].extend(ids)
+    return dict(per_epoch)
+
+
+def redone_steps(log_dir: Path) -> int:
+    """How many step records were trained more than once (by different attempts)."""
+    seen: dict[int, set[int]] = defaultdict(set)
+    for f in log_dir.glob("rank0_*.jsonl"):
+        attempt = int(f.stem.split("_")[1])
+        for line in f.read_text().splitlines():
+            if line.strip():
+                seen[json.loads(line)["step"]].add(attempt)
+    return sum(len(a) - 1 for a in seen.values())

@@ -1,0 +1,208 @@
+"""Elastic supernet training on real Ray Train V2, several nodes on one machine.
+
+Each test starts a ``ray.cluster_utils.Cluster`` whose worker nodes carry a ``slot``
+resource (one training worker each), runs ``elastic-nas supernet`` as a real driver
+process against it, and changes the cluster under it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elastic_nas.config import DataConfig
+from tests.ray_utils import REPO, CliRun, effective_samples, redone_steps
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+DATA = dict(num_train=2560, num_test=256, search_val_size=256)
+BASE_LR, REF_BATCH, WORKER_BATCH = 0.1, 64, 32  # 2 workers -> lr 0.1, 1 worker -> lr 0.05
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    yield c
+    c.shutdown()
+
+
+def add_worker_node(cluster):
+    node = cluster.add_node(num_cpus=1, resources={"slot": 1})
+    cluster.wait_for_nodes()
+    return node
+
+
+def supernet_args(tmp_path: Path, data_dir: Path, name: str, epochs: int, **extra) -> list[str]:
+    sets = {
+        "run.name": name,
+        "run.storage_path": str(tmp_path / "runs"),
+        "data.path": str(data_dir),
+        **{f"data.{k}": v for k, v in DATA.items()},
+        "space.width_mult": 0.25,
+        "optim.lr": BASE_LR,
+        "optim.reference_batch": REF_BATCH,
+        "optim.schedule": "constant",
+        "optim.warmup_epochs": 0,
+        "optim.epochs": epochs,
+        "elastic.min_workers": 1,
+        "elastic.max_workers": 2,
+        "elastic.resources_per_worker": "{CPU: 1, slot: 1}",
+        "elastic.per_worker_batch": WORKER_BATCH,
+        "elastic.checkpoint_every_steps": 10,
+        "elastic.checkpoint_every_s": 3600,
+        "elastic.report_every_steps": 5,
+        "elastic.preemption_poll_steps": 2,
+        "elastic.resize_monitor_interval_s": 1,
+        "elastic.sample_log_dir": str(tmp_path / "samples"),
+        **extra,
+    }
+    args = ["supernet", "--config", "jobs/supernet.yaml"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def train_ids(data_dir: Path) -> np.ndarray:
+    from elastic_nas.data import build_dataset
+
+    return np.sort(build_dataset(DataConfig(path=str(data_dir), **DATA), 32).train.ids)
+
+
+def assert_exactly_once(tmp_path: Path, data_dir: Path, epochs: int) -> None:
+    ids = train_ids(data_dir)
+    per_epoch = effective_samples(tmp_path / "samples")
+    assert sorted(per_epoch) == list(range(epochs))
+    for epoch, seen in per_epoch.items():
+        assert np.array_equal(np.sort(np.asarray(seen)), ids), f"epoch {epoch}: not every sample exactly once"
+
+
+def wait_checkpoint(run_dir: Path, min_count: int, timeout: float) -> list[Path]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done = sorted(p for p in run_dir.glob("checkpoint_step*") if (p / "meta.json").exists())
+        if len(done) >= min_count:
+            return done
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {min_count} checkpoints in {run_dir} after {timeout}s")
+
+
+def history(tmp_path: Path, name: str) -> list[dict]:
+    return json.loads((tmp_path / "runs" / name / "history.json").read_text())
+
+
+def test_node_removed_then_added(cluster, tmp_path, data_dir):
+    """A node lost mid-epoch: the run goes on with fewer workers, LR halves after a
+    ramp, then scales back up when a node joins; every sample exactly once per epoch."""
+    add_worker_node(cluster)
+    second = add_worker_node(cluster)
+    epochs = 3
+    run = CliRun(supernet_args(tmp_path, data_dir, "resize", epochs), env={"RAY_ADDRESS": cluster.address})
+    try:
+        run.wait_for(r"started with 2 worker", 240)
+        wait_checkpoint(tmp_path / "runs" / "resize", 1, 240)
+        cluster.remove_node(second)
+        run.wait_for(r"resumed at step \d+ with 1 worker", 240)
+        run.wait_for(r"world 1 ", 240)
+        add_worker_node(cluster)
+        run.wait_for(r"resumed at step \d+ with 2 worker", 240)
+        assert run.finish(600) == 0, run.output()[-4000:]
+    finally:
+        run.kill()
+
+    assert_exactly_once(tmp_path, data_dir, epochs)
+    h = history(tmp_path, "resize")
+    starts = [e["world_size"] for e in h if e["event"] == "start"]
+    assert starts[0] == 2 and 1 in starts and starts[-1] == 2, starts
+    # Dynamic mini-batch SGD: global batch follows the world size; the LR reaches its
+    # linearly scaled value after T*r steps (T=8) and never overshoots on the way.
+    full, half = BASE_LR * 2 * WORKER_BATCH / REF_BATCH, BASE_LR * WORKER_BATCH / REF_BATCH
+    start_step = {}
+    for e in h:
+        if e["event"] == "start":
+            start_step = e
+        if e["event"] != "report":
+            continue
+        assert e["global_batch"] == WORKER_BATCH * e["world_size"]
+        assert half - 1e-9 <= e["lr"] <= full + 1e-9
+        ramp = 8 * (e["world_size"] / 2 if e["world_size"] == 1 else 2)
+        if e["step"] - start_step["step"] >= ramp:
+            assert e["lr"] == pytest.approx(full if e["world_size"] == 2 else half)
+    assert (tmp_path / "runs" / "resize" / "elastic_history.png").stat().st_size > 10_000
+
+
+def test_drained_node_checkpoints_before_it_goes(cluster, tmp_path, data_dir):
+    """A spot notice (drain with a deadline): a checkpoint is written before the node
+    goes, and no step is trained twice."""
+    add_worker_node(cluster)
+    doomed = add_worker_node(cluster)
+    epochs = 2
+    run = CliRun(supernet_args(tmp_path, data_dir, "drain", epochs, **{"elastic.checkpoint_every_steps": 10_000}),
+                 env={"RAY_ADDRESS": cluster.address})
+    try:
+        run.wait_for(r"started with 2 worker", 240)
+        run.wait_for(r"world 2 ", 240)
+        drain = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address,
+             "--node-id", doomed.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+             "--reason-message", "spot", "--deadline-remaining-seconds", "15"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert drain.returncode == 0, drain.stderr
+        run.wait_for(r"preemption notice", 60)
+        run.wait_for(r"waiting for the reclaim", 60)
+        ckpts = wait_checkpoint(tmp_path / "runs" / "drain", 1, 30)
+        cluster.remove_node(doomed)
+        run.wait_for(r"resumed at step \d+ with 1 worker", 240)
+        assert run.finish(600) == 0, run.output()[-4000:]
+    finally:
+        run.kill()
+    reasons = [json.loads((p / "meta.json").read_text())["reason"] for p in ckpts]
+    assert "preemption" in reasons
+    assert redone_steps(tmp_path / "samples") == 0
+    assert_exactly_once(tmp_path, data_dir, epochs)
+    assert any(e["event"] == "preemption_notice" for e in history(tmp_path, "drain"))
+
+
+def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_dir):
+    """Stop the driver, corrupt the newest checkpoint, launch again with the same name:
+    the run says which checkpoint it skipped, resumes from the previous one, finishes."""
+    add_worker_node(cluster)
+    epochs = 2
+    args = supernet_args(tmp_path, data_dir, "restart", epochs, **{"elastic.max_workers": 1})
+    run_dir = tmp_path / "runs" / "restart"
+    first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    try:
+        ckpts = wait_checkpoint(run_dir, 3, 300)
+    finally:
+        first.kill()
+    time.sleep(3)  # let Ray reap the dead driver's workers
+    newest = max((p for p in run_dir.glob("checkpoint_step*") if (p / "meta.json").exists()),
+                 key=lambda p: json.loads((p / "meta.json").read_text())["step"])
+    state = newest / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+    second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    try:
+        m = second.wait_for(r"resumed at step (\d+)", 240)
+        assert second.finish(600) == 0, second.output()[-4000:]
+    finally:
+        second.kill()
+    out = second.output()
+    assert f"{newest} is corrupt" in out
+    assert "resuming from" in out
+    assert 0 < int(m.group(1)) < int(newest.name.split("_")[1].removeprefix("step")), (m.group(0), newest)
+    assert len(ckpts) >= 3
+    assert_exactly_once(tmp_path, data_dir, epochs)
