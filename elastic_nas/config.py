@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 
@@ -71,7 +71,9 @@ class SpaceConfig:
     stem_stride: int = 1  # 2 in the published spaces; 1 keeps 32x32 inputs from vanishing
     width_mult: float = 1.0  # scales every width (SPOS/Cream published = 1.0)
     channel_search: bool = False  # SPOS block+channel variant: mid width scale per block
-    max_depths: list[int] = field(default_factory=lambda: [4, 4, 5, 4, 4])  # Cream: max blocks per choice stage
+    # Cream: max blocks per choice stage; the default fits every published model (cream-604),
+    # Cream's own supernet used [4, 4, 5, 4, 4]
+    max_depths: list[int] = field(default_factory=lambda: [5, 5, 5, 6, 6])
 
     def validate(self, prefix: str) -> None:
         _positive(self.input_size, f"{prefix}.input_size")
@@ -148,6 +150,8 @@ class ElasticConfig:
     report_every_steps: int = 10
     resize_monitor_interval_s: float = 2.0  # Train V2 elastic_resize_monitor_interval_s
     sample_log_dir: str = ""  # audit: each rank logs the sample ids of every step ("" = off)
+    grad_sync: Literal["ddp", "bucketed"] = "ddp"  # DDP(find_unused_parameters) measured faster
+    node_watch: bool = True  # refresh Ray's resource view on node loss/join (see train/resize_watch.py)
 
     def validate(self, prefix: str) -> None:
         _positive(self.min_workers, f"{prefix}.min_workers")
@@ -180,6 +184,71 @@ class SupernetConfig:
     def validate(self, prefix: str = "") -> None:
         if self.strategy == "cream" and self.space.name != "cream":
             raise ConfigError("strategy", "strategy 'cream' needs space.name: cream")
+
+
+@dataclass
+class EvolutionConfig:
+    method: Literal["evolution", "random"] = "evolution"  # random = the baseline, same budget and constraints
+    population: int = 50  # generation 0: random legal candidates (SPOS: 50)
+    top_k: int = 10  # parents: the best k evaluated so far (SPOS: 10)
+    mutation_children: int = 25  # per generation (SPOS: 25)
+    crossover_children: int = 25  # per generation, uniform gene-wise (SPOS: 25)
+    mutation_prob: float = 0.1  # per-gene resample probability (SPOS: 0.1)
+    generations: int = 20  # rounds after the population: budget = population + generations * children
+    macs_min: float = 0.0  # MACs lower bound, in millions (0 = none)
+    macs_max: float = 0.0  # MACs upper bound, in millions (0 = none; SPOS: 330)
+    params_min: float = 0.0  # parameter lower bound, in millions (0 = none)
+    params_max: float = 0.0  # parameter upper bound, in millions (0 = none)
+    max_tries: int = 500  # draws per child before falling back to a random legal candidate
+
+    def validate(self, prefix: str) -> None:
+        for key in ("population", "top_k", "max_tries"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
+        for key in ("mutation_children", "crossover_children", "generations",
+                    "macs_min", "macs_max", "params_min", "params_max"):
+            _non_negative(getattr(self, key), f"{prefix}.{key}")
+        if not 0 < self.mutation_prob <= 1:
+            raise ConfigError(f"{prefix}.mutation_prob", f"must be in (0, 1], got {self.mutation_prob}")
+        for lo, hi in (("macs_min", "macs_max"), ("params_min", "params_max")):
+            if getattr(self, hi) and getattr(self, lo) > getattr(self, hi):
+                raise ConfigError(f"{prefix}.{lo}", f"{lo} ({getattr(self, lo)}) > {hi} ({getattr(self, hi)})")
+
+
+@dataclass
+class EvaluatorConfig:
+    calib_images: int = 2000  # train images for exact BN recalibration, the same for every candidate (OFA: 2000)
+    val_images: int = 2000  # class-balanced search_val images scored, the same for every candidate
+    batch_size: int = 200  # images per forward pass (calibration and validation)
+    cpus_per_trial: float = 1.0  # CPUs per evaluator slot
+    gpus_per_trial: float = 0.0  # GPUs per evaluator slot; fractions share a GPU (0.5 = two per GPU)
+    max_failures: int = 3  # retries of a candidate whose evaluator died (Tune FailureConfig)
+
+    def validate(self, prefix: str) -> None:
+        for key in ("calib_images", "val_images", "batch_size", "cpus_per_trial"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
+        _non_negative(self.gpus_per_trial, f"{prefix}.gpus_per_trial")
+        _non_negative(self.max_failures, f"{prefix}.max_failures")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"{prefix}.gpus_per_trial", f"above 1 must be whole, got {self.gpus_per_trial}")
+
+
+@dataclass
+class SearchConfig:
+    """``elastic-nas search``: evolutionary (or random) search over a trained supernet on Ray Tune."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="search"))
+    snapshot: str = "runs/supernet-spos"  # supernet run dir (newest valid checkpoint) or checkpoint dir; local or URI
+    space: Optional[SpaceConfig] = None  # optional; must equal the snapshot's space (which is always used)
+    data: DataConfig = field(default_factory=DataConfig)  # must match the supernet's source and seed
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    budgets: list[float] = field(default_factory=lambda: [14.0, 43.0, 114.0, 287.0, 481.0, 604.0])  # MACs, millions: best arch under each
+
+    def validate(self, prefix: str = "") -> None:
+        if not self.snapshot:
+            raise ConfigError("snapshot", "must name a supernet run or checkpoint directory")
+        if any(b <= 0 for b in self.budgets):
+            raise ConfigError("budgets", f"every budget must be > 0 (millions of MACs), got {self.budgets}")
 
 
 # ---------------------------------------------------------------------------
@@ -330,9 +399,12 @@ def _non_negative(value: float, key: str) -> None:
 __all__ = [
     "DataConfig",
     "ElasticConfig",
+    "EvaluatorConfig",
+    "EvolutionConfig",
     "OptimConfig",
     "RunConfig",
     "SamplingConfig",
+    "SearchConfig",
     "SpaceConfig",
     "SupernetConfig",
     "from_dict",

@@ -21,7 +21,9 @@ from elastic_nas.errors import UserError
 # on a resize that is most of the ~68 s it takes to resume (see README, "Elastic").
 RAY_TRAIN_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10",
+    # Only the placement-group wait: resources that exist reserve in well under a second,
+    # and a timeout just makes the controller retry with a fresh size.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "3",
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
 }
 
@@ -82,7 +84,12 @@ def run_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=elastic.keep_checkpoints),
         ),
     )
-    return trainer.fit()
+    from elastic_nas.train.resize_watch import NodeChangeRefresher
+
+    if not elastic.node_watch:
+        return trainer.fit()
+    with NodeChangeRefresher():
+        return trainer.fit()
 
 
 def local_run_dir(storage: str, name: str) -> Path | None:

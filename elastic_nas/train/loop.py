@@ -14,6 +14,7 @@ Order, as in Ray's examples: 1. build, 2. resume, 3. loop, 4. report/checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -53,7 +54,13 @@ class TrainTask:
     train_split: Any  # elastic_nas.data.Split
     fingerprint: dict[str, Any]  # checkpoints from runs with another fingerprint are refused
     kind: str = "supernet"
-    extra_state: Callable[[], dict] | None = None  # e.g. Cream's board
+    # Strategy hooks (Cream): a per-sample loss in place of cross-entropy, and a call on
+    # every rank after each optimizer step (it may run collectives: all ranks call it).
+    # criterion(forward, x, y, arch, step) -> (per-sample loss, logits); ``forward`` is the
+    # gradient-synchronising forward (DDP-wrapped when distributed), use it for the student.
+    criterion: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    after_step: Callable[[int, Any, dict], None] | None = None
+    extra_state: Callable[[], dict] | None = None  # e.g. Cream's board, saved in checkpoints
     load_extra_state: Callable[[dict], None] | None = None
 
 
@@ -85,6 +92,7 @@ class LoopSettings:
     sample_log_dir: str = ""  # audit: every rank appends the sample ids it trained on
     tensorboard_dir: str = ""
     preemption_margin_s: float = 5.0  # stop stepping this long before a spot deadline
+    grad_sync: str = "ddp"  # ddp (find_unused_parameters) | bucketed (path params only)
     extra: dict = field(default_factory=dict)
 
 
@@ -144,8 +152,12 @@ class _Reporter:
         return loss_sum / max(count, 1.0), correct / max(count, 1.0), rate
 
 
-def train_loop(task: TrainTask, s: LoopSettings) -> None:
+def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -> None:
+    """``t_enter``: when the worker function was entered (task building is timed from it)."""
+    import psutil
     import ray.train
+
+    t_enter = t_enter or time.time()
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -194,7 +206,9 @@ def train_loop(task: TrainTask, s: LoopSettings) -> None:
         print(
             f"elastic-nas: {'resumed at step %d' % step if loaded else 'started'} with {world} worker(s), "
             f"global batch {plan.global_batch}, lr {policy.lr(step, samples_seen):.4g} "
-            f"(epoch {sampler.epoch}, {sampler.cursor}/{len(train_split)} samples into it)",
+            f"(epoch {sampler.epoch}, {sampler.cursor}/{len(train_split)} samples into it; "
+            f"worker process up {t_enter - psutil.Process().create_time():.1f}s before setup, "
+            f"setup {time.time() - t_enter:.1f}s)",
             flush=True,
         )
     history.append({"event": "start", "step": step, "time": time.time(), "world_size": world,
@@ -210,6 +224,17 @@ def train_loop(task: TrainTask, s: LoopSettings) -> None:
     last_ckpt_time = time.monotonic()
     preempt_deadline: float | None = None  # wall-clock seconds of a spot-reclaim deadline
     model.train()
+    # Gradient sync: both leave off-path grads None, so SGD gives unsampled choices no
+    # momentum or weight decay. DDP overlaps the all-reduce with backward; see
+    # benchmarks/allreduce_vs_ddp.py for the measured choice between the two.
+    use_ddp = s.grad_sync == "ddp" and D.is_distributed()
+    forward = task.forward
+    if use_ddp:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=True, broadcast_buffers=False)
+        forward = ddp
+    # DDP averages gradients over ranks; the loss below is normalised for a SUM.
+    loss_scale = float(world) if use_ddp else 1.0
 
     def checkpoint_now(metrics: dict, reason: str) -> None:
         nonlocal last_ckpt_time
@@ -251,21 +276,32 @@ def train_loop(task: TrainTask, s: LoopSettings) -> None:
         loss_sum = correct = 0.0
         # Sum of per-sample losses / real samples in the global batch: with a SUM
         # all-reduce this is the exact global mean, padding included at weight 0.
-        denom = float(step_plan.num_real)
-        for xm, ym, wm in zip(*(t.chunk(plan.accum_steps) for t in (x, y, w))):
-            logits = task.forward(xm, arch)
-            per_sample = F.cross_entropy(logits, ym, label_smoothing=s.label_smoothing, reduction="none")
-            (per_sample * wm).sum().div(denom).backward()
+        denom = float(step_plan.num_real) / loss_scale
+        micro = list(zip(*(t.chunk(plan.accum_steps) for t in (x, y, w))))
+        for i, (xm, ym, wm) in enumerate(micro):
+            if task.criterion is not None:
+                per_sample, logits = task.criterion(forward, xm, ym, arch, step)
+            else:
+                logits = forward(xm, arch)
+                per_sample = F.cross_entropy(logits, ym, label_smoothing=s.label_smoothing, reduction="none")
+            # With accumulation, DDP syncs only on the last micro-batch.
+            sync = ddp.no_sync() if use_ddp and i < len(micro) - 1 else contextlib.nullcontext()
+            with sync:
+                (per_sample * wm).sum().div(denom).backward()
             with torch.no_grad():
                 loss_sum += float((per_sample * wm).sum())
                 correct += float(((logits.argmax(1) == ym).float() * wm).sum())
-        D.allreduce_grads(task.grad_params(arch))
+        if not use_ddp:
+            D.allreduce_grads(task.grad_params(arch))
         if s.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], s.grad_clip)
         optimizer.step()
+        if task.after_step is not None:
+            task.after_step(step, arch, {"correct": correct, "count": float(valid.sum()),
+                                         "x": x, "y": y, "valid": w})
 
         if sample_log is not None:
-            sample_log.write(json.dumps({"epoch": sampler.epoch, "step": step,
+            sample_log.write(json.dumps({"epoch": sampler.epoch, "step": step, "world": world, "t": time.time(),
                                          "ids": ids[torch.as_tensor(valid)].tolist()}) + "\n")
             sample_log.flush()
         sampler.advance(step_plan)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import time
+
 import numpy as np
 import torch
 
@@ -23,7 +25,7 @@ def loop_settings(cfg: SupernetConfig, tensorboard_dir: str = "") -> LoopSetting
         lr_ramp_steps=e.lr_ramp_steps, checkpoint_every_steps=e.checkpoint_every_steps,
         checkpoint_every_s=e.checkpoint_every_s, preemption_poll_steps=e.preemption_poll_steps,
         report_every_steps=e.report_every_steps, augment=cfg.data.augment,
-        sample_log_dir=e.sample_log_dir, tensorboard_dir=tensorboard_dir,
+        sample_log_dir=e.sample_log_dir, tensorboard_dir=tensorboard_dir, grad_sync=e.grad_sync,
     )
 
 
@@ -68,9 +70,10 @@ def build_supernet_task(cfg: SupernetConfig) -> TrainTask:
 
 def supernet_worker(config: dict) -> None:
     """Ray Train entry point, run on every worker."""
+    t_enter = time.time()
     cfg = from_dict(SupernetConfig, config["cfg"])
     torch.set_num_threads(max(1, int(cfg.elastic.resources_per_worker.get("CPU", 1))))
-    train_loop(build_supernet_task(cfg), loop_settings(cfg, config.get("tensorboard_dir", "")))
+    train_loop(build_supernet_task(cfg), loop_settings(cfg, config.get("tensorboard_dir", "")), t_enter)
 
 
 def train_supernet(cfg: SupernetConfig) -> dict:

@@ -1,0 +1,154 @@
+"""Recovery after a node loss / join, and work lost, on a 2-node local Ray cluster.
+
+Three settings run in the same invocation, each on a fresh cluster:
+
+* ``ray_defaults``: Ray Train's defaults (health check 2 s, worker-group start timeout
+  60 s, elastic monitor 60 s);
+* ``ray_tuned``: the tuned Ray settings of the reference notes (0.5 s, 10 s, 2 s);
+* ``elastic_nas``: this project's defaults (0.5 s, 3 s, 2 s, plus the node watcher of
+  ``elastic_nas/train/resize_watch.py``).
+
+Figures: seconds from ``remove_node`` to the end of the first step at the smaller size;
+from ``add_node`` to the end of the first step at the larger size; steps redone after
+the loss without notice (checkpoint every 10 steps). A last scenario drains a node with a
+deadline first (a spot notice) and counts redone steps (target 0).
+
+    python benchmarks/elastic_recovery.py [--settings elastic_nas,ray_tuned,ray_defaults]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import write_result
+
+from tests.ray_utils import CliRun, redone_steps
+
+SETTINGS = {
+    "ray_defaults": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"},
+                     {"elastic.resize_monitor_interval_s": 60, "elastic.node_watch": False}),
+    "ray_tuned": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"},
+                  {"elastic.resize_monitor_interval_s": 2, "elastic.node_watch": False}),
+    "elastic_nas": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "3"},
+                    {"elastic.resize_monitor_interval_s": 2, "elastic.node_watch": True}),
+}
+CKPT_EVERY = 10
+
+
+def args_for(tmp: Path, name: str, extra: dict) -> list[str]:
+    sets = {
+        "run.name": name, "run.storage_path": str(tmp / "runs"), "data.path": str(tmp / "data"),
+        "data.num_train": 20000, "data.num_test": 256, "data.search_val_size": 256,
+        "space.width_mult": 0.25, "optim.epochs": 5, "elastic.min_workers": 1, "elastic.max_workers": 2,
+        "elastic.resources_per_worker": "{CPU: 1, slot: 1}", "elastic.per_worker_batch": 32,
+        "elastic.checkpoint_every_steps": CKPT_EVERY, "elastic.checkpoint_every_s": 3600,
+        "elastic.report_every_steps": 5, "elastic.sample_log_dir": str(tmp / "samples" / name), **extra,
+    }
+    out = ["supernet", "--config", "jobs/supernet.yaml"]
+    for k, v in sets.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+def records(log_dir: Path) -> list[dict]:
+    out = []
+    for f in log_dir.glob("rank0_*.jsonl"):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                r.pop("ids")
+                out.append(r)
+    return sorted(out, key=lambda r: r["t"])
+
+
+def first_step_after(log_dir: Path, t0: float, world: int, timeout: float) -> float:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for r in records(log_dir):
+            if r["t"] > t0 and r["world"] == world:
+                return r["t"] - t0
+        time.sleep(0.1)
+    raise RuntimeError(f"no step at world size {world} within {timeout}s")
+
+
+def wait_checkpoint(run_dir: Path, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any((p / "meta.json").exists() for p in run_dir.glob("checkpoint_step*")):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("no checkpoint")
+
+
+def scenario(tmp: Path, setting: str, drain: bool) -> dict:
+    from ray.cluster_utils import Cluster
+
+    env, extra = SETTINGS[setting]
+    name = f"{setting}{'_drain' if drain else ''}"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    run = None
+    try:
+        cluster.add_node(num_cpus=1, resources={"slot": 1})
+        victim = cluster.add_node(num_cpus=1, resources={"slot": 1})
+        cluster.wait_for_nodes()
+        run = CliRun(args_for(tmp, name, extra), env={"RAY_ADDRESS": cluster.address, **env})
+        run.wait_for(r"started with 2 worker", 300)
+        wait_checkpoint(tmp / "runs" / name, 300)
+        log_dir = tmp / "samples" / name
+        result: dict = {}
+        if drain:
+            subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address,
+                            "--node-id", victim.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                            "--reason-message", "spot", "--deadline-remaining-seconds", "15"],
+                           check=True, capture_output=True, timeout=60)
+            run.wait_for(r"waiting for the reclaim", 120)
+        else:
+            time.sleep(2.5)  # land between checkpoints: some steps will be redone
+        t_remove = time.time()
+        cluster.remove_node(victim)
+        result["recover_s"] = round(first_step_after(log_dir, t_remove, 1, 300), 2)
+        time.sleep(3)
+        t_add = time.time()
+        cluster.add_node(num_cpus=1, resources={"slot": 1})
+        result["scale_up_s"] = round(first_step_after(log_dir, t_add, 2, 300), 2)
+        result["redone_steps"] = redone_steps(log_dir)
+        return result
+    finally:
+        if run is not None:
+            run.kill()
+        cluster.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--settings", default="elastic_nas,ray_tuned,ray_defaults")
+    ap.add_argument("--no-drain", action="store_true")
+    a = ap.parse_args()
+    figures: dict = {"checkpoint_every_steps": CKPT_EVERY, "settings": {}}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for setting in a.settings.split(","):
+            print(f"== {setting}: node loss without notice", flush=True)
+            figures["settings"][setting] = scenario(tmp, setting, drain=False)
+            print(figures["settings"][setting], flush=True)
+        if not a.no_drain:
+            print("== elastic_nas: node drained with a 15 s deadline, then removed", flush=True)
+            figures["with_notice"] = scenario(tmp, "elastic_nas", drain=True)
+    s = figures["settings"]
+    if "elastic_nas" in s:
+        for base in ("ray_tuned", "ray_defaults"):
+            if base in s:
+                figures[f"recover_speedup_vs_{base}"] = round(s[base]["recover_s"] / s["elastic_nas"]["recover_s"], 2)
+                figures[f"scale_up_speedup_vs_{base}"] = round(
+                    s[base]["scale_up_s"] / s["elastic_nas"]["scale_up_s"], 2)
+    write_result("elastic_recovery", figures)
+
+
+if __name__ == "__main__":
+    main()
