@@ -251,6 +251,50 @@ class SearchConfig:
             raise ConfigError("budgets", f"every budget must be > 0 (millions of MACs), got {self.budgets}")
 
 
+@dataclass
+class ArchSelectConfig:
+    """Where retraining takes its architecture from: exactly one of ``search`` / ``value``."""
+
+    search: str = ""  # a search output dir (chosen_arch.json, best_per_budget.json)
+    budget: float = 0.0  # MACs budget in millions to pick from the search (Cream's MODEL_SELECTION); 0 = chosen
+    value: str = ""  # explicit arch (SPOS list, Cream INPUT_ARCH) as JSON, or a published name (spos-323m, cream-14 ...)
+
+    def validate(self, prefix: str) -> None:
+        if bool(self.search) == bool(self.value):
+            raise ConfigError(prefix, "set exactly one of arch.search (a search output) or arch.value "
+                                      "(an arch JSON or a published name)")
+        _non_negative(self.budget, f"{prefix}.budget")
+
+
+@dataclass
+class RetrainConfig:
+    """``elastic-nas retrain``: train the chosen subnet from scratch on the elastic trainer."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="retrain"))
+    arch: ArchSelectConfig = field(default_factory=ArchSelectConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)  # for arch.value; a search result carries its own
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    eval_batch: int = 256  # batch for the final test-split evaluation
+
+    def validate(self, prefix: str = "") -> None:
+        _positive(self.eval_batch, "eval_batch")
+
+
+@dataclass
+class TestConfig:
+    """``elastic-nas test``: evaluate a retrained checkpoint on the test split and export it."""
+
+    checkpoint: str = "runs/retrain"  # a retrain run dir (newest valid checkpoint) or one checkpoint dir
+    batch_size: int = 256
+    export: Literal["torch.export", "torchscript", "none"] = "torch.export"
+    output: str = ""  # export dir ("" = <checkpoint's run dir>/export)
+
+    def validate(self, prefix: str = "") -> None:
+        _positive(self.batch_size, "batch_size")
+
+
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
@@ -407,6 +451,9 @@ __all__ = [
     "SearchConfig",
     "SpaceConfig",
     "SupernetConfig",
+    "ArchSelectConfig",
+    "RetrainConfig",
+    "TestConfig",
     "from_dict",
     "load_config",
     "to_dict",

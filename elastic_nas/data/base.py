@@ -1,0 +1,258 @@
+"""The one dataset interface: three splits of (image, label, stable sample id).
+
+A :class:`Split` is a view (``rows``) onto an image store, so ``subset`` and the
+train/search_val carve are free. Two stores exist: decoded uint8 NHWC arrays in
+memory (synthetic, cifar10; vectorised batches) and encoded JPEG/PNG bytes
+(imagefolder, parquet; decoded with PIL per image).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from elastic_nas.config import DataConfig
+from elastic_nas.errors import DatasetError
+
+# Per-channel normalisation (RGB, on [0, 1] pixels). CIFAR-10 uses its
+# train statistics, encoded sources (ImageNet-style photos) ImageNet's; synthetic its own.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+CROP_PAD = 4  # array stores: random crop from a 4-px zero-padded image (CIFAR recipe)
+EVAL_CROP = 0.875  # encoded stores: resize the short side to size/0.875, center crop
+RRC_SCALE = (0.35, 1.0)  # encoded stores: random-resized-crop area range (SPOS uses 0.08)
+
+
+class ArrayStore:
+    """Decoded images in one uint8 NHWC array."""
+
+    def __init__(self, images: np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DatasetError(f"expected uint8 NHWC RGB images, got {images.dtype} {images.shape}")
+        self.images = images
+
+    def load(self, rows: np.ndarray, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
+        batch = self.images[rows]
+        if augment:
+            batch = _pad_crop_flip(batch, rng)
+        return batch  # resized to `size` after normalisation, on the float tensor
+
+
+class EncodedStore:
+    """Encoded JPEG/PNG bytes, one per row, decoded with PIL on demand."""
+
+    def __init__(self, blobs: Sequence[bytes], describe: Sequence[str] | None = None):
+        self.blobs = blobs  # list of bytes or a pyarrow BinaryArray
+        self.describe = describe  # optional per-row origin (path) for error messages
+
+    def load(self, rows: np.ndarray, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+        for i, row in enumerate(rows):
+            out[i] = self._decode(int(row), size, augment, rng)
+        return out
+
+    def _decode(self, row: int, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
+        from PIL import Image
+
+        blob = self.blobs[row]
+        blob = blob.as_py() if hasattr(blob, "as_py") else blob
+        try:
+            img = Image.open(io.BytesIO(blob)).convert("RGB")
+        except Exception as e:  # PIL raises many types for bad data
+            where = self.describe[row] if self.describe is not None else f"row {row}"
+            raise DatasetError(f"cannot decode image {where}: {e}") from None
+        w, h = img.size
+        if augment:
+            x0, y0, cw, ch = _random_resized_box(w, h, rng)
+            img = img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+            if rng.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            short = max(size, round(size / EVAL_CROP))
+            scale = short / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.uint8)
+
+
+class Split(torch.utils.data.Dataset):
+    """One split: ``ids`` and ``labels`` per index, images from a shared store.
+
+    ``__getitem__`` never augments (it has no RNG); training code draws batches with
+    ``get_batch(indices, augment=True, rng=...)`` from one explicit Generator.
+    """
+
+    def __init__(self, store: ArrayStore | EncodedStore, rows: np.ndarray, ids: np.ndarray,
+                 labels: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float],
+                 name: str = "split"):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if not len(self.rows) == len(self.ids) == len(self.labels):
+            raise ValueError("rows, ids and labels must have the same length")
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, n={len(self)}, image_size={self.image_size})"
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {self!r}")
+        x, _, _ = self.get_batch(np.array([i]))
+        return x[0], int(self.labels[i]), int(self.ids[i])
+
+    def get_batch(self, indices: np.ndarray, augment: bool = False,
+                  rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images ``[N, 3, H, W]`` float32 normalised, labels int64, sample ids int64."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if augment and rng is None:
+            raise ValueError("augment=True needs an explicit rng")
+        rng = rng if rng is not None else np.random.default_rng(0)  # unused without augment
+        raw = self.store.load(self.rows[indices], self.image_size, augment, rng)
+        # (p/255 - mean)/std as one multiply-add on NHWC, then a single NCHW copy.
+        std = torch.tensor(self.std)
+        x = torch.from_numpy(np.ascontiguousarray(raw)).to(torch.float32)
+        x = x.mul_(1.0 / (255.0 * std)).sub_(torch.tensor(self.mean) / std)
+        x = x.permute(0, 3, 1, 2).contiguous()
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return x, torch.from_numpy(self.labels[indices].copy()), torch.from_numpy(self.ids[indices].copy())
+
+    def subset(self, indices: np.ndarray | Sequence[int], name: str | None = None) -> "Split":
+        indices = np.asarray(indices, dtype=np.int64)
+        return Split(self.store, self.rows[indices], self.ids[indices], self.labels[indices],
+                     self.image_size, self.mean, self.std, name or f"{self.name}[subset]")
+
+
+@dataclass
+class DatasetSplits:
+    train: Split  # for weight training; disjoint from search_val
+    search_val: Split  # held out from the official train set; search scores on it
+    test: Split  # the official test set; search never reads it
+    num_classes: int
+    class_names: list[str]
+
+    def summary(self) -> str:
+        return (f"{self.num_classes} classes; train {len(self.train)}, "
+                f"search_val {len(self.search_val)}, test {len(self.test)}")
+
+
+def class_balanced_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` samples, per class in proportion to class frequency.
+
+    Largest-remainder rounding, so equal classes give equal counts (+-1). Deterministic
+    in ``seed``.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 0 <= n <= len(labels):
+        raise DatasetError(f"cannot take {n} samples from a split of {len(labels)}")
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts / counts.sum()
+    quota = np.floor(exact).astype(np.int64)
+    short = n - int(quota.sum())
+    # Ties broken by class order, so the result does not depend on float noise.
+    order = np.lexsort((classes, -(exact - quota)))
+    quota[order[:short]] += 1
+    rng = np.random.default_rng([seed, 0x5EA])
+    picked = []
+    for c, q in zip(classes, quota):
+        members = np.flatnonzero(labels == c)
+        picked.append(rng.permutation(members)[:q])
+    return np.sort(np.concatenate(picked))
+
+
+def class_balanced_subset(split: Split, n: int, seed: int) -> Split:
+    """A deterministic class-balanced subset of ``n`` samples (calibration, validation)."""
+    return split.subset(class_balanced_indices(split.labels, n, seed), name=f"{split.name}[{n}]")
+
+
+def carve_search_val(full_train: Split, size: int, seed: int) -> tuple[Split, Split]:
+    """Split the official train set into (train, search_val), disjoint, class-balanced."""
+    if size >= len(full_train):
+        raise DatasetError(
+            f"search_val_size ({size}) must be smaller than the train set ({len(full_train)})"
+        )
+    held = class_balanced_indices(full_train.labels, size, seed)
+    keep = np.setdiff1d(np.arange(len(full_train)), held, assume_unique=True)
+    return full_train.subset(keep, name="train"), full_train.subset(held, name="search_val")
+
+
+def build_dataset(cfg: DataConfig, image_size: int) -> DatasetSplits:
+    """Build the three splits of ``cfg.source``; raises :class:`DatasetError` early."""
+    if image_size < 1:
+        raise DatasetError(f"image_size must be >= 1, got {image_size}")
+    if cfg.source == "synthetic":
+        from elastic_nas.data.synthetic import load_synthetic as load
+    elif cfg.source == "cifar10":
+        from elastic_nas.data.cifar10 import load_cifar10 as load
+    elif cfg.source == "imagefolder":
+        from elastic_nas.data.imagefolder import load_imagefolder as load
+    elif cfg.source == "parquet":
+        from elastic_nas.data.parquet import load_parquet as load
+    else:
+        raise DatasetError(f"unknown dataset source {cfg.source!r}")
+    full_train, test, class_names = load(cfg, image_size)
+    train, search_val = carve_search_val(full_train, cfg.search_val_size, cfg.seed)
+    overlap = np.intersect1d(full_train.ids, test.ids)
+    if len(overlap):
+        raise DatasetError(f"{len(overlap)} sample ids appear in both train and test (e.g. {overlap[0]})")
+    return DatasetSplits(train, search_val, test, len(class_names), list(class_names))
+
+
+def _pad_crop_flip(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random crop from a zero-padded image, then horizontal flip; vectorised."""
+    n, h, w, _ = batch.shape
+    p = CROP_PAD
+    padded = np.pad(batch, ((0, 0), (p, p), (p, p), (0, 0)))
+    oy = rng.integers(0, 2 * p + 1, size=n)
+    ox = rng.integers(0, 2 * p + 1, size=n)
+    flip = rng.random(n) < 0.5
+    cols = ox[:, None] + np.arange(w)[None, :]
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)  # flip folded into the gather
+    rows = oy[:, None] + np.arange(h)[None, :]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _random_resized_box(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    area = w * h
+    for _ in range(10):  # bounded tries, then fall back to the whole image (torchvision's rule)
+        target = area * rng.uniform(*RRC_SCALE)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw = round(math.sqrt(target * ratio))
+        ch = round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
+    return 0, 0, w, h
+
+
+__all__ = [
+    "ArrayStore",
+    "DatasetSplits",
+    "EncodedStore",
+    "Split",
+    "build_dataset",
+    "carve_search_val",
+    "class_balanced_indices",
+    "class_balanced_subset",
+]

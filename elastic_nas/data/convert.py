@@ -1,0 +1,199 @@
+"""``elastic-nas data convert SRC DST``: an ImageNet-style folder -> parquet shards.
+
+Each shard ``DST/<split>-<k>.parquet`` holds the original encoded bytes (no
+re-encoding), label, sample id and relative path, with the class names and a
+fingerprint of its file list in the schema metadata. Shard ``k`` of a split is files
+``[k*shard_size, (k+1)*shard_size)`` of the sorted list, so a rerun rebuilds the same
+assignment and skips every shard already written with the same fingerprint (each
+shard is written to a temp file and renamed). Corrupt images are skipped and listed,
+by path, on stderr and in ``DST/corrupt.json``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from elastic_nas.data.imagefolder import ImageFile, scan
+from elastic_nas.errors import DatasetError
+
+FORMAT_VERSION = 1
+META_KEY = b"elastic_nas"
+CORRUPT_FILE = "corrupt.json"
+INDEX_FILE = "dataset.json"
+PROGRESS_EVERY_S = 2.0
+
+
+@dataclass
+class _Task:
+    split: str
+    shard: int
+    files: list[ImageFile]
+    out: Path
+    class_names: list[str]
+    fingerprint: str
+
+
+@dataclass
+class ConvertReport:
+    written: int = 0  # shards written by this run
+    skipped: int = 0  # shards already complete, left untouched
+    images: int = 0  # good images in all shards
+    corrupt: list[dict] = field(default_factory=list)  # {"path", "error"} per skipped image
+    counts: dict[str, int] = field(default_factory=dict)  # good images per split
+
+
+def shard_name(split: str, shard: int) -> str:
+    return f"{split}-{shard:05d}.parquet"
+
+
+def _shard_counts(found, shard_size: int) -> dict[str, int]:
+    return {split: -(-len(files) // shard_size) for split, files in found.splits.items()}
+
+
+def _fingerprint(files: list[ImageFile]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.rel}\0{f.label}\0{f.id}\0{f.path.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def read_shard_meta(path: Path) -> dict | None:
+    """The shard's metadata, or None if it is missing or unreadable (then it is rebuilt)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[META_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+
+
+def _check_image(blob: bytes) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as img:
+        img.verify()  # structure and checksums
+    with Image.open(io.BytesIO(blob)) as img:
+        img.load()  # verify() misses truncated pixel data
+
+
+def _convert_shard(task: _Task) -> tuple[str, int, list[dict]]:
+    """Worker: check and pack one shard. Returns (split, good images, corrupt records)."""
+    ids, labels, blobs, rels, corrupt = [], [], [], [], []
+    for f in task.files:
+        try:
+            blob = f.path.read_bytes()
+            _check_image(blob)
+        except Exception as e:  # PIL raises many types for bad data; each is reported
+            corrupt.append({"path": str(f.path), "error": f"{type(e).__name__}: {e}"})
+            continue
+        ids.append(f.id)
+        labels.append(f.label)
+        blobs.append(blob)
+        rels.append(f.rel)
+    meta = {"version": FORMAT_VERSION, "split": task.split, "shard": task.shard,
+            "class_names": task.class_names, "fingerprint": task.fingerprint, "corrupt": corrupt}
+    table = pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
+                      "image": pa.array(blobs, pa.binary()), "path": pa.array(rels, pa.string())})
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{task.out.name}.", suffix=".tmp", dir=task.out.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="none")  # JPEG/PNG bytes do not compress
+        os.replace(tmp, task.out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return task.split, len(ids), corrupt
+
+
+def _atomic_json(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: int = 0,
+            log=None) -> ConvertReport:
+    """Convert ``src`` into shards under ``dst``; resumable; see the module docstring."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if shard_size < 1:
+        raise DatasetError(f"--shard-size must be >= 1, got {shard_size}")
+    found = scan(src)
+    dst = Path(dst).expanduser()
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot create {dst}: {e}") from None
+
+    report = ConvertReport(counts={s: 0 for s in found.splits})
+    todo: list[_Task] = []
+    for split, files in found.splits.items():
+        for k, start in enumerate(range(0, len(files), shard_size)):
+            chunk = files[start:start + shard_size]
+            task = _Task(split, k, chunk, dst / shard_name(split, k), found.class_names, _fingerprint(chunk))
+            meta = read_shard_meta(task.out) if task.out.exists() else None
+            if meta is not None and meta.get("fingerprint") == task.fingerprint:
+                report.skipped += 1
+                report.corrupt.extend(meta.get("corrupt", []))
+                report.counts[split] += len(chunk) - len(meta.get("corrupt", []))
+            else:
+                todo.append(task)
+    expected = {t.out.name for t in todo} | {shard_name(s, k) for s, n in _shard_counts(found, shard_size).items()
+                                             for k in range(n)}
+    for stale in sorted(dst.glob("*-[0-9][0-9][0-9][0-9][0-9].parquet")):
+        if stale.name.split("-")[0] in found.splits and stale.name not in expected:
+            log(f"convert: removing {stale.name}, left from a run with another file list or shard size")
+            stale.unlink()
+    total = report.skipped + len(todo)
+    if report.skipped:
+        log(f"convert: {report.skipped}/{total} shards already complete, skipped")
+    for rec in report.corrupt:
+        log(f"convert: corrupt image skipped: {rec['path']} ({rec['error']})")
+
+    workers = workers or os.cpu_count() or 1
+    t0 = last = time.monotonic()
+
+    def done(result: tuple[str, int, list[dict]]) -> None:
+        nonlocal last
+        split, good, corrupt = result
+        report.written += 1
+        report.counts[split] += good
+        report.corrupt.extend(corrupt)
+        for rec in corrupt:
+            log(f"convert: corrupt image skipped: {rec['path']} ({rec['error']})")
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S or report.written == len(todo):
+            last = now
+            log(f"convert: {report.written + report.skipped}/{total} shards, "
+                f"{sum(report.counts.values())} images, {len(report.corrupt)} corrupt, {now - t0:.1f} s")
+
+    if workers == 1 or len(todo) <= 1:
+        for task in todo:
+            done(_convert_shard(task))
+    else:
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            for fut in cf.as_completed([pool.submit(_convert_shard, t) for t in todo]):
+                done(fut.result())
+
+    report.images = sum(report.counts.values())
+    report.corrupt.sort(key=lambda r: r["path"])
+    _atomic_json(dst / CORRUPT_FILE, report.corrupt)
+    _atomic_json(dst / INDEX_FILE, {
+        "version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
+        "class_names": found.class_names, "shard_size": shard_size,
+        "images": report.counts, "corrupt": len(report.corrupt),
+    })
+    return report

@@ -1,0 +1,153 @@
+"""``data convert``: ImageFolder -> parquet shards, corrupt images, resume, read-back, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from elastic_nas.config import DataConfig
+from elastic_nas.data import build_dataset
+from elastic_nas.data.convert import convert
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+def _make_folder(root: Path, per_class: int = 4) -> dict[str, int]:
+    """root/train/<cls>/*.png|jpg and root/val/<cls>/*; returns {relpath: label} of good images."""
+    rng = np.random.default_rng(0)
+    good = {}
+    for split, n in (("train", per_class), ("val", 2)):
+        for label, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+                ext = "png" if i % 2 else "jpg"
+                Image.fromarray(arr).save(d / f"{i}.{ext}")
+                good[f"{split}/{cls}/{i}.{ext}"] = label
+    (root / "train" / "bee" / "broken.jpg").write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    return good
+
+
+def _quiet(msg: str) -> None:
+    _quiet.lines.append(msg)
+
+
+_quiet.lines = []
+
+
+def test_convert_roundtrip_corrupt_and_resume(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    good = _make_folder(src)
+    report = convert(src, dst, shard_size=5, workers=2, log=_quiet)
+    assert report.images == len(good) == 18
+    assert report.counts == {"train": 12, "test": 6}
+    assert report.written == 5 and report.skipped == 0  # 13 train files -> 3 shards, 6 test -> 2
+
+    shards = sorted(p.name for p in dst.glob("*.parquet"))
+    assert shards == ["test-00000.parquet", "test-00001.parquet",
+                      "train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
+    rows = {}
+    for p in dst.glob("*.parquet"):
+        t = pq.read_table(p)
+        meta = json.loads(t.schema.metadata[b"elastic_nas"])
+        assert meta["class_names"] == CLASSES
+        for rel, label, sid in zip(t.column("path").to_pylist(), t.column("label").to_pylist(),
+                                   t.column("id").to_pylist()):
+            rows[rel] = (label, sid)
+    assert {k: v[0] for k, v in rows.items()} == good
+    assert len({v[1] for v in rows.values()}) == len(rows)
+
+    broken = str(src / "train" / "bee" / "broken.jpg")
+    corrupt = json.loads((dst / "corrupt.json").read_text())
+    assert [c["path"] for c in corrupt] == [broken]
+    assert any(broken in line for line in _quiet.lines)
+
+    # Resume: nothing rewritten, finished shards skipped, corrupt still reported.
+    mtimes = {p: p.stat().st_mtime_ns for p in dst.glob("*.parquet")}
+    _quiet.lines.clear()
+    again = convert(src, dst, shard_size=5, workers=2, log=_quiet)
+    assert again.written == 0 and again.skipped == 5
+    assert again.images == 18 and [c["path"] for c in again.corrupt] == [broken]
+    assert {p: p.stat().st_mtime_ns for p in dst.glob("*.parquet")} == mtimes
+    assert any("skipped" in line for line in _quiet.lines)
+
+    # A deleted shard is rebuilt alone.
+    (dst / "train-00001.parquet").unlink()
+    third = convert(src, dst, shard_size=5, workers=1, log=_quiet)
+    assert third.written == 1 and third.skipped == 4
+
+    # Read back through the dataset interface.
+    data = build_dataset(DataConfig(source="parquet", path=str(dst), search_val_size=3), image_size=16)
+    assert data.class_names == CLASSES and data.num_classes == 3
+    assert (len(data.train), len(data.search_val), len(data.test)) == (9, 3, 6)
+    assert np.bincount(data.search_val.labels, minlength=3).tolist() == [1, 1, 1]
+    x, y, ids = data.train.get_batch(np.arange(4), augment=True, rng=np.random.default_rng(0))
+    assert x.shape == (4, 3, 16, 16)
+    x, y, ids = data.test.get_batch(np.arange(6))
+    assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagefolder_source_reads_in_place(tmp_path):
+    src = tmp_path / "src"
+    _make_folder(src)
+    (src / "train" / "bee" / "broken.jpg").unlink()
+    data = build_dataset(DataConfig(source="imagefolder", path=str(src), search_val_size=3), image_size=8)
+    assert (len(data.train), len(data.search_val), len(data.test)) == (9, 3, 6)
+    x, _, _ = data.test.get_batch(np.arange(2))
+    assert x.shape == (2, 3, 8, 8)
+
+
+def test_flat_folder_is_train_only(tmp_path):
+    src = tmp_path / "flat"
+    for cls in CLASSES:
+        (src / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (10, 10), (i * 50, 0, 0)).save(src / cls / f"{i}.png")
+    report = convert(src, tmp_path / "dst", shard_size=100, workers=1, log=_quiet)
+    assert report.counts == {"train": 6, "test": 0}
+
+
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "elastic_nas", *args], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=cwd)
+
+
+def test_cli_convert(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _make_folder(src)
+    r = _cli("data", "convert", str(src), str(dst), "--shard-size", "4", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "18 images" in r.stdout and "1 corrupt" in r.stdout
+    assert "broken.jpg" in r.stderr and "shards" in r.stderr
+
+    r = _cli("data", "convert", str(tmp_path / "missing"), str(dst))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0] and lines[0].startswith("elastic-nas:")
+
+
+def test_cli_prepare_small(tmp_path):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"data:\n  num_train: 200\n  num_test: 50\n  search_val_size: 20\n  path: {tmp_path / 'c'}\n")
+    r = _cli("data", "prepare", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "train 180, search_val 20, test 50" in r.stdout
+
+
+@pytest.mark.parametrize("bad", ["--shard-size=0"])
+def test_cli_convert_bad_args(tmp_path, bad):
+    src = tmp_path / "src"
+    _make_folder(src)
+    r = _cli("data", "convert", str(src), str(tmp_path / "dst"), bad)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
