@@ -42,6 +42,24 @@ def _cmd_supernet(args: argparse.Namespace) -> int:
     return supernet(args)
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from elastic_nas.search.cli import search
+
+    return search(args)
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from elastic_nas.train.cli import retrain
+
+    return retrain(args)
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from elastic_nas.train.cli import test
+
+    return test(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elastic-nas",
@@ -78,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("supernet", help="train a weight-sharing supernet on Ray Train (elastic)")
     _add_config_args(p, "jobs/supernet.yaml")
     p.set_defaults(func=_cmd_supernet)
+    p = sub.add_parser("retrain", help="train the chosen subnet from scratch (elastic), then test it")
+    _add_config_args(p, "jobs/retrain.yaml")
+    p.set_defaults(func=_cmd_retrain)
+    p = sub.add_parser("test", help="evaluate a retrained subnet on the test split and export it")
+    _add_config_args(p, "jobs/test.yaml")
+    p.set_defaults(func=_cmd_test)
+    p = sub.add_parser("search", help="evolutionary architecture search over a trained supernet (Ray Tune)")
+    _add_config_args(p, "jobs/search.yaml")
+    p.set_defaults(func=_cmd_search)
     return parser
 
 

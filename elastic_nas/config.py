@@ -257,7 +257,7 @@ class ArchSelectConfig:
 
     search: str = ""  # a search output dir (chosen_arch.json, best_per_budget.json)
     budget: float = 0.0  # MACs budget in millions to pick from the search (Cream's MODEL_SELECTION); 0 = chosen
-    value: str = ""  # explicit arch (SPOS list, Cream INPUT_ARCH) as JSON, or a published name (spos-323m, cream-14 ...)
+    value: Union[str, list[Any]] = ""  # explicit arch (SPOS list, Cream INPUT_ARCH), or a published name (spos-323m, cream-14 ...)
 
     def validate(self, prefix: str) -> None:
         if bool(self.search) == bool(self.value):

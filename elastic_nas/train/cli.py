@@ -13,3 +13,19 @@ def supernet(args: argparse.Namespace) -> int:
     cfg = load_config(SupernetConfig, args.config, args.overrides)
     train_supernet(cfg)
     return 0
+
+
+def retrain(args: argparse.Namespace) -> int:
+    from elastic_nas.config import RetrainConfig
+    from elastic_nas.train.retrain import retrain as run
+
+    run(load_config(RetrainConfig, args.config, args.overrides))
+    return 0
+
+
+def test(args: argparse.Namespace) -> int:
+    from elastic_nas.config import TestConfig
+    from elastic_nas.train.evaluate import run_test
+
+    run_test(load_config(TestConfig, args.config, args.overrides))
+    return 0

@@ -25,6 +25,8 @@ RAY_TRAIN_ENV_DEFAULTS = {
     # and a timeout just makes the controller retry with a fresh size.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "3",
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+    # Worker prints reach the driver once through Ray's log forwarding; the patch repeats them.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 
@@ -90,6 +92,39 @@ def run_trainer(
         return trainer.fit()
     with NodeChangeRefresher():
         return trainer.fit()
+
+
+def launch(worker_fn: Callable[[dict], None], cfg: Any, extra: dict | None = None) -> tuple[Any, dict]:
+    """Run ``worker_fn`` for a job config with ``run`` and ``elastic`` sections.
+
+    Returns Ray's result and the outputs to print: the final checkpoint, TensorBoard dir,
+    and (for local storage) the world size / LR / throughput plot and history JSON.
+    """
+    from elastic_nas.config import to_dict
+    from elastic_nas.elastic.checkpoint import read_checkpoint
+    from elastic_nas.train.plots import plot_history
+
+    storage = resolve_storage(cfg.run)
+    run_dir = local_run_dir(storage, cfg.run.name)
+    tb_dir = str(run_dir / "tensorboard") if run_dir else str(
+        Path("~/.cache/elastic-nas/tensorboard").expanduser() / cfg.run.name)
+    print(f"elastic-nas: run {cfg.run.name!r} in {storage} "
+          f"({cfg.elastic.min_workers}-{cfg.elastic.max_workers} workers)", flush=True)
+    init_ray()
+    loop_config = {"cfg": to_dict(cfg), "tensorboard_dir": tb_dir, **(extra or {})}
+    result = run_trainer(worker_fn, loop_config, cfg.run, cfg.elastic, storage)
+    if result.error:
+        raise result.error
+    ckpt_path = result.checkpoint.path if result.checkpoint else None
+    outputs: dict[str, Any] = {"checkpoint": ckpt_path, "tensorboard": tb_dir}
+    if ckpt_path and run_dir is not None:
+        history = read_checkpoint(ckpt_path).state["history"]
+        outputs["plot"] = str(plot_history(history, run_dir / "elastic_history.png"))
+        write_json(run_dir / "history.json", history)
+        outputs["history"] = str(run_dir / "history.json")
+    outputs["final metrics"] = {k: round(v, 4) if isinstance(v, float) else v
+                                for k, v in (result.metrics or {}).items()}
+    return result, outputs
 
 
 def local_run_dir(storage: str, name: str) -> Path | None:

@@ -19,7 +19,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,7 +93,22 @@ class LoopSettings:
     tensorboard_dir: str = ""
     preemption_margin_s: float = 5.0  # stop stepping this long before a spot deadline
     grad_sync: str = "ddp"  # ddp (find_unused_parameters) | bucketed (path params only)
-    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Any, tensorboard_dir: str = "") -> "LoopSettings":
+        """From a job config with ``run``, ``optim``, ``elastic`` and ``data`` sections."""
+        o, e = cfg.optim, cfg.elastic
+        return cls(
+            seed=cfg.run.seed, epochs=o.epochs, lr=o.lr, reference_batch=o.reference_batch,
+            momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+            label_smoothing=o.label_smoothing, schedule=o.schedule, warmup_epochs=o.warmup_epochs,
+            grad_clip=o.grad_clip, batch_policy=e.batch_policy, per_worker_batch=e.per_worker_batch,
+            global_batch=e.global_batch, max_per_worker_batch=e.max_per_worker_batch,
+            lr_ramp_steps=e.lr_ramp_steps, checkpoint_every_steps=e.checkpoint_every_steps,
+            checkpoint_every_s=e.checkpoint_every_s, preemption_poll_steps=e.preemption_poll_steps,
+            report_every_steps=e.report_every_steps, augment=cfg.data.augment,
+            sample_log_dir=e.sample_log_dir, tensorboard_dir=tensorboard_dir, grad_sync=e.grad_sync,
+        )
 
 
 def make_optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.SGD:
@@ -282,7 +297,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
             if task.criterion is not None:
                 per_sample, logits = task.criterion(forward, xm, ym, arch, step)
             else:
-                logits = forward(xm, arch)
+                logits = forward(xm) if arch is None else forward(xm, arch)
                 per_sample = F.cross_entropy(logits, ym, label_smoothing=s.label_smoothing, reduction="none")
             # With accumulation, DDP syncs only on the last micro-batch.
             sync = ddp.no_sync() if use_ddp and i < len(micro) - 1 else contextlib.nullcontext()
