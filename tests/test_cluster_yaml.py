@@ -1,0 +1,40 @@
+"""cluster.yaml passes Ray's own autoscaler schema check and keeps the project's promises."""
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_is_valid_for_ray():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    # What `ray up` does before launching anything: merge AWS defaults, then the schema check.
+    validate_config(prepare_config(cfg))  # raises on a schema violation
+
+
+def test_cluster_yaml_spot_gpu_pools_and_private_dashboard():
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"].get("CPU") == 0 and "InstanceMarketOptions" not in head["node_config"]
+    workers = {k: v for k, v in types.items() if k != cfg["head_node_type"]}
+    assert len({w["node_config"]["InstanceType"] for w in workers.values()}) >= 2
+    for w in workers.values():
+        assert w["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+        assert w["min_workers"] == 0 and w["max_workers"] >= 1
+    start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "--num-cpus=0" in start
+    assert any("pip install" in c and "elastic-nas" in c for c in cfg["setup_commands"])
+
+
+def test_schema_check_catches_a_broken_config():
+    import pytest
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    cfg["available_node_types"]["gpu_spot_l4"]["min_wrokers"] = 0  # typo
+    with pytest.raises(Exception):
+        validate_config(prepare_config(cfg))
