@@ -1,0 +1,138 @@
+"""Accuracy under elasticity: does a supernet trained through resizes match a static one?
+
+Three supernets per seed on the synthetic set, same data and sample budget:
+
+* ``elastic``: a 2 -> 1 -> 2 worker schedule (a third of the samples each) under the
+  ``scale`` policy (Dynamic mini-batch SGD: global batch and LR follow the world size,
+  LR ramped over T*r steps, momentum kept);
+* ``static``: 2 workers throughout;
+* ``naive``: the same schedule, LR not rescaled (``naive`` policy), for contrast.
+
+The figure is the mean, over a fixed set of 10 subnets, of the inherited top-1 on a
+class-balanced ``search_val`` subset after exact BN recalibration; then the mean over
+seeds. The schedule is replayed in one process: each step runs k per-worker shards
+(BN sees per-worker batches, as on k workers) through the project's own sampler, LR
+policy and optimizer, and sums their gradients as the all-reduce would. That isolates
+the optimisation effect from Ray's timing; the Ray path itself runs the same sampler and
+policy code and is covered by tests/test_elastic_ray.py.
+
+    python benchmarks/elastic_accuracy.py [--seeds 3 --epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from _common import write_result
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from elastic_nas.config import DataConfig, SpaceConfig
+from elastic_nas.elastic.policy import ElasticLRPolicy
+from elastic_nas.elastic.sampler import ElasticSampler
+from elastic_nas.train.loop import LoopSettings, make_optimizer
+
+WORKER_BATCH, REF_BATCH, BASE_LR = 32, 64, 0.1
+
+
+def train_supernet(space, train, seed: int, epochs: float, policy_kind: str, schedule: list[tuple[float, int]]):
+    torch.manual_seed(seed)
+    model = space.build_supernet()
+    s = LoopSettings(seed=seed, epochs=epochs, lr=BASE_LR, reference_batch=REF_BATCH, momentum=0.9,
+                     nesterov=False, weight_decay=4e-5, label_smoothing=0.1, schedule="cosine",
+                     warmup_epochs=0.1, grad_clip=0.0, batch_policy=policy_kind, per_worker_batch=WORKER_BATCH,
+                     global_batch=2 * WORKER_BATCH, max_per_worker_batch=256, lr_ramp_steps=8,
+                     checkpoint_every_steps=1, checkpoint_every_s=1.0, preemption_poll_steps=1,
+                     report_every_steps=1)
+    opt = make_optimizer(model, s)
+    total = epochs * len(train)
+    policy = ElasticLRPolicy(policy_kind, BASE_LR, REF_BATCH, WORKER_BATCH, 2 * WORKER_BATCH, 256, 8,
+                             "cosine", total, 0.1 * len(train))
+    sampler = ElasticSampler(len(train), seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    step, seen, world = 0, 0, 0
+    model.train()
+    while seen < total:
+        k = [w for frac, w in schedule if seen >= frac * total][-1]
+        if k != world:
+            plan = policy.on_world_size(step, k)
+            world = k
+        sp = sampler.plan(k, plan.global_batch)
+        arch = space.sample(np.random.default_rng([seed, step]))
+        lr = policy.lr(step, seen)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        for rank in range(k):  # one forward per worker shard: per-worker BN statistics
+            x, y, _ = train.get_batch(sp.indices(rank), augment=True, rng=rng)
+            w = torch.as_tensor(sp.valid(rank), dtype=torch.float32)
+            per = F.cross_entropy(model(x, arch), y, label_smoothing=0.1, reduction="none")
+            (per * w).sum().div(sp.num_real).backward()
+        opt.step()
+        sampler.advance(sp)
+        step += 1
+        seen += sp.num_real
+    return model
+
+
+def inherited_accuracy(space, model, archs, calib, val) -> float:
+    from elastic_nas.search.bn import recalibrate_bn
+
+    accs = []
+    calib_batches = [calib.get_batch(np.arange(i, min(i + 250, len(calib))))[0] for i in range(0, len(calib), 250)]
+    xv, yv, _ = val.get_batch(np.arange(len(val)))
+    for arch in archs:
+        recalibrate_bn(model, lambda x, a=arch: model(x, a), calib_batches)
+        model.eval()
+        with torch.no_grad():
+            accs.append(100.0 * float((model(xv, arch).argmax(1) == yv).float().mean()))
+    return statistics.mean(accs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--num-train", type=int, default=8000)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    from elastic_nas.data import build_dataset
+    from elastic_nas.data.base import class_balanced_subset
+    from elastic_nas.spaces import build_space
+
+    schedules = {"elastic": ("scale", [(0.0, 2), (1 / 3, 1), (2 / 3, 2)]),
+                 "static": ("scale", [(0.0, 2)]),
+                 "naive": ("naive", [(0.0, 2), (1 / 3, 1), (2 / 3, 2)])}
+    results: dict[str, list[float]] = {k: [] for k in schedules}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        data = build_dataset(DataConfig(path=str(Path(d) / "data"), num_train=a.num_train, num_test=256,
+                                        search_val_size=1000), 32)
+        space = build_space(SpaceConfig(width_mult=0.25))
+        subnets = [space.sample(np.random.default_rng([1234, i])) for i in range(10)]
+        calib = class_balanced_subset(data.train, 1000, seed=0)
+        for seed in range(a.seeds):
+            for name, (kind, sched) in schedules.items():
+                model = train_supernet(space, data.train, seed, a.epochs, kind, sched)
+                acc = inherited_accuracy(space, model, subnets, calib, data.search_val)
+                results[name].append(round(acc, 2))
+                print(f"seed {seed} {name:8s} mean inherited top-1 of 10 subnets: {acc:.2f}%", flush=True)
+    mean = {k: round(statistics.mean(v), 2) for k, v in results.items()}
+    write_result("elastic_accuracy", {
+        "seeds": a.seeds, "epochs": a.epochs, "num_train": a.num_train, "space": "spos width 0.25 @32x32",
+        "per_worker_batch": WORKER_BATCH, "subnets": [list(s) for s in subnets],
+        "per_seed_top1": results, "mean_top1": mean,
+        "elastic_minus_static_points": round(mean["elastic"] - mean["static"], 2),
+        "naive_minus_static_points": round(mean["naive"] - mean["static"], 2),
+        "target": "|elastic - static| <= 0.5 points", "wall_s": round(time.time() - t0, 1),
+    })
+
+
+if __name__ == "__main__":
+    main()
