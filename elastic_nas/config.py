@@ -295,6 +295,43 @@ class TestConfig:
         _positive(self.batch_size, "batch_size")
 
 
+@dataclass
+class PipelineConfig:
+    """``elastic-nas pipeline``: supernet -> search -> retrain -> test, outputs wired together.
+
+    ``storage_path``, ``name`` and ``data`` are shared: step runs are ``<name>-supernet``,
+    ``<name>-search`` and ``<name>-retrain`` under ``storage_path``; the steps' own
+    ``run.name``/``storage_path``, ``data``, ``snapshot``, ``arch.search`` and ``checkpoint``
+    are set from them.
+    """
+
+    storage_path: str = "runs"
+    name: str = "pipeline"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def __post_init__(self) -> None:
+        self.wire()  # before validation: the steps' links are not the user's to set
+
+    def wire(self) -> "PipelineConfig":
+        root = self.storage_path.rstrip("/")
+        for step in ("supernet", "search", "retrain"):
+            section = getattr(self, step)
+            section.run = RunConfig(name=f"{self.name}-{step}", storage_path=self.storage_path, seed=self.seed)
+            section.data = self.data
+        self.search.snapshot = f"{root}/{self.name}-supernet"
+        self.retrain.arch = ArchSelectConfig(search=f"{root}/{self.name}-search", budget=self.retrain.arch.budget)
+        self.test.checkpoint = f"{root}/{self.name}-retrain"
+        return self
+
+    def validate(self, prefix: str = "") -> None:
+        RunConfig(name=self.name, storage_path=self.storage_path).validate("name")
+
+
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
@@ -454,6 +491,7 @@ __all__ = [
     "ArchSelectConfig",
     "RetrainConfig",
     "TestConfig",
+    "PipelineConfig",
     "from_dict",
     "load_config",
     "to_dict",

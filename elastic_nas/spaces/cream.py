@@ -1,0 +1,408 @@
+"""Cream search space (Peng et al., NeurIPS 2020): MobileNet-like, Swish, SE, variable depth.
+
+Layout (input 224, ``stem_stride=2``; widths before ``width_mult``)::
+
+    stem      conv3x3 s2 3->16, BN, Swish                              # 224 -> 112
+    stage 0   fixed dw-separable block: dw3x3, BN, Swish, SE, pw 16, BN (+ skip)
+    stage 1   1..max_depths[0] choice blocks, 24 ch, first stride 2     # 112 -> 56
+    stage 2   1..max_depths[1] choice blocks, 40 ch, first stride 2     # 56 -> 28
+    stage 3   1..max_depths[2] choice blocks, 80 ch, first stride 2     # 28 -> 14
+    stage 4   1..max_depths[3] choice blocks, 96 ch, stride 1           # 14
+    stage 5   1..max_depths[4] choice blocks, 192 ch, first stride 2    # 14 -> 7
+    conv1x1 192->320, BN, Swish
+    head      global pool, conv1x1 320->1280 (bias), Swish, linear      # pool BEFORE conv_head
+
+Choice block = inverted residual (pw expand, BN, Swish, dw kxk, BN, Swish, SE, pw-linear,
+BN, skip when stride 1 and widths match); SE squeezes ``mid * 0.25`` rounded to a multiple
+of 8 (ReLU inside, hard-sigmoid gate). Choices: 0=k3e4, 1=k3e6, 2=k5e4, 3=k5e6, 4=k7e4, 5=k7e6.
+
+Architectures, two accepted formats:
+
+* internal (normalised, what ``to_json`` writes): five lists, one op id per block, e.g.
+  ``[[0], [3, 3], [1, 3, 1], [3, 3, 3, 3], [3, 3, 3]]``; every id is honoured;
+* Cream's ``INPUT_ARCH``: seven lists ``[[0], s1, s2, s3, s4, s5, [0]]``. It is imported
+  with the quirk of Cream's released builder: a stage holding exactly one block ignores its
+  index and builds the stage default (s1 k3e4, s2 k5e4, s3 k3e6, s4 k3e6, s5 k5e6), so
+  ``[[0],[3],[3,3],[3,1,3],[3,3,3,3],[3,3,3],[0]]`` (Cream-287) normalises to
+  ``[[0],[3,3],[3,1,3],[3,3,3,3],[3,3,3]]`` -- exactly what Cream builds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from elastic_nas.config import SpaceConfig
+from elastic_nas.errors import ArchError
+from elastic_nas.spaces.base import Arch, SearchSpace, Supernet, as_int, as_list, inherit_weights
+from elastic_nas.spaces.layers import SqueezeExcite, conv_bn, make_divisible
+
+STEM_CHS = 16
+STAGE_CHS = (24, 40, 80, 96, 192)
+STAGE_STRIDES = (2, 2, 2, 1, 2)
+STAGE_DEFAULT_OPS = (0, 2, 1, 1, 3)  # Cream's one-block-stage quirk: k3e4, k5e4, k3e6, k3e6, k5e6
+FINAL_CHS = 320
+HEAD_CHS = 1280
+SE_RATIO = 0.25
+OPS = tuple((k, e) for k in (3, 5, 7) for e in (4, 6))  # op id -> (kernel, expansion)
+NUM_OPS = len(OPS)
+PUBLISHED_MAX_DEPTHS = (5, 5, 5, 6, 6)  # deepest stages of the published models (Cream-604)
+
+
+# ---------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------
+
+
+class ConvBnAct(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        self.conv, self.bn = conv_bn(in_chs, out_chs, kernel_size, stride)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class DepthwiseSeparable(nn.Module):
+    """Stage 0: dw3x3, BN, Swish, SE, pw, BN, with a skip (in == out, stride 1)."""
+
+    def __init__(self, chs: int):
+        super().__init__()
+        self.conv_dw, self.bn1 = conv_bn(chs, chs, 3, 1, chs)
+        self.act = nn.SiLU(inplace=True)
+        self.se = SqueezeExcite(chs, SE_RATIO)
+        self.conv_pw, self.bn2 = conv_bn(chs, chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.act(self.bn1(self.conv_dw(x)))
+        x = self.se(x)
+        x = self.bn2(self.conv_pw(x))
+        return x + shortcut
+
+
+class InvertedResidual(nn.Module):
+    """pw expand, BN, Swish, dw kxk, BN, Swish, SE, pw-linear, BN (+ skip)."""
+
+    def __init__(self, in_chs: int, out_chs: int, dw_kernel_size: int, exp_ratio: int, stride: int):
+        super().__init__()
+        mid_chs = make_divisible(in_chs * exp_ratio)
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.conv_pw, self.bn1 = conv_bn(in_chs, mid_chs, 1)
+        self.conv_dw, self.bn2 = conv_bn(mid_chs, mid_chs, dw_kernel_size, stride, mid_chs)
+        self.act = nn.SiLU(inplace=True)
+        self.se = SqueezeExcite(mid_chs, SE_RATIO)
+        self.conv_pwl, self.bn3 = conv_bn(mid_chs, out_chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.act(self.bn1(self.conv_pw(x)))
+        x = self.act(self.bn2(self.conv_dw(x)))
+        x = self.se(x)
+        x = self.bn3(self.conv_pwl(x))
+        return x + shortcut if self.has_residual else x
+
+
+class _Head(nn.Module):
+    """Global pool, conv1x1 with bias, Swish, linear (the pool comes before conv_head)."""
+
+    def __init__(self, in_chs: int, head_chs: int, num_classes: int):
+        super().__init__()
+        self.conv_head = nn.Conv2d(in_chs, head_chs, 1, bias=True)
+        self.act = nn.SiLU(inplace=True)
+        self.classifier = nn.Linear(head_chs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.mean((2, 3), keepdim=True)
+        x = self.act(self.conv_head(x))
+        return self.classifier(x.flatten(1))
+
+
+# ---------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------
+
+
+class CreamSupernet(Supernet):
+    """stages[s][j][op]: every op at every block position up to ``max_depths``; affine BN."""
+
+    def __init__(self, space: "CreamSpace"):
+        super().__init__()
+        self.space = space  # layout and arch validation only; no path state
+        lay = space.layout
+        self.stem = ConvBnAct(3, lay.stem_chs, 3, space.cfg.stem_stride)
+        self.block0 = DepthwiseSeparable(lay.stem_chs)
+        self.stages = nn.ModuleList(
+            nn.ModuleList(
+                nn.ModuleList(InvertedResidual(b.in_chs, b.out_chs, k, e, b.stride) for k, e in OPS)
+                for b in stage
+            )
+            for stage in lay.stages
+        )
+        self.conv_final = ConvBnAct(lay.stage_chs[-1], lay.final_chs, 1)
+        self.head = _Head(lay.final_chs, lay.head_chs, space.cfg.num_classes)
+
+    def forward(self, x: torch.Tensor, arch: Any) -> torch.Tensor:
+        x = self.block0(self.stem(x))
+        for stage, ops in zip(self.stages, self.space.validate(arch)):
+            for choices, op in zip(stage, ops):
+                x = choices[op](x)
+        return self.head(self.conv_final(x))
+
+    def path_modules(self, arch: Any) -> list[nn.Module]:
+        blocks = [
+            choices[op]
+            for stage, ops in zip(self.stages, self.space.validate(arch))
+            for choices, op in zip(stage, ops)
+        ]
+        return [self.stem, self.block0, *blocks, self.conv_final, self.head]
+
+
+class CreamNet(nn.Module):
+    """A standalone Cream network of the chosen blocks."""
+
+    def __init__(self, space: "CreamSpace", arch: Arch):
+        super().__init__()
+        lay = space.layout
+        self.arch = arch
+        self.stem = ConvBnAct(3, lay.stem_chs, 3, space.cfg.stem_stride)
+        self.block0 = DepthwiseSeparable(lay.stem_chs)
+        self.blocks = nn.ModuleList(
+            InvertedResidual(b.in_chs, b.out_chs, *OPS[op], b.stride)
+            for stage, ops in zip(lay.stages, arch)
+            for b, op in zip(stage, ops)
+        )
+        self.conv_final = ConvBnAct(lay.stage_chs[-1], lay.final_chs, 1)
+        self.head = _Head(lay.final_chs, lay.head_chs, space.cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block0(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.conv_final(x))
+
+
+# ---------------------------------------------------------------------------
+# Space
+# ---------------------------------------------------------------------------
+
+
+class _BlockSpec:
+    __slots__ = ("in_chs", "out_chs", "stride", "h_in", "h_out")
+
+    def __init__(self, in_chs, out_chs, stride, h_in, h_out):
+        self.in_chs, self.out_chs, self.stride, self.h_in, self.h_out = in_chs, out_chs, stride, h_in, h_out
+
+
+class _Layout:
+    def __init__(self, cfg: SpaceConfig):
+        wm = cfg.width_mult
+        self.stem_chs = make_divisible(STEM_CHS * wm)
+        self.stage_chs = [make_divisible(c * wm) for c in STAGE_CHS]
+        self.final_chs = make_divisible(FINAL_CHS * wm)
+        self.head_chs = make_divisible(HEAD_CHS * wm)
+        self.h_stem = (cfg.input_size - 1) // cfg.stem_stride + 1
+        self.stages: list[list[_BlockSpec]] = []
+        in_chs, h = self.stem_chs, self.h_stem
+        for out_chs, stride, depth in zip(self.stage_chs, STAGE_STRIDES, cfg.max_depths):
+            stage = []
+            for j in range(depth):
+                s = stride if j == 0 else 1
+                h_out = (h - 1) // s + 1
+                stage.append(_BlockSpec(in_chs, out_chs, s, h, h_out))
+                in_chs, h = out_chs, h_out
+            self.stages.append(stage)
+        # Depth does not change the spatial size after a stage: only the first block strides.
+        self.h_last = h
+
+
+class CreamSpace(SearchSpace):
+    name = "cream"
+
+    def __init__(self, cfg: SpaceConfig):
+        super().__init__(cfg)
+        self.max_depths = tuple(cfg.max_depths)
+        self.layout = _Layout(cfg)
+        self._build_cost_tables()
+
+    # -- architectures -------------------------------------------------------
+    def validate(self, arch: Any) -> Arch:
+        if type(arch) is tuple and len(arch) == 5 and all(
+            type(ops) is tuple and 1 <= len(ops) <= d and all(type(v) is int and 0 <= v < NUM_OPS for v in ops)
+            for ops, d in zip(arch, self.max_depths)
+        ):
+            return arch  # fast path: already normalised
+        stages = as_list(arch, "cream arch")
+        if len(stages) == 7:
+            return self._from_cream(stages)
+        if len(stages) != 5:
+            raise ArchError(
+                "cream arch: expected 5 stage lists (internal format) or Cream's 7-list "
+                f"INPUT_ARCH [[0], s1..s5, [0]], got {len(stages)} items"
+            )
+        return tuple(self._stage(ops, i) for i, ops in enumerate(stages))
+
+    def _from_cream(self, stages: list) -> Arch:
+        for i in (0, 6):
+            if as_list(stages[i], f"cream INPUT_ARCH item {i}") != [0]:
+                raise ArchError(f"cream INPUT_ARCH item {i}: must be [0], got {stages[i]!r}")
+        out = []
+        for i, ops in enumerate(stages[1:6]):
+            ops = self._stage(ops, i)
+            if len(ops) == 1:  # Cream's builder ignores the index of a one-block stage
+                ops = (STAGE_DEFAULT_OPS[i],)
+            out.append(ops)
+        return tuple(out)
+
+    def _stage(self, ops: Any, i: int) -> tuple[int, ...]:
+        where = f"cream stage {i + 1}"
+        ops = as_list(ops, where)
+        d = self.max_depths[i]
+        if not 1 <= len(ops) <= d:
+            hint = ""
+            if len(ops) > d:
+                hint = (
+                    f" (space.max_depths = {list(self.max_depths)}; the published models need "
+                    f"up to {list(PUBLISHED_MAX_DEPTHS)})"
+                )
+            raise ArchError(f"{where}: depth must be 1..{d}, got {len(ops)} blocks{hint}")
+        out = []
+        for j, v in enumerate(ops):
+            v = as_int(v, f"{where} block {j}")
+            if not 0 <= v < NUM_OPS:
+                raise ArchError(f"{where} block {j}: op id must be in 0..{NUM_OPS - 1}, got {v}")
+            out.append(v)
+        return tuple(out)
+
+    def to_cream(self, arch: Any) -> list:
+        """Cream's 7-list INPUT_ARCH; refuses one-block stages that Cream would not build as given."""
+        arch = self.validate(arch)
+        for i, ops in enumerate(arch):
+            if len(ops) == 1 and ops[0] != STAGE_DEFAULT_OPS[i]:
+                raise ArchError(
+                    f"cream stage {i + 1}: Cream's builder ignores the op of a one-block stage "
+                    f"(always {STAGE_DEFAULT_OPS[i]}), so op {ops[0]} cannot be written as INPUT_ARCH"
+                )
+        return [[0], *([*ops] for ops in arch), [0]]
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """Depth uniform in 1..max_depth per stage, then each op uniform (per-gene uniform)."""
+        out = []
+        for d in self.max_depths:
+            depth = int(rng.integers(1, d + 1))
+            out.append(tuple(int(v) for v in rng.integers(NUM_OPS, size=depth)))
+        return tuple(out)
+
+    def mutate(self, arch: Any, rng: np.random.Generator, prob: float) -> Arch:
+        """Each depth gene and each op gene is resampled with probability ``prob``."""
+        out = []
+        for ops, d in zip(self.validate(arch), self.max_depths):
+            depth = int(rng.integers(1, d + 1)) if rng.random() < prob else len(ops)
+            hit = rng.random(d) < prob
+            new = rng.integers(NUM_OPS, size=d)
+            # Positions beyond the old depth are new blocks: drawn uniformly.
+            genes = [int(new[j]) if (j >= len(ops) or hit[j]) else ops[j] for j in range(depth)]
+            out.append(tuple(genes))
+        return tuple(out)
+
+    def crossover(self, a: Any, b: Any, rng: np.random.Generator) -> Arch:
+        """Per stage: depth from either parent; each op from either parent that has the block."""
+        out = []
+        for ops_a, ops_b, d in zip(self.validate(a), self.validate(b), self.max_depths):
+            depth = len(ops_a) if rng.random() < 0.5 else len(ops_b)
+            take_a = rng.random(d) < 0.5
+            genes = []
+            for j in range(depth):
+                if j < len(ops_a) and j < len(ops_b):
+                    genes.append(ops_a[j] if take_a[j] else ops_b[j])
+                else:
+                    genes.append(ops_a[j] if j < len(ops_a) else ops_b[j])
+            out.append(tuple(genes))
+        return tuple(out)
+
+    def neighbours(self, arch: Arch) -> list[Arch]:
+        out = []
+        for i, (ops, d) in enumerate(zip(arch, self.max_depths)):
+            variants = [
+                ops[:j] + (v,) + ops[j + 1:] for j in range(len(ops)) for v in range(NUM_OPS) if v != ops[j]
+            ]
+            if len(ops) > 1:
+                variants.append(ops[:-1])
+            if len(ops) < d:
+                variants += [ops + (v,) for v in range(NUM_OPS)]
+            out += [arch[:i] + (v,) + arch[i + 1:] for v in variants]
+        return out
+
+    # -- cost model ------------------------------------------------------------
+    def _build_cost_tables(self) -> None:
+        lay, cfg = self.layout, self.cfg
+        c0, h1 = lay.stem_chs, lay.h_stem
+        r0 = make_divisible(c0 * SE_RATIO)
+        stem_macs, stem_params = 27 * c0 * h1**2, 27 * c0 + 2 * c0
+        ds_macs = (9 * c0 + c0 * c0) * h1**2 + 2 * c0 * r0
+        ds_params = 9 * c0 + 2 * c0 + (2 * c0 * r0 + r0 + c0) + c0 * c0 + 2 * c0
+        cl, cf, ch = lay.stage_chs[-1], lay.final_chs, lay.head_chs
+        final_macs, final_params = cl * cf * lay.h_last**2, cl * cf + 2 * cf
+        head_macs = cf * ch + ch * cfg.num_classes
+        head_params = cf * ch + ch + ch * cfg.num_classes + cfg.num_classes
+        self._base_macs = stem_macs + ds_macs + final_macs + head_macs
+        self._base_params = stem_params + ds_params + final_params + head_params
+        # table[stage][position][op] -> MACs / params of that block
+        self._macs_table = [[[_ir_cost(b, k, e)[0] for k, e in OPS] for b in stage] for stage in lay.stages]
+        self._params_table = [[[_ir_cost(b, k, e)[1] for k, e in OPS] for b in stage] for stage in lay.stages]
+        # Block costs are non-negative and additive: min = one cheapest block per stage.
+        self._macs_min = self._base_macs + sum(min(t[0]) for t in self._macs_table)
+        self._macs_max = self._base_macs + sum(max(row) for t in self._macs_table for row in t)
+
+    def macs(self, arch: Any) -> int:
+        total = self._base_macs
+        for t, ops in zip(self._macs_table, self.validate(arch)):
+            for row, op in zip(t, ops):
+                total += row[op]
+        return total
+
+    def params(self, arch: Any) -> int:
+        total = self._base_params
+        for t, ops in zip(self._params_table, self.validate(arch)):
+            for row, op in zip(t, ops):
+                total += row[op]
+        return total
+
+    def macs_range(self) -> tuple[int, int]:
+        return self._macs_min, self._macs_max
+
+    # -- networks ------------------------------------------------------------------
+    def build_supernet(self) -> CreamSupernet:
+        return CreamSupernet(self)
+
+    def build_subnet(self, arch: Any, supernet: Supernet | None = None) -> CreamNet:
+        arch = self.validate(arch)
+        net = CreamNet(self, arch)
+        if supernet is not None:
+            if not isinstance(supernet, CreamSupernet):
+                raise TypeError("supernet must be a CreamSupernet")
+            for name in ("stem", "block0", "conv_final", "head"):
+                inherit_weights(getattr(net, name), getattr(supernet, name))
+            chosen = [choices[op] for stage, ops in zip(supernet.stages, arch) for choices, op in zip(stage, ops)]
+            for block, src in zip(net.blocks, chosen):
+                inherit_weights(block, src)
+        return net
+
+
+def _ir_cost(b: _BlockSpec, k: int, e: int) -> tuple[int, int]:
+    """(MACs, params with affine BN) of one inverted residual block with SE."""
+    mid = make_divisible(b.in_chs * e)
+    r = make_divisible(mid * SE_RATIO)
+    hi2, ho2 = b.h_in**2, b.h_out**2
+    macs = b.in_chs * mid * hi2 + k * k * mid * ho2 + 2 * mid * r + mid * b.out_chs * ho2
+    params = (
+        b.in_chs * mid + 2 * mid  # conv_pw, bn1
+        + k * k * mid + 2 * mid  # conv_dw, bn2
+        + 2 * mid * r + r + mid  # se (with biases)
+        + mid * b.out_chs + 2 * b.out_chs  # conv_pwl, bn3
+    )
+    return macs, params
