@@ -60,6 +60,14 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return test(args)
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from elastic_nas.config import PipelineConfig, load_config
+    from elastic_nas.pipeline import run_pipeline
+
+    run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elastic-nas",
@@ -96,15 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("supernet", help="train a weight-sharing supernet on Ray Train (elastic)")
     _add_config_args(p, "jobs/supernet.yaml")
     p.set_defaults(func=_cmd_supernet)
+    p = sub.add_parser("search", help="evolutionary architecture search over a trained supernet (Ray Tune)")
+    _add_config_args(p, "jobs/search.yaml")
+    p.set_defaults(func=_cmd_search)
     p = sub.add_parser("retrain", help="train the chosen subnet from scratch (elastic), then test it")
     _add_config_args(p, "jobs/retrain.yaml")
     p.set_defaults(func=_cmd_retrain)
     p = sub.add_parser("test", help="evaluate a retrained subnet on the test split and export it")
     _add_config_args(p, "jobs/test.yaml")
     p.set_defaults(func=_cmd_test)
-    p = sub.add_parser("search", help="evolutionary architecture search over a trained supernet (Ray Tune)")
-    _add_config_args(p, "jobs/search.yaml")
-    p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("pipeline", help="supernet -> search -> retrain -> test, in order")
+    _add_config_args(p, "jobs/pipeline.yaml")
+    p.set_defaults(func=_cmd_pipeline)
     return parser
 
 

@@ -1,0 +1,166 @@
+"""Search throughput: Tune with N evaluator slots vs a sequential single-process loop.
+
+Both sides do the same work per candidate (exact BN recalibration on the calibration
+images, then top-1 on the validation images) with one torch thread, on the same
+snapshot and the same random legal candidates. Reports
+
+* candidates/s of each and their ratio (target >= 1.7x with 2 evaluators on 2 cores);
+* Tune's overhead per trial: (slot-seconds per candidate - evaluation time) / evaluation
+  time, where slot-seconds = fit wall time x slots / candidates (target <= 10%);
+* supernet builds per evaluator process (the snapshot is deserialised once per process).
+
+    python benchmarks/search_speed.py --candidates 24 --evaluators 2
+
+Writes ``benchmarks/results/search_speed.json`` (command, machine, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elastic_nas.config import DataConfig, SpaceConfig
+from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_arch, evaluate_candidate
+from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
+from elastic_nas.search.searcher import GenerationSearcher
+from elastic_nas.spaces import build_space
+
+SPEEDUP_TARGET, OVERHEAD_TARGET = 1.7, 0.10
+
+
+def setup(args):
+    from elastic_nas.data import build_dataset, class_balanced_subset
+
+    space_cfg = SpaceConfig(width_mult=args.width)
+    space = build_space(space_cfg)
+    torch.manual_seed(0)
+    net = space.build_supernet()
+    snapshot = Snapshot("bench#0", asdict(space_cfg), {k: v.numpy() for k, v in net.state_dict().items()})
+    splits = build_dataset(DataConfig(path=args.data_path, num_train=4000, num_test=256, search_val_size=1000), 32)
+    calib = class_balanced_subset(splits.train, args.calib, 0)
+    val = class_balanced_subset(splits.search_val, args.val, 0)
+    cx, _, _ = calib.get_batch(np.arange(len(calib)))
+    vx, vy, _ = val.get_batch(np.arange(len(val)))
+    data = EvalData(cx.numpy(), vx.numpy(), vy.numpy(), args.batch)
+    return space, snapshot, data
+
+
+def generator(space, n: int):
+    settings = EvolutionSettings(population=n, generations=0, max_tries=50)
+    from elastic_nas.search.runner import SpaceCost
+
+    return make_generator("random", space, SpaceCost(space), Constraints(), settings, 0)
+
+
+def sequential(space, snapshot, data, n: int) -> dict:
+    from elastic_nas.search.evaluator import get_supernet
+
+    torch.set_num_threads(1)
+    archs = [c.arch for c in generator(space, n).next_generation()]
+    t0 = time.perf_counter()
+    _, model = get_supernet(snapshot)
+    evals = []
+    for arch in archs:
+        t = time.perf_counter()
+        evaluate_arch(model, arch, data)
+        evals.append(time.perf_counter() - t)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals)}
+
+
+def tuned(space, snapshot, data, n: int, slots: int, tmp: str) -> dict:
+    import ray
+    from ray import tune
+
+    from elastic_nas.search.runner import trial_dirname
+
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(n))  # as run_search does
+    ray.init(address="local", num_cpus=slots, include_dashboard=False, log_to_driver=False)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
+                                        {"cpu": 1})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=GenerationSearcher(generator(space, n)), num_samples=-1,
+                                        reuse_actors=True, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name="bench", storage_path=tmp, verbose=0),
+        )
+        t0 = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    metrics = [r.metrics for r in grid if r.error is None]
+    evals = [m["eval_s"] for m in metrics]
+    builds: dict[int, int] = {}
+    for m in metrics:
+        builds[m["pid"]] = max(builds.get(m["pid"], 0), m["builds_in_process"])
+    slot_s_per_cand = wall * slots / len(metrics)
+    eval_mean = statistics.mean(evals)
+    trial_total = statistics.mean(m["time_total_s"] for m in metrics)
+    return {
+        "wall_s": wall, "candidates": len(metrics), "candidates_per_s": len(metrics) / wall,
+        "eval_s_mean": eval_mean,
+        "overhead_per_trial": (slot_s_per_cand - eval_mean) / eval_mean,
+        "overhead_in_trial": (trial_total - eval_mean) / eval_mean,
+        "evaluator_processes": len(builds), "builds_per_process": builds,
+        "max_builds_per_process": max(builds.values()),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--candidates", type=int, default=24)
+    p.add_argument("--evaluators", type=int, default=2)
+    p.add_argument("--calib", type=int, default=1000)
+    p.add_argument("--val", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=200)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
+    p.add_argument("--out", default="benchmarks/results/search_speed.json")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    import tempfile
+
+    space, snapshot, data = setup(args)
+    seq = sequential(space, snapshot, data, args.candidates)
+    print(f"sequential: {seq['candidates_per_s']:.3f} candidates/s ({seq['eval_s_mean']:.2f}s each)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tun = tuned(space, snapshot, data, args.candidates, args.evaluators, tmp)
+    speedup = tun["candidates_per_s"] / seq["candidates_per_s"]
+    print(f"tune x{args.evaluators}: {tun['candidates_per_s']:.3f} candidates/s -> {speedup:.2f}x "
+          f"(target >= {SPEEDUP_TARGET}); overhead per trial {100 * tun['overhead_per_trial']:.1f}% "
+          f"(target <= {100 * OVERHEAD_TARGET:.0f}%); builds per process {tun['builds_per_process']}", flush=True)
+    result = {
+        "command": "python " + shlex.join(sys.argv),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__},
+        "settings": vars(args),
+        "sequential": seq, "tune": tun,
+        "figures": {
+            "speedup_vs_sequential": speedup, "speedup_target": SPEEDUP_TARGET,
+            "tune_overhead_per_trial_fraction": tun["overhead_per_trial"], "overhead_target": OVERHEAD_TARGET,
+            "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
+            "max_supernet_builds_per_process": tun["max_builds_per_process"],
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Exact batch-norm recalibration for a path of a weight-sharing supernet.
+
+Running statistics collected while training the supernet belong to a mix of paths;
+before a candidate is scored they are recomputed for its path alone (SPOS, OFA's
+``set_running_statistics``) over a fixed set of training images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+_UNTOUCHED = -1.0  # a variance is never negative: marks channels a batch did not reach
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, forward_fn: Callable[[Any], Any], batches: Iterable[torch.Tensor]) -> int:
+    """Set every BN's running mean/var to the exact statistics over ``batches``.
+
+    Each BN layer normalises with batch statistics (train mode; every other module,
+    dropout included, in eval mode) while ``forward_fn(batch)`` runs. The per-batch mean
+    and variance are read back by resetting the stats before every batch with
+    ``momentum=None`` (a cumulative average over one batch is that batch's statistics),
+    then combined by the law of total variance, weighted by batch size:
+    mean = E[m_b], var = E[v_b] + Var[m_b]. That is the mean and variance over the whole
+    calibration set (up to PyTorch's per-batch Bessel factor n/(n-1), n = pixels per
+    channel in a batch), also for an uneven last batch; a plain cumulative average would
+    drop the spread of the batch means. Channels no batch reached (elastic widths) get
+    0 and 1. Returns the number of images seen; the model's train/eval flags and BN
+    momenta are restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in bns]
+    weight = [torch.zeros_like(bn.running_mean, dtype=torch.float64) for bn in bns]
+    mean_sum = [torch.zeros_like(w) for w in weight]
+    sq_sum = [torch.zeros_like(w) for w in weight]
+    seen = 0
+    try:
+        model.eval()
+        for bn in bns:
+            bn.train()
+            bn.momentum = None
+        for batch in batches:
+            for bn in bns:
+                bn.num_batches_tracked.zero_()
+                bn.running_mean.zero_()
+                bn.running_var.fill_(_UNTOUCHED)
+            forward_fn(batch)
+            n = len(batch)
+            seen += n
+            for bn, w, ms, ss in zip(bns, weight, mean_sum, sq_sum):
+                m, v = bn.running_mean.double(), bn.running_var.double()
+                hit = v >= 0
+                w[hit] += n
+                ms[hit] += n * m[hit]
+                ss[hit] += n * (v[hit] + m[hit] ** 2)
+        for bn, w, ms, ss in zip(bns, weight, mean_sum, sq_sum):
+            hit = w > 0
+            mean = torch.zeros_like(w)
+            var = torch.ones_like(w)
+            mean[hit] = ms[hit] / w[hit]
+            var[hit] = (ss[hit] / w[hit] - mean[hit] ** 2).clamp_min(0.0)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.fill_(1)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        for m, training in modes.items():
+            m.training = training
+    return seen
+
+
+__all__ = ["recalibrate_bn"]

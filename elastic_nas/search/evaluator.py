@@ -1,0 +1,116 @@
+"""Scoring one candidate on a supernet snapshot, and the Tune trainable that does it.
+
+The supernet snapshot (a state_dict of NumPy arrays) and the fixed calibration and
+validation images enter the object store once, through ``tune.with_parameters``;
+NumPy arrays come back as zero-copy read-only views in every evaluator process. Each
+process builds the supernet once per snapshot id and keeps it in a module-level cache,
+which survives across trials in a reused actor (``reuse_actors=True``) and across
+actors that land in a reused worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from elastic_nas.search.bn import recalibrate_bn
+
+
+@dataclass
+class EvalData:
+    """The fixed images every candidate sees: calibration (train split) and validation (search_val)."""
+
+    calib_x: np.ndarray  # [N, 3, H, W] float32, normalised
+    val_x: np.ndarray  # [M, 3, H, W] float32, normalised
+    val_y: np.ndarray  # [M] int64
+    batch_size: int
+
+
+@dataclass
+class Snapshot:
+    """A supernet's weights as NumPy arrays, with what is needed to rebuild it."""
+
+    snapshot_id: str  # identifies the weights (checkpoint path + sha256): the cache key
+    space: dict  # SpaceConfig as a dict
+    state: dict[str, np.ndarray]
+
+
+# snapshot id -> (space, supernet); ``BUILDS`` counts constructions in this process (the benchmark reads it).
+_SUPERNETS: dict[str, tuple[Any, torch.nn.Module]] = {}
+BUILDS: list[str] = []
+
+
+def get_supernet(snapshot: Snapshot, device: torch.device | str = "cpu") -> tuple[Any, torch.nn.Module]:
+    """``(space, supernet)`` for ``snapshot``, built at most once per process and device."""
+    key = f"{snapshot.snapshot_id}@{device}"
+    cached = _SUPERNETS.get(key)
+    if cached is None:
+        from elastic_nas.config import SpaceConfig, from_dict
+        from elastic_nas.spaces import build_space
+
+        space = build_space(from_dict(SpaceConfig, snapshot.space))
+        model = space.build_supernet()
+        with warnings.catch_warnings():
+            # Views on the read-only object-store buffer; load_state_dict copies them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in snapshot.state.items()})
+        model.to(device).eval()
+        _SUPERNETS.clear()  # one snapshot per process: a new one replaces the old
+        cached = _SUPERNETS[key] = (space, model)
+        BUILDS.append(snapshot.snapshot_id)
+    return cached
+
+
+def _batches(x: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return [torch.from_numpy(x[i:i + batch_size]).to(device) for i in range(0, len(x), batch_size)]
+
+
+@torch.no_grad()
+def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu") -> dict[str, float]:
+    """Exact BN recalibration on the calibration images, then top-1 (%) and loss on validation."""
+    recalibrate_bn(model, lambda x: model(x, arch), _batches(data.calib_x, data.batch_size, device))
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(data.val_x), data.batch_size):
+        x = torch.from_numpy(np.array(data.val_x[i:i + data.batch_size])).to(device)
+        y = torch.from_numpy(np.array(data.val_y[i:i + data.batch_size])).to(device)
+        logits = model(x, arch)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    n = len(data.val_x)
+    return {"accuracy": 100.0 * correct / n, "loss": loss_sum / n}
+
+
+def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None:
+    """Tune function trainable: score ``config["arch"]`` and report the metrics once."""
+    import ray.tune
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(os.environ.get("ELASTIC_NAS_EVAL_THREADS", "1"))))
+    device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+    # 1. the supernet of this snapshot, built once per process
+    space, model = get_supernet(snapshot, device)
+    t1 = time.perf_counter()
+    # 2. recalibrate BN for this path and score it on the fixed validation subset
+    arch = space.validate(config["arch"])
+    metrics = evaluate_arch(model, arch, data, device)
+    t2 = time.perf_counter()
+    # 3. report once: the trial ends after its only result
+    result = dict(
+        metrics, macs=int(config["macs"]), params=int(config["params"]),
+        generation=int(config["generation"]), eval_s=t2 - t1, setup_s=t1 - t0, pid=os.getpid(),
+        builds_in_process=len(BUILDS),
+    )
+    ray.tune.report(result)
+
+
+__all__ = ["BUILDS", "EvalData", "Snapshot", "evaluate_arch", "evaluate_candidate", "get_supernet"]

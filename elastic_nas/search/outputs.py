@@ -1,0 +1,134 @@
+"""Search outputs: the results table, the Pareto front, the best arch per budget, a plot, the choice.
+
+Everything is computed from the table of evaluated candidates (one row per candidate:
+``arch`` as JSON, ``macs``, ``params``, ``accuracy``, ``loss``, ``generation``), so the
+same functions serve a finished search and a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RESULTS_PARQUET = "results.parquet"
+RESULTS_CSV = "results.csv"
+PARETO_CSV = "pareto_front.csv"
+BEST_PER_BUDGET = "best_per_budget.json"
+PLOT = "search.png"
+CHOSEN = "chosen_arch.json"
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows no other row beats on both accuracy (higher) and MACs (lower), by MACs ascending."""
+    ok = table[table["accuracy"].notna()].sort_values(["macs", "accuracy"], ascending=[True, False])
+    rows, best = [], -math.inf
+    for idx, row in ok.iterrows():
+        if row["accuracy"] > best:
+            rows.append(idx)
+            best = row["accuracy"]
+    return ok.loc[rows]
+
+
+def best_per_budget(table: pd.DataFrame, budgets_m: list[float]) -> list[dict[str, Any]]:
+    """For each MACs budget (millions): the most accurate candidate at or under it (null if none)."""
+    ok = table[table["accuracy"].notna()]
+    out = []
+    for b in sorted(budgets_m):
+        under = ok[ok["macs"] <= b * 1e6]
+        entry: dict[str, Any] = {"budget_macs": int(round(b * 1e6)), "arch": None, "macs": None,
+                                 "params": None, "accuracy": None}
+        if len(under):
+            row = under.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
+            entry.update(arch=json.loads(row["arch"]), macs=int(row["macs"]), params=int(row["params"]),
+                         accuracy=float(row["accuracy"]))
+        out.append(entry)
+    return out
+
+
+def choose(table: pd.DataFrame) -> pd.Series | None:
+    """The most accurate candidate (ties: fewer MACs); every row already meets the constraints."""
+    ok = table[table["accuracy"].notna()]
+    if not len(ok):
+        return None
+    return ok.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
+
+
+def plot_search(table: pd.DataFrame, front: pd.DataFrame, budgets_m: list[float], chosen, path: Path,
+                title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = table[table["accuracy"].notna()]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sc = ax.scatter(ok["macs"] / 1e6, ok["accuracy"], c=ok["generation"], cmap="viridis", s=14, alpha=0.8,
+                    label="candidates")
+    if len(ok):
+        fig.colorbar(sc, ax=ax, label="generation")
+    ax.step(front["macs"] / 1e6, front["accuracy"], where="post", color="crimson", lw=1.5, label="Pareto front")
+    ax.scatter(front["macs"] / 1e6, front["accuracy"], color="crimson", s=24, zorder=3)
+    lo, hi = (ok["macs"].min() / 1e6, ok["macs"].max() / 1e6) if len(ok) else (0, 0)
+    for b in budgets_m:
+        if lo <= b <= hi * 1.05:
+            ax.axvline(b, color="grey", ls=":", lw=1)
+    if chosen is not None:
+        ax.scatter([chosen["macs"] / 1e6], [chosen["accuracy"]], marker="*", s=180, color="gold",
+                   edgecolor="black", zorder=4, label="chosen")
+    ax.set_xlabel("MACs (millions)")
+    ax.set_ylabel("top-1 on search_val subset (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_outputs(table: pd.DataFrame, out_dir: Path, space_cfg: dict, budgets_m: list[float],
+                  extra: dict[str, Any], title: str) -> dict[str, str]:
+    """Write every output file into ``out_dir``; returns name -> path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = table.sort_values(["generation", "macs", "arch"]).reset_index(drop=True)
+    _atomic(out_dir / RESULTS_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
+    _atomic(out_dir / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
+    front = pareto_front(table)
+    _atomic(out_dir / PARETO_CSV, lambda tmp: front.to_csv(tmp, index=False))
+    _write_json(out_dir / BEST_PER_BUDGET, best_per_budget(table, budgets_m))
+    chosen = choose(table)
+    outputs = {"results": str(out_dir / RESULTS_PARQUET), "results (csv)": str(out_dir / RESULTS_CSV),
+               "pareto front": str(out_dir / PARETO_CSV), "best per budget": str(out_dir / BEST_PER_BUDGET)}
+    if chosen is not None:
+        _write_json(out_dir / CHOSEN, dict(
+            space=space_cfg, arch=json.loads(chosen["arch"]), macs=int(chosen["macs"]),
+            params=int(chosen["params"]), accuracy=float(chosen["accuracy"]), loss=float(chosen["loss"]),
+            generation=int(chosen["generation"]), **extra))
+        outputs["chosen arch"] = str(out_dir / CHOSEN)
+    outputs["plot"] = str(plot_search(table, front, budgets_m, chosen, out_dir / PLOT, title))
+    return outputs
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["BEST_PER_BUDGET", "CHOSEN", "PARETO_CSV", "PLOT", "RESULTS_CSV", "RESULTS_PARQUET",
+           "best_per_budget", "choose", "pareto_front", "write_outputs"]

@@ -1,0 +1,203 @@
+"""``elastic-nas search``: evolutionary (or random) architecture search on Ray Tune.
+
+1. pin the supernet snapshot (run dir -> newest valid checkpoint) into the search dir;
+2. build the fixed calibration and validation images;
+3. run Tune: one trial per candidate, the :class:`GenerationSearcher` proposing them,
+   the snapshot and images shared through the object store;
+4. write the results table, Pareto front, best arch per budget, plot and chosen arch.
+
+Launching the same command again resumes the search (``Tuner.restore``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
+from elastic_nas.errors import ConfigError, UserError
+from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_candidate
+from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
+from elastic_nas.search.outputs import write_outputs
+from elastic_nas.search.searcher import GenerationSearcher
+from elastic_nas.search.snapshot import pin_snapshot, to_snapshot
+
+TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
+
+
+def search_dir(cfg: SearchConfig) -> Path:
+    if "://" in cfg.run.storage_path:
+        raise ConfigError("run.storage_path", "search outputs are written to a local directory "
+                          f"(the snapshot may be a URI), got {cfg.run.storage_path}")
+    return Path(cfg.run.storage_path).expanduser().resolve() / cfg.run.name
+
+
+def check_snapshot_matches(cfg: SearchConfig, fingerprint: dict) -> SpaceConfig:
+    """The snapshot's space; refuse an explicit ``space`` or a ``data`` that disagrees with it."""
+    space = from_dict(SpaceConfig, fingerprint["space"])
+    if cfg.space is not None and asdict(cfg.space) != asdict(space):
+        diff = {k: (v, fingerprint["space"].get(k)) for k, v in asdict(cfg.space).items()
+                if fingerprint["space"].get(k) != v}
+        raise ConfigError("space", f"differs from the snapshot's space (here vs snapshot): {diff}; "
+                          "leave space out to use the snapshot's")
+    data_fp = fingerprint.get("data", {})
+    for key in ("source", "seed"):
+        if key in data_fp and data_fp[key] != getattr(cfg.data, key):
+            raise ConfigError(f"data.{key}", f"is {getattr(cfg.data, key)!r} but the supernet was trained with "
+                              f"{data_fp[key]!r}: search_val would not be the images it never saw")
+    return space
+
+
+def build_eval_data(cfg: SearchConfig, space_cfg: SpaceConfig, num_train_expected: int | None) -> EvalData:
+    """The same calibration (train) and class-balanced validation (search_val) images for every candidate."""
+    from elastic_nas.data import build_dataset, class_balanced_subset
+
+    splits = build_dataset(cfg.data, space_cfg.input_size)
+    if num_train_expected is not None and len(splits.train) != num_train_expected:
+        raise ConfigError("data", f"gives {len(splits.train)} train images but the supernet was trained on "
+                          f"{num_train_expected}: use the supernet's data settings")
+    ev = cfg.evaluator
+    for key, split in (("calib_images", splits.train), ("val_images", splits.search_val)):
+        if getattr(ev, key) > len(split):
+            raise ConfigError(f"evaluator.{key}", f"{getattr(ev, key)} > the {len(split)} images of {split.name}")
+    calib = class_balanced_subset(splits.train, ev.calib_images, cfg.run.seed)
+    val = class_balanced_subset(splits.search_val, ev.val_images, cfg.run.seed)
+    calib_x, _, _ = calib.get_batch(np.arange(len(calib)))
+    val_x, val_y, _ = val.get_batch(np.arange(len(val)))
+    return EvalData(calib_x.numpy(), val_x.numpy(), val_y.numpy(), ev.batch_size)
+
+
+class SpaceCost:
+    """``arch -> (macs, params)`` of a space; a class, not a lambda, so Tune can pickle the searcher."""
+
+    def __init__(self, space):
+        self.space = space
+
+    def __call__(self, arch) -> tuple[int, int]:
+        return self.space.macs(arch), self.space.params(arch)
+
+
+def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
+    e = cfg.evolution
+    lo, hi = space.macs_range()
+    if (e.macs_max and e.macs_max * 1e6 < lo) or (e.macs_min and e.macs_min * 1e6 > hi):
+        raise ConfigError("evolution.macs_max" if e.macs_max and e.macs_max * 1e6 < lo else "evolution.macs_min",
+                          f"no architecture of this space fits [{e.macs_min}, {e.macs_max}]M MACs; "
+                          f"it spans [{lo / 1e6:.3f}, {hi / 1e6:.3f}]M")
+    settings = EvolutionSettings(
+        population=e.population, top_k=e.top_k, mutation_children=e.mutation_children,
+        crossover_children=e.crossover_children, mutation_prob=e.mutation_prob,
+        generations=e.generations, max_tries=e.max_tries)
+    constraints = Constraints(e.macs_min * 1e6, e.macs_max * 1e6, e.params_min * 1e6, e.params_max * 1e6)
+    generator = make_generator(e.method, space, SpaceCost(space), constraints, settings, cfg.run.seed)
+    return GenerationSearcher(generator)
+
+
+def trial_dirname(trial) -> str:
+    """Short trial dirs (Tune's default spells out the whole arch)."""
+    return f"candidate_{trial.trial_id}"
+
+
+def results_table(grid) -> pd.DataFrame:
+    """One row per trial (= candidate) from Tune's ResultGrid; failed ones have NaN accuracy."""
+    rows = []
+    for result in grid:
+        config, metrics = result.config or {}, result.metrics or {}
+        if "arch" not in config:
+            continue
+        ok = result.error is None and "accuracy" in metrics
+        rows.append({
+            "arch": json.dumps(config["arch"], separators=(",", ":")),
+            "macs": int(config["macs"]), "params": int(config["params"]),
+            "accuracy": float(metrics["accuracy"]) if ok else math.nan,
+            "loss": float(metrics["loss"]) if ok else math.nan,
+            "generation": int(config["generation"]),
+            "trial_id": metrics.get("trial_id", ""),
+            "eval_s": float(metrics.get("eval_s", math.nan)) if ok else math.nan,
+        })
+    columns = ["arch", "macs", "params", "accuracy", "loss", "generation", "trial_id", "eval_s"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def run_search(cfg: SearchConfig) -> dict:
+    """Run (or resume) the search of ``cfg``; returns the output paths."""
+    import ray
+    from ray import tune
+
+    from elastic_nas.spaces import build_space
+    from elastic_nas.train import launcher
+
+    out_dir = search_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Fail before any work starts: snapshot, space/data agreement, constraints, images.
+    ckpt = pin_snapshot(out_dir, cfg.snapshot)
+    fingerprint = ckpt.meta["fingerprint"]
+    space_cfg = check_snapshot_matches(cfg, fingerprint)
+    space = build_space(space_cfg)
+    searcher = make_searcher(cfg, space)
+    data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
+    snapshot = to_snapshot(ckpt)
+    budget = searcher.generator.settings.budget
+    print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
+          f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
+          f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images; outputs in {out_dir}",
+          flush=True)
+
+    # Tune lets a custom searcher keep only one trial pending by default, which serialises
+    # the evaluators; a generation's candidates are independent, so let them all queue.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, budget)))
+    # Save the experiment (and searcher) state on every controller step instead of Tune's
+    # "auto" (>= 10 s): a killed driver then re-runs only the candidates that were running.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    launcher.init_ray()
+    trainable = tune.with_resources(
+        tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
+        {"cpu": cfg.evaluator.cpus_per_trial, "gpu": cfg.evaluator.gpus_per_trial},
+    )
+    tune_path = out_dir / TUNE_DIR
+    if tune.Tuner.can_restore(str(tune_path)):
+        print(f"elastic-nas: resuming the search in {tune_path}", flush=True)
+        tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR, storage_path=str(out_dir),
+                failure_config=tune.FailureConfig(max_failures=cfg.evaluator.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    grid = tuner.fit()
+    table = results_table(grid)
+    if not len(table):
+        raise UserError(f"the search in {out_dir} evaluated no candidate")
+    extra = {"method": cfg.evolution.method, "snapshot": ckpt.meta.get("source"),
+             "snapshot_step": ckpt.meta.get("step"), "search": str(out_dir)}
+    title = f"{cfg.evolution.method} search: {len(table)} candidates ({space_cfg.name})"
+    outputs = write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets, extra, title)
+    outputs["tensorboard"] = f"tensorboard --logdir {tune_path}"
+    failed = int(table["accuracy"].isna().sum())
+    best = table["accuracy"].max()
+    outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
+                          f"best top-1 {best:.2f}%")
+    launcher.print_outputs("search outputs:", outputs)
+    if ray.is_initialized() and not _connected_to_cluster():
+        ray.shutdown()
+    return outputs
+
+
+def _connected_to_cluster() -> bool:
+    import os
+
+    return os.environ.get("RAY_ADDRESS", "local") != "local"
+
+
+__all__ = ["build_eval_data", "check_snapshot_matches", "make_searcher", "results_table", "run_search"]

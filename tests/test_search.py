@@ -1,0 +1,210 @@
+"""Unit tests for the search logic (no Ray): evolution generators, state, BN recalibration, outputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from elastic_nas.config import SearchConfig, SpaceConfig, load_config
+from elastic_nas.errors import ConfigError
+from elastic_nas.search.bn import recalibrate_bn
+from elastic_nas.search.evolution import Constraints, EvolutionSettings, arch_key, make_generator
+from elastic_nas.search.outputs import best_per_budget, pareto_front
+from elastic_nas.spaces import build_space
+
+torch.set_num_threads(1)
+SPACE = build_space(SpaceConfig(width_mult=0.25))
+SETTINGS = EvolutionSettings(population=12, top_k=4, mutation_children=5, crossover_children=5,
+                             mutation_prob=0.1, generations=3, max_tries=50)
+
+
+def cost(arch):
+    return SPACE.macs(arch), SPACE.params(arch)
+
+
+def score(arch) -> float:
+    """A deterministic fitness: more k=7 blocks is better (so evolution has something to climb)."""
+    return float(sum(1 for op in arch if op == 2)) + 0.01 * sum(arch)
+
+
+def run(gen, limit: int = 100) -> list[list]:
+    gens = []
+    for _ in range(limit):
+        fresh = gen.next_generation()
+        if fresh is None:
+            return gens
+        gens.append([c.arch for c in fresh])
+        for c in fresh:
+            gen.tell(c.arch, score(c.arch))
+    raise AssertionError("generator never finished")
+
+
+@pytest.mark.parametrize("method", ["evolution", "random"])
+def test_same_seed_same_search_and_counts(method):
+    a = run(make_generator(method, SPACE, cost, Constraints(), SETTINGS, seed=3))
+    b = run(make_generator(method, SPACE, cost, Constraints(), SETTINGS, seed=3))
+    c = run(make_generator(method, SPACE, cost, Constraints(), SETTINGS, seed=4))
+    assert a == b and a != c
+    assert [len(g) for g in a] == [12, 10, 10, 10]  # population, then generations x children
+    flat = [json.dumps(x) for g in a for x in g]
+    assert len(flat) == len(set(flat)) == SETTINGS.budget  # dedup across the run
+
+
+def test_constraints_respected_and_shortfall_filled():
+    lo, hi = SPACE.macs_range()
+    mid = (lo + hi) / 2
+    cons = Constraints(macs_min=mid - 0.1e6, macs_max=mid + 0.1e6, params_max=0.2e6)
+    gen = make_generator("evolution", SPACE, cost, cons, SETTINGS, seed=0)
+    archs = [a for g in run(gen) for a in g]
+    assert len(archs) == SETTINGS.budget
+    for a in archs:
+        m, p = cost(a)
+        assert cons.admits(m, p)
+
+
+def test_children_come_from_top_k_parents():
+    gen = make_generator("evolution", SPACE, cost, Constraints(), EvolutionSettings(
+        population=20, top_k=3, mutation_children=8, crossover_children=0, mutation_prob=0.05,
+        generations=1, max_tries=50), seed=1)
+    first = gen.next_generation()
+    for c in first:
+        gen.tell(c.arch, score(c.arch))
+    parents = [c.arch for c in gen.top(3)]
+    children = gen.next_generation()
+    assert len(children) == 8 and gen.shortfall == 0
+    for child in children:  # with p=0.05 each mutant stays close to one of its parents
+        assert min(sum(x != y for x, y in zip(child.arch, p)) for p in parents) <= 8
+
+
+def test_impossible_constraints_end_the_search_with_bounded_work():
+    cons = Constraints(params_max=1.0)  # no architecture has one parameter
+    gen = make_generator("evolution", SPACE, cost, cons, SETTINGS, seed=0)
+    assert gen.next_generation() is None and gen.finished()
+
+
+def test_barrier_refuses_next_generation_while_pending():
+    gen = make_generator("evolution", SPACE, cost, Constraints(), SETTINGS, seed=0)
+    gen.next_generation()
+    with pytest.raises(RuntimeError):
+        gen.next_generation()
+
+
+def test_failed_candidates_never_become_parents():
+    gen = make_generator("evolution", SPACE, cost, Constraints(), SETTINGS, seed=0)
+    fresh = gen.next_generation()
+    for i, c in enumerate(fresh):
+        gen.tell(c.key, None if i % 2 else score(c.arch))
+    assert all(c.score != -math.inf for c in gen.top(100))
+    assert len(gen.top(100)) == 6
+
+
+def test_state_round_trip_mid_search_continues_identically():
+    gen = make_generator("evolution", SPACE, cost, Constraints(), SETTINGS, seed=5)
+    for _ in range(2):
+        for c in gen.next_generation():
+            gen.tell(c.arch, score(c.arch))
+    state = json.loads(json.dumps(gen.get_state()))  # must be plain JSON
+    clone = make_generator("evolution", SPACE, cost, Constraints(), SETTINGS, seed=999)
+    clone.set_state(state)
+    assert run(clone) == run(gen)
+    assert clone.get_state() == gen.get_state()
+
+
+def test_searcher_barrier_and_state_without_tune_running():
+    pytest.importorskip("ray.tune")
+    from ray.tune.search import Searcher
+
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    small = EvolutionSettings(population=3, top_k=2, mutation_children=1, crossover_children=1,
+                              generations=1, max_tries=50)
+    s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=0))
+    cfgs = [s.suggest(f"t{i}") for i in range(3)]
+    assert all(isinstance(c, dict) for c in cfgs) and s.suggest("t3") is None  # barrier
+    s.on_trial_complete("t0", {"accuracy": 50.0})
+    s.on_trial_complete("t1", {"accuracy": 40.0})
+    state = json.loads(json.dumps(s.get_state()))
+    s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=7))
+    s2.set_state(state)
+    assert s2.suggest("t4") is None
+    s2.on_trial_complete("t2", {"accuracy": 30.0})
+    nxt = [s2.suggest("t5"), s2.suggest("t6")]
+    assert all(c["generation"] == 1 for c in nxt) and s2.suggest("t7") is None
+    s2.on_trial_complete("t5", {"accuracy": 1.0})
+    s2.on_trial_complete("t6", None, error=True)
+    assert s2.suggest("t8") == Searcher.FINISHED
+    keys = [arch_key(SPACE, c["arch"]) for c in cfgs + nxt]
+    assert len(set(keys)) == 5
+
+
+def _exact_stats(model, batches):
+    feats = []
+    hook = model[1].register_forward_pre_hook(lambda m, inp: feats.append(inp[0].detach()))
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    hook.remove()
+    f = torch.cat(feats).double().transpose(0, 1).reshape(feats[0].shape[1], -1)
+    return f.mean(1), f.var(1, unbiased=False)
+
+
+def test_recalibrate_bn_gives_exact_mean_and_var_of_calibration_set():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+    model[1].running_mean.fill_(5.0)
+    # Batches with very different means and an uneven last batch: a plain cumulative
+    # average of per-batch variances would miss the spread of the batch means.
+    batches = [torch.randn(16, 3, 8, 8) * (1 + i) + 3 * i for i in range(4)] + [torch.randn(5, 3, 8, 8)]
+    mean, var = _exact_stats(copy.deepcopy(model), batches)
+    model.eval()
+    seen = recalibrate_bn(model, model, batches)
+    assert seen == 69 and not model.training and model[1].momentum == 0.1
+    torch.testing.assert_close(model[1].running_mean.double(), mean, rtol=1e-5, atol=1e-5)
+    # up to PyTorch's per-batch Bessel factor n/(n-1), n >= 5*8*8 pixels per channel
+    torch.testing.assert_close(model[1].running_var.double(), var, rtol=4e-3, atol=1e-5)
+
+
+def test_recalibrate_bn_on_supernet_path_is_deterministic_and_path_specific():
+    space = build_space(SpaceConfig(width_mult=0.25, channel_search=True))
+    torch.manual_seed(0)
+    net = space.build_supernet()
+    rng = np.random.default_rng(0)
+    a, b = space.sample(rng), space.sample(rng)
+    x = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    recalibrate_bn(net, lambda t: net(t, a), x)
+    s1 = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    recalibrate_bn(net, lambda t: net(t, b), x)
+    recalibrate_bn(net, lambda t: net(t, a), x)
+    s2 = {k: v for k, v in net.state_dict().items() if "running" in k}
+    for k in s1:  # the stats of path a do not depend on what ran before
+        torch.testing.assert_close(s1[k], s2[k])
+
+
+def test_pareto_front_and_budgets():
+    t = pd.DataFrame({"arch": ["[0]", "[1]", "[2]", "[3]", "[4]"], "macs": [1e6, 2e6, 2e6, 3e6, 4e6],
+                      "params": [1, 2, 3, 4, 5], "accuracy": [10.0, 30.0, 20.0, 25.0, float("nan")],
+                      "loss": [1.0] * 5, "generation": [0] * 5})
+    assert list(pareto_front(t)["arch"]) == ["[0]", "[1]"]
+    out = best_per_budget(t, [0.5, 1.5, 5.0])
+    assert out[0]["arch"] is None and out[1]["arch"] == [0] and out[2]["arch"] == [1]
+    assert out[2]["budget_macs"] == 5_000_000 and out[2]["accuracy"] == 30.0
+
+
+def test_search_config_checks_name_the_key():
+    with pytest.raises(ConfigError, match="evolution.mutation_prob"):
+        load_config(SearchConfig, "jobs/search.yaml", ["evolution.mutation_prob=0"])
+    with pytest.raises(ConfigError, match="evolution.macs_min"):
+        load_config(SearchConfig, "jobs/search.yaml", ["evolution.macs_min=5", "evolution.macs_max=2"])
+    with pytest.raises(ConfigError, match="budgets"):
+        load_config(SearchConfig, "jobs/search.yaml", ["budgets=[0]"])
+    cfg = load_config(SearchConfig, "jobs/search.yaml", [])
+    assert cfg.space is None and cfg.evolution.population == 50

@@ -1,0 +1,146 @@
+"""The search on a real local Ray cluster: completes, resumes after a killed driver, survives a killed evaluator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from elastic_nas.config import DataConfig, SpaceConfig
+from tests.ray_utils import CliRun
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+DATA = dict(num_train=2560, num_test=256, search_val_size=256)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="module")
+def snapshot_run(tmp_path_factory, data_dir):
+    """A supernet run dir with one checkpoint, written without Ray (untrained weights suffice)."""
+    from elastic_nas.data import build_dataset
+    from elastic_nas.elastic.checkpoint import checkpoint_dir_name, write_checkpoint
+    from elastic_nas.spaces import build_space
+
+    run = tmp_path_factory.mktemp("supernet") / "supernet-spos"
+    space = SpaceConfig(width_mult=0.25)
+    splits = build_dataset(DataConfig(path=str(data_dir), **DATA), space.input_size)
+    torch.manual_seed(0)
+    net = build_space(space).build_supernet()
+    fp = {"kind": "supernet", "space": asdict(space), "strategy": "spos",
+          "data": {"source": "synthetic", "seed": 0, "num_train": len(splits.train)}}
+    write_checkpoint(run / checkpoint_dir_name(0), {"model": net.state_dict()}, {"step": 0, "fingerprint": fp})
+    return run
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    yield c
+    c.shutdown()
+
+
+def search_args(tmp_path: Path, data_dir: Path, snapshot: Path, **extra) -> list[str]:
+    sets = {
+        "run.name": "s", "run.storage_path": str(tmp_path / "out"), "snapshot": str(snapshot),
+        "data.path": str(data_dir), **{f"data.{k}": v for k, v in DATA.items()},
+        "evolution.population": 6, "evolution.top_k": 3, "evolution.generations": 2,
+        "evolution.mutation_children": 2, "evolution.crossover_children": 2,
+        "evaluator.calib_images": 200, "evaluator.val_images": 200, "evaluator.batch_size": 100,
+        "budgets": "[2.2, 2.5, 3.0]", **extra,
+    }
+    args = ["search", "--config", "jobs/search.yaml"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+BUDGET = 6 + 2 * (2 + 2)
+
+
+def result_lines(tune_dir: Path) -> int:
+    """Reported evaluations: every trial reports exactly once, into its own result.json."""
+    return sum(len(f.read_text().splitlines()) for f in tune_dir.glob("candidate_*/result.json"))
+
+
+def check_outputs(out: Path, budget: int) -> pd.DataFrame:
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == budget and table["arch"].nunique() == budget  # no arch twice
+    assert table["accuracy"].notna().all() and sorted(table["generation"].unique()) == [0, 1, 2]
+    assert len(pd.read_csv(out / "results.csv")) == budget
+    chosen = json.loads((out / "chosen_arch.json").read_text())
+    assert chosen["space"]["width_mult"] == 0.25 and len(chosen["arch"]) == 20
+    assert chosen["accuracy"] == table["accuracy"].max()
+    budgets = json.loads((out / "best_per_budget.json").read_text())
+    assert [b["budget_macs"] for b in budgets] == [2_200_000, 2_500_000, 3_000_000]
+    for b in budgets:
+        assert b["arch"] is None or b["macs"] <= b["budget_macs"]
+    assert (out / "search.png").stat().st_size > 0 and (out / "pareto_front.csv").exists()
+    assert result_lines(out / "tune") == budget  # every candidate evaluated exactly once
+    return table
+
+
+def test_small_search_completes(cluster, tmp_path, data_dir, snapshot_run):
+    t0 = time.monotonic()
+    run = CliRun(search_args(tmp_path, data_dir, snapshot_run), env={"RAY_ADDRESS": cluster.address})
+    assert run.finish(240) == 0, run.output()[-4000:]
+    check_outputs(tmp_path / "out" / "s", BUDGET)
+    assert "chosen arch" in run.output()
+    print(f"small search: {time.monotonic() - t0:.1f}s")
+
+
+def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir, snapshot_run):
+    args = search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.calib_images": 600})
+    first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    tune_dir = tmp_path / "out" / "s" / "tune"
+    end = time.monotonic() + 180
+    while result_lines(tune_dir) < 4 and time.monotonic() < end:
+        time.sleep(0.2)
+    assert result_lines(tune_dir) >= 4, first.output()[-4000:]
+    time.sleep(1.0)  # let Tune write a searcher/experiment checkpoint that includes them
+    first.kill()  # os.killpg: the whole driver process group
+    done_before = result_lines(tune_dir)
+    assert done_before < BUDGET
+    second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    assert second.finish(240) == 0, second.output()[-4000:]
+    assert "resuming the search" in second.output()
+    check_outputs(tmp_path / "out" / "s", BUDGET)
+
+
+def test_killed_evaluator_is_retried_and_search_completes(cluster, tmp_path, data_dir, snapshot_run):
+    import ray
+    from ray._private.state import actors  # the GCS actor table: no dashboard needed
+
+    args = search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.calib_images": 1000})
+    run = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    ray.init(address=cluster.address)
+    try:
+        killed = None
+        end = time.monotonic() + 120
+        while killed is None and time.monotonic() < end:
+            alive = [a for a in actors().values()
+                     if a["State"] == "ALIVE" and "ImplicitFunc" in a["ActorClassName"] and a["Pid"]]
+            if alive:
+                killed = alive[0]
+                os.kill(killed["Pid"], signal.SIGKILL)
+            else:
+                time.sleep(0.3)
+        assert killed is not None, "no evaluator actor appeared"
+    finally:
+        ray.shutdown()
+    assert run.finish(300) == 0, run.output()[-4000:]
+    table = check_outputs(tmp_path / "out" / "s", BUDGET)
+    assert len(table) == BUDGET
