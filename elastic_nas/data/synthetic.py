@@ -30,7 +30,7 @@ from elastic_nas.errors import DatasetError
 
 CLASS_NAMES = ["disk", "ring", "square", "frame", "triangle", "cross", "stripes", "checker", "bar", "pair"]
 SIZE = 32
-GENERATOR_VERSION = 1  # bump when the drawing changes: it is part of the cache key
+GENERATOR_VERSION = 2  # bump when the drawing changes: it is part of the cache key
 _CHUNK = 2048
 _SPLIT_CODE = {"train": 1, "test": 2}
 
@@ -88,19 +88,18 @@ def _draw(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = np.ascontiguousarray(img, dtype=np.float32)
 
     # 2. clutter behind the shape: small blobs and full-width thin lines
-    for _ in range(4):
+    for _ in range(2):
         cx, cy = rng.uniform(-1, 1, (2, n, 1, 1)).astype(np.float32)
         r = rng.uniform(0.06, 0.18, (n, 1, 1)).astype(np.float32)
         d = np.sqrt((X - cx) ** 2 + (Y - cy) ** 2) - r
         blend(img, np.clip(0.5 - d * px, 0, 1), col((n, 3)))
-    for _ in range(2):
-        _line(img, X, Y, rng, px, col((n, 3)), blend)
+    _line(img, X, Y, rng, px, col((n, 3)), blend)
 
     # 3. the shape, in local coordinates (u, v): rotated, scaled, translated
     fg = col((n, 3))
     low = np.abs(fg - bg).mean(axis=1) < 0.2
     fg[low] = 1.0 - bg[low]  # keep some contrast, or the label would be unknowable
-    s = rng.uniform(0.32, 0.62, (n, 1, 1)).astype(np.float32)
+    s = rng.uniform(0.4, 0.7, (n, 1, 1)).astype(np.float32)
     cx, cy = rng.uniform(-0.35, 0.35, (2, n, 1, 1)).astype(np.float32)
     th = rng.uniform(0, 2 * np.pi, (n, 1, 1)).astype(np.float32)
     dx, dy = X - cx, Y - cy
@@ -116,7 +115,7 @@ def _draw(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # 4. one line over the shape, then pixel noise
     _line(img, X, Y, rng, px, col((n, 3)), blend)
     img = img.transpose(1, 2, 3, 0)  # NHWC view; the noise below keeps the old draw order
-    sigma = rng.uniform(0.02, 0.10, (n, 1, 1, 1)).astype(np.float32)
+    sigma = rng.uniform(0.02, 0.06, (n, 1, 1, 1)).astype(np.float32)
     img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 

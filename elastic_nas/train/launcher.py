@@ -31,13 +31,23 @@ RAY_TRAIN_ENV_DEFAULTS = {
 
 
 def init_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` / a running local cluster, or start one on 127.0.0.1."""
+    """Connect to the cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it; ``auto`` finds a
+    ``ray start`` cluster on this machine), or else start a private one on 127.0.0.1.
+
+    Never attaching silently to some other cluster on the machine is deliberate: a laptop
+    run stays on loopback with its dashboard on 127.0.0.1.
+    """
     for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     import ray
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, dashboard_host="127.0.0.1")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the new node to 127.0.0.1
+    ray.init(address="local", log_to_driver=True, dashboard_host="127.0.0.1")
 
 
 def resolve_storage(run: RunConfig) -> str:

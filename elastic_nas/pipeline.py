@@ -1,0 +1,43 @@
+"""``elastic-nas pipeline``: the four steps in order, each one's outputs feeding the next."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from elastic_nas.config import PipelineConfig
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    from elastic_nas.search.runner import run_search
+    from elastic_nas.train.evaluate import run_test
+    from elastic_nas.train.launcher import print_outputs
+    from elastic_nas.train.retrain import retrain
+    from elastic_nas.train.supernet import train_supernet
+
+    times: dict[str, float] = {}
+    t0 = time.time()
+    supernet = train_supernet(cfg.supernet)
+    times["supernet"] = time.time() - t0
+    t = time.time()
+    search = run_search(cfg.search)
+    times["search"] = time.time() - t
+    t = time.time()
+    result = retrain(cfg.retrain)
+    times["retrain"] = time.time() - t
+    t = time.time()
+    card = run_test(cfg.test)
+    times["test"] = time.time() - t
+
+    report = {
+        "chosen arch": json.dumps(result["arch"]),
+        "MACs / params": f"{result['macs'] / 1e6:.2f}M / {result['params'] / 1e6:.3f}M",
+        "test top-1 / top-5": f"{card['test_top1']:.2f}% / {card['test_top5']:.2f}%",
+        "supernet": supernet.get("checkpoint"),
+        "search": search.get("search", cfg.retrain.arch.search),
+        "Pareto plot": search.get("plot"),
+        "exported model": card.get("export"),
+        "wall time": ", ".join(f"{k} {v:.0f}s" for k, v in times.items()) + f" (total {time.time() - t0:.0f}s)",
+    }
+    print_outputs("pipeline report:", report)
+    return report
