@@ -169,6 +169,39 @@ class ElasticConfig:
         _positive(self.resize_monitor_interval_s, f"{prefix}.resize_monitor_interval_s")
 
 
+CREAM_OP_PROBS = [0.05, 0.2, 0.05, 0.5, 0.05, 0.15]  # Cream's PRE_PROB over ops k3e4 k3e6 k5e4 k5e6 k7e4 k7e6
+
+
+@dataclass
+class CreamConfig:
+    """``strategy: cream``: prioritized paths distil into the sampled path (Peng et al., 2020)."""
+
+    op_sampling: Literal["probs", "uniform"] = "probs"  # per-block op choice: weighted by op_probs, or uniform
+    op_probs: list[float] = field(default_factory=lambda: list(CREAM_OP_PROBS))  # relative weight of op ids 0..5 (k3e4 k3e6 k5e4 k5e6 k7e4 k7e6), normalised
+    board_size: int = 10  # prioritized paths kept (Cream's POOL_SIZE)
+    warmup_epochs: float = 0.2  # no board, no distillation before this many epochs (Cream: 20 of 120)
+    warmup_steps: int = 0  # ... and before this many steps (both must have passed)
+    accuracy_gap: float = 5.0  # a full board takes a path whose batch top-1 beats the worst entry by > this (points)
+    slice_images: int = 4  # training images (and the entering path's softmax on them) kept per entry (Cream's SLICE)
+    meta_update_every: int = 200  # steps between meta matching network updates (Cream's UPDATE_ITER)
+    meta_lr: float = 1e-3  # Adam LR of the meta matching network
+    meta_val_split: Literal["search_val", "train"] = "search_val"  # held-out images of the look-ahead validation loss
+    meta_val_images: int = 128  # class-balanced images of meta_val_split, the same for every update
+    eval_images: int = 500  # board results: rescore each board path on this many search_val images after BN recalibration (0 = keep batch top-1)
+    budgets: list[float] = field(default_factory=lambda: [14.0, 43.0, 114.0, 287.0, 481.0, 604.0])  # MACs, millions: best board path under each
+    board_log_dir: str = ""  # audit: each rank appends its board digest per change/checkpoint ("" = off)
+
+    def validate(self, prefix: str) -> None:
+        if len(self.op_probs) != 6 or any(p < 0 for p in self.op_probs) or sum(self.op_probs) <= 0:
+            raise ConfigError(f"{prefix}.op_probs", f"must be 6 weights >= 0 with a positive sum, got {self.op_probs}")
+        for key in ("board_size", "slice_images", "meta_update_every", "meta_lr", "meta_val_images"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
+        for key in ("warmup_epochs", "warmup_steps", "accuracy_gap", "eval_images"):
+            _non_negative(getattr(self, key), f"{prefix}.{key}")
+        if any(b <= 0 for b in self.budgets):
+            raise ConfigError(f"{prefix}.budgets", f"every budget must be > 0 (millions of MACs), got {self.budgets}")
+
+
 @dataclass
 class SupernetConfig:
     """``elastic-nas supernet``: weight-sharing supernet training."""
@@ -180,10 +213,19 @@ class SupernetConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     strategy: Literal["spos", "cream"] = "spos"
+    cream: CreamConfig = field(default_factory=CreamConfig)  # strategy: cream only
 
     def validate(self, prefix: str = "") -> None:
         if self.strategy == "cream" and self.space.name != "cream":
             raise ConfigError("strategy", "strategy 'cream' needs space.name: cream")
+        if self.strategy == "cream":
+            c = self.cream
+            if c.meta_val_split == "search_val" and c.meta_val_images > self.data.search_val_size:
+                raise ConfigError("cream.meta_val_images", f"{c.meta_val_images} > data.search_val_size "
+                                  f"({self.data.search_val_size}); lower it or set cream.meta_val_split: train")
+            if c.eval_images > self.data.search_val_size:
+                raise ConfigError("cream.eval_images", f"{c.eval_images} > data.search_val_size "
+                                  f"({self.data.search_val_size})")
 
 
 @dataclass
@@ -478,6 +520,7 @@ def _non_negative(value: float, key: str) -> None:
 
 
 __all__ = [
+    "CreamConfig",
     "DataConfig",
     "ElasticConfig",
     "EvaluatorConfig",

@@ -38,6 +38,10 @@ def build_supernet_task(cfg: SupernetConfig) -> TrainTask:
     from elastic_nas.data import build_dataset
     from elastic_nas.spaces import build_space
 
+    if cfg.strategy == "cream":
+        from elastic_nas.train.cream import build_cream_task
+
+        return build_cream_task(cfg)
     splits = build_dataset(cfg.data, cfg.space.input_size)
     space = build_space(cfg.space)
     torch.manual_seed(cfg.run.seed)
@@ -70,10 +74,24 @@ def train_supernet(cfg: SupernetConfig) -> dict:
     # here, not on every worker at once), the space, and the sampling range.
     splits = build_dataset(cfg.data, cfg.space.input_size)
     space = build_space(cfg.space)
-    path_sampler(space, cfg)(0)
+    if cfg.strategy == "cream":
+        from elastic_nas.train.cream import CreamPathSampler
+
+        CreamPathSampler(space, cfg)(0)
+    else:
+        path_sampler(space, cfg)(0)
     print(f"elastic-nas: supernet {cfg.space.name} on {cfg.data.source} ({len(splits.train)} train images)",
           flush=True)
     _, outputs = launcher.launch(supernet_worker, cfg)
+    if cfg.strategy == "cream" and outputs.get("checkpoint"):
+        from elastic_nas.train.cream import write_board_results
+
+        # The board's best path per MACs budget, in the search's output format.
+        run_dir = launcher.local_run_dir(launcher.resolve_storage(cfg.run), cfg.run.name)
+        if run_dir is not None:
+            outputs.update(write_board_results(cfg, outputs["checkpoint"], run_dir / "board"))
+        else:
+            outputs["board"] = "not written: board results need a local run.storage_path"
     launcher.print_outputs("supernet outputs:", outputs)
     return outputs
 

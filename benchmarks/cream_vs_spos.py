@@ -1,0 +1,171 @@
+"""Cream (best board path) vs SPOS + evolution, at the same MACs budget and training budget.
+
+Per seed, on the synthetic set (a small Cream space at 32x32):
+
+1. train a supernet twice for the same number of steps, batch and SGD schedule, both
+   sampling paths under the same MACs bound (``sampling.flops_max`` = the budget):
+   ``strategy: spos`` (uniform paths, CE) and ``strategy: cream`` (Cream's op
+   probabilities, board, meta network, distillation);
+2. pick one arch each: SPOS by evolution (SPOS rules, a small budget) and Cream by its
+   board; both are scored the same way (exact BN recalibration, class-balanced search_val);
+3. retrain each chosen arch from scratch for the same steps and report test top-1.
+
+The training runs in-process through the same task hooks the elastic loop calls (one
+worker, no Ray), so the comparison is about the strategies, not the cluster.
+
+    python benchmarks/cream_vs_spos.py            # 3 seeds, writes benchmarks/results/cream_vs_spos.json
+    python benchmarks/cream_vs_spos.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import _common  # noqa: F401  (sys.path, loopback)
+import numpy as np
+import torch
+
+from elastic_nas.config import SupernetConfig, load_config
+from elastic_nas.data import build_dataset, class_balanced_subset
+from elastic_nas.search.evaluator import EvalData, evaluate_arch
+from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
+from elastic_nas.spaces import build_space
+from elastic_nas.train.cream import board_table
+from elastic_nas.train.evaluate import evaluate
+from elastic_nas.train.supernet import build_supernet_task
+
+
+def job(strategy: str, seed: int, a) -> SupernetConfig:
+    sets = [f"strategy={strategy}", f"run.seed={seed}", "space.width_mult=0.25", "space.max_depths=[2,2,3,3,2]",
+            f"data.num_train={a.num_train}", "data.num_test=1000", "data.search_val_size=500",
+            f"sampling.flops_max={a.budget}", f"cream.warmup_steps={a.steps // 5}", "cream.warmup_epochs=0",
+            f"cream.meta_update_every={max(1, a.steps // 10)}", f"cream.eval_images={a.eval_images}",
+            f"cream.budgets=[{a.budget}]"]
+    return load_config(SupernetConfig, "jobs/supernet-cream.yaml", sets)
+
+
+def cosine(step: int, total: int, lr: float) -> float:
+    return 0.5 * lr * (1 + np.cos(np.pi * step / total))
+
+
+def train_task(task, split, steps: int, batch: int, lr: float, seed: int, label_smoothing: float) -> None:
+    """What the elastic loop does on one worker: path, criterion, SGD, after_step."""
+    decay = [p for p in task.model.parameters() if p.ndim > 1]
+    rest = [p for p in task.model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 4e-5}, {"params": rest, "weight_decay": 0.0}],
+                          lr=lr, momentum=0.9, nesterov=True)
+    rng = np.random.default_rng(seed)
+    task.model.train()
+    for step in range(steps):
+        arch = task.path(step)
+        idx = rng.choice(len(split), batch, replace=False)
+        x, y, _ = split.get_batch(idx, augment=True, rng=rng)
+        for g in opt.param_groups:
+            g["lr"] = cosine(step, steps, lr)
+        opt.zero_grad(set_to_none=True)
+        if task.criterion is not None:
+            per_sample, logits = task.criterion(task.model, x, y, arch, step)
+        else:
+            logits = task.model(x) if arch is None else task.model(x, arch)
+            per_sample = torch.nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing,
+                                                           reduction="none")
+        per_sample.mean().backward()
+        opt.step()
+        if task.after_step is not None:
+            task.after_step(step, arch, {"correct": float((logits.argmax(1) == y).sum()), "count": float(batch),
+                                         "x": x, "y": y, "valid": torch.ones(batch)})
+
+
+def eval_data(cfg: SupernetConfig, splits, n: int) -> EvalData:
+    calib = class_balanced_subset(splits.train, n, cfg.run.seed)
+    val = class_balanced_subset(splits.search_val, n, cfg.run.seed)
+    cx, _, _ = calib.get_batch(np.arange(len(calib)))
+    vx, vy, _ = val.get_batch(np.arange(len(val)))
+    return EvalData(cx.numpy(), vx.numpy(), vy.numpy(), 200)
+
+
+def spos_evolution(cfg, model, space, data, a) -> tuple[list, float, int]:
+    settings = EvolutionSettings(population=a.population, top_k=max(2, a.population // 4),
+                                 mutation_children=a.population // 2, crossover_children=a.population // 2,
+                                 generations=a.generations)
+    gen = make_generator("evolution", space, lambda arch: (space.macs(arch), space.params(arch)),
+                         Constraints(macs_max=a.budget * 1e6), settings, cfg.run.seed)
+    while (batch := gen.next_generation()) is not None:
+        for c in batch:
+            gen.tell(c.key, evaluate_arch(model, c.arch, data)["accuracy"])
+    best = gen.top(1)[0]
+    return space.to_json(best.arch), best.score, len(gen.evaluated())
+
+
+def retrain(space, arch, splits, a, seed: int) -> float:
+    torch.manual_seed(seed)
+    net = space.build_subnet(arch)
+
+    class Fixed:  # a task whose "path" is the whole subnet, as retrain's
+        model, path, criterion, after_step = net, staticmethod(lambda step: None), None, None
+
+    train_task(Fixed, splits.train, a.retrain_steps, a.batch, a.lr, seed + 1000, 0.1)
+    return evaluate(net, splits.test, 256)["top1"]
+
+
+def run_seed(seed: int, a) -> dict:
+    out: dict = {"seed": seed}
+    for strategy in ("spos", "cream"):
+        cfg = job(strategy, seed, a)
+        splits = build_dataset(cfg.data, cfg.space.input_size)
+        space = build_space(cfg.space)
+        t0 = time.perf_counter()
+        task = build_supernet_task(cfg)
+        train_task(task, splits.train, a.steps, a.batch, a.lr, seed, cfg.optim.label_smoothing)
+        t1 = time.perf_counter()
+        if strategy == "spos":
+            arch, proxy, evaluated = spos_evolution(cfg, task.model, space, eval_data(cfg, splits, a.eval_images), a)
+        else:
+            state = {"model": task.model.state_dict(), "extra": task.extra_state()}
+            table = board_table(cfg, state, splits)
+            table = table[table["macs"] <= a.budget * 1e6].sort_values(["accuracy", "macs"], ascending=[False, True])
+            row = table.iloc[0]
+            arch, proxy, evaluated = json.loads(row["arch"]), float(row["accuracy"]), len(table)
+        t2 = time.perf_counter()
+        top1 = retrain(space, arch, splits, a, seed)
+        out[strategy] = {"arch": arch, "macs": space.macs(space.validate(arch)), "proxy_top1": round(proxy, 2),
+                         "candidates_scored": evaluated, "supernet_s": round(t1 - t0, 1),
+                         "selection_s": round(t2 - t1, 1), "retrain_test_top1": round(top1, 2)}
+        print(f"seed {seed} {strategy}: {out[strategy]}", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=150, help="supernet steps (same for both)")
+    p.add_argument("--retrain-steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--budget", type=float, default=3.0, help="MACs budget, millions")
+    p.add_argument("--num-train", type=int, default=6000)
+    p.add_argument("--eval-images", type=int, default=250)
+    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--generations", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    if a.quick:
+        a.seeds, a.steps, a.retrain_steps, a.population, a.generations = 1, 30, 30, 4, 1
+    torch.set_num_threads(1)
+    runs = [run_seed(s, a) for s in range(a.seeds)]
+    summary = {}
+    for strategy in ("spos", "cream"):
+        top1 = [r[strategy]["retrain_test_top1"] for r in runs]
+        summary[strategy] = {"retrain_test_top1_mean": round(statistics.mean(top1), 2),
+                             "retrain_test_top1_std": round(statistics.pstdev(top1), 2),
+                             "supernet_s_mean": round(statistics.mean(r[strategy]["supernet_s"] for r in runs), 1),
+                             "selection_s_mean": round(statistics.mean(r[strategy]["selection_s"] for r in runs), 1)}
+    name = "cream_vs_spos_quick" if a.quick else "cream_vs_spos"
+    _common.write_result(name, {"settings": vars(a), "summary": summary, "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
