@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -41,7 +42,15 @@ def head():
     port, dash = free_port(), free_port()
     # Ray's session paths must stay short (unix socket limit): not pytest's tmp_path.
     temp = tempfile.mkdtemp(prefix="rayj")
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    # Ray 2.60 clusters use token auth; this one gets its own token, and the clients here
+    # (the SDK and `ray job` subprocesses) present it.
+    token = Path(temp) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    # As with an activated venv: the job's `python` is this interpreter.
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
@@ -62,8 +71,14 @@ def head():
             time.sleep(1)
     if client is None:
         os.killpg(proc.pid, signal.SIGKILL)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
         pytest.fail("the local Ray head did not come up")
     yield address, client
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=60)

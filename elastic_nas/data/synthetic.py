@@ -2,7 +2,7 @@
 
 The class is a shape or texture family (disk, ring, square, frame, triangle, cross,
 stripes, checker, bar, pair). Each image draws it with a random colour, scale,
-position and rotation over a cluttered background (gradient, small blobs, lines,
+position and rotation over a cluttered background (gradient, two small blobs, a line,
 one line occluding the shape) plus pixel noise, so a classifier has to integrate
 shape evidence over a wide receptive field: a linear model does far worse than a
 small CNN (``benchmarks/synthetic_difficulty.py``).
