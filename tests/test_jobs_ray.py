@@ -35,93 +35,100 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Head:
+    """A loopback head run in the foreground (`--block`), so stopping it touches no other
+    Ray cluster on the machine. It gets its own auth token (Ray 2.60 clusters use token
+    auth), and every client here is a `ray job` subprocess given that token: nothing in
+    this test process talks to Ray, so no Ray state leaks into other tests."""
+
+    def __init__(self):
+        self.temp = tempfile.mkdtemp(prefix="rayj")  # short: unix socket paths are limited
+        token = Path(self.temp) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        port, dash = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{dash}"
+        # As with an activated venv: the job's `python` is this interpreter.
+        self.env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+                        RAY_AUTH_TOKEN_PATH=str(token),
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        self.proc = subprocess.Popen(
+            [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+             "--include-dashboard", "true", "--temp-dir", self.temp, "--disable-usage-stats"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env=self.env)
+
+    def job(self, verb: str, *args: str) -> subprocess.CompletedProcess:
+        return self.ray("job", verb, "--address", self.address, *args)
+
+    def status(self, job_id: str) -> str:
+        out = self.job("status", job_id)
+        text = out.stdout + out.stderr
+        # Running: "Status for job 'X': RUNNING"; finished: "Job 'X' succeeded" (or failed, stopped).
+        m = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
+            r"Job '[^']+' (?:was |has )?(succeeded|failed|stopped)", text)
+        return m.group(1).upper() if m else "UNKNOWN"
+
+    def logs(self, job_id: str) -> str:
+        return self.job("logs", job_id).stdout
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def head():
-    """A loopback head node run in the foreground (`--block`), so stopping it touches no
-    other Ray cluster on the machine."""
-    port, dash = free_port(), free_port()
-    # Ray's session paths must stay short (unix socket limit): not pytest's tmp_path.
-    temp = tempfile.mkdtemp(prefix="rayj")
-    # Ray 2.60 clusters use token auth; this one gets its own token, and the clients here
-    # (the SDK and `ray job` subprocesses) present it.
-    token = Path(temp) / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    # As with an activated venv: the job's `python` is this interpreter.
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--include-dashboard", "true", "--temp-dir", temp, "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
-    from ray.job_submission import JobSubmissionClient
-
-    client = None
-    end = time.monotonic() + 120
-    while client is None and time.monotonic() < end:
-        try:
-            client = JobSubmissionClient(address)
-            client.list_jobs()
-        except Exception:
-            client = None
-            time.sleep(1)
-    if client is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
-        pytest.fail("the local Ray head did not come up")
-    yield address, client
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    shutil.rmtree(temp, ignore_errors=True)
+    h = Head()
+    end = time.monotonic() + 180
+    while h.job("list").returncode != 0:
+        if time.monotonic() > end or h.proc.poll() is not None:
+            h.stop()
+            pytest.fail("the local Ray head did not come up")
+        time.sleep(2)
+    yield h
+    h.stop()
 
 
-def submit(address: str, args: list[str]) -> str:
-    out = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait", "--",
-         "python", "-m", "elastic_nas", *args],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
+def submit(head: Head, args: list[str]) -> str:
+    out = head.job("submit", "--working-dir", str(REPO), "--no-wait", "--",
+                   "python", "-m", "elastic_nas", *args)
     assert out.returncode == 0, out.stderr + out.stdout
     m = re.search(r"raysubmit_\w+", out.stdout + out.stderr)
     assert m, out.stdout
     return m.group(0)
 
 
-def wait_status(client, job_id: str, statuses: set[str], timeout: float) -> str:
+def wait_status(head: Head, job_id: str, statuses: set[str], timeout: float) -> str:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        status = str(client.get_job_status(job_id)).split(".")[-1]
+        status = head.status(job_id)
         if status in statuses:
             return status
         if status in {"FAILED", "STOPPED"}:
-            raise AssertionError(f"job {job_id} {status}:\n{client.get_job_logs(job_id)[-5000:]}")
-        time.sleep(2)
-    raise AssertionError(f"job {job_id} not {statuses} after {timeout}s:\n{client.get_job_logs(job_id)[-5000:]}")
+            raise AssertionError(f"job {job_id} {status}:\n{head.logs(job_id)[-5000:]}")
+        time.sleep(3)
+    raise AssertionError(f"job {job_id} not {statuses} after {timeout}s:\n{head.logs(job_id)[-5000:]}")
 
 
 def test_pipeline_job_succeeds_with_outputs(head, tmp_path):
-    address, client = head
     sets = [f"storage_path={tmp_path / 'runs'}", "name=job", *TINY_DATA,
             "supernet.optim.epochs=1", "retrain.optim.epochs=1",
             "search.evolution.population=4", "search.evolution.top_k=2",
             "search.evolution.mutation_children=2", "search.evolution.crossover_children=2",
             "search.evolution.generations=1", "search.evaluator.calib_images=200",
             "search.evaluator.val_images=200"]
-    job = submit(address, ["pipeline", "--config", "jobs/pipeline.yaml", *[a for s in sets for a in ("--set", s)]])
-    wait_status(client, job, {"SUCCEEDED"}, 1200)
-    logs = client.get_job_logs(job)
+    job = submit(head, ["pipeline", "--config", "jobs/pipeline.yaml", *[a for s in sets for a in ("--set", s)]])
+    wait_status(head, job, {"SUCCEEDED"}, 1200)
+    logs = head.logs(job)
     assert "pipeline report:" in logs and "test top-1 / top-5" in logs
     runs = tmp_path / "runs"
     chosen = json.loads((runs / "job-search" / "chosen_arch.json").read_text())
@@ -133,28 +140,26 @@ def test_pipeline_job_succeeds_with_outputs(head, tmp_path):
 
 
 def test_stopped_job_resumes_from_checkpoint(head, tmp_path):
-    address, client = head
     args = ["supernet", "--config", "jobs/supernet.yaml",
             *[a for s in [f"run.storage_path={tmp_path / 'runs'}", "run.name=stopme", *TINY_DATA,
                           "space.width_mult=0.25", "optim.epochs=3", "elastic.max_workers=1",
                           "elastic.checkpoint_every_steps=10", "elastic.report_every_steps=5"]
               for a in ("--set", s)]]
     run_dir = tmp_path / "runs" / "stopme"
-    first = submit(address, args)
-    wait_status(client, first, {"RUNNING"}, 300)
+    first = submit(head, args)
+    wait_status(head, first, {"RUNNING"}, 300)
     end = time.monotonic() + 600
     while not [p for p in run_dir.glob("checkpoint_step*") if (p / "meta.json").exists()]:
-        assert time.monotonic() < end, client.get_job_logs(first)[-5000:]
+        assert time.monotonic() < end, head.logs(first)[-5000:]
         time.sleep(1)
-    stop = subprocess.run([RAY, "job", "stop", "--address", address, first], capture_output=True, text=True,
-                          timeout=120)
+    stop = head.job("stop", first)
     assert stop.returncode == 0, stop.stderr
     end = time.monotonic() + 120
-    while str(client.get_job_status(first)).split(".")[-1] != "STOPPED":
+    while head.status(first) != "STOPPED":
         assert time.monotonic() < end
         time.sleep(1)
-    second = submit(address, args)
-    wait_status(client, second, {"SUCCEEDED"}, 900)
-    logs = client.get_job_logs(second)
+    second = submit(head, args)
+    wait_status(head, second, {"SUCCEEDED"}, 900)
+    logs = head.logs(second)
     m = re.search(r"resumed at step (\d+)", logs)
     assert m and int(m.group(1)) >= 10, logs[-3000:]

@@ -145,11 +145,12 @@ class _Reporter:
         self.writer = None
         if rank == 0 and tb_dir:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                # tensorboardX comes with ray[train]; torch's own writer would need `tensorboard`.
+                from tensorboardX import SummaryWriter
 
                 self.writer = SummaryWriter(tb_dir)
-            except ImportError:  # tensorboard is a dependency, but keep training without it
-                print("elastic-nas: tensorboard not installed; no TensorBoard logs", file=sys.stderr)
+            except ImportError:  # keep training without TensorBoard logs
+                print("elastic-nas: tensorboardX not installed; no TensorBoard logs", file=sys.stderr)
 
     def add(self, loss_sum: float, correct: float, count: float, global_samples: int) -> None:
         self.loss_sum += loss_sum
