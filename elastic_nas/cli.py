@@ -6,6 +6,7 @@ User errors (:class:`elastic_nas.errors.UserError`) print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable
 
@@ -18,54 +19,14 @@ def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from elastic_nas.data.cli import prepare
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """``"module:function"`` imported only when its command runs, so ``--help`` stays instant."""
+    module, name = target.split(":")
 
-    return prepare(args)
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), name)(args)
 
-
-def _cmd_data_convert(args: argparse.Namespace) -> int:
-    from elastic_nas.data.cli import convert
-
-    return convert(args)
-
-
-def _cmd_arch_info(args: argparse.Namespace) -> int:
-    from elastic_nas.spaces.cli import arch_info
-
-    return arch_info(args)
-
-
-def _cmd_supernet(args: argparse.Namespace) -> int:
-    from elastic_nas.train.cli import supernet
-
-    return supernet(args)
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    from elastic_nas.search.cli import search
-
-    return search(args)
-
-
-def _cmd_retrain(args: argparse.Namespace) -> int:
-    from elastic_nas.train.cli import retrain
-
-    return retrain(args)
-
-
-def _cmd_test(args: argparse.Namespace) -> int:
-    from elastic_nas.train.cli import test
-
-    return test(args)
-
-
-def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from elastic_nas.config import PipelineConfig, load_config
-    from elastic_nas.pipeline import run_pipeline
-
-    run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
-    return 0
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = data_sub.add_parser("prepare", help="generate/cache a dataset and print its splits")
     _add_config_args(p, "jobs/supernet.yaml")
-    p.set_defaults(func=_cmd_data_prepare)
+    p.set_defaults(func=_lazy("elastic_nas.data.cli:prepare"))
     p = data_sub.add_parser("convert", help="convert an ImageNet-style folder into parquet shards")
     p.add_argument("src", help="folder with one subfolder per class (JPEG/PNG)")
     p.add_argument("dst", help="output directory for parquet shards")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (default: all cores)")
-    p.set_defaults(func=_cmd_data_convert)
+    p.set_defaults(func=_lazy("elastic_nas.data.cli:convert"))
 
     # arch
     arch = sub.add_parser("arch", help="inspect architectures")
@@ -98,24 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a JSON list, or a published name (spos-323m, cream-14 ... cream-604)")
     p.add_argument("--input-size", type=int, default=None, help="input resolution (default: published or 224)")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.set_defaults(func=_cmd_arch_info)
+    p.set_defaults(func=_lazy("elastic_nas.spaces.cli:arch_info"))
 
     # steps
     p = sub.add_parser("supernet", help="train a weight-sharing supernet on Ray Train (elastic)")
     _add_config_args(p, "jobs/supernet.yaml")
-    p.set_defaults(func=_cmd_supernet)
+    p.set_defaults(func=_lazy("elastic_nas.train.cli:supernet"))
     p = sub.add_parser("search", help="evolutionary architecture search over a trained supernet (Ray Tune)")
     _add_config_args(p, "jobs/search.yaml")
-    p.set_defaults(func=_cmd_search)
+    p.set_defaults(func=_lazy("elastic_nas.search.cli:search"))
     p = sub.add_parser("retrain", help="train the chosen subnet from scratch (elastic), then test it")
     _add_config_args(p, "jobs/retrain.yaml")
-    p.set_defaults(func=_cmd_retrain)
+    p.set_defaults(func=_lazy("elastic_nas.train.cli:retrain"))
     p = sub.add_parser("test", help="evaluate a retrained subnet on the test split and export it")
     _add_config_args(p, "jobs/test.yaml")
-    p.set_defaults(func=_cmd_test)
+    p.set_defaults(func=_lazy("elastic_nas.train.cli:test"))
     p = sub.add_parser("pipeline", help="supernet -> search -> retrain -> test, in order")
     _add_config_args(p, "jobs/pipeline.yaml")
-    p.set_defaults(func=_cmd_pipeline)
+    p.set_defaults(func=_lazy("elastic_nas.train.cli:pipeline"))
     return parser
 
 
