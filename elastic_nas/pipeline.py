@@ -17,17 +17,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     times: dict[str, float] = {}
     t0 = time.time()
-    supernet = train_supernet(cfg.supernet)
-    times["supernet"] = time.time() - t0
-    t = time.time()
-    search = run_search(cfg.search)
-    times["search"] = time.time() - t
-    t = time.time()
-    result = retrain(cfg.retrain)
-    times["retrain"] = time.time() - t
-    t = time.time()
-    card = run_test(cfg.test)
-    times["test"] = time.time() - t
+
+    def timed(step: str, fn, section):
+        t = time.time()
+        out = fn(section)
+        times[step] = time.time() - t
+        return out
+
+    supernet = timed("supernet", train_supernet, cfg.supernet)
+    search = timed("search", run_search, cfg.search)
+    result = timed("retrain", retrain, cfg.retrain)
+    card = timed("test", run_test, cfg.test)
 
     report = {
         "chosen arch": json.dumps(result["arch"]),

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Keep every test cluster on 127.0.0.1 (see ../shared/reference/ray-notes.md) and make
 # Ray Train react quickly; both must be set before Ray starts.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -8,3 +10,23 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")
 os.environ.setdefault("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from elastic_nas.config import SpaceConfig  # noqa: E402  (after the Ray environment above)
+
+# One config per space variant, shared by the space and cost-model tests.
+SPACE_CONFIGS = {
+    "spos": SpaceConfig(name="spos"),
+    "spos-channel": SpaceConfig(name="spos", channel_search=True),
+    "cream": SpaceConfig(name="cream", max_depths=[4, 4, 5, 4, 4]),  # Cream's own supernet
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny nets on a shared 2-core CPU: extra intra-op threads only add contention."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

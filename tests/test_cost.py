@@ -10,21 +10,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from elastic_nas.config import SpaceConfig
+from tests.conftest import SPACE_CONFIGS
 from elastic_nas.spaces import PUBLISHED, build_space
 
-CONFIGS = {
-    "spos": SpaceConfig(name="spos"),
-    "spos-channel": SpaceConfig(name="spos", channel_search=True),
-    "cream": SpaceConfig(name="cream", max_depths=[4, 4, 5, 4, 4]),  # Cream's own supernet
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+CONFIGS = SPACE_CONFIGS
 
 
 def counted(net: torch.nn.Module, size: int, device: str = "cpu") -> tuple[int, int]:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elastic_nas.config import SpaceConfig
+from tests.conftest import SPACE_CONFIGS
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces import PUBLISHED, build_space
 from elastic_nas.spaces.cli import describe
@@ -22,20 +23,7 @@ SPOS_328M = [
 ]
 CREAM_287 = [[0], [3], [3, 3], [3, 1, 3], [3, 3, 3, 3], [3, 3, 3], [0]]
 
-CONFIGS = {
-    "spos": SpaceConfig(name="spos"),
-    "spos-channel": SpaceConfig(name="spos", channel_search=True),
-    "cream": SpaceConfig(name="cream", max_depths=[4, 4, 5, 4, 4]),  # Cream's own supernet
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets on a shared CPU: extra intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+CONFIGS = SPACE_CONFIGS
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
