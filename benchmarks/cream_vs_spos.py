@@ -25,16 +25,15 @@ import statistics
 import time
 
 import _common  # noqa: F401  (sys.path, loopback)
-import numpy as np
 import torch
+from _nas import eval_data, retrain, train_task
 
 from elastic_nas.config import SupernetConfig, load_config
-from elastic_nas.data import build_dataset, class_balanced_subset
-from elastic_nas.search.evaluator import EvalData, evaluate_arch
+from elastic_nas.data import build_dataset
+from elastic_nas.search.evaluator import evaluate_arch
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.spaces import build_space
 from elastic_nas.train.cream import board_table
-from elastic_nas.train.evaluate import evaluate
 from elastic_nas.train.supernet import build_supernet_task
 
 
@@ -45,46 +44,6 @@ def job(strategy: str, seed: int, a) -> SupernetConfig:
             f"cream.meta_update_every={max(1, a.steps // 10)}", f"cream.eval_images={a.eval_images}",
             f"cream.budgets=[{a.budget}]"]
     return load_config(SupernetConfig, "jobs/supernet-cream.yaml", sets)
-
-
-def cosine(step: int, total: int, lr: float) -> float:
-    return 0.5 * lr * (1 + np.cos(np.pi * step / total))
-
-
-def train_task(task, split, steps: int, batch: int, lr: float, seed: int, label_smoothing: float) -> None:
-    """What the elastic loop does on one worker: path, criterion, SGD, after_step."""
-    decay = [p for p in task.model.parameters() if p.ndim > 1]
-    rest = [p for p in task.model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 4e-5}, {"params": rest, "weight_decay": 0.0}],
-                          lr=lr, momentum=0.9, nesterov=True)
-    rng = np.random.default_rng(seed)
-    task.model.train()
-    for step in range(steps):
-        arch = task.path(step)
-        idx = rng.choice(len(split), batch, replace=False)
-        x, y, _ = split.get_batch(idx, augment=True, rng=rng)
-        for g in opt.param_groups:
-            g["lr"] = cosine(step, steps, lr)
-        opt.zero_grad(set_to_none=True)
-        if task.criterion is not None:
-            per_sample, logits = task.criterion(task.model, x, y, arch, step)
-        else:
-            logits = task.model(x) if arch is None else task.model(x, arch)
-            per_sample = torch.nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing,
-                                                           reduction="none")
-        per_sample.mean().backward()
-        opt.step()
-        if task.after_step is not None:
-            task.after_step(step, arch, {"correct": float((logits.argmax(1) == y).sum()), "count": float(batch),
-                                         "x": x, "y": y, "valid": torch.ones(batch)})
-
-
-def eval_data(cfg: SupernetConfig, splits, n: int) -> EvalData:
-    calib = class_balanced_subset(splits.train, n, cfg.run.seed)
-    val = class_balanced_subset(splits.search_val, n, cfg.run.seed)
-    cx, _, _ = calib.get_batch(np.arange(len(calib)))
-    vx, vy, _ = val.get_batch(np.arange(len(val)))
-    return EvalData(cx.numpy(), vx.numpy(), vy.numpy(), 200)
 
 
 def spos_evolution(cfg, model, space, data, a) -> tuple[list, float, int]:
@@ -100,17 +59,6 @@ def spos_evolution(cfg, model, space, data, a) -> tuple[list, float, int]:
     return space.to_json(best.arch), best.score, len(gen.evaluated())
 
 
-def retrain(space, arch, splits, a, seed: int) -> float:
-    torch.manual_seed(seed)
-    net = space.build_subnet(arch)
-
-    class Fixed:  # a task whose "path" is the whole subnet, as retrain's
-        model, path, criterion, after_step = net, staticmethod(lambda step: None), None, None
-
-    train_task(Fixed, splits.train, a.retrain_steps, a.batch, a.lr, seed + 1000, 0.1)
-    return evaluate(net, splits.test, 256)["top1"]
-
-
 def run_seed(seed: int, a) -> dict:
     out: dict = {"seed": seed}
     for strategy in ("spos", "cream"):
@@ -122,7 +70,7 @@ def run_seed(seed: int, a) -> dict:
         train_task(task, splits.train, a.steps, a.batch, a.lr, seed, cfg.optim.label_smoothing)
         t1 = time.perf_counter()
         if strategy == "spos":
-            arch, proxy, evaluated = spos_evolution(cfg, task.model, space, eval_data(cfg, splits, a.eval_images), a)
+            arch, proxy, evaluated = spos_evolution(cfg, task.model, space, eval_data(splits, a.eval_images, cfg.run.seed), a)
         else:
             state = {"model": task.model.state_dict(), "extra": task.extra_state()}
             table = board_table(cfg, state, splits)
@@ -130,7 +78,7 @@ def run_seed(seed: int, a) -> dict:
             row = table.iloc[0]
             arch, proxy, evaluated = json.loads(row["arch"]), float(row["accuracy"]), len(table)
         t2 = time.perf_counter()
-        top1 = retrain(space, arch, splits, a, seed)
+        top1 = retrain(space, arch, splits, a.retrain_steps, a.batch, a.lr, seed)
         out[strategy] = {"arch": arch, "macs": space.macs(space.validate(arch)), "proxy_top1": round(proxy, 2),
                          "candidates_scored": evaluated, "supernet_s": round(t1 - t0, 1),
                          "selection_s": round(t2 - t1, 1), "retrain_test_top1": round(top1, 2)}

@@ -38,13 +38,14 @@ from elastic_nas.elastic.policy import ElasticLRPolicy
 from elastic_nas.elastic.sampler import ElasticSampler
 from elastic_nas.train.loop import LoopSettings, make_optimizer
 
-WORKER_BATCH, REF_BATCH, BASE_LR = 32, 64, 0.1
+WORKER_BATCH, REF_BATCH = 32, 64
 
 
-def train_supernet(space, train, seed: int, epochs: float, policy_kind: str, schedule: list[tuple[float, int]]):
+def train_supernet(space, train, seed: int, epochs: float, policy_kind: str, schedule: list[tuple[float, int]],
+                   base_lr: float):
     torch.manual_seed(seed)
     model = space.build_supernet()
-    s = LoopSettings(seed=seed, epochs=epochs, lr=BASE_LR, reference_batch=REF_BATCH, momentum=0.9,
+    s = LoopSettings(seed=seed, epochs=epochs, lr=base_lr, reference_batch=REF_BATCH, momentum=0.9,
                      nesterov=False, weight_decay=4e-5, label_smoothing=0.1, schedule="cosine",
                      warmup_epochs=0.1, grad_clip=0.0, batch_policy=policy_kind, per_worker_batch=WORKER_BATCH,
                      global_batch=2 * WORKER_BATCH, max_per_worker_batch=256, lr_ramp_steps=8,
@@ -52,7 +53,7 @@ def train_supernet(space, train, seed: int, epochs: float, policy_kind: str, sch
                      report_every_steps=1)
     opt = make_optimizer(model, s)
     total = epochs * len(train)
-    policy = ElasticLRPolicy(policy_kind, BASE_LR, REF_BATCH, WORKER_BATCH, 2 * WORKER_BATCH, 256, 8,
+    policy = ElasticLRPolicy(policy_kind, base_lr, REF_BATCH, WORKER_BATCH, 2 * WORKER_BATCH, 256, 8,
                              "cosine", total, 0.1 * len(train))
     sampler = ElasticSampler(len(train), seed=seed)
     rng = np.random.default_rng([seed, 1])
@@ -100,8 +101,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--num-train", type=int, default=8000)
+    ap.add_argument("--lr", type=float, default=0.1, help="LR at the reference batch of 64 (2 workers)")
+    ap.add_argument("--width", type=float, default=0.25, help="SPOS width_mult")
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     from elastic_nas.data import build_dataset
     from elastic_nas.data.base import class_balanced_subset
     from elastic_nas.spaces import build_space
@@ -114,18 +118,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         data = build_dataset(DataConfig(path=str(Path(d) / "data"), num_train=a.num_train, num_test=256,
                                         search_val_size=1000), 32)
-        space = build_space(SpaceConfig(width_mult=0.25))
+        space = build_space(SpaceConfig(width_mult=a.width))
         subnets = [space.sample(np.random.default_rng([1234, i])) for i in range(10)]
         calib = class_balanced_subset(data.train, 1000, seed=0)
         for seed in range(a.seeds):
             for name, (kind, sched) in schedules.items():
-                model = train_supernet(space, data.train, seed, a.epochs, kind, sched)
+                model = train_supernet(space, data.train, seed, a.epochs, kind, sched, a.lr)
                 acc = inherited_accuracy(space, model, subnets, calib, data.search_val)
                 results[name].append(round(acc, 2))
                 print(f"seed {seed} {name:8s} mean inherited top-1 of 10 subnets: {acc:.2f}%", flush=True)
     mean = {k: round(statistics.mean(v), 2) for k, v in results.items()}
     write_result("elastic_accuracy", {
-        "seeds": a.seeds, "epochs": a.epochs, "num_train": a.num_train, "space": "spos width 0.25 @32x32",
+        "seeds": a.seeds, "epochs": a.epochs, "num_train": a.num_train, "lr": a.lr,
+        "space": f"spos width {a.width} @32x32, stem stride 1",
         "per_worker_batch": WORKER_BATCH, "subnets": [list(s) for s in subnets],
         "per_seed_top1": results, "mean_top1": mean,
         "elastic_minus_static_points": round(mean["elastic"] - mean["static"], 2),

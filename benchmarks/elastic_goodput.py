@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import write_result
 
-from tests.ray_utils import CliRun, redone_steps
+from tests.ray_utils import CliRun, add_worker_node, redone_steps, slot_cluster
 
 WORKER_BATCH = 32
 
@@ -72,7 +72,7 @@ def static_rate(cluster, tmp: Path, workers: int, seconds: float) -> float:
     name = f"static{workers}"
     run = CliRun(args_for(tmp, name, (workers, workers), 50), env={"RAY_ADDRESS": cluster.address})
     try:
-        run.wait_for(rf"started with {workers} worker", 300)
+        run.wait_for(rf"(started|resumed at step \d+) with {workers} worker", 300)
         time.sleep(seconds)
     finally:
         run.kill()
@@ -88,60 +88,60 @@ def main() -> None:
     ap.add_argument("--deadline", type=int, default=30)
     ap.add_argument("--static-seconds", type=float, default=90)
     a = ap.parse_args()
-    from ray.cluster_utils import Cluster
+    # Kept after the run: the sample logs let a failed analysis be redone by hand.
+    tmp = Path(tempfile.mkdtemp(prefix="elastic-goodput-"))
+    print(f"work dir {tmp}", flush=True)
+    cluster = slot_cluster()
+    try:
+        nodes = [add_worker_node(cluster) for _ in range(3)]
+        rate3 = static_rate(cluster, tmp, 3, a.static_seconds)
+        rate2 = static_rate(cluster, tmp, 2, a.static_seconds)
+        print(f"static samples/s: 3 workers {rate3:.1f}, 2 workers {rate2:.1f}", flush=True)
 
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        run = CliRun(args_for(tmp, "churn", (1, 3), 50), env={"RAY_ADDRESS": cluster.address})
+        events = []
         try:
-            nodes = [cluster.add_node(num_cpus=1, resources={"slot": 1}) for _ in range(3)]
-            cluster.wait_for_nodes()
-            rate3 = static_rate(cluster, tmp, 3, a.static_seconds)
-            rate2 = static_rate(cluster, tmp, 2, a.static_seconds)
-            print(f"static samples/s: 3 workers {rate3:.1f}, 2 workers {rate2:.1f}", flush=True)
-
-            run = CliRun(args_for(tmp, "churn", (1, 3), 50), env={"RAY_ADDRESS": cluster.address})
-            events = []
-            try:
-                run.wait_for(r"started with 3 worker", 300)
-                t_start = time.time()
-                live = [(t_start, 3)]
-                next_drain = t_start + a.period
-                pending_add = None
-                while time.time() - t_start < a.duration:
-                    now = time.time()
-                    if now >= next_drain:
-                        victim = nodes.pop()
-                        subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node",
-                                        "--address", cluster.address, "--node-id", victim.node_id,
-                                        "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot",
-                                        "--deadline-remaining-seconds", str(a.deadline)],
-                                       check=True, capture_output=True, timeout=60)
-                        events.append(("drain", round(now - t_start, 1)))
-                        time.sleep(a.deadline)
-                        cluster.remove_node(victim)
-                        live.append((time.time(), 2))
-                        events.append(("remove", round(time.time() - t_start, 1)))
-                        pending_add = time.time() + a.rejoin
-                        next_drain = now + a.period
-                    if pending_add and time.time() >= pending_add:
-                        nodes.append(cluster.add_node(num_cpus=1, resources={"slot": 1}))
-                        live.append((time.time(), 3))
-                        events.append(("add", round(time.time() - t_start, 1)))
-                        pending_add = None
-                    time.sleep(0.5)
-                t_end = time.time()
-            finally:
-                run.kill()
+            run.wait_for(r"(started|resumed at step \d+) with 3 worker", 300)
+            t_start = time.time()
+            live = [(t_start, 3)]
+            next_drain = t_start + a.period
+            pending_add = None
+            while time.time() - t_start < a.duration:
+                now = time.time()
+                if now >= next_drain:
+                    victim = nodes.pop()
+                    subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node",
+                                    "--address", cluster.address, "--node-id", victim.node_id,
+                                    "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot",
+                                    "--deadline-remaining-seconds", str(a.deadline)],
+                                   check=True, capture_output=True, timeout=60)
+                    events.append(("drain", round(now - t_start, 1)))
+                    time.sleep(a.deadline)
+                    cluster.remove_node(victim)
+                    live.append((time.time(), 2))
+                    events.append(("remove", round(time.time() - t_start, 1)))
+                    pending_add = time.time() + a.rejoin
+                    next_drain = now + a.period
+                if pending_add and time.time() >= pending_add:
+                    nodes.append(add_worker_node(cluster))
+                    live.append((time.time(), 3))
+                    events.append(("add", round(time.time() - t_start, 1)))
+                    pending_add = None
+                time.sleep(0.5)
+            t_end = time.time()
         finally:
-            cluster.shutdown()
+            run.kill()
+    finally:
+        cluster.shutdown()
 
-        log = tmp / "samples" / "churn"
-        useful = useful_samples(rank0_records(log), t_start, t_end)
-        live.append((t_end, live[-1][1]))
-        avg_world = sum((t1 - t0) * w for (t0, w), (t1, _) in zip(live, live[1:])) / (t_end - t_start)
-        static_at_avg = rate2 + (rate3 - rate2) * (avg_world - 2)
-        goodput = useful / (t_end - t_start)
+    (tmp / "churn.json").write_text(json.dumps({"t_start": t_start, "t_end": t_end, "live": live,
+                                                "events": events, "rate2": rate2, "rate3": rate3}))
+    log = tmp / "samples" / "churn"
+    useful = useful_samples(rank0_records(log), t_start, t_end)
+    live.append((t_end, live[-1][1]))
+    avg_world = sum((t1 - t0) * w for (t0, w), (t1, _) in zip(live, live[1:])) / (t_end - t_start)
+    static_at_avg = rate2 + (rate3 - rate2) * (avg_world - 2)
+    goodput = useful / (t_end - t_start)
     write_result("elastic_goodput", {
         "duration_s": round(t_end - t_start, 1), "period_s": a.period, "rejoin_s": a.rejoin,
         "deadline_s": a.deadline, "events": events,

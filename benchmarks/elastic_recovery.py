@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import write_result
 
-from tests.ray_utils import CliRun, redone_steps
+from tests.ray_utils import CliRun, add_worker_node, redone_steps, slot_cluster
 
 SETTINGS = {
     "ray_defaults": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"},
@@ -87,16 +87,13 @@ def wait_checkpoint(run_dir: Path, timeout: float) -> None:
 
 
 def scenario(tmp: Path, setting: str, drain: bool) -> dict:
-    from ray.cluster_utils import Cluster
-
     env, extra = SETTINGS[setting]
     name = f"{setting}{'_drain' if drain else ''}"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = slot_cluster()
     run = None
     try:
-        cluster.add_node(num_cpus=1, resources={"slot": 1})
-        victim = cluster.add_node(num_cpus=1, resources={"slot": 1})
-        cluster.wait_for_nodes()
+        add_worker_node(cluster)
+        victim = add_worker_node(cluster)
         run = CliRun(args_for(tmp, name, extra), env={"RAY_ADDRESS": cluster.address, **env})
         run.wait_for(r"started with 2 worker", 300)
         wait_checkpoint(tmp / "runs" / name, 300)
@@ -115,7 +112,7 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
         result["recover_s"] = round(first_step_after(log_dir, t_remove, 1, 300), 2)
         time.sleep(3)
         t_add = time.time()
-        cluster.add_node(num_cpus=1, resources={"slot": 1})
+        add_worker_node(cluster)
         result["scale_up_s"] = round(first_step_after(log_dir, t_add, 2, 300), 2)
         result["redone_steps"] = redone_steps(log_dir)
         return result

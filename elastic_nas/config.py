@@ -152,6 +152,8 @@ class ElasticConfig:
     sample_log_dir: str = ""  # audit: each rank logs the sample ids of every step ("" = off)
     grad_sync: Literal["ddp", "bucketed"] = "ddp"  # DDP(find_unused_parameters) measured faster
     node_watch: bool = True  # refresh Ray's resource view on node loss/join (see train/resize_watch.py)
+    # node_watch: on a join, checkpoint before Ray restarts the group, waiting at most this (0 = off)
+    join_checkpoint_timeout_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
         _positive(self.min_workers, f"{prefix}.min_workers")
@@ -167,6 +169,7 @@ class ElasticConfig:
         _non_negative(self.max_failures, f"{prefix}.max_failures")
         _positive(self.checkpoint_every_s, f"{prefix}.checkpoint_every_s")
         _positive(self.resize_monitor_interval_s, f"{prefix}.resize_monitor_interval_s")
+        _non_negative(self.join_checkpoint_timeout_s, f"{prefix}.join_checkpoint_timeout_s")
 
 
 CREAM_OP_PROBS = [0.05, 0.2, 0.05, 0.5, 0.05, 0.15]  # Cream's PRE_PROB over ops k3e4 k3e6 k5e4 k5e6 k7e4 k7e6

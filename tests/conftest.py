@@ -30,3 +30,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One synthetic-dataset cache per test module."""
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture
+def cluster():
+    from tests.ray_utils import slot_cluster
+
+    c = slot_cluster()
+    yield c
+    c.shutdown()

@@ -15,6 +15,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def slot_cluster():
+    """A local ``Cluster`` whose head runs nothing: training workers need a ``slot`` node."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+
+
+def add_worker_node(cluster):
+    """A 1-CPU node with one ``slot``, the custom resource the elastic policy counts."""
+    node = cluster.add_node(num_cpus=1, resources={"slot": 1})
+    cluster.wait_for_nodes()
+    return node
+
+
 class CliRun:
     """An ``elastic-nas`` command in a subprocess, its output collected line by line."""
 

@@ -14,32 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_utils import CliRun
+from tests.ray_utils import CliRun, add_worker_node
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 DATA = dict(num_train=1280, num_test=128, search_val_size=128)
 CKPT_EVERY = 5
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("synthetic")
-
-
-@pytest.fixture
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    yield c
-    c.shutdown()
-
-
-def add_worker_node(cluster):
-    node = cluster.add_node(num_cpus=1, resources={"slot": 1})
-    cluster.wait_for_nodes()
-    return node
 
 
 def cream_args(tmp_path: Path, data_dir: Path, name: str, epochs: int) -> list[str]:

@@ -17,32 +17,12 @@ import numpy as np
 import pytest
 
 from elastic_nas.config import DataConfig
-from tests.ray_utils import REPO, CliRun, effective_samples, redone_steps
+from tests.ray_utils import REPO, CliRun, add_worker_node, effective_samples, redone_steps
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 DATA = dict(num_train=2560, num_test=256, search_val_size=256)
 BASE_LR, REF_BATCH, WORKER_BATCH = 0.1, 64, 32  # 2 workers -> lr 0.1, 1 worker -> lr 0.05
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("synthetic")
-
-
-@pytest.fixture
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    yield c
-    c.shutdown()
-
-
-def add_worker_node(cluster):
-    node = cluster.add_node(num_cpus=1, resources={"slot": 1})
-    cluster.wait_for_nodes()
-    return node
 
 
 def supernet_args(tmp_path: Path, data_dir: Path, name: str, epochs: int, **extra) -> list[str]:
@@ -109,7 +89,8 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
     add_worker_node(cluster)
     second = add_worker_node(cluster)
     epochs = 3
-    run = CliRun(supernet_args(tmp_path, data_dir, "resize", epochs), env={"RAY_ADDRESS": cluster.address})
+    keep_all = {"elastic.keep_checkpoints": 1000}  # the join checkpoint is looked at after the run
+    run = CliRun(supernet_args(tmp_path, data_dir, "resize", epochs, **keep_all), env={"RAY_ADDRESS": cluster.address})
     try:
         run.wait_for(r"started with 2 worker", 240)
         wait_checkpoint(tmp_path / "runs" / "resize", 1, 240)
@@ -117,10 +98,18 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
         run.wait_for(r"resumed at step \d+ with 1 worker", 240)
         run.wait_for(r"world 1 ", 240)
         add_worker_node(cluster)
-        run.wait_for(r"resumed at step \d+ with 2 worker", 240)
+        # The driver's node watcher asks for a checkpoint before Ray sees the new node.
+        run.wait_for(r"node joined; checkpoint before the resize", 240)
+        resumed = int(run.wait_for(r"resumed at step (\d+) with 2 worker", 240).group(1))
         assert run.finish(600) == 0, run.output()[-4000:]
     finally:
         run.kill()
+
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "resize").glob("checkpoint_*/meta.json")]
+    join_steps = [m["step"] for m in metas if m["reason"] == "join"]
+    assert join_steps, sorted((m["step"], m["reason"]) for m in metas)
+    # Only steps after the join checkpoint (about one resize-monitor interval) are redone.
+    assert resumed >= max(join_steps), (resumed, join_steps)
 
     assert_exactly_once(tmp_path, data_dir, epochs)
     h = history(tmp_path, "resize")

@@ -22,11 +22,6 @@ DATA = dict(num_train=2560, num_test=256, search_val_size=256)
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("synthetic")
-
-
-@pytest.fixture(scope="module")
 def snapshot_run(tmp_path_factory, data_dir):
     """A supernet run dir with one checkpoint, written without Ray (untrained weights suffice)."""
     from elastic_nas.data import build_dataset

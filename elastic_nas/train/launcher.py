@@ -100,7 +100,7 @@ def run_trainer(
 
     if not elastic.node_watch:
         return trainer.fit()
-    with NodeChangeRefresher():
+    with NodeChangeRefresher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s):
         return trainer.fit()
 
 

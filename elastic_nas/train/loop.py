@@ -36,6 +36,7 @@ from elastic_nas.elastic.checkpoint import (
 from elastic_nas.elastic.policy import ElasticLRPolicy
 from elastic_nas.elastic.sampler import ElasticSampler
 from elastic_nas.train import distributed as D
+from elastic_nas.train.resize_watch import JoinCheckpoint
 
 
 @dataclass
@@ -276,6 +277,23 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint_dir_name(step, attempt))
         last_ckpt_time = time.monotonic()
 
+    # Checkpoint requests from the driver's node watcher, before a scale-up restart.
+    join_ckpt = JoinCheckpoint(ctx.get_experiment_name()) if rank == 0 else None
+
+    def join_checkpoint_token() -> str:
+        """Rank 0's unanswered request token, known to every rank ("" = none)."""
+        nonlocal join_ckpt
+        token = ""
+        if join_ckpt is not None:
+            try:
+                token = join_ckpt.pending()
+            except Exception:  # no KV (a Ray change): joins redo steps since the last checkpoint
+                join_ckpt = None
+        if D.is_distributed():
+            token = str(D.broadcast_int(int(token or 0), device))
+            token = "" if token == "0" else token
+        return token
+
     # 3. Loop, one optimizer step per iteration.
     while samples_seen < total_samples:
         arch = task.path(step)
@@ -340,6 +358,13 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
                                 "samples_seen": samples_seen, "samples_per_s": 0.0})
                 checkpoint_now(_metrics(reporter, device, step, world, plan, lr, sampler, samples_seen),
                                "preemption")
+                continue
+            token = join_checkpoint_token() if not done else ""
+            if token:
+                checkpoint_now(_metrics(reporter, device, step, world, plan, lr, sampler, samples_seen), "join")
+                if join_ckpt is not None:
+                    with contextlib.suppress(Exception):  # the driver's wait is bounded anyway
+                        join_ckpt.answer(token)
                 continue
             if preempt_deadline is not None and not done:
                 # Agree on one decision: a rank's clock must not split the collectives.

@@ -8,22 +8,78 @@ and waits out ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, and a joined node goes
 This driver-side thread polls the live node set (one GCS call every ``interval_s``)
 and, when it changes, asks the coordinator to recompute. It relies on a private
 actor; if that is missing or changes, it logs once and Ray's own tick still applies.
+
+A join gives no notice to the workers: Ray restarts the group for the larger size, and
+the steps since the last checkpoint would be redone. So before it lets Ray see a new
+node, the watcher asks the running workers for a checkpoint (:class:`JoinCheckpoint`)
+and waits for it, at most ``join_checkpoint_timeout_s``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
 _COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace)
+_KV_NAMESPACE = "elastic-nas"
+
+
+class JoinCheckpoint:
+    """Checkpoint requests from the driver to rank 0 of a run, through Ray's internal KV.
+
+    The driver puts a fresh token under ``<run>/join-ckpt-request`` and waits until rank 0
+    writes the same token under ``<run>/join-ckpt-done``, after its checkpoint is reported.
+    Ray's KV is a private API: any failure just means no early checkpoint (a warning).
+    """
+
+    def __init__(self, run_name: str):
+        self.request_key = f"{run_name}/join-ckpt-request"
+        self.done_key = f"{run_name}/join-ckpt-done"
+
+    @staticmethod
+    def _get(key: str) -> str:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
+        return value.decode() if value else ""
+
+    @staticmethod
+    def _put(key: str, value: str) -> None:
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(key, value, overwrite=True, namespace=_KV_NAMESPACE)
+
+    # driver
+    def request(self, timeout_s: float, poll_s: float = 0.1) -> bool:
+        """Ask for a checkpoint; True once rank 0 has reported it, False on timeout."""
+        token = str(time.time_ns())
+        self._put(self.request_key, token)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._get(self.done_key) == token:
+                return True
+            time.sleep(poll_s)
+        return False
+
+    # rank 0
+    def pending(self) -> str:
+        """The token of an unanswered request, or ""."""
+        token = self._get(self.request_key)
+        return token if token and token != self._get(self.done_key) else ""
+
+    def answer(self, token: str) -> None:
+        self._put(self.done_key, token)
 
 
 class NodeChangeRefresher:
-    def __init__(self, interval_s: float = 0.5):
+    def __init__(self, interval_s: float = 0.5, run_name: str = "", join_checkpoint_timeout_s: float = 0.0):
         self.interval_s = interval_s
         self.refreshes = 0
+        self.join_checkpoint = JoinCheckpoint(run_name) if run_name and join_checkpoint_timeout_s > 0 else None
+        self.join_checkpoint_timeout_s = join_checkpoint_timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="elastic-nas-node-watch", daemon=True)
 
@@ -68,6 +124,21 @@ class NodeChangeRefresher:
             except Exception:
                 continue
             if alive != known:
+                joined = alive - known
                 known = alive
+                if joined and self.join_checkpoint is not None:
+                    self._checkpoint_before_join()
                 if not self._refresh():
                     return
+
+    def _checkpoint_before_join(self) -> None:
+        t0 = time.monotonic()
+        try:
+            ok = self.join_checkpoint.request(self.join_checkpoint_timeout_s)
+        except Exception as e:  # private KV API changed: joins redo steps since the last checkpoint
+            logger.warning("elastic-nas: cannot request a checkpoint before a scale-up (%s)", e)
+            self.join_checkpoint = None
+            return
+        if ok:
+            print(f"elastic-nas: node joined; checkpoint before the resize took {time.monotonic() - t0:.1f}s",
+                  flush=True)
