@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import write_result
 
-from tests.ray_utils import CliRun, add_worker_node, redone_steps, slot_cluster
+from tests.ray_utils import CliRun, add_worker_node, attempts, redone_steps, slot_cluster
 
 WORKER_BATCH = 32
 
@@ -138,6 +138,7 @@ def main() -> None:
                                                 "events": events, "rate2": rate2, "rate3": rate3}))
     log = tmp / "samples" / "churn"
     useful = useful_samples(rank0_records(log), t_start, t_end)
+    starts = attempts(log)
     live.append((t_end, live[-1][1]))
     avg_world = sum((t1 - t0) * w for (t0, w), (t1, _) in zip(live, live[1:])) / (t_end - t_start)
     static_at_avg = rate2 + (rate3 - rate2) * (avg_world - 2)
@@ -149,6 +150,10 @@ def main() -> None:
         "time_avg_world_size": round(avg_world, 3), "useful_samples_per_s": round(goodput, 1),
         "static_samples_per_s_at_avg_world": round(static_at_avg, 1),
         "goodput_ratio": round(goodput / static_at_avg, 3), "redone_steps": redone_steps(log),
+        # Each worker-group start: the gap since the previous group's last step, and redone steps.
+        "restarts": [{"world": b["world"], "at_s": round(b["t_first"] - t_start, 1),
+                      "gap_s": round(b["t_first"] - a["t_last"], 1), "redone": b["redone"]}
+                     for a, b in zip(starts, starts[1:]) if a["t_last"] >= t_start],
         "target": ">= 0.90",
     })
 

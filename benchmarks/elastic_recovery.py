@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import write_result
 
-from tests.ray_utils import CliRun, add_worker_node, redone_steps, slot_cluster
+from tests.ray_utils import CliRun, add_worker_node, attempts, redone_steps, slot_cluster
 
 SETTINGS = {
     "ray_defaults": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"},
@@ -115,6 +115,8 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
         add_worker_node(cluster)
         result["scale_up_s"] = round(first_step_after(log_dir, t_add, 2, 300), 2)
         result["redone_steps"] = redone_steps(log_dir)
+        starts = attempts(log_dir)
+        result["redone_at_loss"], result["redone_at_join"] = starts[1]["redone"], starts[-1]["redone"]
         return result
     finally:
         if run is not None:

@@ -109,3 +109,21 @@ def redone_steps(log_dir: Path) -> int:
             if line.strip():
                 seen[json.loads(line)["step"]].add(attempt)
     return sum(len(a) - 1 for a in seen.values())
+
+
+def attempts(log_dir: Path) -> list[dict]:
+    """Rank 0's worker-group starts in time order: world size, first/last step and time,
+    and ``redone``: the steps of the previous attempt this one trained again."""
+    runs: dict[int, list[dict]] = defaultdict(list)
+    for f in log_dir.glob("rank0_*.jsonl"):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                runs[int(f.stem.split("_")[1])].append(json.loads(line))
+    out = []
+    for recs in sorted(runs.values(), key=lambda rs: min(r["t"] for r in rs)):
+        recs.sort(key=lambda r: r["t"])
+        prev = out[-1] if out else None
+        out.append({"world": recs[0]["world"], "first_step": recs[0]["step"], "last_step": recs[-1]["step"],
+                    "t_first": recs[0]["t"], "t_last": recs[-1]["t"],
+                    "redone": max(0, prev["last_step"] - recs[0]["step"] + 1) if prev else 0})
+    return out
