@@ -94,6 +94,7 @@ class LoopSettings:
     tensorboard_dir: str = ""
     preemption_margin_s: float = 5.0  # stop stepping this long before a spot deadline
     grad_sync: str = "ddp"  # ddp (find_unused_parameters) | bucketed (path params only)
+    join_checkpoint: bool = False  # answer the node watcher's checkpoint requests before a scale-up
 
     @classmethod
     def from_config(cls, cfg: Any, tensorboard_dir: str = "") -> "LoopSettings":
@@ -109,6 +110,7 @@ class LoopSettings:
             checkpoint_every_s=e.checkpoint_every_s, preemption_poll_steps=e.preemption_poll_steps,
             report_every_steps=e.report_every_steps, augment=cfg.data.augment,
             sample_log_dir=e.sample_log_dir, tensorboard_dir=tensorboard_dir, grad_sync=e.grad_sync,
+            join_checkpoint=e.node_watch and e.join_checkpoint_timeout_s > 0,
         )
 
 
@@ -278,7 +280,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
         last_ckpt_time = time.monotonic()
 
     # Checkpoint requests from the driver's node watcher, before a scale-up restart.
-    join_ckpt = JoinCheckpoint(ctx.get_experiment_name()) if rank == 0 else None
+    join_ckpt = JoinCheckpoint(ctx.get_experiment_name()) if rank == 0 and s.join_checkpoint else None
 
     def join_checkpoint_token() -> str:
         """Rank 0's unanswered request token, known to every rank ("" = none)."""
@@ -359,7 +361,8 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
                 checkpoint_now(_metrics(reporter, device, step, world, plan, lr, sampler, samples_seen),
                                "preemption")
                 continue
-            token = join_checkpoint_token() if not done else ""
+            # Off (the default): no KV reads or broadcast in the step.
+            token = join_checkpoint_token() if s.join_checkpoint and not done else ""
             if token:
                 checkpoint_now(_metrics(reporter, device, step, world, plan, lr, sampler, samples_seen), "join")
                 if join_ckpt is not None:
