@@ -153,7 +153,7 @@ class ElasticConfig:
     grad_sync: Literal["ddp", "bucketed"] = "ddp"  # DDP(find_unused_parameters) measured faster
     node_watch: bool = True  # refresh Ray's resource view on node loss/join (see train/resize_watch.py)
     # node_watch: on a join, checkpoint before Ray restarts the group, waiting at most this (0 = off)
-    join_checkpoint_timeout_s: float = 0.0
+    join_checkpoint_timeout_s: float = 10.0
 
     def validate(self, prefix: str) -> None:
         _positive(self.min_workers, f"{prefix}.min_workers")

@@ -98,12 +98,18 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
         run.wait_for(r"resumed at step \d+ with 1 worker", 240)
         run.wait_for(r"world 1 ", 240)
         add_worker_node(cluster)
-        run.wait_for(r"resumed at step \d+ with 2 worker", 240)
+        # The driver's node watcher asks for a checkpoint before Ray sees the new node.
+        run.wait_for(r"node joined; checkpoint before the resize", 240)
+        resumed = int(run.wait_for(r"resumed at step (\d+) with 2 worker", 240).group(1))
         assert run.finish(600) == 0, run.output()[-4000:]
     finally:
         run.kill()
 
-
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "resize").glob("checkpoint_*/meta.json")]
+    join_steps = [m["step"] for m in metas if m["reason"] == "join"]
+    assert join_steps, sorted((m["step"], m["reason"]) for m in metas)
+    # Only steps after the join checkpoint (about one resize-monitor interval) are redone.
+    assert resumed >= max(join_steps), (resumed, join_steps)
     assert_exactly_once(tmp_path, data_dir, epochs)
     h = history(tmp_path, "resize")
     starts = [e["world_size"] for e in h if e["event"] == "start"]
@@ -120,7 +126,8 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
         assert e["global_batch"] == WORKER_BATCH * e["world_size"]
         assert half - 1e-9 <= e["lr"] <= full + 1e-9
         ramp = 8 * (e["world_size"] / 2 if e["world_size"] == 1 else 2)
-        if e["step"] - start_step["step"] >= ramp:
+        # A report's lr is the LR of the step it just trained, step e["step"] - 1.
+        if e["step"] - 1 - start_step["step"] >= ramp:
             assert e["lr"] == pytest.approx(full if e["world_size"] == 2 else half)
     assert (tmp_path / "runs" / "resize" / "elastic_history.png").stat().st_size > 10_000
 

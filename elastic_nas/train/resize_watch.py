@@ -17,6 +17,7 @@ and waits for it, at most ``join_checkpoint_timeout_s``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -62,7 +63,12 @@ class JoinCheckpoint:
             if self._get(self.done_key) == token:
                 return True
             time.sleep(poll_s)
+        self.withdraw()
         return False
+
+    def withdraw(self) -> None:
+        """Drop an unanswered request, so a later worker group does not answer it."""
+        self._put(self.done_key, self._get(self.request_key))
 
     # rank 0
     def pending(self) -> str:
@@ -84,6 +90,9 @@ class NodeChangeRefresher:
         self._thread = threading.Thread(target=self._run, name="elastic-nas-node-watch", daemon=True)
 
     def __enter__(self) -> "NodeChangeRefresher":
+        if self.join_checkpoint is not None:
+            with contextlib.suppress(Exception):  # a request left by a killed driver of this run
+                self.join_checkpoint.withdraw()
         self._thread.start()
         return self
 
