@@ -26,12 +26,11 @@ import time
 
 import _common  # noqa: F401  (sys.path, loopback)
 import torch
-from _nas import eval_data, retrain, train_task
+from _nas import eval_data, retrain, search, train_task
 
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.data import build_dataset
-from elastic_nas.search.evaluator import evaluate_arch
-from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
+from elastic_nas.search.evolution import EvolutionSettings
 from elastic_nas.spaces import build_space
 from elastic_nas.train.cream import board_table
 from elastic_nas.train.supernet import build_supernet_task
@@ -46,19 +45,6 @@ def job(strategy: str, seed: int, a) -> SupernetConfig:
     return load_config(SupernetConfig, "jobs/supernet-cream.yaml", sets)
 
 
-def spos_evolution(cfg, model, space, data, a) -> tuple[list, float, int]:
-    settings = EvolutionSettings(population=a.population, top_k=max(2, a.population // 4),
-                                 mutation_children=a.population // 2, crossover_children=a.population // 2,
-                                 generations=a.generations)
-    gen = make_generator("evolution", space, lambda arch: (space.macs(arch), space.params(arch)),
-                         Constraints(macs_max=a.budget * 1e6), settings, cfg.run.seed)
-    while (batch := gen.next_generation()) is not None:
-        for c in batch:
-            gen.tell(c.key, evaluate_arch(model, c.arch, data)["accuracy"])
-    best = gen.top(1)[0]
-    return space.to_json(best.arch), best.score, len(gen.evaluated())
-
-
 def run_seed(seed: int, a) -> dict:
     out: dict = {"seed": seed}
     for strategy in ("spos", "cream"):
@@ -70,7 +56,12 @@ def run_seed(seed: int, a) -> dict:
         train_task(task, splits.train, a.steps, a.batch, a.lr, seed, cfg.optim.label_smoothing)
         t1 = time.perf_counter()
         if strategy == "spos":
-            arch, proxy, evaluated = spos_evolution(cfg, task.model, space, eval_data(splits, a.eval_images, cfg.run.seed), a)
+            settings = EvolutionSettings(population=a.population, top_k=max(2, a.population // 4),
+                                         mutation_children=a.population // 2,
+                                         crossover_children=a.population // 2, generations=a.generations)
+            best = search("evolution", space, task.model, eval_data(splits, a.eval_images, cfg.run.seed),
+                          a.budget * 1e6, settings, cfg.run.seed)
+            arch, proxy, evaluated = best["arch"], best["best_accuracy"], best["evaluated"]
         else:
             state = {"model": task.model.state_dict(), "extra": task.extra_state()}
             table = board_table(cfg, state, splits)

@@ -23,29 +23,14 @@ import time
 import _common
 import numpy as np
 import torch
-from _nas import eval_data, kendall_tau, retrain, train_task
+from _nas import eval_data, kendall_tau, retrain, search, train_task
 
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.data import build_dataset
 from elastic_nas.search.evaluator import evaluate_arch
-from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
+from elastic_nas.search.evolution import EvolutionSettings
 from elastic_nas.spaces import build_space
 from elastic_nas.train.supernet import build_supernet_task
-
-
-def search(method: str, space, model, data, budget_macs: float, a, seed: int) -> dict:
-    settings = EvolutionSettings(population=a.population, top_k=a.top_k, mutation_children=a.children // 2,
-                                 crossover_children=a.children - a.children // 2, generations=a.generations)
-    gen = make_generator(method, space, lambda arch: (space.macs(arch), space.params(arch)),
-                         Constraints(macs_max=budget_macs), settings, seed)
-    best_by_gen = []
-    while (batch := gen.next_generation()) is not None:
-        for c in batch:
-            gen.tell(c.key, evaluate_arch(model, c.arch, data)["accuracy"])
-        best_by_gen.append(round(gen.top(1)[0].score, 2))
-    best = gen.top(1)[0]
-    return {"best_accuracy": round(best.score, 2), "best_macs": best.macs, "evaluated": len(gen.evaluated()),
-            "best_by_generation": best_by_gen, "arch": space.to_json(best.arch)}
 
 
 def main() -> None:
@@ -87,9 +72,11 @@ def main() -> None:
     data = eval_data(splits, a.eval_images, cfg.run.seed)
     print(f"supernet: {a.steps} steps in {supernet_s:.0f} s; MACs budget {budget / 1e6:.2f}M", flush=True)
 
+    settings = EvolutionSettings(population=a.population, top_k=a.top_k, mutation_children=a.children // 2,
+                                 crossover_children=a.children - a.children // 2, generations=a.generations)
     runs = []
     for seed in range(a.seeds):
-        r = {"seed": seed, **{m: search(m, space, model, data, budget, a, seed) for m in ("evolution", "random")}}
+        r = {"seed": seed, **{m: search(m, space, model, data, budget, settings, seed) for m in ("evolution", "random")}}
         print(f"seed {seed}: evolution {r['evolution']['best_accuracy']} random {r['random']['best_accuracy']}",
               flush=True)
         runs.append(r)

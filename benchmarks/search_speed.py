@@ -7,7 +7,9 @@ snapshot and the same random legal candidates. Reports
 * candidates/s of each and their ratio (target >= 1.7x with 2 evaluators on 2 cores);
 * Tune's overhead per trial: (slot-seconds per candidate - evaluation time) / evaluation
   time, where slot-seconds = fit wall time x slots / candidates (target <= 10%);
-* supernet builds per evaluator process (the snapshot is deserialised once per process).
+* supernet builds per evaluator process (the snapshot is deserialised once per process);
+* the machine's ceiling: the same candidates split over N plain processes (no Ray), and
+  Tune's candidates/s as a fraction of it.
 
     python benchmarks/search_speed.py --candidates 24 --evaluators 2
 
@@ -79,6 +81,34 @@ def sequential(space, snapshot, data, n: int) -> dict:
     return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals)}
 
 
+def _plain_worker(args) -> tuple[float, float, list[float]]:
+    snapshot, data, archs = args
+    from elastic_nas.search.evaluator import get_supernet
+
+    torch.set_num_threads(1)
+    _, model = get_supernet(snapshot)
+    t0, evals = time.time(), []
+    for arch in archs:
+        t = time.perf_counter()
+        evaluate_arch(model, arch, data)
+        evals.append(time.perf_counter() - t)
+    return t0, time.time(), evals
+
+
+def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
+    """The same candidates split over ``procs`` plain processes (no Ray): what this machine
+    gives for parallel evaluation at best, the ceiling for Tune's speed-up."""
+    import multiprocessing as mp
+
+    archs = [c.arch for c in generator(space, n).next_generation()]
+    shares = [(snapshot, data, archs[i::procs]) for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        out = pool.map(_plain_worker, shares)
+    wall = max(end for _, end, _ in out) - min(start for start, _, _ in out)
+    evals = [e for *_, es in out for e in es]
+    return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals)}
+
+
 def tuned(space, snapshot, data, n: int, slots: int, tmp: str) -> dict:
     import ray
     from ray import tune
@@ -137,6 +167,10 @@ def main() -> int:
     space, snapshot, data = setup(args)
     seq = sequential(space, snapshot, data, args.candidates)
     print(f"sequential: {seq['candidates_per_s']:.3f} candidates/s ({seq['eval_s_mean']:.2f}s each)", flush=True)
+    par = plain_parallel(space, snapshot, data, args.candidates, args.evaluators)
+    ceiling = par["candidates_per_s"] / seq["candidates_per_s"]
+    print(f"{args.evaluators} plain processes: {par['candidates_per_s']:.3f} candidates/s "
+          f"({par['eval_s_mean']:.2f}s each) -> {ceiling:.2f}x, the machine's ceiling", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tun = tuned(space, snapshot, data, args.candidates, args.evaluators, tmp)
     speedup = tun["candidates_per_s"] / seq["candidates_per_s"]
@@ -148,9 +182,11 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__},
         "settings": vars(args),
-        "sequential": seq, "tune": tun,
+        "sequential": seq, "plain_parallel": par, "tune": tun,
         "figures": {
             "speedup_vs_sequential": speedup, "speedup_target": SPEEDUP_TARGET,
+            "plain_parallel_speedup_vs_sequential": ceiling,
+            "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
             "tune_overhead_per_trial_fraction": tun["overhead_per_trial"], "overhead_target": OVERHEAD_TARGET,
             "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
             "max_supernet_builds_per_process": tun["max_builds_per_process"],
