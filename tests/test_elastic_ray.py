@@ -137,7 +137,9 @@ def test_drained_node_checkpoints_before_it_goes(cluster, tmp_path, data_dir):
     goes, and no step is trained twice."""
     add_worker_node(cluster)
     doomed = add_worker_node(cluster)
-    epochs = 2
+    # Enough work that the run is still training when the deadline nears: a run that
+    # finishes before it never waits for the reclaim.
+    epochs = 4
     run = CliRun(supernet_args(tmp_path, data_dir, "drain", epochs, **{"elastic.checkpoint_every_steps": 10_000}),
                  env={"RAY_ADDRESS": cluster.address})
     try:
@@ -146,7 +148,7 @@ def test_drained_node_checkpoints_before_it_goes(cluster, tmp_path, data_dir):
         drain = subprocess.run(
             [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", cluster.address,
              "--node-id", doomed.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
-             "--reason-message", "spot", "--deadline-remaining-seconds", "15"],
+             "--reason-message", "spot", "--deadline-remaining-seconds", "10"],
             capture_output=True, text=True, timeout=60,
         )
         assert drain.returncode == 0, drain.stderr
