@@ -21,12 +21,16 @@ so the three curves are comparable point by point.
     python benchmarks/supernet_learning.py --config jobs/supernet-cream.yaml --set strategy=spos \
         --steps 400 --eval-every 200 --name supernet_learning_cream
     python benchmarks/supernet_learning.py                 # SPOS space; results/supernet_learning.json
+    python benchmarks/supernet_learning.py --fit-images 512 --steps 300 --eval-every 50 \
+        --set space.width_mult=0.25 --variants subnet,supernet_fixed,supernet_random \
+        --name supernet_fit_spos           # can the supernet fit 512 images at all?
     python benchmarks/supernet_learning.py --quick         # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import _common
@@ -35,7 +39,7 @@ import torch
 from _nas import eval_data, train_task
 
 from elastic_nas.config import SupernetConfig, load_config
-from elastic_nas.data import build_dataset
+from elastic_nas.data import build_dataset, class_balanced_subset
 from elastic_nas.search.evaluator import evaluate_arch
 from elastic_nas.spaces import build_space
 from elastic_nas.train.supernet import build_supernet_task
@@ -107,6 +111,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-images", type=int, default=0,
+                   help="train on this many fixed train images (a memorisation test: read train_top1)")
     p.add_argument("--name", default="supernet_learning", help="results/<name>.json")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
@@ -119,10 +125,13 @@ def main() -> None:
     space = build_space(cfg.space)
     arch = space.sample(np.random.default_rng(a.seed + 777))
     data = eval_data(splits, a.eval_images, a.seed)
+    if a.fit_images:
+        splits = dataclasses.replace(splits, train=class_balanced_subset(splits.train, a.fit_images, a.seed))
     results = {v: curve(v, cfg, splits, arch, data, a) for v in a.variants.split(",")}
     _common.write_result(a.name, {
         "space": cfg.space.name, "width_mult": cfg.space.width_mult, "arch": space.to_json(arch),
         "steps": a.steps, "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "seed": a.seed, "pool": a.pool,
+        "fit_images": a.fit_images,
         "chance_top1": 100.0 / cfg.space.num_classes, "results": results,
     })
 
