@@ -21,8 +21,8 @@ so the three curves are comparable point by point.
     python benchmarks/supernet_learning.py --config jobs/supernet-cream.yaml --set strategy=spos \
         --steps 400 --eval-every 200 --name supernet_learning_cream
     python benchmarks/supernet_learning.py                 # SPOS space; results/supernet_learning.json
-    python benchmarks/supernet_learning.py --fit-images 512 --steps 300 --eval-every 50 \
-        --set space.width_mult=0.25 --variants subnet,supernet_fixed,supernet_random \
+    python benchmarks/supernet_learning.py --fit-images 512 --steps 300 --eval-every 100 \
+        --eval-images 500 --set space.width_mult=0.25 --variants subnet,supernet_fixed,supernet_random \
         --name supernet_fit_spos           # can the supernet fit 512 images at all?
     python benchmarks/supernet_learning.py --quick         # a smoke run
 """
