@@ -27,13 +27,14 @@ from torch import nn
 from elastic_nas.config import DataConfig
 from elastic_nas.data import build_dataset, class_balanced_subset
 
-LAYERS = ((3, 1, 1), (1, 1, 1), (1, 2, 2), (2, 2, 1), (2, 4, 2), (4, 4, 1), (4, 4, 2), (4, 4, 1))  # in, out (x width), stride
+# (in, out) channels as multiples of --width (0 = the RGB image), stride
+LAYERS = ((0, 1, 1), (1, 1, 1), (1, 2, 2), (2, 2, 1), (2, 4, 2), (4, 4, 1), (4, 4, 2), (4, 4, 1))
 
 
 def fit(x, y, ops: int, tied: bool, lr: float, steps: int, width: int, seed: int) -> list[dict]:
     torch.manual_seed(seed)
     layers = nn.ModuleList(
-        nn.ModuleList(nn.Sequential(nn.Conv2d(3 if cin == 3 else cin * width, cout * width, 3, s, 1, bias=False),
+        nn.ModuleList(nn.Sequential(nn.Conv2d(cin * width or 3, cout * width, 3, s, 1, bias=False),
                                     nn.BatchNorm2d(cout * width, affine=False), nn.ReLU())
                       for _ in range(ops))
         for cin, cout, s in LAYERS)
