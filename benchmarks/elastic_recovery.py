@@ -5,8 +5,11 @@ Three settings run in the same invocation, each on a fresh cluster:
 * ``ray_defaults``: Ray Train's defaults (health check 2 s, worker-group start timeout
   60 s, elastic monitor 60 s);
 * ``ray_tuned``: the tuned Ray settings of the reference notes (0.5 s, 10 s, 2 s);
-* ``elastic_nas``: this project's defaults (0.5 s, 3 s, 2 s, plus the node watcher of
-  ``elastic_nas/train/resize_watch.py``).
+* ``elastic_nas``: this project's defaults (0.5 s, 3 s, 2 s, the node watcher of
+  ``elastic_nas/train/resize_watch.py`` and the warm worker processes of
+  ``elastic_nas/train/warm_workers.py``, its worker nodes started with
+  ``RAY_preload_python_modules`` as ``cluster.yaml`` starts them);
+* ``elastic_nas_cold``: the same without warm workers or preloading (the previous default).
 
 Figures: seconds from ``remove_node`` to the end of the first step at the smaller size;
 from ``add_node`` to the end of the first step at the larger size; steps redone after
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from _common import write_result
 
+from elastic_nas.train.warm_workers import PRELOAD_ENV, preload_env
 from tests.ray_utils import CliRun, add_worker_node, attempts, redone_steps, slot_cluster
 
 SETTINGS = {
@@ -37,8 +42,14 @@ SETTINGS = {
                   {"elastic.resize_monitor_interval_s": 2, "elastic.node_watch": False}),
     "elastic_nas": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "3"},
                     {"elastic.resize_monitor_interval_s": 2, "elastic.node_watch": True}),
+    "elastic_nas_cold": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "3"},
+                         {"elastic.resize_monitor_interval_s": 2, "elastic.node_watch": True,
+                          "elastic.warm_workers": False}),
 }
+# Settings whose nodes start with the worker imports preloaded (a raylet setting).
+PRELOAD = {"elastic_nas"}
 CKPT_EVERY = 10
+SETTLE_S = 15  # every setting trains this long before the loss
 
 
 def args_for(tmp: Path, name: str, extra: dict) -> list[str]:
@@ -89,7 +100,10 @@ def wait_checkpoint(run_dir: Path, timeout: float) -> None:
 def scenario(tmp: Path, setting: str, drain: bool) -> dict:
     env, extra = SETTINGS[setting]
     name = f"{setting}{'_drain' if drain else ''}"
+    os.environ.pop(PRELOAD_ENV, None)
     cluster = slot_cluster()
+    if setting in PRELOAD:  # worker nodes only, as cluster.yaml: their raylets read it at start
+        os.environ.update(preload_env())
     run = None
     try:
         add_worker_node(cluster)
@@ -97,6 +111,7 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
         run = CliRun(args_for(tmp, name, extra), env={"RAY_ADDRESS": cluster.address, **env})
         run.wait_for(r"started with 2 worker", 300)
         wait_checkpoint(tmp / "runs" / name, 300)
+        time.sleep(SETTLE_S)  # a run minutes in: warm workers (where used) have booted
         log_dir = tmp / "samples" / name
         result: dict = {}
         if drain:
@@ -126,7 +141,7 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--settings", default="elastic_nas,ray_tuned,ray_defaults")
+    ap.add_argument("--settings", default="elastic_nas,elastic_nas_cold,ray_tuned,ray_defaults")
     ap.add_argument("--no-drain", action="store_true")
     a = ap.parse_args()
     figures: dict = {"checkpoint_every_steps": CKPT_EVERY, "settings": {}}
@@ -141,7 +156,7 @@ def main() -> None:
             figures["with_notice"] = scenario(tmp, "elastic_nas", drain=True)
     s = figures["settings"]
     if "elastic_nas" in s:
-        for base in ("ray_tuned", "ray_defaults"):
+        for base in ("elastic_nas_cold", "ray_tuned", "ray_defaults"):
             if base in s:
                 figures[f"recover_speedup_vs_{base}"] = round(s[base]["recover_s"] / s["elastic_nas"]["recover_s"], 2)
                 figures[f"scale_up_speedup_vs_{base}"] = round(

@@ -154,6 +154,9 @@ class ElasticConfig:
     node_watch: bool = True  # refresh Ray's resource view on node loss/join (see train/resize_watch.py)
     # node_watch: on a join, checkpoint before Ray restarts the group, waiting at most this (0 = off)
     join_checkpoint_timeout_s: float = 10.0
+    # node_watch: keep an idle, torch-imported worker process per worker slot on each node,
+    # so a restart skips process start and imports (see train/warm_workers.py)
+    warm_workers: bool = True
 
     def validate(self, prefix: str) -> None:
         _positive(self.min_workers, f"{prefix}.min_workers")

@@ -38,3 +38,13 @@ def test_schema_check_catches_a_broken_config():
     cfg["available_node_types"]["gpu_spot_l4"]["min_wrokers"] = 0  # typo
     with pytest.raises(Exception):
         validate_config(prepare_config(cfg))
+
+
+def test_worker_nodes_preload_the_training_imports():
+    """Warm workers only skip the imports if worker nodes start with the preload list."""
+    from elastic_nas.train.warm_workers import preload_env
+
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    (key, value), = preload_env().items()
+    assert f"{key}={value} ray start" in " ".join(cfg["worker_start_ray_commands"])
+    assert key not in " ".join(cfg["head_start_ray_commands"])  # head actors need no torch

@@ -97,10 +97,16 @@ def run_trainer(
         ),
     )
     from elastic_nas.train.resize_watch import NodeChangeRefresher
+    from elastic_nas.train.warm_workers import WarmPool
 
     if not elastic.node_watch:
         return trainer.fit()
-    with NodeChangeRefresher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s):
+    per_worker = dict(elastic.resources_per_worker)
+    if elastic.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    warm_pool = WarmPool(run.name, per_worker, elastic.max_workers) if elastic.warm_workers else None
+    with NodeChangeRefresher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
+                             warm_pool=warm_pool):
         return trainer.fit()
 
 

@@ -37,6 +37,7 @@ from elastic_nas.elastic.policy import ElasticLRPolicy
 from elastic_nas.elastic.sampler import ElasticSampler
 from elastic_nas.train import distributed as D
 from elastic_nas.train.resize_watch import JoinCheckpoint
+from elastic_nas.train.warm_workers import publish_worker_env
 
 
 @dataclass
@@ -176,7 +177,8 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
     import psutil
     import ray.train
 
-    t_enter = t_enter or time.time()
+    t_loop = time.time()
+    t_enter = t_enter or t_loop
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -201,6 +203,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
     fs, run_path = storage.storage_filesystem, storage.experiment_fs_path
     # Ray's latest registered checkpoint, plus any newer complete one whose registration
     # a hard kill cut short: every candidate is checksummed, so newest-first is safe.
+    t_resume = time.time()
     latest = ray.train.get_checkpoint()
     candidates = [p for *_, p in list_checkpoints(fs, run_path)]
     if latest is not None and latest.path not in candidates:
@@ -220,6 +223,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
     else:
         D.broadcast_params(model)  # same init everywhere, whatever each rank's seed did
     plan = policy.on_world_size(step, world)
+    t_sync = time.time()
     attempt = D.broadcast_int(time.time_ns(), device)
     if rank == 0:
         print(
@@ -227,9 +231,15 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
             f"global batch {plan.global_batch}, lr {policy.lr(step, samples_seen):.4g} "
             f"(epoch {sampler.epoch}, {sampler.cursor}/{len(train_split)} samples into it; "
             f"worker process up {t_enter - psutil.Process().create_time():.1f}s before setup, "
-            f"setup {time.time() - t_enter:.1f}s)",
+            f"setup {time.time() - t_enter:.1f}s: task {t_loop - t_enter:.1f}, "
+            f"model+optimizer {t_resume - t_loop:.1f}, checkpoint {t_sync - t_resume:.1f}, "
+            f"first collective {time.time() - t_sync:.1f})",
             flush=True,
         )
+        try:  # lets the driver's warm pool pre-start processes the next group can use
+            publish_worker_env(ctx.get_experiment_name())
+        except Exception:  # private KV API changed: restarts start cold
+            pass
     history.append({"event": "start", "step": step, "time": time.time(), "world_size": world,
                     "global_batch": plan.global_batch, "lr": policy.lr(step, samples_seen),
                     "samples_seen": samples_seen, "samples_per_s": 0.0})

@@ -13,6 +13,9 @@ A join gives no notice to the workers: Ray restarts the group for the larger siz
 the steps since the last checkpoint would be redone. So before it lets Ray see a new
 node, the watcher asks the running workers for a checkpoint (:class:`JoinCheckpoint`)
 and waits for it, at most ``join_checkpoint_timeout_s``.
+
+The same thread keeps the warm worker processes of :mod:`elastic_nas.train.warm_workers`
+topped up, so the next restart finds its processes booted and torch imported.
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ class JoinCheckpoint:
 
 
 class NodeChangeRefresher:
-    def __init__(self, interval_s: float = 0.5, run_name: str = "", join_checkpoint_timeout_s: float = 0.0):
+    def __init__(self, interval_s: float = 0.5, run_name: str = "", join_checkpoint_timeout_s: float = 0.0,
+                 warm_pool=None, warm_check_s: float = 3.0):
         self.interval_s = interval_s
+        self.warm_pool = warm_pool  # a WarmPool, or None
+        self.warm_check_s = warm_check_s
         self.refreshes = 0
         self.join_checkpoint = JoinCheckpoint(run_name) if run_name and join_checkpoint_timeout_s > 0 else None
         self.join_checkpoint_timeout_s = join_checkpoint_timeout_s
@@ -101,10 +107,14 @@ class NodeChangeRefresher:
         self._thread.join(timeout=5)
 
     @staticmethod
-    def _alive_nodes() -> frozenset[str]:
+    def _nodes() -> list[dict]:
         import ray
 
-        return frozenset(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        return ray.nodes()
+
+    @staticmethod
+    def _alive(nodes: list[dict]) -> frozenset[str]:
+        return frozenset(n["NodeID"] for n in nodes if n["Alive"])
 
     def _refresh(self) -> bool:
         import ray
@@ -124,21 +134,29 @@ class NodeChangeRefresher:
 
     def _run(self) -> None:
         try:
-            known = self._alive_nodes()
+            known = self._alive(self._nodes())
         except Exception:
             return
+        refreshing = True  # False once the coordinator's private API failed
+        last_warm_check = 0.0
         while not self._stop.wait(self.interval_s):
             try:
-                alive = self._alive_nodes()
+                nodes = self._nodes()
             except Exception:
                 continue
+            alive = self._alive(nodes)
+            joined = alive - known
+            if self.warm_pool is not None and (joined or time.monotonic() - last_warm_check >= self.warm_check_s):
+                # A joined node gets its warm workers first: they boot while the join
+                # checkpoint is written and Ray decides the resize.
+                last_warm_check = time.monotonic()
+                self.warm_pool.top_up(nodes)
             if alive != known:
-                joined = alive - known
                 known = alive
                 if joined and self.join_checkpoint is not None:
                     self._checkpoint_before_join()
-                if not self._refresh():
-                    return
+                if refreshing:
+                    refreshing = self._refresh()
 
     def _checkpoint_before_join(self) -> None:
         t0 = time.monotonic()

@@ -1,0 +1,162 @@
+"""Warm worker processes, so a restarted worker group skips process start and imports.
+
+Ray Train V2 replaces every worker actor on a resize or failure. A new actor needs a new
+Python process, and on this project's workers most of a restart is that process booting
+and importing torch, torch._dynamo (the first optimizer pulls it in) and Ray Train:
+8 of the 12 s of a recovery on a 2-core machine (``benchmarks/elastic_recovery.py``).
+
+Two pieces remove it:
+
+* ``RAY_preload_python_modules`` (a raylet setting, read when a node starts) makes every
+  new Ray worker process on the node import :data:`PRELOAD_MODULES` before it takes work.
+  :func:`preload_env` gives it; ``cluster.yaml`` sets it on the worker nodes only, since
+  on the head it would make Train's controller and helper actors import torch too.
+* :class:`WarmPool` (driver side, on the node watcher's thread) keeps, on each node,
+  as many idle pre-started workers as the node has worker slots, bound to the run's
+  job and runtime env, so the raylet hands them to the next worker actors. Rank 0
+  publishes that job id and runtime env string (:func:`publish_worker_env`); the pool
+  counts idle workers with the raylet's ``GetNodeStats`` and tops up with its
+  ``PrestartWorkers``.
+
+Both use private Ray APIs (the raylet's gRPC service): any failure is logged once and
+restarts just start cold, as without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+
+logger = logging.getLogger(__name__)
+
+# What a training worker imports before its first step, slowest first.
+PRELOAD_MODULES = (
+    "torch",
+    "torch._dynamo",
+    "ray.train.torch",
+    "ray.train.v2._internal.execution.worker_group.worker",
+    "elastic_nas.train.supernet",
+    "elastic_nas.train.retrain",
+)
+PRELOAD_ENV = "RAY_preload_python_modules"
+_KV_NAMESPACE = "elastic-nas"
+
+
+def preload_env() -> dict[str, str]:
+    """The environment a Ray node needs (at ``ray start``) to preload the worker imports."""
+    return {PRELOAD_ENV: ",".join(PRELOAD_MODULES)}
+
+
+def _env_key(run_name: str) -> str:
+    return f"{run_name}/worker-env"
+
+
+def publish_worker_env(run_name: str) -> None:
+    """Rank 0: record the job id and runtime env of this worker group's actors, which
+    pre-started workers must match to be handed to the next group."""
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    ctx = ray.get_runtime_context()
+    value = json.dumps({"job_id": ctx.get_job_id(), "runtime_env": ctx.get_runtime_env_string()})
+    _internal_kv_put(_env_key(run_name), value, overwrite=True, namespace=_KV_NAMESPACE)
+
+
+def slots_on(node_resources: dict[str, float], per_worker: dict[str, float], cap: int) -> int:
+    """How many workers of ``per_worker`` resources fit on a node (at most ``cap``)."""
+    fits = [math.floor(node_resources.get(r, 0.0) / need + 1e-9) for r, need in per_worker.items() if need > 0]
+    return max(0, min([cap, *fits]))
+
+
+def _is_nil(ray_id: bytes) -> bool:
+    return not ray_id or ray_id == b"\xff" * len(ray_id)  # Ray's nil ids are all 0xff
+
+
+class WarmPool:
+    """Keeps ``slots_on(node)`` idle pre-started workers on every alive node."""
+
+    def __init__(self, run_name: str, per_worker: dict[str, float], max_workers: int,
+                 keep_alive_s: int = 24 * 3600, settle_s: float = 10.0):
+        self.run_name = run_name
+        self.per_worker = dict(per_worker)
+        self.max_workers = max_workers
+        self.keep_alive_s = keep_alive_s  # the job's end kills them anyway
+        self.settle_s = settle_s  # a node just topped up is left alone while its workers boot
+        self.started = 0  # workers pre-started so far, for tests and logs
+        self.disabled = False
+        self._last_start: dict[str, float] = {}
+        self._stubs: dict[str, object] = {}
+
+    def _worker_env(self) -> dict | None:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(_env_key(self.run_name), namespace=_KV_NAMESPACE)
+        return json.loads(raw) if raw else None
+
+    def _stub(self, node: dict):
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import node_manager_pb2_grpc
+
+        node_id = node["NodeID"]
+        if node_id not in self._stubs:
+            address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+            self._stubs[node_id] = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
+        return self._stubs[node_id]
+
+    def idle_workers(self, node: dict, job_id: str) -> list[int]:
+        """Pids of the job's workers on ``node`` that are not an actor and have run nothing."""
+        from ray.core.generated import common_pb2, node_manager_pb2
+
+        reply = self._stub(node).GetNodeStats(node_manager_pb2.GetNodeStatsRequest(), timeout=5)
+        job = bytes.fromhex(job_id)
+        return [w.pid for w in reply.core_workers_stats
+                if w.worker_type == common_pb2.WORKER and w.job_id == job and _is_nil(w.actor_id)
+                and w.num_executed_tasks == 0]
+
+    def _prestart(self, node: dict, env: dict, count: int) -> None:
+        from ray.core.generated import common_pb2, node_manager_pb2, runtime_environment_pb2
+
+        request = node_manager_pb2.PrestartWorkersRequest(
+            language=common_pb2.PYTHON, job_id=bytes.fromhex(env["job_id"]),
+            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=env["runtime_env"]),
+            keep_alive_duration_secs=self.keep_alive_s, num_workers=count)
+        self._stub(node).PrestartWorkers(request, timeout=5)
+
+    def top_up(self, nodes: list[dict]) -> int:
+        """Pre-start what is missing on each alive node; returns how many were started."""
+        if self.disabled:
+            return 0
+        import grpc
+
+        try:
+            env = self._worker_env()
+            if env is None:  # no worker group has started yet
+                return 0
+            started = 0
+            now = time.monotonic()
+            for node in nodes:
+                if not node.get("Alive"):
+                    self._stubs.pop(node["NodeID"], None)
+                    continue
+                want = slots_on(node.get("Resources", {}), self.per_worker, self.max_workers)
+                if want == 0 or now - self._last_start.get(node["NodeID"], -1e9) < self.settle_s:
+                    continue
+                try:
+                    missing = want - len(self.idle_workers(node, env["job_id"]))
+                    if missing > 0:
+                        self._prestart(node, env, missing)
+                        self._last_start[node["NodeID"]] = now
+                        started += missing
+                        print(f"elastic-nas: pre-started {missing} warm worker process(es) on node "
+                              f"{node['NodeID'][:8]}", flush=True)
+                except grpc.RpcError as e:  # e.g. the node is going away: try it next time
+                    logger.debug("elastic-nas: warm workers on %s: %s", node["NodeID"], e)
+            self.started += started
+            return started
+        except Exception as e:  # a Ray upgrade changed the private API: restarts start cold
+            logger.warning("elastic-nas: cannot keep warm worker processes (%s: %s); "
+                           "restarts start new processes", type(e).__name__, e)
+            self.disabled = True
+            return 0

@@ -1,0 +1,78 @@
+"""Warm worker processes: slot arithmetic without Ray, and the pool on a real cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from elastic_nas.train.warm_workers import WarmPool, publish_worker_env, slots_on
+from tests.ray_utils import add_worker_node, slot_cluster
+
+
+def test_slots_on_counts_whole_workers_per_node():
+    per_gpu_worker = {"CPU": 2, "GPU": 1}
+    assert slots_on({"CPU": 16, "GPU": 4}, per_gpu_worker, cap=8) == 4  # GPUs bound it
+    assert slots_on({"CPU": 5, "GPU": 4}, per_gpu_worker, cap=8) == 2  # CPUs bound it
+    assert slots_on({"CPU": 16}, per_gpu_worker, cap=8) == 0  # a CPU-only node hosts none
+    assert slots_on({"CPU": 16, "GPU": 8}, per_gpu_worker, cap=3) == 3  # never above max_workers
+    assert slots_on({"CPU": 1, "slot": 1}, {"CPU": 1, "slot": 1}, cap=2) == 1
+    assert slots_on({"CPU": 0.999999999999, "slot": 1}, {"CPU": 1, "slot": 1}, cap=2) == 1  # float noise
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_restarted_worker_actor_gets_the_warm_process():
+    """What a restart relies on: after the pool tops up a node, a new worker actor with
+    the run's runtime env starts in the pre-started process, and the pool does not keep
+    starting more."""
+    import ray
+
+    cluster = slot_cluster()
+    try:
+        add_worker_node(cluster)
+        ray.init(address=cluster.address)
+        env = {"env_vars": {"ELASTIC_NAS_TEST": "1"}}  # Train gives its workers env vars too
+
+        @ray.remote(num_cpus=1, resources={"slot": 1}, runtime_env=env)
+        class Worker:
+            def __init__(self):
+                self.ready = time.time()
+
+            def publish(self, run: str) -> None:
+                publish_worker_env(run)
+
+            def process(self) -> tuple[int, float]:
+                import psutil
+
+                return os.getpid(), self.ready - psutil.Process().create_time()
+
+        first = Worker.remote()
+        ray.get(first.publish.remote("warm-test"))
+        pid_first, _ = ray.get(first.process.remote())
+
+        pool = WarmPool("warm-test", {"CPU": 1, "slot": 1}, max_workers=2, settle_s=0.0)
+        slot_node = next(n for n in ray.nodes() if n["Alive"] and n["Resources"].get("slot"))
+        job = ray.get_runtime_context().get_job_id()
+        assert pool.top_up(ray.nodes()) == 1  # one slot on the node, nothing idle yet
+        deadline = time.monotonic() + 60
+        while not (warm := pool.idle_workers(slot_node, job)):
+            assert time.monotonic() < deadline, "the pre-started worker never registered"
+            time.sleep(0.5)
+        assert len(warm) == 1 and pid_first not in warm
+        assert pool.top_up(ray.nodes()) == 0  # already warm: no pile-up
+        time.sleep(3)  # let the warm process finish booting
+
+        ray.kill(first)
+        t_create = time.time()
+        second = Worker.remote()
+        pid_second, boot_before_actor = ray.get(second.process.remote())
+        assert pid_second == warm[0]  # the new actor runs in the warm process
+        # which was up before the actor was asked for
+        assert time.time() - t_create < boot_before_actor, (boot_before_actor, time.time() - t_create)
+        assert pool.idle_workers(slot_node, job) == []
+        assert pool.started == 1 and not pool.disabled
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
