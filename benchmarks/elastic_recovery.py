@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,7 @@ from pathlib import Path
 
 from _common import write_result
 
-from elastic_nas.train.warm_workers import PRELOAD_ENV, preload_env
-from tests.ray_utils import CliRun, add_worker_node, attempts, redone_steps, slot_cluster
+from tests.ray_utils import CliRun, add_worker_node, attempts, preload_worker_nodes, redone_steps, slot_cluster
 
 SETTINGS = {
     "ray_defaults": ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60"},
@@ -100,10 +98,9 @@ def wait_checkpoint(run_dir: Path, timeout: float) -> None:
 def scenario(tmp: Path, setting: str, drain: bool) -> dict:
     env, extra = SETTINGS[setting]
     name = f"{setting}{'_drain' if drain else ''}"
-    os.environ.pop(PRELOAD_ENV, None)
+    preload_worker_nodes(False)
     cluster = slot_cluster()
-    if setting in PRELOAD:  # worker nodes only, as cluster.yaml: their raylets read it at start
-        os.environ.update(preload_env())
+    preload_worker_nodes(setting in PRELOAD)  # worker nodes only, as cluster.yaml
     run = None
     try:
         add_worker_node(cluster)

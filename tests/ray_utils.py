@@ -22,6 +22,18 @@ def slot_cluster():
     return Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
 
 
+def preload_worker_nodes(on: bool) -> None:
+    """Worker nodes added from now on start with (or without) the training imports
+    preloaded, as ``cluster.yaml`` starts them: their raylets read the variable at start."""
+    from elastic_nas.train.warm_workers import preload_env
+
+    for key, value in preload_env().items():
+        if on:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
+
+
 def add_worker_node(cluster):
     """A 1-CPU node with one ``slot``, the custom resource the elastic policy counts."""
     node = cluster.add_node(num_cpus=1, resources={"slot": 1})

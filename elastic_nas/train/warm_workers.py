@@ -90,10 +90,14 @@ class WarmPool:
         self._stubs: dict[str, object] = {}
 
     def _worker_env(self) -> dict | None:
+        """What this driver's worker groups published; None before the first one starts
+        (or while the key still holds an earlier driver's job: a resumed run)."""
+        import ray
         from ray.experimental.internal_kv import _internal_kv_get
 
         raw = _internal_kv_get(_env_key(self.run_name), namespace=_KV_NAMESPACE)
-        return json.loads(raw) if raw else None
+        env = json.loads(raw) if raw else None
+        return env if env and env["job_id"] == ray.get_runtime_context().get_job_id() else None
 
     def _stub(self, node: dict):
         from ray._private.grpc_utils import init_grpc_channel
