@@ -3,7 +3,9 @@
 Ray Train V2 replaces every worker actor on a resize or failure. A new actor needs a new
 Python process, and on this project's workers most of a restart is that process booting
 and importing torch, torch._dynamo (the first optimizer pulls it in) and Ray Train:
-8 of the 12 s of a recovery on a 2-core machine (``benchmarks/elastic_recovery.py``).
+about 10 of the 12-13 s of a recovery on a 2-core machine (``benchmarks/elastic_recovery.py``).
+The price is one idle process per worker slot (a few hundred MB with torch imported; no
+CUDA context, which torch creates lazily).
 
 Two pieces remove it:
 
