@@ -47,7 +47,7 @@ SETTINGS = {
 # Settings whose nodes start with the worker imports preloaded (a raylet setting).
 PRELOAD = {"elastic_nas"}
 CKPT_EVERY = 10
-SETTLE_S = 15  # every setting trains this long before the loss
+SETTLE_S = 30  # every setting trains this long before the loss and before the join
 
 
 def args_for(tmp: Path, name: str, extra: dict) -> list[str]:
@@ -108,7 +108,7 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
         run = CliRun(args_for(tmp, name, extra), env={"RAY_ADDRESS": cluster.address, **env})
         run.wait_for(r"started with 2 worker", 300)
         wait_checkpoint(tmp / "runs" / name, 300)
-        time.sleep(SETTLE_S)  # a run minutes in: warm workers (where used) have booted
+        time.sleep(SETTLE_S)  # a run minutes in: warm workers (where used) are ready
         log_dir = tmp / "samples" / name
         result: dict = {}
         if drain:
@@ -122,7 +122,7 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
         t_remove = time.time()
         cluster.remove_node(victim)
         result["recover_s"] = round(first_step_after(log_dir, t_remove, 1, 300), 2)
-        time.sleep(3)
+        time.sleep(SETTLE_S)  # the node comes back later, not in the middle of the restart
         t_add = time.time()
         add_worker_node(cluster)
         result["scale_up_s"] = round(first_step_after(log_dir, t_add, 2, 300), 2)

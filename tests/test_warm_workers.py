@@ -52,10 +52,14 @@ def test_restarted_worker_actor_gets_the_warm_process():
         ray.get(first.publish.remote("warm-test"))
         pid_first, _ = ray.get(first.process.remote())
 
-        pool = WarmPool("warm-test", {"CPU": 1, "slot": 1}, max_workers=2, settle_s=0.0)
+        pool = WarmPool("warm-test", {"CPU": 1, "slot": 1}, max_workers=2, settle_s=0.0, refill_delay_s=2.0)
         slot_node = next(n for n in ray.nodes() if n["Alive"] and n["Resources"].get("slot"))
         job = ray.get_runtime_context().get_job_id()
-        assert pool.top_up(ray.nodes()) == 1  # one slot on the node, nothing idle yet
+        # Short of one warm worker: refilled only after refill_delay_s, so a restart that
+        # just took the warm processes trains without new ones booting beside it.
+        assert pool.top_up(ray.nodes()) == 0
+        time.sleep(2.1)
+        assert pool.top_up(ray.nodes()) == 1  # one slot on the node, nothing idle
         deadline = time.monotonic() + 60
         while not (warm := pool.idle_workers(slot_node, job)):
             assert time.monotonic() < deadline, "the pre-started worker never registered"

@@ -150,7 +150,7 @@ class NodeChangeRefresher:
                 # A joined node gets its warm workers first: they boot while the join
                 # checkpoint is written and Ray decides the resize.
                 last_warm_check = time.monotonic()
-                self.warm_pool.top_up(nodes)
+                self.warm_pool.top_up(nodes, now_ids=joined)
             if alive != known:
                 known = alive
                 if joined and self.join_checkpoint is not None:

@@ -80,15 +80,19 @@ class WarmPool:
     """Keeps ``slots_on(node)`` idle pre-started workers on every alive node."""
 
     def __init__(self, run_name: str, per_worker: dict[str, float], max_workers: int,
-                 keep_alive_s: int = 24 * 3600, settle_s: float = 10.0):
+                 keep_alive_s: int = 24 * 3600, settle_s: float = 10.0, refill_delay_s: float = 15.0):
         self.run_name = run_name
         self.per_worker = dict(per_worker)
         self.max_workers = max_workers
         self.keep_alive_s = keep_alive_s  # the job's end kills them anyway
         self.settle_s = settle_s  # a node just topped up is left alone while its workers boot
+        # A node short of warm workers is refilled only after this long: a restart has just
+        # taken them, and new processes importing torch would slow its setup and first steps.
+        self.refill_delay_s = refill_delay_s
         self.started = 0  # workers pre-started so far, for tests and logs
         self.disabled = False
         self._last_start: dict[str, float] = {}
+        self._short_since: dict[str, float] = {}
         self._stubs: dict[str, object] = {}
 
     def _worker_env(self) -> dict | None:
@@ -130,8 +134,11 @@ class WarmPool:
             keep_alive_duration_secs=self.keep_alive_s, num_workers=count)
         self._stub(node).PrestartWorkers(request, timeout=5)
 
-    def top_up(self, nodes: list[dict]) -> int:
-        """Pre-start what is missing on each alive node; returns how many were started."""
+    def top_up(self, nodes: list[dict], now_ids: frozenset[str] = frozenset()) -> int:
+        """Pre-start what is missing on each alive node; returns how many were started.
+
+        Nodes in ``now_ids`` (just joined: their processes should boot while Ray decides
+        the resize) skip ``refill_delay_s``."""
         if self.disabled:
             return 0
         import grpc
@@ -151,7 +158,12 @@ class WarmPool:
                     continue
                 try:
                     missing = want - len(self.idle_workers(node, env["job_id"]))
-                    if missing > 0:
+                    if missing <= 0:
+                        self._short_since.pop(node["NodeID"], None)
+                        continue
+                    short_since = self._short_since.setdefault(node["NodeID"], now)
+                    if node["NodeID"] in now_ids or now - short_since >= self.refill_delay_s:
+                        self._short_since.pop(node["NodeID"], None)
                         self._prestart(node, env, missing)
                         self._last_start[node["NodeID"]] = now
                         started += missing
