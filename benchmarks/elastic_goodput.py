@@ -7,9 +7,10 @@ removed at the deadline; it comes back ``--rejoin`` seconds later. The run lasts
 Goodput = useful samples/s (samples that count toward training: a step redone after a
 restart counts once) divided by the static samples/s at the same time-averaged world
 size. Worker nodes start as ``cluster.yaml`` starts them (training imports preloaded, for
-the warm worker processes). The static rates at 2 and 3 workers are measured in the same invocation, on the
-same cluster, before the churn run; the average world size is the time-average of the
-live worker nodes during the churn run, and the static rate at it is interpolated.
+the warm worker processes). The static rates at 2 and 3 workers are measured in the same
+invocation, on the same cluster, before the churn run; the average world size is the
+time-average of the live worker nodes during the churn run, and the static rate at it is
+interpolated.
 
     python benchmarks/elastic_goodput.py [--duration 600 --period 180 --rejoin 60]
 """

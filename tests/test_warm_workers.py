@@ -52,7 +52,7 @@ def test_restarted_worker_actor_gets_the_warm_process():
         ray.get(first.publish.remote("warm-test"))
         pid_first, _ = ray.get(first.process.remote())
 
-        pool = WarmPool("warm-test", {"CPU": 1, "slot": 1}, max_workers=2, settle_s=0.0, refill_delay_s=2.0)
+        pool = WarmPool("warm-test", {"CPU": 1, "slot": 1}, max_workers=2, refill_delay_s=2.0)
         slot_node = next(n for n in ray.nodes() if n["Alive"] and n["Resources"].get("slot"))
         job = ray.get_runtime_context().get_job_id()
         # Short of one warm worker: refilled only after refill_delay_s, so a restart that

@@ -31,6 +31,20 @@ _COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, na
 _KV_NAMESPACE = "elastic-nas"
 
 
+def kv_get(key: str) -> str:
+    """A run's value in Ray's internal KV (a private API), or ""."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
+    return value.decode() if value else ""
+
+
+def kv_put(key: str, value: str) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, overwrite=True, namespace=_KV_NAMESPACE)
+
+
 class JoinCheckpoint:
     """Checkpoint requests from the driver to rank 0 of a run, through Ray's internal KV.
 
@@ -43,27 +57,14 @@ class JoinCheckpoint:
         self.request_key = f"{run_name}/join-ckpt-request"
         self.done_key = f"{run_name}/join-ckpt-done"
 
-    @staticmethod
-    def _get(key: str) -> str:
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
-        return value.decode() if value else ""
-
-    @staticmethod
-    def _put(key: str, value: str) -> None:
-        from ray.experimental.internal_kv import _internal_kv_put
-
-        _internal_kv_put(key, value, overwrite=True, namespace=_KV_NAMESPACE)
-
     # driver
     def request(self, timeout_s: float, poll_s: float = 0.1) -> bool:
         """Ask for a checkpoint; True once rank 0 has reported it, False on timeout."""
         token = str(time.time_ns())
-        self._put(self.request_key, token)
+        kv_put(self.request_key, token)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._get(self.done_key) == token:
+            if kv_get(self.done_key) == token:
                 return True
             time.sleep(poll_s)
         self.withdraw()
@@ -71,16 +72,16 @@ class JoinCheckpoint:
 
     def withdraw(self) -> None:
         """Drop an unanswered request, so a later worker group does not answer it."""
-        self._put(self.done_key, self._get(self.request_key))
+        kv_put(self.done_key, kv_get(self.request_key))
 
     # rank 0
     def pending(self) -> str:
         """The token of an unanswered request, or ""."""
-        token = self._get(self.request_key)
-        return token if token and token != self._get(self.done_key) else ""
+        token = kv_get(self.request_key)
+        return token if token and token != kv_get(self.done_key) else ""
 
     def answer(self, token: str) -> None:
-        self._put(self.done_key, token)
+        kv_put(self.done_key, token)
 
 
 class NodeChangeRefresher:

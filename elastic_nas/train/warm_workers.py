@@ -31,6 +31,8 @@ import logging
 import math
 import time
 
+from elastic_nas.train.resize_watch import kv_get, kv_put
+
 logger = logging.getLogger(__name__)
 
 # What a training worker imports before its first step, slowest first.
@@ -43,7 +45,6 @@ PRELOAD_MODULES = (
     "elastic_nas.train.retrain",
 )
 PRELOAD_ENV = "RAY_preload_python_modules"
-_KV_NAMESPACE = "elastic-nas"
 
 
 def preload_env() -> dict[str, str]:
@@ -59,11 +60,10 @@ def publish_worker_env(run_name: str) -> None:
     """Rank 0: record the job id and runtime env of this worker group's actors, which
     pre-started workers must match to be handed to the next group."""
     import ray
-    from ray.experimental.internal_kv import _internal_kv_put
 
     ctx = ray.get_runtime_context()
-    value = json.dumps({"job_id": ctx.get_job_id(), "runtime_env": ctx.get_runtime_env_string()})
-    _internal_kv_put(_env_key(run_name), value, overwrite=True, namespace=_KV_NAMESPACE)
+    env = {"job_id": ctx.get_job_id(), "runtime_env": ctx.get_runtime_env_string()}
+    kv_put(_env_key(run_name), json.dumps(env))
 
 
 def slots_on(node_resources: dict[str, float], per_worker: dict[str, float], cap: int) -> int:
@@ -80,18 +80,17 @@ class WarmPool:
     """Keeps ``slots_on(node)`` idle pre-started workers on every alive node."""
 
     def __init__(self, run_name: str, per_worker: dict[str, float], max_workers: int,
-                 keep_alive_s: int = 24 * 3600, settle_s: float = 10.0, refill_delay_s: float = 15.0):
+                 keep_alive_s: int = 24 * 3600, refill_delay_s: float = 15.0):
         self.run_name = run_name
         self.per_worker = dict(per_worker)
         self.max_workers = max_workers
         self.keep_alive_s = keep_alive_s  # the job's end kills them anyway
-        self.settle_s = settle_s  # a node just topped up is left alone while its workers boot
         # A node short of warm workers is refilled only after this long: a restart has just
-        # taken them, and new processes importing torch would slow its setup and first steps.
+        # taken them, and new processes importing torch would slow its setup and first
+        # steps. It also covers the second or so a pre-started worker takes to register.
         self.refill_delay_s = refill_delay_s
         self.started = 0  # workers pre-started so far, for tests and logs
         self.disabled = False
-        self._last_start: dict[str, float] = {}
         self._short_since: dict[str, float] = {}
         self._stubs: dict[str, object] = {}
 
@@ -99,9 +98,8 @@ class WarmPool:
         """What this driver's worker groups published; None before the first one starts
         (or while the key still holds an earlier driver's job: a resumed run)."""
         import ray
-        from ray.experimental.internal_kv import _internal_kv_get
 
-        raw = _internal_kv_get(_env_key(self.run_name), namespace=_KV_NAMESPACE)
+        raw = kv_get(_env_key(self.run_name))
         env = json.loads(raw) if raw else None
         return env if env and env["job_id"] == ray.get_runtime_context().get_job_id() else None
 
@@ -154,7 +152,7 @@ class WarmPool:
                     self._stubs.pop(node["NodeID"], None)
                     continue
                 want = slots_on(node.get("Resources", {}), self.per_worker, self.max_workers)
-                if want == 0 or now - self._last_start.get(node["NodeID"], -1e9) < self.settle_s:
+                if want == 0:
                     continue
                 try:
                     missing = want - len(self.idle_workers(node, env["job_id"]))
@@ -165,7 +163,6 @@ class WarmPool:
                     if node["NodeID"] in now_ids or now - short_since >= self.refill_delay_s:
                         self._short_since.pop(node["NodeID"], None)
                         self._prestart(node, env, missing)
-                        self._last_start[node["NodeID"]] = now
                         started += missing
                         print(f"elastic-nas: pre-started {missing} warm worker process(es) on node "
                               f"{node['NodeID'][:8]}", flush=True)
