@@ -148,7 +148,11 @@ class ElasticConfig:
     keep_checkpoints: int = 3
     preemption_poll_steps: int = 5  # every rank polls the preemption barrier this often
     report_every_steps: int = 10
-    resize_monitor_interval_s: float = 2.0  # Train V2 elastic_resize_monitor_interval_s
+    resize_monitor_interval_s: float = 1.0  # Train V2 elastic_resize_monitor_interval_s
+    # Ray Train's own console lines (ray.train LoggingConfig). WARNING hides the per-report
+    # and per-monitor-tick INFO lines, which would drown the progress lines; Ray still
+    # writes every level to the session's train log files.
+    train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     sample_log_dir: str = ""  # audit: each rank logs the sample ids of every step ("" = off)
     grad_sync: Literal["ddp", "bucketed"] = "ddp"  # DDP(find_unused_parameters) measured faster
     node_watch: bool = True  # refresh Ray's resource view on node loss/join (see train/resize_watch.py)

@@ -28,6 +28,7 @@ def test_job_config_loads_with_overrides():
         ("elastic.max_workers=two", "expected an integer"),
         ("data.augment=3", "expected true or false"),
         ("space.name=resnet", "must be one of 'spos', 'cream'"),
+        ("elastic.train_log_level=LOUD", "must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'"),
         ("elastic.min_workers=3", "min_workers (3) > max_workers (2)"),
         ("elastic.per_worker_batch=0", "must be > 0"),
         ("sampling.flops_min=50", "flops_min (50.0) > flops_max (10.0)"),

@@ -49,7 +49,6 @@ def cream_args(tmp_path: Path, data_dir: Path, name: str, epochs: int) -> list[s
         "elastic.checkpoint_every_s": 3600,
         "elastic.report_every_steps": 5,
         "elastic.preemption_poll_steps": 2,
-        "elastic.resize_monitor_interval_s": 1,
     }
     args = ["supernet", "--config", "jobs/supernet-cream.yaml"]
     for k, v in sets.items():

@@ -73,7 +73,7 @@ def run_trainer(
     storage: str,
 ):
     """Run ``worker_fn`` on an elastic worker group; resumes if the run name exists."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     num_workers = (
@@ -94,6 +94,7 @@ def run_trainer(
             storage_path=storage,
             failure_config=FailureConfig(max_failures=elastic.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=elastic.keep_checkpoints),
+            logging_config=LoggingConfig(log_level=elastic.train_log_level),
         ),
     )
     from elastic_nas.train.resize_watch import NodeChangeRefresher

@@ -15,7 +15,9 @@ Order, as in Ray's examples: 1. build, 2. resume, 3. loop, 4. report/checkpoint.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -38,6 +40,14 @@ from elastic_nas.elastic.sampler import ElasticSampler
 from elastic_nas.train import distributed as D
 from elastic_nas.train.resize_watch import JoinCheckpoint
 from elastic_nas.train.warm_workers import publish_worker_env
+
+# BN running stats stay per rank while training (the search recalibrates them), so DDP must
+# not broadcast buffers at each forward; newer torch renamed the flag and warns on the old one.
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 @dataclass
@@ -96,6 +106,7 @@ class LoopSettings:
     preemption_margin_s: float = 5.0  # stop stepping this long before a spot deadline
     grad_sync: str = "ddp"  # ddp (find_unused_parameters) | bucketed (path params only)
     join_checkpoint: bool = False  # answer the node watcher's checkpoint requests before a scale-up
+    train_log_level: str = "WARNING"  # Ray Train's console lines (elastic.train_log_level)
 
     @classmethod
     def from_config(cls, cfg: Any, tensorboard_dir: str = "") -> "LoopSettings":
@@ -112,6 +123,7 @@ class LoopSettings:
             report_every_steps=e.report_every_steps, augment=cfg.data.augment,
             sample_log_dir=e.sample_log_dir, tensorboard_dir=tensorboard_dir, grad_sync=e.grad_sync,
             join_checkpoint=e.node_watch and e.join_checkpoint_timeout_s > 0,
+            train_log_level=e.train_log_level,
         )
 
 
@@ -183,6 +195,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    _quiet_report_lines(s.train_log_level)
 
     # 1. Build: model, optimizer, sampler, LR policy.
     model = task.model.to(device)
@@ -260,7 +273,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
     forward = task.forward
     if use_ddp:
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=True, broadcast_buffers=False)
+            model, find_unused_parameters=True, **_NO_FORWARD_BUFFER_SYNC)
         forward = ddp
     # DDP averages gradients over ranks; the loss below is normalised for a SUM.
     loss_scale = float(world) if use_ddp else 1.0
@@ -414,6 +427,15 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
         sample_log.close()
     if reporter.writer is not None:
         reporter.writer.close()
+
+
+def _quiet_report_lines(level: str) -> None:
+    """Ray Train (2.60) logs every report at INFO through a logger named by its file path,
+    which ``LoggingConfig(log_level)`` does not reach; give that logger the same level."""
+    with contextlib.suppress(Exception):  # a Ray upgrade moved it: the lines just stay
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(level)
 
 
 def _metrics(reporter, device, step, world, plan, lr, sampler, samples_seen) -> dict:
