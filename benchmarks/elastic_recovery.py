@@ -12,7 +12,8 @@ Three settings run in the same invocation, each on a fresh cluster:
 * ``elastic_nas_cold``: the same without warm workers or preloading (the previous default).
 
 Figures: seconds from ``remove_node`` to the end of the first step at the smaller size;
-from ``add_node`` to the end of the first step at the larger size; steps redone after
+from ``add_node`` to the end of the first step at the larger size; the pause in training
+at the join (last step at the old size to the first at the new); steps redone after
 the loss without notice (checkpoint every 10 steps). A last scenario drains a node with a
 deadline first (a spot notice) and counts redone steps (target 0).
 
@@ -46,7 +47,9 @@ SETTINGS = {
 # Settings whose nodes start with the worker imports preloaded (a raylet setting).
 PRELOAD = {"elastic_nas"}
 CKPT_EVERY = 10
-SETTLE_S = 30  # every setting trains this long before the loss and before the join
+# Every setting trains this long before the loss and before the join: a run minutes in,
+# whose warm workers (refilled 15 s after a restart, then booting) are ready.
+SETTLE_S = 60
 
 
 def args_for(tmp: Path, name: str, extra: dict) -> list[str]:
@@ -83,6 +86,14 @@ def first_step_after(log_dir: Path, t0: float, world: int, timeout: float) -> fl
                 return r["t"] - t0
         time.sleep(0.1)
     raise RuntimeError(f"no step at world size {world} within {timeout}s")
+
+
+def join_pause(log_dir: Path, t_add: float, world: int) -> float:
+    """Seconds without a step around a join: from the last step before the first step at
+    ``world`` to that first step (the old group trains on while a node is held back)."""
+    recs = records(log_dir)
+    first = next(r for r in recs if r["t"] > t_add and r["world"] == world)
+    return first["t"] - max(r["t"] for r in recs if r["t"] < first["t"])
 
 
 def wait_checkpoint(run_dir: Path, timeout: float) -> None:
@@ -125,6 +136,7 @@ def scenario(tmp: Path, setting: str, drain: bool) -> dict:
         t_add = time.time()
         add_worker_node(cluster)
         result["scale_up_s"] = round(first_step_after(log_dir, t_add, 2, 300), 2)
+        result["join_pause_s"] = round(join_pause(log_dir, t_add, 2), 2)
         result["redone_steps"] = redone_steps(log_dir)
         starts = attempts(log_dir)
         result["redone_at_loss"], result["redone_at_join"] = starts[1]["redone"], starts[-1]["redone"]
