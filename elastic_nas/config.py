@@ -161,10 +161,6 @@ class ElasticConfig:
     # node_watch: keep an idle, torch-imported worker process per worker slot on each node,
     # so a restart skips process start and imports (see train/warm_workers.py)
     warm_workers: bool = True
-    # warm_workers: Ray sees a joined node once its warm workers have booted and preloaded
-    # (the old group trains meanwhile), waiting at most this (0 = at once). Nodes started
-    # without the preload never report booted, so they always wait this long.
-    join_hold_s: float = 20.0
 
     def validate(self, prefix: str) -> None:
         _positive(self.min_workers, f"{prefix}.min_workers")
@@ -181,7 +177,6 @@ class ElasticConfig:
         _positive(self.checkpoint_every_s, f"{prefix}.checkpoint_every_s")
         _positive(self.resize_monitor_interval_s, f"{prefix}.resize_monitor_interval_s")
         _non_negative(self.join_checkpoint_timeout_s, f"{prefix}.join_checkpoint_timeout_s")
-        _non_negative(self.join_hold_s, f"{prefix}.join_hold_s")
 
 
 CREAM_OP_PROBS = [0.05, 0.2, 0.05, 0.5, 0.05, 0.15]  # Cream's PRE_PROB over ops k3e4 k3e6 k5e4 k5e6 k7e4 k7e6

@@ -88,9 +88,7 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
     add_worker_node(cluster)
     second = add_worker_node(cluster)
     epochs = 3
-    # keep_checkpoints: the join checkpoint is looked at after the run; join_hold_s: these
-    # nodes do not preload, so their warm workers never report booted and the join waits this
-    keep_all = {"elastic.keep_checkpoints": 1000, "elastic.join_hold_s": 3}
+    keep_all = {"elastic.keep_checkpoints": 1000}  # the join checkpoint is looked at after the run
     run = CliRun(supernet_args(tmp_path, data_dir, "resize", epochs, **keep_all), env={"RAY_ADDRESS": cluster.address})
     try:
         run.wait_for(r"started with 2 worker", 240)
@@ -99,7 +97,6 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
         run.wait_for(r"resumed at step \d+ with 1 worker", 240)
         run.wait_for(r"world 1 ", 240)
         add_worker_node(cluster)
-        run.wait_for(r"node joined; gave up waiting after 3\.\ds", 240)
         # The driver's node watcher asks for a checkpoint before Ray sees the new node.
         run.wait_for(r"node joined; checkpoint before the resize", 240)
         resumed = int(run.wait_for(r"resumed at step (\d+) with 2 worker", 240).group(1))

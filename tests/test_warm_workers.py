@@ -8,7 +8,7 @@ import time
 import pytest
 
 from elastic_nas.train.warm_workers import WarmPool, publish_worker_env, slots_on
-from tests.ray_utils import add_worker_node, preload_worker_nodes, slot_cluster
+from tests.ray_utils import add_worker_node, slot_cluster
 
 
 def test_slots_on_counts_whole_workers_per_node():
@@ -67,8 +67,6 @@ def test_restarted_worker_actor_gets_the_warm_process():
         assert len(warm) == 1 and pid_first not in warm
         assert pool.top_up(ray.nodes()) == 0  # already warm: no pile-up
         time.sleep(3)  # let the warm process finish booting
-        # This node was started without the preload list, so nothing marks it booted.
-        assert not pool.ready(slot_node)
 
         ray.kill(first)
         t_create = time.time()
@@ -79,47 +77,6 @@ def test_restarted_worker_actor_gets_the_warm_process():
         assert time.time() - t_create < boot_before_actor, (boot_before_actor, time.time() - t_create)
         assert pool.idle_workers(slot_node, job) == []
         assert pool.started == 1 and not pool.disabled
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-@pytest.mark.ray
-@pytest.mark.timeout(300)
-def test_preloaded_warm_worker_reports_booted():
-    """What holding a scale-up relies on: on a node started with the preload list (as
-    cluster.yaml starts worker nodes), a pre-started worker is marked booted once its
-    imports are done, and only then does the pool call the node ready."""
-    import ray
-
-    from elastic_nas.train.warm_workers import _marked_pids
-
-    cluster = slot_cluster()
-    try:
-        preload_worker_nodes(True)
-        try:
-            add_worker_node(cluster)
-        finally:
-            preload_worker_nodes(False)
-        ray.init(address=cluster.address)
-
-        @ray.remote(num_cpus=1, resources={"slot": 1})
-        def publish(run: str) -> None:
-            publish_worker_env(run)
-
-        ray.get(publish.remote("ready-test"))
-        slot_node = next(n for n in ray.nodes() if n["Alive"] and n["Resources"].get("slot"))
-        job = ray.get_runtime_context().get_job_id()
-        pool = WarmPool("ready-test", {"CPU": 1, "slot": 1}, max_workers=2, refill_delay_s=0.0)
-        marked_before = _marked_pids(slot_node["NodeID"])  # the task's own (preloaded) process
-        assert pool.top_up(ray.nodes()) == 1
-        deadline = time.monotonic() + 120
-        while not pool.ready(slot_node):
-            assert time.monotonic() < deadline, "the pre-started worker never reported booted"
-            time.sleep(0.25)
-        warm = pool.idle_workers(slot_node, job)
-        assert len(warm) == 1
-        assert warm[0] in _marked_pids(slot_node["NodeID"]) - marked_before
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -107,7 +107,7 @@ def run_trainer(
         per_worker.setdefault("GPU", 1.0)
     warm_pool = WarmPool(run.name, per_worker, elastic.max_workers) if elastic.warm_workers else None
     with NodeChangeRefresher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
-                             warm_pool=warm_pool, join_hold_s=elastic.join_hold_s):
+                             warm_pool=warm_pool):
         return trainer.fit()
 
 

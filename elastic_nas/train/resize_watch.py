@@ -28,21 +28,21 @@ import time
 logger = logging.getLogger(__name__)
 
 _COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace)
-KV_NAMESPACE = "elastic-nas"
+_KV_NAMESPACE = "elastic-nas"
 
 
 def kv_get(key: str) -> str:
     """A run's value in Ray's internal KV (a private API), or ""."""
     from ray.experimental.internal_kv import _internal_kv_get
 
-    value = _internal_kv_get(key, namespace=KV_NAMESPACE)
+    value = _internal_kv_get(key, namespace=_KV_NAMESPACE)
     return value.decode() if value else ""
 
 
 def kv_put(key: str, value: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_put
 
-    _internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
+    _internal_kv_put(key, value, overwrite=True, namespace=_KV_NAMESPACE)
 
 
 class JoinCheckpoint:
@@ -86,13 +86,10 @@ class JoinCheckpoint:
 
 class NodeChangeRefresher:
     def __init__(self, interval_s: float = 0.5, run_name: str = "", join_checkpoint_timeout_s: float = 0.0,
-                 warm_pool=None, warm_check_s: float = 3.0, join_hold_s: float = 0.0):
+                 warm_pool=None, warm_check_s: float = 3.0):
         self.interval_s = interval_s
         self.warm_pool = warm_pool  # a WarmPool, or None
         self.warm_check_s = warm_check_s
-        # With a warm pool: Ray sees a joined node only once its warm workers have booted
-        # (or after this long), so the restart does not wait inside for their imports.
-        self.join_hold_s = join_hold_s if warm_pool is not None else 0.0
         self.refreshes = 0
         self.join_checkpoint = JoinCheckpoint(run_name) if run_name and join_checkpoint_timeout_s > 0 else None
         self.join_checkpoint_timeout_s = join_checkpoint_timeout_s
@@ -143,35 +140,20 @@ class NodeChangeRefresher:
             return
         refreshing = True  # False once the coordinator's private API failed
         last_warm_check = 0.0
-        held: set[str] = set()  # joined nodes Ray does not see yet: their warm workers boot
-        held_since = 0.0
         while not self._stop.wait(self.interval_s):
             try:
                 nodes = self._nodes()
             except Exception:
                 continue
             alive = self._alive(nodes)
-            joined, lost = alive - known, known - alive
-            known = alive
+            joined = alive - known
             if self.warm_pool is not None and (joined or time.monotonic() - last_warm_check >= self.warm_check_s):
-                # A joined node gets its warm workers first: they boot while the old
-                # group trains on and the join checkpoint is written.
+                # A joined node gets its warm workers first: they boot while the join
+                # checkpoint is written and Ray decides the resize.
                 last_warm_check = time.monotonic()
                 self.warm_pool.top_up(nodes, now_ids=joined)
-            if joined and self.join_hold_s > 0:
-                held_since = held_since if held else time.monotonic()
-                held |= joined
-                joined = frozenset()
-            held &= alive
-            if held:
-                waited = time.monotonic() - held_since
-                ready = all(self.warm_pool.ready(n) for n in nodes if n["NodeID"] in held)
-                if not (lost or ready or waited >= self.join_hold_s):
-                    continue  # a lost node restarts the group anyway: take the joined one along
-                print(f"elastic-nas: node joined; {'its warm workers booted' if ready else 'gave up waiting'} "
-                      f"after {waited:.1f}s", flush=True)
-                joined, held = frozenset(held), set()
-            if joined or lost:
+            if alive != known:
+                known = alive
                 if joined and self.join_checkpoint is not None:
                     self._checkpoint_before_join()
                 if refreshing:

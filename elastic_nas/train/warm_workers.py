@@ -31,8 +31,7 @@ import logging
 import math
 import time
 
-from elastic_nas.train.resize_watch import KV_NAMESPACE, kv_get, kv_put
-from elastic_nas.train.warm_ready import ready_prefix
+from elastic_nas.train.resize_watch import kv_get, kv_put
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ PRELOAD_MODULES = (
     "ray.train.v2._internal.execution.worker_group.worker",
     "elastic_nas.train.supernet",
     "elastic_nas.train.retrain",
-    "elastic_nas.train.warm_ready",  # last: marks the process as booted
 )
 PRELOAD_ENV = "RAY_preload_python_modules"
 
@@ -76,22 +74,6 @@ def slots_on(node_resources: dict[str, float], per_worker: dict[str, float], cap
 
 def _is_nil(ray_id: bytes) -> bool:
     return not ray_id or ray_id == b"\xff" * len(ray_id)  # Ray's nil ids are all 0xff
-
-
-def _marked_pids(node_id: str) -> set[int]:
-    """Pids on ``node_id`` whose preloads are done (``warm_ready`` marks in Ray's KV)."""
-    from ray.experimental.internal_kv import _internal_kv_list
-
-    prefix = ready_prefix(node_id)
-    return {int(k.decode()[len(prefix):]) for k in _internal_kv_list(prefix, namespace=KV_NAMESPACE)}
-
-
-def _forget_marks(node_id: str, keep: set[int] = frozenset()) -> None:
-    """Drop ``warm_ready`` marks of processes no longer idle (or of a gone node)."""
-    from ray.experimental.internal_kv import _internal_kv_del
-
-    for pid in _marked_pids(node_id) - keep:
-        _internal_kv_del(ready_prefix(node_id) + str(pid), namespace=KV_NAMESPACE)
 
 
 class WarmPool:
@@ -141,22 +123,6 @@ class WarmPool:
                 if w.worker_type == common_pb2.WORKER and w.job_id == job and _is_nil(w.actor_id)
                 and w.num_executed_tasks == 0]
 
-    def ready(self, node: dict) -> bool:
-        """Whether ``node`` has its idle warm workers booted with the preloads done; True
-        when the pool cannot tell (disabled, no worker group yet), so nothing waits on it."""
-        if self.disabled:
-            return True
-        try:
-            env = self._worker_env()
-            if env is None:
-                return True
-            want = slots_on(node.get("Resources", {}), self.per_worker, self.max_workers)
-            idle = set(self.idle_workers(node, env["job_id"]))
-            return len(idle & _marked_pids(node["NodeID"])) >= want
-        except Exception as e:  # node going away, or a private API changed: do not hold
-            logger.debug("elastic-nas: warm workers on %s: %s", node["NodeID"], e)
-            return True
-
     def _prestart(self, node: dict, env: dict, count: int) -> None:
         from ray.core.generated import common_pb2, node_manager_pb2, runtime_environment_pb2
 
@@ -183,22 +149,19 @@ class WarmPool:
             now = time.monotonic()
             for node in nodes:
                 if not node.get("Alive"):
-                    if self._stubs.pop(node["NodeID"], None) is not None:
-                        _forget_marks(node["NodeID"])
+                    self._stubs.pop(node["NodeID"], None)
                     continue
                 want = slots_on(node.get("Resources", {}), self.per_worker, self.max_workers)
                 if want == 0:
                     continue
                 try:
-                    idle = self.idle_workers(node, env["job_id"])
-                    missing = want - len(idle)
+                    missing = want - len(self.idle_workers(node, env["job_id"]))
                     if missing <= 0:
                         self._short_since.pop(node["NodeID"], None)
                         continue
                     short_since = self._short_since.setdefault(node["NodeID"], now)
                     if node["NodeID"] in now_ids or now - short_since >= self.refill_delay_s:
                         self._short_since.pop(node["NodeID"], None)
-                        _forget_marks(node["NodeID"], keep=set(idle))  # the taken ones
                         self._prestart(node, env, missing)
                         started += missing
                         print(f"elastic-nas: pre-started {missing} warm worker process(es) on node "
