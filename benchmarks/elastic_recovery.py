@@ -90,7 +90,7 @@ def first_step_after(log_dir: Path, t0: float, world: int, timeout: float) -> fl
 
 def join_pause(log_dir: Path, t_add: float, world: int) -> float:
     """Seconds without a step around a join: from the last step before the first step at
-    ``world`` to that first step (the old group trains on while a node is held back)."""
+    ``world`` to that first step (the old group trains until Ray restarts it)."""
     recs = records(log_dir)
     first = next(r for r in recs if r["t"] > t_add and r["world"] == world)
     return first["t"] - max(r["t"] for r in recs if r["t"] < first["t"])
