@@ -88,17 +88,19 @@ def checkpoint_board_digests(run_dir: Path) -> tuple[dict[int, str], list[int]]:
     """(step -> board digest of the checkpoints on disk that verify, steps of those that do
     not). A directory whose upload a restart cut short keeps a meta.json beside a partial
     state.pt; its sha256 check fails and a resume skips it, as this does."""
-    from elastic_nas.elastic.checkpoint import read_checkpoint
+    import pyarrow.fs as pafs
+
+    from elastic_nas.elastic.checkpoint import list_checkpoints, read_checkpoint
     from elastic_nas.errors import CheckpointError
     from elastic_nas.train.cream import board_digest
 
     out, bad = {}, []
-    for p in run_dir.glob("checkpoint_step*"):
-        if (p / "meta.json").exists():
+    for step, _, path in list_checkpoints(pafs.LocalFileSystem(), str(run_dir)):
+        if (Path(path) / "meta.json").exists():
             try:
-                ckpt = read_checkpoint(str(p))
+                ckpt = read_checkpoint(path)
             except CheckpointError:
-                bad.append(int(p.name.split("_")[1].removeprefix("step")))
+                bad.append(step)
                 continue
             out[int(ckpt.state["step"])] = board_digest(ckpt.state["extra"]["board"])
     return out, bad
