@@ -17,11 +17,17 @@ the optimisation effect from Ray's timing; the Ray path itself runs the same sam
 policy code and is covered by tests/test_elastic_ray.py.
 
     python benchmarks/elastic_accuracy.py [--seeds 3 --epochs 2]
+    # the figures in RESULTS.md: the Cream space (SPOS path sampling), whose random-path
+    # supernet leaves chance within a CPU budget (see supernet_learning.py)
+    python benchmarks/elastic_accuracy.py --space cream --num-train 6000 --epochs 19 --procs 2
+
+Each (seed, schedule) supernet is a job; ``--procs`` jobs run at once, one thread each.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import tempfile
 import time
@@ -96,42 +102,66 @@ def inherited_accuracy(space, model, archs, calib, val) -> float:
     return statistics.mean(accs)
 
 
+SCHEDULES = {"elastic": ("scale", [(0.0, 2), (1 / 3, 1), (2 / 3, 2)]),
+             "static": ("scale", [(0.0, 2)]),
+             "naive": ("naive", [(0.0, 2), (1 / 3, 1), (2 / 3, 2)])}
+
+
+def space_config(a) -> SpaceConfig:
+    if a.space == "cream":  # the small Cream space of cream_vs_spos.py
+        return SpaceConfig(name="cream", width_mult=a.width, max_depths=[2, 2, 3, 3, 2])
+    return SpaceConfig(width_mult=a.width)
+
+
+def run_job(name: str, seed: int, a, data_dir: str) -> float:
+    """Train one supernet on its schedule; the mean inherited top-1 of the fixed subnets."""
+    from elastic_nas.data import build_dataset
+    from elastic_nas.data.base import class_balanced_subset
+    from elastic_nas.spaces import build_space
+
+    torch.set_num_threads(a.threads)
+    data = build_dataset(DataConfig(path=data_dir, num_train=a.num_train, num_test=256, search_val_size=1000), 32)
+    space = build_space(space_config(a))
+    subnets = [space.sample(np.random.default_rng([1234, i])) for i in range(10)]
+    calib = class_balanced_subset(data.train, 1000, seed=0)
+    kind, sched = SCHEDULES[name]
+    model = train_supernet(space, data.train, seed, a.epochs, kind, sched, a.lr)
+    acc = inherited_accuracy(space, model, subnets, calib, data.search_val)
+    print(f"seed {seed} {name:8s} mean inherited top-1 of 10 subnets: {acc:.2f}%", flush=True)
+    return round(acc, 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--num-train", type=int, default=8000)
     ap.add_argument("--lr", type=float, default=0.1, help="LR at the reference batch of 64 (2 workers)")
-    ap.add_argument("--width", type=float, default=0.25, help="SPOS width_mult")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--space", choices=("spos", "cream"), default="spos")
+    ap.add_argument("--width", type=float, default=0.25, help="width_mult of the space")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    ap.add_argument("--procs", type=int, default=1, help="jobs at once")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
     from elastic_nas.data import build_dataset
-    from elastic_nas.data.base import class_balanced_subset
-    from elastic_nas.spaces import build_space
 
-    schedules = {"elastic": ("scale", [(0.0, 2), (1 / 3, 1), (2 / 3, 2)]),
-                 "static": ("scale", [(0.0, 2)]),
-                 "naive": ("naive", [(0.0, 2), (1 / 3, 1), (2 / 3, 2)])}
-    results: dict[str, list[float]] = {k: [] for k in schedules}
+    results: dict[str, list[float]] = {k: [] for k in SCHEDULES}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
-        data = build_dataset(DataConfig(path=str(Path(d) / "data"), num_train=a.num_train, num_test=256,
-                                        search_val_size=1000), 32)
-        space = build_space(SpaceConfig(width_mult=a.width))
-        subnets = [space.sample(np.random.default_rng([1234, i])) for i in range(10)]
-        calib = class_balanced_subset(data.train, 1000, seed=0)
-        for seed in range(a.seeds):
-            for name, (kind, sched) in schedules.items():
-                model = train_supernet(space, data.train, seed, a.epochs, kind, sched, a.lr)
-                acc = inherited_accuracy(space, model, subnets, calib, data.search_val)
-                results[name].append(round(acc, 2))
-                print(f"seed {seed} {name:8s} mean inherited top-1 of 10 subnets: {acc:.2f}%", flush=True)
+        data_dir = str(Path(d) / "data")
+        build_dataset(DataConfig(path=data_dir, num_train=a.num_train, num_test=256, search_val_size=1000), 32)
+        jobs = [(name, seed, a, data_dir) for seed in range(a.seeds) for name in SCHEDULES]
+        if a.procs > 1:
+            with mp.get_context("spawn").Pool(a.procs) as pool:
+                accs = pool.starmap(run_job, jobs, chunksize=1)
+        else:
+            accs = [run_job(*j) for j in jobs]
+    for (name, *_), acc in zip(jobs, accs):
+        results[name].append(acc)
     mean = {k: round(statistics.mean(v), 2) for k, v in results.items()}
     write_result("elastic_accuracy", {
         "seeds": a.seeds, "epochs": a.epochs, "num_train": a.num_train, "lr": a.lr,
-        "space": f"spos width {a.width} @32x32, stem stride 1",
-        "per_worker_batch": WORKER_BATCH, "subnets": [list(s) for s in subnets],
+        "space": vars(space_config(a)), "chance_top1": 10.0,
+        "per_worker_batch": WORKER_BATCH,
         "per_seed_top1": results, "mean_top1": mean,
         "elastic_minus_static_points": round(mean["elastic"] - mean["static"], 2),
         "naive_minus_static_points": round(mean["naive"] - mean["static"], 2),

@@ -87,3 +87,21 @@ def test_write_leaves_no_temp_files(tmp_path):
 
 class _Evil:  # any non-allow-listed class: weights_only loading must refuse it
     pass
+
+
+def test_partial_copies_older_than_the_loaded_checkpoint_are_found(tmp_path):
+    """A kill during Ray's file-by-file copy leaves a directory nothing else deletes."""
+    import pyarrow.fs as pafs
+
+    from elastic_nas.elastic.checkpoint import partial_checkpoints
+
+    dirs = {s: _write(tmp_path, s) for s in (5, 10, 20, 30, 40)}
+    (dirs[10] / "state.pt").write_bytes((dirs[10] / "state.pt").read_bytes()[:50])  # cut short
+    (dirs[20] / "meta.json").unlink()  # copy died before meta.json
+    (dirs[40] / "state.pt").unlink()  # newer than the one in use: the resume reported it; kept
+    found = partial_checkpoints(pafs.LocalFileSystem(), str(tmp_path), str(dirs[30]))
+    assert sorted(found) == sorted([str(dirs[10]), str(dirs[20])])
+    # The complete older one (5) and every file of the one in use stay readable.
+    assert read_checkpoint(str(dirs[5])).state["step"] == 5
+    assert read_checkpoint(str(dirs[30])).state["step"] == 30
+    assert partial_checkpoints(pafs.LocalFileSystem(), str(tmp_path), str(tmp_path / "elsewhere")) == []

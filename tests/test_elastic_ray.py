@@ -188,6 +188,12 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
                  key=lambda p: json.loads((p / "meta.json").read_text())["step"])
     state = newest / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    # An older copy a kill cut short (meta.json and half a state.pt, as Ray copies file by
+    # file): nothing reads it, and the resume removes it.
+    partial = run_dir / "checkpoint_step000000001_1"
+    partial.mkdir()
+    (partial / "meta.json").write_bytes((newest / "meta.json").read_bytes())
+    (partial / "state.pt").write_bytes(b"\0" * 100)
 
     second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     try:
@@ -198,6 +204,8 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     out = second.output()
     assert f"{newest} is corrupt" in out
     assert "resuming from" in out
+    assert f"removed {partial}: its copy into storage never finished" in out
+    assert not partial.exists() and newest.exists()
     assert 0 < int(m.group(1)) < int(newest.name.split("_")[1].removeprefix("step")), (m.group(0), newest)
     assert len(ckpts) >= 3
     assert_exactly_once(tmp_path, data_dir, epochs)

@@ -4,8 +4,8 @@ A checkpoint is a directory ``checkpoint_step<NNNNNNNNN>_<attempt>/`` holding
 
 * ``state.pt`` -- ``torch.save`` of plain containers and tensors only, so it loads with
   ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects);
-* ``meta.json`` -- format version, kind, step, the run's fingerprint and the sha256 of
-  ``state.pt``. It is written last, so a directory without it is incomplete.
+* ``meta.json`` -- format version, kind, step, the run's fingerprint, and the sha256 and
+  size of ``state.pt``. It is written last, so a directory without it is incomplete.
 
 Directories are read through a ``pyarrow.fs.FileSystem``, so the same code reads local
 paths and s3:// storage. A checkpoint that fails its checksum or cannot be parsed is
@@ -63,7 +63,8 @@ def write_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[st
     torch.save(state, buf)
     payload = buf.getvalue()
     _atomic_write(directory / STATE_FILE, payload)
-    full_meta = dict(meta, format=FORMAT_VERSION, sha256=hashlib.sha256(payload).hexdigest())
+    full_meta = dict(meta, format=FORMAT_VERSION, sha256=hashlib.sha256(payload).hexdigest(),
+                     state_bytes=len(payload))
     _atomic_write(directory / META_FILE, json.dumps(full_meta, indent=1, sort_keys=True).encode())
     return directory
 
@@ -117,6 +118,38 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, int,
         if m and info.type == pafs.FileType.Directory:
             found.append((int(m.group(1)), int(m.group(2) or 0), info.path))
     return sorted(found, reverse=True)
+
+
+def partial_checkpoints(fs: pafs.FileSystem, run_path: str, loaded_path: str) -> list[str]:
+    """Checkpoint directories older than ``loaded_path`` whose copy into storage never finished.
+
+    Ray copies a reported checkpoint file by file; a rank 0 killed mid-copy leaves a
+    directory Ray never registers, so its ``num_to_keep`` never deletes it, and a resume
+    never reads it (it stops at the newest valid one). Partial = no ``meta.json``, no
+    ``state.pt``, or a ``state.pt`` of another size than ``meta.json`` records. Cheap: one
+    small read and one stat per directory, no checksums.
+    """
+    listed = list_checkpoints(fs, run_path)
+    older = False
+    out = []
+    for *_, path in listed:
+        if path == loaded_path:
+            older = True
+            continue
+        if not older:
+            continue  # newer than the one in use: the resume already reported it
+        try:
+            meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
+        except FileNotFoundError:
+            out.append(path)
+            continue
+        except (OSError, ValueError):
+            continue  # unreadable for another reason: leave it to a person
+        info = fs.get_file_info(f"{path}/{STATE_FILE}")
+        if info.type == pafs.FileType.NotFound or (
+                "state_bytes" in meta and info.size != meta["state_bytes"]):
+            out.append(path)
+    return out
 
 
 def check_compatible(meta: dict[str, Any], fingerprint: dict[str, Any], path: str) -> None:

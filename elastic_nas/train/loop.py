@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from elastic_nas.elastic.checkpoint import (
     checkpoint_dir_name,
     list_checkpoints,
     load_latest_valid,
+    partial_checkpoints,
     write_checkpoint,
 )
 from elastic_nas.elastic.policy import ElasticLRPolicy
@@ -144,6 +146,16 @@ def make_optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0)
 
 
+def _remove_partial_checkpoints(fs, run_path: str, loaded_path: str) -> None:
+    """Delete older checkpoint directories whose copy into storage a kill cut short."""
+    try:
+        for path in partial_checkpoints(fs, run_path, loaded_path):
+            fs.delete_dir(path)
+            print(f"elastic-nas: removed {path}: its copy into storage never finished", flush=True)
+    except Exception as e:  # storage trouble must not stop training; the directories stay
+        print(f"elastic-nas: could not clean up partial checkpoints: {e}", file=sys.stderr, flush=True)
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()}
 
@@ -253,6 +265,9 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
             publish_worker_env(ctx.get_experiment_name())
         except Exception:  # private KV API changed: restarts start cold
             pass
+        if loaded is not None:  # in the background: storage round trips must not delay step 1
+            threading.Thread(target=_remove_partial_checkpoints, args=(fs, run_path, loaded.path),
+                             daemon=True).start()
     history.append({"event": "start", "step": step, "time": time.time(), "world_size": world,
                     "global_batch": plan.global_batch, "lr": policy.lr(step, samples_seen),
                     "samples_seen": samples_seen, "samples_per_s": 0.0})
