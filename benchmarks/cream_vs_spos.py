@@ -80,7 +80,7 @@ def run_one(strategy: str, seed: int, a) -> dict:
     # as the search scores candidates.
     rng = np.random.default_rng(4321)
     probes = [space.sample_constrained(rng, 0, a.budget * 1e6, 1, 500) for _ in range(10)]
-    probe_top1 = statistics.mean(evaluate_arch(task.model, arch, data)["accuracy"] for arch in probes)
+    probe_top1 = statistics.mean(evaluate_arch(task.model, probe, data)["accuracy"] for probe in probes)
     top1 = retrain(space, arch, splits, a.retrain_steps, a.batch, a.lr, seed)
     out = {"arch": arch, "macs": space.macs(space.validate(arch)), "proxy_top1": round(proxy, 2),
            "random_paths_proxy_top1": round(probe_top1, 2),

@@ -113,6 +113,10 @@ def space_config(a) -> SpaceConfig:
     return SpaceConfig(width_mult=a.width)
 
 
+def fixed_subnets(space) -> list:
+    return [space.sample(np.random.default_rng([1234, i])) for i in range(10)]
+
+
 def run_job(name: str, seed: int, a, data_dir: str) -> float:
     """Train one supernet on its schedule; the mean inherited top-1 of the fixed subnets."""
     from elastic_nas.data import build_dataset
@@ -122,7 +126,7 @@ def run_job(name: str, seed: int, a, data_dir: str) -> float:
     torch.set_num_threads(a.threads)
     data = build_dataset(DataConfig(path=data_dir, num_train=a.num_train, num_test=256, search_val_size=1000), 32)
     space = build_space(space_config(a))
-    subnets = [space.sample(np.random.default_rng([1234, i])) for i in range(10)]
+    subnets = fixed_subnets(space)
     calib = class_balanced_subset(data.train, 1000, seed=0)
     kind, sched = SCHEDULES[name]
     model = train_supernet(space, data.train, seed, a.epochs, kind, sched, a.lr)
@@ -143,6 +147,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=1, help="jobs at once")
     a = ap.parse_args()
     from elastic_nas.data import build_dataset
+    from elastic_nas.spaces import build_space
 
     results: dict[str, list[float]] = {k: [] for k in SCHEDULES}
     t0 = time.time()
@@ -158,10 +163,11 @@ def main() -> None:
     for (name, *_), acc in zip(jobs, accs):
         results[name].append(acc)
     mean = {k: round(statistics.mean(v), 2) for k, v in results.items()}
+    space = build_space(space_config(a))
     write_result("elastic_accuracy", {
         "seeds": a.seeds, "epochs": a.epochs, "num_train": a.num_train, "lr": a.lr,
-        "space": vars(space_config(a)), "chance_top1": 10.0,
-        "per_worker_batch": WORKER_BATCH,
+        "space": vars(space_config(a)), "chance_top1": 10.0, "per_worker_batch": WORKER_BATCH,
+        "subnets": [space.to_json(s) for s in fixed_subnets(space)],
         "per_seed_top1": results, "mean_top1": mean,
         "elastic_minus_static_points": round(mean["elastic"] - mean["static"], 2),
         "naive_minus_static_points": round(mean["naive"] - mean["static"], 2),
