@@ -205,7 +205,8 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     assert f"{newest} is corrupt" in out
     assert "resuming from" in out
     assert f"removed {partial}: its copy into storage never finished" in out
-    assert not partial.exists() and newest.exists()
+    assert not partial.exists()
+    assert f"removed {newest}" not in out  # newer than the one resumed: left alone (Ray's keep may drop it)
     assert 0 < int(m.group(1)) < int(newest.name.split("_")[1].removeprefix("step")), (m.group(0), newest)
     assert len(ckpts) >= 3
     assert_exactly_once(tmp_path, data_dir, epochs)
