@@ -38,6 +38,16 @@ def machine() -> dict:
     return info
 
 
+def run_jobs(fn, jobs: list[tuple], procs: int) -> list:
+    """``fn(*job)`` for every job, ``procs`` at a time in spawned processes (1 = in this one)."""
+    if procs <= 1:
+        return [fn(*job) for job in jobs]
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(procs) as pool:
+        return pool.starmap(fn, jobs, chunksize=1)
+
+
 def write_result(name: str, figures: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import time
 
-import _common  # noqa: F401  (sys.path, loopback)
+import _common
 import numpy as np
 import torch
 from _nas import eval_data, retrain, search, train_task
@@ -109,11 +108,7 @@ def main() -> None:
     if a.quick:
         a.seeds, a.steps, a.retrain_steps, a.population, a.generations = 1, 30, 30, 4, 1
     jobs = [(strategy, seed, a) for seed in range(a.seeds) for strategy in ("cream", "spos")]
-    if a.procs > 1:
-        with mp.get_context("spawn").Pool(a.procs) as pool:
-            done = pool.starmap(run_one, jobs, chunksize=1)
-    else:
-        done = [run_one(*j) for j in jobs]
+    done = _common.run_jobs(run_one, jobs, a.procs)
     runs = [{"seed": seed} for seed in range(a.seeds)]
     for (strategy, seed, _), out in zip(jobs, done):
         runs[seed][strategy] = out

@@ -17,8 +17,8 @@ the optimisation effect from Ray's timing; the Ray path itself runs the same sam
 policy code and is covered by tests/test_elastic_ray.py.
 
     python benchmarks/elastic_accuracy.py [--seeds 3 --epochs 2]
-    # the figures in RESULTS.md: the Cream space (SPOS path sampling), whose random-path
-    # supernet leaves chance within a CPU budget (see supernet_learning.py)
+    # the Cream space (SPOS path sampling), whose random-path supernet leaves chance within
+    # a CPU budget (see supernet_learning.py); RESULTS.md says why it has no figure yet
     python benchmarks/elastic_accuracy.py --space cream --num-train 6000 --epochs 19 --procs 2
 
 Each (seed, schedule) supernet is a job; ``--procs`` jobs run at once, one thread each.
@@ -27,13 +27,12 @@ Each (seed, schedule) supernet is a job; ``--procs`` jobs run at once, one threa
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+from _common import run_jobs, write_result
 
 import numpy as np
 import torch
@@ -155,11 +154,7 @@ def main() -> None:
         data_dir = str(Path(d) / "data")
         build_dataset(DataConfig(path=data_dir, num_train=a.num_train, num_test=256, search_val_size=1000), 32)
         jobs = [(name, seed, a, data_dir) for seed in range(a.seeds) for name in SCHEDULES]
-        if a.procs > 1:
-            with mp.get_context("spawn").Pool(a.procs) as pool:
-                accs = pool.starmap(run_job, jobs, chunksize=1)
-        else:
-            accs = [run_job(*j) for j in jobs]
+        accs = run_jobs(run_job, jobs, a.procs)
     for (name, *_), acc in zip(jobs, accs):
         results[name].append(acc)
     mean = {k: round(statistics.mean(v), 2) for k, v in results.items()}

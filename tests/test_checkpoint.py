@@ -99,9 +99,11 @@ def test_partial_copies_older_than_the_loaded_checkpoint_are_found(tmp_path):
     (dirs[10] / "state.pt").write_bytes((dirs[10] / "state.pt").read_bytes()[:50])  # cut short
     (dirs[20] / "meta.json").unlink()  # copy died before meta.json
     (dirs[40] / "state.pt").unlink()  # newer than the one in use: the resume reported it; kept
-    found = partial_checkpoints(pafs.LocalFileSystem(), str(tmp_path), str(dirs[30]))
+    fs = pafs.LocalFileSystem()
+    listed = [p for *_, p in list_checkpoints(fs, str(tmp_path))]
+    found = partial_checkpoints(fs, listed, str(dirs[30]))
     assert sorted(found) == sorted([str(dirs[10]), str(dirs[20])])
     # The complete older one (5) and every file of the one in use stay readable.
     assert read_checkpoint(str(dirs[5])).state["step"] == 5
     assert read_checkpoint(str(dirs[30])).state["step"] == 30
-    assert partial_checkpoints(pafs.LocalFileSystem(), str(tmp_path), str(tmp_path / "elsewhere")) == []
+    assert partial_checkpoints(fs, listed, str(tmp_path / "elsewhere")) == []

@@ -120,24 +120,21 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, int,
     return sorted(found, reverse=True)
 
 
-def partial_checkpoints(fs: pafs.FileSystem, run_path: str, loaded_path: str) -> list[str]:
-    """Checkpoint directories older than ``loaded_path`` whose copy into storage never finished.
+def partial_checkpoints(fs: pafs.FileSystem, listed: list[str], loaded_path: str) -> list[str]:
+    """Those of ``listed`` (newest first) older than ``loaded_path`` whose copy into storage
+    never finished.
 
     Ray copies a reported checkpoint file by file; a rank 0 killed mid-copy leaves a
     directory Ray never registers, so its ``num_to_keep`` never deletes it, and a resume
     never reads it (it stops at the newest valid one). Partial = no ``meta.json``, no
     ``state.pt``, or a ``state.pt`` of another size than ``meta.json`` records. Cheap: one
-    small read and one stat per directory, no checksums.
+    small read and one stat per directory, no checksums. Newer ones are left alone: the
+    resume already named them.
     """
-    listed = list_checkpoints(fs, run_path)
-    older = False
+    if loaded_path not in listed:
+        return []
     out = []
-    for *_, path in listed:
-        if path == loaded_path:
-            older = True
-            continue
-        if not older:
-            continue  # newer than the one in use: the resume already reported it
+    for path in listed[listed.index(loaded_path) + 1:]:
         try:
             meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
         except FileNotFoundError:

@@ -146,10 +146,10 @@ def make_optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0)
 
 
-def _remove_partial_checkpoints(fs, run_path: str, loaded_path: str) -> None:
+def _remove_partial_checkpoints(fs, listed: list[str], loaded_path: str) -> None:
     """Delete older checkpoint directories whose copy into storage a kill cut short."""
     try:
-        for path in partial_checkpoints(fs, run_path, loaded_path):
+        for path in partial_checkpoints(fs, listed, loaded_path):
             fs.delete_dir(path)
             print(f"elastic-nas: removed {path}: its copy into storage never finished", flush=True)
     except Exception as e:  # storage trouble must not stop training; the directories stay
@@ -266,7 +266,7 @@ def train_loop(task: TrainTask, s: LoopSettings, t_enter: float | None = None) -
         except Exception:  # private KV API changed: restarts start cold
             pass
         if loaded is not None:  # in the background: storage round trips must not delay step 1
-            threading.Thread(target=_remove_partial_checkpoints, args=(fs, run_path, loaded.path),
+            threading.Thread(target=_remove_partial_checkpoints, args=(fs, candidates, loaded.path),
                              daemon=True).start()
     history.append({"event": "start", "step": step, "time": time.time(), "world_size": world,
                     "global_batch": plan.global_batch, "lr": policy.lr(step, samples_seen),
