@@ -1,71 +1,57 @@
 """In-process NAS steps shared by the quality benchmarks (no Ray: they measure the method,
-not the cluster). Training runs the same task hooks the elastic loop calls on a worker."""
+not the cluster). Training runs the elastic loop's own step, ``TrainStep``."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from elastic_nas.data import class_balanced_subset
+from elastic_nas.config import OptimConfig
 from elastic_nas.search.evaluator import EvalData, evaluate_arch
+from elastic_nas.search.evaluator import eval_data as search_eval_data
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.train.evaluate import evaluate
+from elastic_nas.train.step import Batch, StepStats, TrainStep, make_optimizer
+from elastic_nas.train.strategies import Strategy
 
 
 def cosine(step: int, total: int, lr: float) -> float:
     return 0.5 * lr * (1 + np.cos(np.pi * step / total))
 
 
-def train_task(task, split, steps: int, batch: int, lr: float, seed: int, label_smoothing: float = 0.1,
-               grad_clip: float = 0.0, warmup: int = 0, every: int = 0, on_interval=None) -> None:
-    """What the elastic loop does on one worker: path, criterion, SGD (cosine), after_step.
+def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_clip: float = 0.0,
+               warmup: int = 0, every: int = 0, on_interval=None) -> None:
+    """The project's training step (``TrainStep``: the strategy's archs and loss, SGD, its
+    hooks) in one process, on random batches, cosine LR over ``steps``.
 
-    ``warmup``: linear LR warm-up steps. ``on_interval(step, train_loss, train_top1)`` is
-    called every ``every`` steps and after the last, with the interval's means.
+    ``task`` has ``model`` and ``strategy``. ``warmup``: linear LR warm-up steps.
+    ``on_interval(step, train_loss, train_top1)`` is called every ``every`` steps and after
+    the last, with the interval's means.
     """
-    decay = [p for p in task.model.parameters() if p.ndim > 1]
-    rest = [p for p in task.model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 4e-5}, {"params": rest, "weight_decay": 0.0}],
-                          lr=lr, momentum=0.9, nesterov=True)
+    optimizer = make_optimizer(task.model, OptimConfig(lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5))
+    train_step = TrainStep(task.model, task.strategy, grad_clip)
     rng = np.random.default_rng(seed)
     task.model.train()
-    loss_sum = correct = seen = 0.0
+    interval = StepStats()
     for step in range(steps):
-        arch = task.path(step)
         idx = rng.choice(len(split), batch, replace=False)
         x, y, _ = split.get_batch(idx, augment=True, rng=rng)
-        for g in opt.param_groups:
-            g["lr"] = cosine(step, steps, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
-        opt.zero_grad(set_to_none=True)
-        if task.criterion is not None:
-            per_sample, logits = task.criterion(task.model, x, y, arch, step)
-        else:
-            logits = task.model(x) if arch is None else task.model(x, arch)
-            per_sample = torch.nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing,
-                                                           reduction="none")
-        per_sample.mean().backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(task.model.parameters(), grad_clip)
-        opt.step()
-        if task.after_step is not None:
-            task.after_step(step, arch, {"correct": float((logits.argmax(1) == y).sum()), "count": float(batch),
-                                         "x": x, "y": y, "valid": torch.ones(batch)})
+        step_lr = cosine(step, steps, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+        stats = train_step(step, optimizer, step_lr, Batch(x, y, torch.ones(batch)), batch)
         if on_interval is not None:
-            loss_sum += float(per_sample.detach().sum())
-            correct += float((logits.argmax(1) == y).sum())
-            seen += batch
+            interval.loss_sum += stats.loss_sum
+            interval.correct += stats.correct
+            interval.count += stats.count
             if (step + 1) % every == 0 or step + 1 == steps:
-                on_interval(step + 1, loss_sum / seen, 100.0 * correct / seen)
-                loss_sum = correct = seen = 0.0
+                on_interval(step + 1, interval.loss_sum / interval.count, 100.0 * interval.correct / interval.count)
+                interval = StepStats()
 
 
 def eval_data(splits, n: int, seed: int) -> EvalData:
     """The fixed calibration (train) and class-balanced validation (search_val) images."""
-    calib = class_balanced_subset(splits.train, n, seed)
-    val = class_balanced_subset(splits.search_val, n, seed)
-    cx, _, _ = calib.get_batch(np.arange(len(calib)))
-    vx, vy, _ = val.get_batch(np.arange(len(val)))
-    return EvalData(cx.numpy(), vx.numpy(), vy.numpy(), 200)
+    return search_eval_data(splits, n, n, seed)
 
 
 def search(method: str, space, model, data: EvalData, macs_max: float, settings: EvolutionSettings,
@@ -88,11 +74,8 @@ def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int) -
     """Test top-1 of ``arch`` trained from scratch for ``steps`` (stand-alone, as retrain does)."""
     torch.manual_seed(seed)
     net = space.build_subnet(arch)
-
-    class Fixed:  # a task whose "path" is the whole subnet, as retrain's
-        model, path, criterion, after_step = net, staticmethod(lambda step: None), None, None
-
-    train_task(Fixed, splits.train, steps, batch, lr, seed + 1000)
+    train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, steps, batch,
+               lr, seed + 1000)
     return evaluate(net, splits.test, 256)["top1"]
 
 

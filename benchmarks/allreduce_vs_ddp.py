@@ -15,13 +15,13 @@ import statistics
 import tempfile
 import time
 
-from _common import write_result
-
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from _common import write_result
 
 
 def worker(rank: int, world: int, init_file: str, width: float, steps: int, block: int, out: dict) -> None:
@@ -52,7 +52,7 @@ def worker(rank: int, world: int, init_file: str, width: float, steps: int, bloc
             F.cross_entropy(ddp(x, arch), y).backward()
         else:
             F.cross_entropy(plain(x, arch), y).backward()
-            allreduce_grads(plain.path_parameters(arch))
+            allreduce_grads(plain.arch_parameters(arch))
         opt.step()
         if step >= 2 * block:  # skip the first block of each as warm-up
             times[method].append(time.perf_counter() - t0)

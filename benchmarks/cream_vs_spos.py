@@ -27,17 +27,17 @@ import json
 import statistics
 import time
 
-import _common
 import numpy as np
 import torch
-from _nas import eval_data, retrain, search, train_task
 
+import _common
+from _nas import eval_data, retrain, search, train_task
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.data import build_dataset
+from elastic_nas.search.board import board_table
 from elastic_nas.search.evaluator import evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
 from elastic_nas.spaces import build_space
-from elastic_nas.train.cream import board_table
 from elastic_nas.train.supernet import build_supernet_task
 
 
@@ -59,7 +59,7 @@ def run_one(strategy: str, seed: int, a) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     task = build_supernet_task(cfg)
-    train_task(task, splits.train, a.steps, a.batch, a.lr, seed, cfg.optim.label_smoothing, warmup=a.warmup)
+    train_task(task, splits.train, a.steps, a.batch, a.lr, seed, warmup=a.warmup)
     t1 = time.perf_counter()
     data = eval_data(splits, a.eval_images, cfg.run.seed)
     if strategy == "spos":
@@ -69,7 +69,7 @@ def run_one(strategy: str, seed: int, a) -> dict:
         best = search("evolution", space, task.model, data, a.budget * 1e6, settings, cfg.run.seed)
         arch, proxy, evaluated = best["arch"], best["best_accuracy"], best["evaluated"]
     else:
-        state = {"model": task.model.state_dict(), "extra": task.extra_state()}
+        state = {"model": task.model.state_dict(), "extra": task.strategy.state_dict()}
         table = board_table(cfg, state, splits)
         table = table[table["macs"] <= a.budget * 1e6].sort_values(["accuracy", "macs"], ascending=[False, True])
         row = table.iloc[0]

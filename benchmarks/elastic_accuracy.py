@@ -32,63 +32,53 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import run_jobs, write_result
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from elastic_nas.config import DataConfig, SpaceConfig
-from elastic_nas.elastic.policy import ElasticLRPolicy
-from elastic_nas.elastic.sampler import ElasticSampler
-from elastic_nas.train.loop import LoopSettings, make_optimizer
+from _common import run_jobs, write_result
+from elastic_nas.config import DataConfig, ElasticConfig, OptimConfig, RunConfig, SpaceConfig, SupernetConfig
+from elastic_nas.train.state import TrainState
+from elastic_nas.train.step import Batch, TrainStep
+from elastic_nas.train.strategies import SposStrategy
+from elastic_nas.train.task import TrainTask
 
 WORKER_BATCH, REF_BATCH = 32, 64
 
 
 def train_supernet(space, train, seed: int, epochs: float, policy_kind: str, schedule: list[tuple[float, int]],
                    base_lr: float):
+    """The loop's own state (sampler, LR policy, optimizer) and step on a world-size schedule."""
     torch.manual_seed(seed)
     model = space.build_supernet()
-    s = LoopSettings(seed=seed, epochs=epochs, lr=base_lr, reference_batch=REF_BATCH, momentum=0.9,
-                     nesterov=False, weight_decay=4e-5, label_smoothing=0.1, schedule="cosine",
-                     warmup_epochs=0.1, grad_clip=0.0, batch_policy=policy_kind, per_worker_batch=WORKER_BATCH,
-                     global_batch=2 * WORKER_BATCH, max_per_worker_batch=256, lr_ramp_steps=8,
-                     checkpoint_every_steps=1, checkpoint_every_s=1.0, preemption_poll_steps=1,
-                     report_every_steps=1)
-    opt = make_optimizer(model, s)
-    total = epochs * len(train)
-    policy = ElasticLRPolicy(policy_kind, base_lr, REF_BATCH, WORKER_BATCH, 2 * WORKER_BATCH, 256, 8,
-                             "cosine", total, 0.1 * len(train))
-    sampler = ElasticSampler(len(train), seed=seed)
+    cfg = SupernetConfig(
+        run=RunConfig(seed=seed),
+        optim=OptimConfig(lr=base_lr, reference_batch=REF_BATCH, momentum=0.9, nesterov=False, weight_decay=4e-5,
+                          label_smoothing=0.1, schedule="cosine", warmup_epochs=0.1, epochs=epochs),
+        elastic=ElasticConfig(batch_policy=policy_kind, per_worker_batch=WORKER_BATCH, global_batch=2 * WORKER_BATCH,
+                              max_per_worker_batch=256, lr_ramp_steps=8))
+    task = TrainTask(model, SposStrategy(cfg, space, model, None), train, fingerprint={})
+    state = TrainState(task, cfg.optim, cfg.elastic, seed)
+    train_step = TrainStep(model, task.strategy)
     rng = np.random.default_rng([seed, 1])
-    step, seen, world = 0, 0, 0
+    world = 0
     model.train()
-    while seen < total:
-        k = [w for frac, w in schedule if seen >= frac * total][-1]
+    while not state.done:
+        k = [w for frac, w in schedule if state.samples_seen >= frac * state.total_samples][-1]
         if k != world:
-            plan = policy.on_world_size(step, k)
+            plan = state.policy.on_world_size(state.step, k)
             world = k
-        sp = sampler.plan(k, plan.global_batch)
-        arch = space.sample(np.random.default_rng([seed, step]))
-        lr = policy.lr(step, seen)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        for rank in range(k):  # one forward per worker shard: per-worker BN statistics
-            x, y, _ = train.get_batch(sp.indices(rank), augment=True, rng=rng)
-            w = torch.as_tensor(sp.valid(rank), dtype=torch.float32)
-            per = F.cross_entropy(model(x, arch), y, label_smoothing=0.1, reduction="none")
-            (per * w).sum().div(sp.num_real).backward()
-        opt.step()
-        sampler.advance(sp)
-        step += 1
-        seen += sp.num_real
+        sp = state.sampler.plan(k, plan.global_batch)
+        # One micro-batch per worker shard: per-worker BN statistics, gradients summed as the all-reduce would.
+        shards = [train.get_batch(sp.indices(rank), augment=True, rng=rng)[:2] for rank in range(k)]
+        batch = Batch(torch.cat([x for x, _ in shards]), torch.cat([y for _, y in shards]),
+                      torch.as_tensor(np.concatenate([sp.valid(rank) for rank in range(k)]), dtype=torch.float32))
+        train_step(state.step, state.optimizer, state.lr(), batch, sp.num_real, accum_steps=k)
+        state.advance(sp)
     return model
 
 
 def inherited_accuracy(space, model, archs, calib, val) -> float:
-    from elastic_nas.search.bn import recalibrate_bn
+    from elastic_nas.spaces.bn import recalibrate_bn
 
     accs = []
     calib_batches = [calib.get_batch(np.arange(i, min(i + 250, len(calib))))[0] for i in range(0, len(calib), 250)]

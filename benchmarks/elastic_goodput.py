@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 from _common import write_result
-
 from tests.ray_utils import CliRun, add_worker_node, attempts, preload_worker_nodes, redone_steps, slot_cluster
 
 WORKER_BATCH = 32

@@ -8,8 +8,8 @@ the medians; single runs on this shared 2-core machine spread by several seconds
   60 s, elastic monitor 60 s);
 * ``ray_tuned``: the tuned Ray settings of the reference notes (0.5 s, 10 s, 2 s);
 * ``elastic_nas``: this project's defaults (0.5 s, 3 s, 1 s, the node watcher of
-  ``elastic_nas/train/resize_watch.py`` and the warm worker processes of
-  ``elastic_nas/train/warm_workers.py``, its worker nodes started with
+  ``elastic_nas/cluster/node_watch.py`` and the warm worker processes of
+  ``elastic_nas/cluster/warm_workers.py``, its worker nodes started with
   ``RAY_preload_python_modules`` as ``cluster.yaml`` starts them);
 * ``elastic_nas_cold``: the same without warm workers or preloading (the previous default).
 
@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 from _common import write_result
-
 from tests.ray_utils import CliRun, add_worker_node, attempts, preload_worker_nodes, slot_cluster
 
 SETTINGS = {

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 
-import _common
 import numpy as np
 import torch
 from torch import nn
 
+import _common
 from elastic_nas.config import DataConfig
 from elastic_nas.data import build_dataset, class_balanced_subset
 

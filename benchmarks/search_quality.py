@@ -26,11 +26,11 @@ import multiprocessing as mp
 import statistics
 import time
 
-import _common
 import numpy as np
 import torch
-from _nas import eval_data, kendall_tau, retrain, search, train_task
 
+import _common
+from _nas import eval_data, kendall_tau, retrain, search, train_task
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.data import build_dataset
 from elastic_nas.search.evaluator import evaluate_arch
@@ -97,7 +97,7 @@ def main() -> None:
                                                          a.retrain_steps, a.batch, a.lr))) for c in chunks]
     torch.manual_seed(cfg.run.seed)
     task = build_supernet_task(cfg)
-    train_task(task, splits.train, a.steps, a.batch, a.lr, cfg.run.seed, cfg.optim.label_smoothing, a.grad_clip,
+    train_task(task, splits.train, a.steps, a.batch, a.lr, cfg.run.seed, a.grad_clip,
                warmup=a.warmup)
     supernet_s = time.perf_counter() - t0
     model = task.model

@@ -161,8 +161,9 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
     import tempfile
+
+    import ray
 
     space, snapshot, data = setup(args)
     seq = sequential(space, snapshot, data, args.candidates)

@@ -33,15 +33,16 @@ import argparse
 import dataclasses
 import time
 
-import _common
 import numpy as np
 import torch
-from _nas import eval_data, train_task
 
+import _common
+from _nas import eval_data, train_task
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.data import build_dataset, class_balanced_subset
 from elastic_nas.search.evaluator import evaluate_arch
 from elastic_nas.spaces import build_space
+from elastic_nas.train.strategies import Strategy
 from elastic_nas.train.supernet import build_supernet_task
 
 VARIANTS = ("subnet", "supernet_fixed", "supernet_pool", "supernet_pool_same_transitions", "supernet_random")
@@ -73,15 +74,15 @@ def curve(variant: str, cfg, splits, arch, data, a) -> dict:
     if variant == "subnet":
         space = build_space(cfg.space)
         model = _SubnetAsSupernet(space.build_subnet(arch))
-        task.model, task.path = model, (lambda step: None)
+        task.model, task.strategy = model, Strategy(model, cfg.optim.label_smoothing)
     elif variant == "supernet_fixed":
-        task.path = lambda step: arch
+        task.strategy.archs = lambda step: [arch]
     elif variant.startswith("supernet_pool"):
         space = build_space(cfg.space)
         pool = [space.sample(np.random.default_rng(a.seed + 900 + i)) for i in range(a.pool - 1)] + [arch]
         if variant.endswith("same_transitions"):
             pool = [same_transitions(space, p, arch) for p in pool]
-        task.path = lambda step: pool[step % len(pool)]
+        task.strategy.archs = lambda step: [pool[step % len(pool)]]
     points: list[dict] = []
     t0 = time.perf_counter()
 

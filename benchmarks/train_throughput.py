@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _common import write_result
 from elastic_nas.config import SupernetConfig, load_config
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("elastic_nas.train.cli:test"))
     p = sub.add_parser("pipeline", help="supernet -> search -> retrain -> test, in order")
     _add_config_args(p, "jobs/pipeline.yaml")
-    p.set_defaults(func=_lazy("elastic_nas.train.cli:pipeline"))
+    p.set_defaults(func=_lazy("elastic_nas.pipeline:pipeline_command"))
     return parser
 
 

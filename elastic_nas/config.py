@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -74,6 +74,11 @@ class SpaceConfig:
     # Cream: max blocks per choice stage; the default fits every published model (cream-604),
     # Cream's own supernet used [4, 4, 5, 4, 4]
     max_depths: list[int] = field(default_factory=lambda: [5, 5, 5, 6, 6])
+    # How a supernet stores its choices: independent weights per op (SPOS, Cream as published),
+    # or entangled (Once-for-All/BigNAS): smaller kernels are the centre of the largest, smaller
+    # expansions its leading channels, so every arch trains the same tensors
+    weight_sharing: Literal["independent", "entangled"] = "independent"
+    kernel_transform: bool = False  # cream + entangled: OFA's learned 7->5->3 kernel-transform matrices
 
     def validate(self, prefix: str) -> None:
         _positive(self.input_size, f"{prefix}.input_size")
@@ -84,6 +89,8 @@ class SpaceConfig:
             raise ConfigError(f"{prefix}.width_mult", f"must be > 0, got {self.width_mult}")
         if len(self.max_depths) != 5 or any(d < 1 for d in self.max_depths):
             raise ConfigError(f"{prefix}.max_depths", f"must be 5 depths >= 1, got {self.max_depths}")
+        if self.kernel_transform and (self.name != "cream" or self.weight_sharing != "entangled"):
+            raise ConfigError(f"{prefix}.kernel_transform", "needs space.name: cream and weight_sharing: entangled")
 
 
 @dataclass
@@ -147,6 +154,7 @@ class ElasticConfig:
     checkpoint_every_s: float = 60.0
     keep_checkpoints: int = 3
     preemption_poll_steps: int = 5  # every rank polls the preemption barrier this often
+    preemption_margin_s: float = 5.0  # after a spot notice, stop stepping this long before the deadline
     report_every_steps: int = 10
     resize_monitor_interval_s: float = 1.0  # Train V2 elastic_resize_monitor_interval_s
     # Ray Train's own console lines (ray.train LoggingConfig). WARNING hides the per-report
@@ -155,11 +163,11 @@ class ElasticConfig:
     train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     sample_log_dir: str = ""  # audit: each rank logs the sample ids of every step ("" = off)
     grad_sync: Literal["ddp", "bucketed"] = "ddp"  # DDP(find_unused_parameters) measured faster
-    node_watch: bool = True  # refresh Ray's resource view on node loss/join (see train/resize_watch.py)
+    node_watch: bool = True  # the node watcher: Ray sees node losses/joins at once (cluster/node_watch.py)
     # node_watch: on a join, checkpoint before Ray restarts the group, waiting at most this (0 = off)
     join_checkpoint_timeout_s: float = 10.0
     # node_watch: keep an idle, torch-imported worker process per worker slot on each node,
-    # so a restart skips process start and imports (see train/warm_workers.py)
+    # so a restart skips process start and imports (see cluster/warm_workers.py)
     warm_workers: bool = True
 
     def validate(self, prefix: str) -> None:
@@ -174,6 +182,7 @@ class ElasticConfig:
                     "report_every_steps"):
             _positive(getattr(self, key), f"{prefix}.{key}")
         _non_negative(self.max_failures, f"{prefix}.max_failures")
+        _non_negative(self.preemption_margin_s, f"{prefix}.preemption_margin_s")
         _positive(self.checkpoint_every_s, f"{prefix}.checkpoint_every_s")
         _positive(self.resize_monitor_interval_s, f"{prefix}.resize_monitor_interval_s")
         _non_negative(self.join_checkpoint_timeout_s, f"{prefix}.join_checkpoint_timeout_s")
@@ -211,6 +220,28 @@ class CreamConfig:
         if any(b <= 0 for b in self.budgets):
             raise ConfigError(f"{prefix}.budgets", f"every budget must be > 0 (millions of MACs), got {self.budgets}")
 
+    def validate_job(self, job: SupernetConfig) -> None:
+        """Checks against the rest of the job, when ``strategy: cream``."""
+        if job.space.name != "cream":
+            raise ConfigError("strategy", "strategy 'cream' needs space.name: cream")
+        val = job.data.search_val_size
+        if self.meta_val_split == "search_val" and self.meta_val_images > val:
+            raise ConfigError("cream.meta_val_images", f"{self.meta_val_images} > data.search_val_size "
+                              f"({val}); lower it or set cream.meta_val_split: train")
+        if self.eval_images > val:
+            raise ConfigError("cream.eval_images", f"{self.eval_images} > data.search_val_size ({val})")
+
+
+@dataclass
+class SandwichConfig:
+    """``strategy: sandwich``: largest + smallest + random archs per step (BigNAS, US-Nets)."""
+
+    num_random: int = 2  # random archs per step beside the largest and the smallest
+    distill: bool = True  # in-place distillation: all but the largest learn the largest's soft predictions
+
+    def validate(self, prefix: str) -> None:
+        _non_negative(self.num_random, f"{prefix}.num_random")
+
 
 @dataclass
 class SupernetConfig:
@@ -222,20 +253,15 @@ class SupernetConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
-    strategy: Literal["spos", "cream"] = "spos"
+    strategy: Literal["spos", "cream", "sandwich"] = "spos"
     cream: CreamConfig = field(default_factory=CreamConfig)  # strategy: cream only
+    sandwich: SandwichConfig = field(default_factory=SandwichConfig)  # strategy: sandwich only
 
     def validate(self, prefix: str = "") -> None:
-        if self.strategy == "cream" and self.space.name != "cream":
-            raise ConfigError("strategy", "strategy 'cream' needs space.name: cream")
-        if self.strategy == "cream":
-            c = self.cream
-            if c.meta_val_split == "search_val" and c.meta_val_images > self.data.search_val_size:
-                raise ConfigError("cream.meta_val_images", f"{c.meta_val_images} > data.search_val_size "
-                                  f"({self.data.search_val_size}); lower it or set cream.meta_val_split: train")
-            if c.eval_images > self.data.search_val_size:
-                raise ConfigError("cream.eval_images", f"{c.eval_images} > data.search_val_size "
-                                  f"({self.data.search_val_size})")
+        # The strategy's own section, where it has one, checks itself against the rest of the job.
+        validate_job = getattr(getattr(self, self.strategy, None), "validate_job", None)
+        if validate_job is not None:
+            validate_job(self)
 
 
 @dataclass
@@ -290,7 +316,7 @@ class SearchConfig:
 
     run: RunConfig = field(default_factory=lambda: RunConfig(name="search"))
     snapshot: str = "runs/supernet-spos"  # supernet run dir (newest valid checkpoint) or checkpoint dir; local or URI
-    space: Optional[SpaceConfig] = None  # optional; must equal the snapshot's space (which is always used)
+    space: SpaceConfig | None = None  # optional; must equal the snapshot's space (which is always used)
     data: DataConfig = field(default_factory=DataConfig)  # must match the supernet's source and seed
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
@@ -309,7 +335,7 @@ class ArchSelectConfig:
 
     search: str = ""  # a search output dir (chosen_arch.json, best_per_budget.json)
     budget: float = 0.0  # MACs budget in millions to pick from the search (Cream's MODEL_SELECTION); 0 = chosen
-    value: Union[str, list[Any]] = ""  # explicit arch (SPOS list, Cream INPUT_ARCH), or a published name (spos-323m, cream-14 ...)
+    value: str | list[Any] = ""  # explicit arch (SPOS list, Cream INPUT_ARCH), or a published name (spos-323m, cream-14 ...)
 
     def validate(self, prefix: str) -> None:
         if bool(self.search) == bool(self.value):
@@ -369,7 +395,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         self.wire()  # before validation: the steps' links are not the user's to set
 
-    def wire(self) -> "PipelineConfig":
+    def wire(self) -> PipelineConfig:
         root = self.storage_path.rstrip("/")
         for step in ("supernet", "search", "retrain"):
             section = getattr(self, step)
@@ -538,6 +564,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "SamplingConfig",
+    "SandwichConfig",
     "SearchConfig",
     "SpaceConfig",
     "SupernetConfig",

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
-from elastic_nas.config import PipelineConfig
+from elastic_nas.config import PipelineConfig, load_config
+from elastic_nas.io import print_outputs
+
+
+def pipeline_command(args: argparse.Namespace) -> int:
+    """``elastic-nas pipeline``."""
+    run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
+    return 0
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     from elastic_nas.search.runner import run_search
     from elastic_nas.train.evaluate import run_test
-    from elastic_nas.train.launcher import print_outputs
     from elastic_nas.train.retrain import retrain
     from elastic_nas.train.supernet import train_supernet
 

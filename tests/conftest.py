@@ -18,6 +18,11 @@ SPACE_CONFIGS = {
     "spos": SpaceConfig(name="spos"),
     "spos-channel": SpaceConfig(name="spos", channel_search=True),
     "cream": SpaceConfig(name="cream", max_depths=[4, 4, 5, 4, 4]),  # Cream's own supernet
+    # Entangled weights (smaller kernels the centre of the largest, expansions leading channels)
+    "spos-channel-entangled": SpaceConfig(name="spos", channel_search=True, weight_sharing="entangled"),
+    "cream-entangled": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled"),
+    "cream-entangled-transform": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled",
+                                             kernel_transform=True),
 }
 
 

@@ -25,7 +25,7 @@ def slot_cluster():
 def preload_worker_nodes(on: bool) -> None:
     """Worker nodes added from now on start with (or without) the training imports
     preloaded, as ``cluster.yaml`` starts them: their raylets read the variable at start."""
-    from elastic_nas.train.warm_workers import preload_env
+    from elastic_nas.cluster.warm_workers import preload_env
 
     for key, value in preload_env().items():
         if on:
@@ -39,6 +39,21 @@ def add_worker_node(cluster):
     node = cluster.add_node(num_cpus=1, resources={"slot": 1})
     cluster.wait_for_nodes()
     return node
+
+
+def wait_for_free_slots(cluster, slots: int, timeout: float) -> None:
+    """Until ``slots`` worker slots are free: every training worker of a dead driver is gone
+    (after that nothing writes into its run directory)."""
+    import ray
+
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        end = time.monotonic() + timeout
+        while ray.available_resources().get("slot", 0) < slots:
+            assert time.monotonic() < end, f"slots still taken after {timeout}s: {ray.available_resources()}"
+            time.sleep(0.1)
+    finally:
+        ray.shutdown()
 
 
 class CliRun:

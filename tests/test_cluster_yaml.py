@@ -31,18 +31,19 @@ def test_cluster_yaml_spot_gpu_pools_and_private_dashboard():
 
 
 def test_schema_check_catches_a_broken_config():
+    import jsonschema
     import pytest
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
     cfg["available_node_types"]["gpu_spot_l4"]["min_wrokers"] = 0  # typo
-    with pytest.raises(Exception):
+    with pytest.raises(jsonschema.ValidationError, match=r"'min_wrokers' was unexpected"):
         validate_config(prepare_config(cfg))
 
 
 def test_worker_nodes_preload_the_training_imports():
     """Warm workers only skip the imports if worker nodes start with the preload list."""
-    from elastic_nas.train.warm_workers import preload_env
+    from elastic_nas.cluster.warm_workers import preload_env
 
     cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
     (key, value), = preload_env().items()

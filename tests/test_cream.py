@@ -15,17 +15,12 @@ import torch.nn.functional as F
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.errors import ConfigError
 from elastic_nas.spaces import build_space
-from elastic_nas.train.cream import (
-    BoardEntry,
-    CreamPathSampler,
-    CreamStrategy,
-    MetaMatchingNetwork,
-    PrioritizedBoard,
-    board_digest,
-    cream_loss,
-    frozen_bn_stats,
-    kd_per_sample,
-)
+from elastic_nas.spaces.bn import frozen_bn_stats
+from elastic_nas.train.losses import kd_per_sample
+from elastic_nas.train.step import Batch, TrainStep
+from elastic_nas.train.strategies.cream import CreamArchSampler, CreamStrategy
+from elastic_nas.train.strategies.cream_board import BoardEntry, PrioritizedBoard, board_digest
+from elastic_nas.train.strategies.cream_meta import MetaMatchingNetwork, cream_loss
 
 torch.set_num_threads(1)
 
@@ -47,27 +42,27 @@ def entry(arch, accuracy, macs, step=0, n=2, classes=10) -> BoardEntry:
 A, B, C = ((0,),) * 5, ((1,),) * 5, ((2,),) * 5
 
 
-# -- path sampling ---------------------------------------------------------------
+# -- arch sampling ---------------------------------------------------------------
 
 
-def test_path_depends_on_seed_and_step_only():
+def test_arch_depends_on_seed_and_step_only():
     cfg = make_cfg()
     space = build_space(cfg.space)
-    p1, p2 = CreamPathSampler(space, cfg), CreamPathSampler(space, cfg)
+    p1, p2 = CreamArchSampler(space, cfg), CreamArchSampler(space, cfg)
     assert [p1(s) for s in range(20)] == [p2(s) for s in range(20)]
     assert len({p1(s) for s in range(20)}) > 10
-    other = CreamPathSampler(space, make_cfg("run.seed=1"))
+    other = CreamArchSampler(space, make_cfg("run.seed=1"))
     assert [p1(s) for s in range(5)] != [other(s) for s in range(5)]
 
 
 def test_op_probs_and_uniform():
     cfg = make_cfg()
     space = build_space(cfg.space)
-    ops = Counter(op for s in range(400) for stage in CreamPathSampler(space, cfg)(s) for op in stage)
+    ops = Counter(op for s in range(400) for stage in CreamArchSampler(space, cfg)(s) for op in stage)
     total = sum(ops.values())
     assert 0.43 < ops[3] / total < 0.57  # k5e6 carries half the mass (Cream's PRE_PROB)
     assert ops[0] / total < 0.1
-    uni = Counter(op for s in range(400) for stage in CreamPathSampler(space, make_cfg("cream.op_sampling=uniform"))(s)
+    uni = Counter(op for s in range(400) for stage in CreamArchSampler(space, make_cfg("cream.op_sampling=uniform"))(s)
                   for op in stage)
     assert all(0.11 < uni[k] / sum(uni.values()) < 0.23 for k in range(6))
 
@@ -79,10 +74,10 @@ def test_flops_bounds_respected_with_bounded_fallback():
     # A narrow window near the minimum: weighted draws (mostly k5e6) rarely land there.
     w_lo, w_hi = lo / 1e6, (lo + 0.05 * (hi - lo)) / 1e6
     cfg = make_cfg(f"sampling.flops_min={w_lo}", f"sampling.flops_max={w_hi}", "sampling.max_tries=5")
-    path = CreamPathSampler(space, cfg)
+    path = CreamArchSampler(space, cfg)
     for s in range(30):
         assert w_lo * 1e6 - 1 <= space.macs(path(s)) <= w_hi * 1e6 + 1
-    bins = CreamPathSampler(space, make_cfg("sampling.method=flops_bins", "sampling.num_bins=3"))
+    bins = CreamArchSampler(space, make_cfg("sampling.method=flops_bins", "sampling.num_bins=3"))
     assert all(lo <= space.macs(bins(s)) <= hi for s in range(10))
 
 
@@ -170,27 +165,22 @@ def test_frozen_bn_stats_keeps_running_stats():
 # -- the hooks in a short single-process loop -------------------------------------------------
 
 
-def run_hooks(cfg, steps: int, strategy=None, start: int = 0):
-    """What train_loop does per step (world of one): criterion, backward, SGD, after_step."""
+def run_hooks(cfg, steps: int, state=None, start: int = 0):
+    """The real training step in a world of one: loss hook, backward, SGD, after_step."""
     from elastic_nas.data import build_dataset
-    from elastic_nas.train.cream import build_cream_task
+    from elastic_nas.train.supernet import build_supernet_task
 
     torch.manual_seed(0)
-    task = build_cream_task(cfg)
-    if strategy is not None:
-        task.load_extra_state(strategy)
+    task = build_supernet_task(cfg)
+    if state is not None:
+        task.strategy.load_state_dict(state)
     splits = build_dataset(cfg.data, cfg.space.input_size)
     opt = torch.optim.SGD(task.model.parameters(), lr=0.05, momentum=0.9)
+    train_step = TrainStep(task.model, task.strategy)
     for step in range(start, start + steps):
-        arch = task.path(step)
         idx = np.random.default_rng(step).choice(len(splits.train), 16, replace=False)
         x, y, _ = splits.train.get_batch(idx)
-        opt.zero_grad(set_to_none=True)
-        per_sample, logits = task.criterion(task.model, x, y, arch, step)
-        per_sample.mean().backward()
-        opt.step()
-        task.after_step(step, arch, {"correct": float((logits.argmax(1) == y).sum()), "count": 16.0,
-                                     "x": x, "y": y, "valid": torch.ones(16)})
+        train_step(step, opt, 0.05, Batch(x, y, torch.ones(16)), num_real=16)
     return task
 
 
@@ -198,7 +188,7 @@ def test_hooks_fill_board_distil_and_update_meta(tmp_path):
     cfg = make_cfg("cream.meta_update_every=3", "cream.slice_images=2", f"cream.board_log_dir={tmp_path / 'log'}",
                    "cream.warmup_steps=2", tmp_path=tmp_path / "data")
     task = run_hooks(cfg, 8)
-    strategy = task.criterion.__self__
+    strategy = task.strategy
     assert isinstance(strategy, CreamStrategy)
     board = strategy.board
     assert len(board) == 3
@@ -212,10 +202,9 @@ def test_hooks_fill_board_distil_and_update_meta(tmp_path):
 
     # Checkpoint state: plain tensors, loads with weights_only, resumes the same board and meta network.
     buf = io.BytesIO()
-    torch.save(task.extra_state(), buf)
+    torch.save(task.strategy.state_dict(), buf)
     state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    resumed = run_hooks(cfg, 0, strategy=state)
-    r = resumed.criterion.__self__
+    r = run_hooks(cfg, 0, state=state).strategy
     assert r.board.digest() == board.digest()
     assert torch.equal(r.meta.fc.weight, strategy.meta.fc.weight)
     assert r.samples_seen == strategy.samples_seen and r.next_step == 8
@@ -224,8 +213,8 @@ def test_hooks_fill_board_distil_and_update_meta(tmp_path):
 
 def test_meta_update_is_deterministic(tmp_path):
     cfg = make_cfg("cream.meta_update_every=4", tmp_path=tmp_path / "data")
-    a = run_hooks(cfg, 8).criterion.__self__
-    b = run_hooks(cfg, 8).criterion.__self__
+    a = run_hooks(cfg, 8).strategy
+    b = run_hooks(cfg, 8).strategy
     assert a.board.digest() == b.board.digest()
     assert torch.equal(a.meta.fc.weight, b.meta.fc.weight)
 
@@ -233,12 +222,12 @@ def test_meta_update_is_deterministic(tmp_path):
 def test_board_results_read_by_retrain(tmp_path):
     from elastic_nas.config import ArchSelectConfig, RetrainConfig
     from elastic_nas.elastic.checkpoint import write_checkpoint
-    from elastic_nas.train.cream import write_board_results
+    from elastic_nas.search.board import write_board_results
     from elastic_nas.train.retrain import select_arch
 
     cfg = make_cfg("cream.meta_update_every=100", "cream.budgets=[1.5, 100]", tmp_path=tmp_path / "data")
     task = run_hooks(cfg, 5)
-    write_checkpoint(tmp_path / "ckpt", {"model": task.model.state_dict(), "extra": task.extra_state()},
+    write_checkpoint(tmp_path / "ckpt", {"model": task.model.state_dict(), "extra": task.strategy.state_dict()},
                      {"kind": "supernet", "step": 5})
     out = write_board_results(cfg, str(tmp_path / "ckpt"), tmp_path / "board")
     assert set(out) >= {"chosen arch", "best per budget"}
@@ -246,7 +235,7 @@ def test_board_results_read_by_retrain(tmp_path):
     assert chosen["strategy"] == "cream" and 0 <= chosen["accuracy"] <= 100
     per_budget = json.loads((tmp_path / "board" / "best_per_budget.json").read_text())
     assert [e["budget_macs"] for e in per_budget] == [1_500_000, 100_000_000]
-    board_archs = {json.dumps(e["arch"]) for e in task.extra_state()["board"]}
+    board_archs = {json.dumps(e["arch"]) for e in task.strategy.state_dict()["board"]}
     assert json.dumps(per_budget[1]["arch"]) in board_archs
     space_cfg, arch = select_arch(RetrainConfig(arch=ArchSelectConfig(search=str(tmp_path / "board"))))
     assert space_cfg.name == "cream" and arch == chosen["arch"]
@@ -277,4 +266,4 @@ def test_embedded_job_config_loads():
     space = build_space(cfg.space)
     lo, hi = space.macs_range()
     assert cfg.strategy == "cream" and lo / 1e6 < min(cfg.cream.budgets) and max(cfg.cream.budgets) * 1e6 >= hi
-    assert CreamPathSampler(space, cfg)(0)
+    assert CreamArchSampler(space, cfg)(0)

@@ -92,7 +92,7 @@ def checkpoint_board_digests(run_dir: Path) -> tuple[dict[int, str], list[int]]:
 
     from elastic_nas.elastic.checkpoint import list_checkpoints, read_checkpoint
     from elastic_nas.errors import CheckpointError
-    from elastic_nas.train.cream import board_digest
+    from elastic_nas.train.strategies.cream_board import board_digest
 
     out, bad = {}, []
     for step, _, path in list_checkpoints(pafs.LocalFileSystem(), str(run_dir)):
@@ -155,6 +155,7 @@ def test_cream_board_survives_node_removal(cluster, tmp_path, data_dir):
         end = time.monotonic() + 240
         while time.monotonic() < end and max(checkpoint_steps(run_dir), default=0) < 2 * CKPT_EVERY:
             time.sleep(0.2)
+        assert max(checkpoint_steps(run_dir), default=0) >= 2 * CKPT_EVERY, run.output()[-4000:]
         removed_at = time.time()
         cluster.remove_node(second)
         m = run.wait_for(r"resumed at step (\d+) with 1 worker", 240)
@@ -165,7 +166,7 @@ def test_cream_board_survives_node_removal(cluster, tmp_path, data_dir):
     resumed_step = int(m.group(1))
     assert resumed_step >= CKPT_EVERY
     records = board_log(tmp_path)
-    assert_ranks_agree([r for r in records if r["time"] < removed_at])
+    assert assert_ranks_agree([r for r in records if r["time"] < removed_at]) >= 2
     before = {r["step"]: r["digest"] for r in records if r["time"] < removed_at and r["rank"] == 0
               and r["event"] != "load"}
     loads = [r for r in records if r["event"] == "load" and r["step"] == resumed_step]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from elastic_nas.config import DataConfig
-from tests.ray_utils import REPO, CliRun, add_worker_node, effective_samples, redone_steps
+from tests.ray_utils import CliRun, add_worker_node, effective_samples, redone_steps, wait_for_free_slots
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -183,7 +183,7 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
         ckpts = wait_checkpoint(run_dir, 3, 300)
     finally:
         first.kill()
-    time.sleep(3)  # let Ray reap the dead driver's workers
+    wait_for_free_slots(cluster, 1, 60)  # the dead driver's worker can no longer write a newer checkpoint
     newest = max((p for p in run_dir.glob("checkpoint_step*") if (p / "meta.json").exists()),
                  key=lambda p: json.loads((p / "meta.json").read_text())["step"])
     state = newest / "state.pt"

@@ -3,9 +3,11 @@
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from elastic_nas.elastic.policy import ElasticLRPolicy, plan_batch, schedule_factor
+from elastic_nas.config import ElasticConfig, OptimConfig
+from elastic_nas.elastic.policy import ElasticLRPolicy, LRSettings, plan_batch, schedule_factor
 
 
 def make_policy(kind="scale", ramp=8, **kw):
@@ -13,7 +15,15 @@ def make_policy(kind="scale", ramp=8, **kw):
                 max_per_worker_batch=96, ramp_steps=ramp, schedule="constant",
                 total_samples=1e6, warmup_samples=0)
     args.update(kw)
-    return ElasticLRPolicy(kind, **args)
+    return ElasticLRPolicy(LRSettings(kind, **args))
+
+
+def test_settings_come_from_the_optim_and_elastic_sections():
+    optim = OptimConfig(lr=0.2, reference_batch=128, epochs=3, warmup_epochs=0.5, schedule="linear")
+    elastic = ElasticConfig(batch_policy="fixed", per_worker_batch=32, global_batch=96, max_per_worker_batch=48,
+                            lr_ramp_steps=4)
+    st = LRSettings.from_config(optim, elastic, num_train=1000)
+    assert st == LRSettings("fixed", 0.2, 128, 32, 96, 48, 4, "linear", 3000, 500)
 
 
 def test_scale_policy_keeps_worker_batch_and_scales_global():

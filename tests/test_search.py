@@ -14,10 +14,10 @@ from torch import nn
 
 from elastic_nas.config import SearchConfig, SpaceConfig, load_config
 from elastic_nas.errors import ConfigError
-from elastic_nas.search.bn import recalibrate_bn
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, arch_key, make_generator
 from elastic_nas.search.outputs import best_per_budget, pareto_front
 from elastic_nas.spaces import build_space
+from elastic_nas.spaces.bn import recalibrate_bn
 
 torch.set_num_threads(1)
 SPACE = build_space(SpaceConfig(width_mult=0.25))
@@ -118,7 +118,6 @@ def test_state_round_trip_mid_search_continues_identically():
 
 
 def test_searcher_barrier_and_state_without_tune_running():
-    pytest.importorskip("ray.tune")
     from ray.tune.search import Searcher
 
     from elastic_nas.search.searcher import GenerationSearcher

@@ -71,6 +71,20 @@ def result_lines(tune_dir: Path) -> int:
     return sum(len(f.read_text().splitlines()) for f in tune_dir.glob("candidate_*/result.json"))
 
 
+def saved_trials(tune_dir: Path) -> list[tuple[dict, dict]]:
+    """(trial, runtime) of every trial in the newest saved experiment state."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    try:
+        return [(json.loads(t), json.loads(r)) for t, r in json.loads(states[-1].read_text())["trial_data"]]
+    except (IndexError, ValueError, KeyError):  # none yet, or caught mid-write
+        return []
+
+
+def saved_as_finished(tune_dir: Path) -> int:
+    """Trials the newest saved experiment state lists as finished: what a resume will not re-run."""
+    return sum(t["status"] == "TERMINATED" for t, _ in saved_trials(tune_dir))
+
+
 def check_outputs(out: Path, budget: int) -> pd.DataFrame:
     table = pd.read_parquet(out / "results.parquet")
     assert len(table) == budget and table["arch"].nunique() == budget  # no arch twice
@@ -102,10 +116,10 @@ def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir,
     first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     tune_dir = tmp_path / "out" / "s" / "tune"
     end = time.monotonic() + 180
-    while result_lines(tune_dir) < 4 and time.monotonic() < end:
-        time.sleep(0.2)
-    assert result_lines(tune_dir) >= 4, first.output()[-4000:]
-    time.sleep(1.0)  # let Tune write a searcher/experiment checkpoint that includes them
+    # Kill once at least 4 candidates are done and the saved experiment state knows every one.
+    while time.monotonic() < end and not 4 <= result_lines(tune_dir) <= saved_as_finished(tune_dir):
+        time.sleep(0.05)
+    assert 4 <= result_lines(tune_dir) <= saved_as_finished(tune_dir), first.output()[-4000:]
     first.kill()  # os.killpg: the whole driver process group
     done_before = result_lines(tune_dir)
     assert done_before < BUDGET
@@ -139,3 +153,5 @@ def test_killed_evaluator_is_retried_and_search_completes(cluster, tmp_path, dat
     assert run.finish(300) == 0, run.output()[-4000:]
     table = check_outputs(tmp_path / "out" / "s", BUDGET)
     assert len(table) == BUDGET
+    failures = [r["num_failures"] for _, r in saved_trials(tmp_path / "out" / "s" / "tune")]
+    assert sum(failures) >= 1, failures  # the killed evaluator's candidate failed once and was retried

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elastic_nas.config import SpaceConfig
-from tests.conftest import SPACE_CONFIGS
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces import PUBLISHED, build_space
 from elastic_nas.spaces.cli import describe
+from elastic_nas.spaces.layers import make_divisible
+from tests.conftest import SPACE_CONFIGS
 
 SPOS_323M = [2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3]
 SPOS_328M = [
@@ -190,7 +192,9 @@ def test_mutate_crossover_stay_in_space(seed, prob):
                 assert gc in (ga, gb)
 
 
-_SPACES = {cfg.name + str(cfg.channel_search): build_space(cfg) for cfg in CONFIGS.values()}
+# One independent-weights space per (name, channel search): the arch algebra does not depend on weights.
+_SPACES = {cfg.name + str(cfg.channel_search): build_space(cfg) for cfg in CONFIGS.values()
+           if cfg.weight_sharing == "independent"}
 
 
 def test_mutate_prob_one_changes_about_three_quarters_of_spos_genes():
@@ -245,6 +249,8 @@ def test_constrained_sampling_narrow_range_and_bounds():
 
 
 def _randomise_bn(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """BN statistics and affine weights, and kernel transforms, away from their identity init,
+    so that equality tests see every slice."""
     for m in module.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
@@ -252,6 +258,9 @@ def _randomise_bn(module: torch.nn.Module, gen: torch.Generator) -> None:
             if m.affine:
                 m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    for name, p in module.named_parameters():
+        if "kernel_transforms" in name:
+            p.data.add_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
 @pytest.mark.parametrize("key", list(CONFIGS))
@@ -289,13 +298,15 @@ def test_supernet_train_step_touches_only_path(key):
     sup = space.build_supernet().train()
     rng = np.random.default_rng(3)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    # A kernel transform only runs for the kernels below the largest: left out here.
+    transforms = {id(p) for n, p in sup.named_parameters() if "kernel_transforms" in n}
     for _ in range(2):
         arch = space.sample(rng)
         sup.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(sup(x, arch), y)
         loss.backward()
         with_grad = {id(p) for p in sup.parameters() if p.grad is not None}
-        assert with_grad == {id(p) for p in sup.path_parameters(arch)}
+        assert with_grad - transforms == {id(p) for p in sup.arch_parameters(arch)} - transforms
         assert torch.isfinite(loss)
 
 
@@ -331,3 +342,40 @@ def test_cli_arch_info(capsys):
     assert main(["arch", "info", "--space", "cream", "--arch", "[[0],[3],[3,3],[9],[3],[3],[0]]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "op id must be in 0..5" in err
+
+
+@pytest.mark.parametrize("key", ["spos-channel-entangled", "cream-entangled"])
+def test_entangled_space_costs_every_arch_as_the_independent_one(key):
+    """The cost model does not care how a supernet stores its weights."""
+    entangled = build_space(CONFIGS[key])
+    independent = build_space(dataclasses.replace(CONFIGS[key], weight_sharing="independent"))
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = entangled.sample(rng)
+        assert (entangled.macs(arch), entangled.params(arch)) == (independent.macs(arch), independent.params(arch))
+    assert entangled.macs_range() == independent.macs_range()
+
+
+def test_entangled_cream_ops_share_one_kernel_and_the_leading_channels():
+    space = build_space(CONFIGS["cream-entangled"])
+    sup = space.build_supernet().train()
+    position = sup.stages[1][0]
+    assert sum(1 for _ in sup.stages[1][0].modules() if isinstance(_, torch.nn.Conv2d) and _.groups > 1) == 1
+    assert position.conv_dw.kernel_size == (7, 7)
+    arch = tuple((0,) * 1 for _ in range(5))  # every stage one k3e4 block
+    sup(torch.randn(2, 3, 32, 32), arch).sum().backward()
+    grad = position.conv_dw.weight.grad
+    mid = make_divisible(position.in_chs * 4)  # expansion 4 of the allocated 6
+    assert grad[:mid, :, 2:5, 2:5].abs().sum() > 0  # the centre 3x3 of the leading channels trained
+    assert grad[mid:].abs().sum() == 0 and grad[:, :, :2].abs().sum() == 0 and grad[:, :, :, 5:].abs().sum() == 0
+
+
+def test_kernel_transforms_train_only_below_the_largest_kernel():
+    space = build_space(CONFIGS["cream-entangled-transform"])
+    sup = space.build_supernet().train()
+    x = torch.randn(2, 3, 32, 32)
+    for op, used in ((5, set()), (3, {"7to5"}), (1, {"7to5", "5to3"})):  # k7e6, k5e6, k3e6
+        sup.zero_grad(set_to_none=True)
+        sup(x, tuple((op,) for _ in range(5))).sum().backward()
+        transforms = sup.stages[2][0].kernel_transforms
+        assert {name for name, p in transforms.items() if p.grad is not None} == used

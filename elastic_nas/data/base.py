@@ -1,4 +1,4 @@
-"""The one dataset interface: three splits of (image, label, stable sample id).
+"""Splits and image stores: three splits of (image, label, stable sample id).
 
 A :class:`Split` is a view (``rows``) onto an image store, so ``subset`` and the
 train/search_val carve are free. Two stores exist: decoded uint8 NHWC arrays in
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from elastic_nas.config import DataConfig
 from elastic_nas.errors import DatasetError
 
 # Per-channel normalisation (RGB, on [0, 1] pixels). CIFAR-10 uses its
@@ -137,7 +136,7 @@ class Split(torch.utils.data.Dataset):
                               align_corners=False, antialias=True)
         return x, torch.from_numpy(self.labels[indices].copy()), torch.from_numpy(self.ids[indices].copy())
 
-    def subset(self, indices: np.ndarray | Sequence[int], name: str | None = None) -> "Split":
+    def subset(self, indices: np.ndarray | Sequence[int], name: str | None = None) -> Split:
         indices = np.asarray(indices, dtype=np.int64)
         return Split(self.store, self.rows[indices], self.ids[indices], self.labels[indices],
                      self.image_size, self.mean, self.std, name or f"{self.name}[subset]")
@@ -187,39 +186,6 @@ def class_balanced_subset(split: Split, n: int, seed: int) -> Split:
     return split.subset(class_balanced_indices(split.labels, n, seed), name=f"{split.name}[{n}]")
 
 
-def carve_search_val(full_train: Split, size: int, seed: int) -> tuple[Split, Split]:
-    """Split the official train set into (train, search_val), disjoint, class-balanced."""
-    if size >= len(full_train):
-        raise DatasetError(
-            f"search_val_size ({size}) must be smaller than the train set ({len(full_train)})"
-        )
-    held = class_balanced_indices(full_train.labels, size, seed)
-    keep = np.setdiff1d(np.arange(len(full_train)), held, assume_unique=True)
-    return full_train.subset(keep, name="train"), full_train.subset(held, name="search_val")
-
-
-def build_dataset(cfg: DataConfig, image_size: int) -> DatasetSplits:
-    """Build the three splits of ``cfg.source``; raises :class:`DatasetError` early."""
-    if image_size < 1:
-        raise DatasetError(f"image_size must be >= 1, got {image_size}")
-    if cfg.source == "synthetic":
-        from elastic_nas.data.synthetic import load_synthetic as load
-    elif cfg.source == "cifar10":
-        from elastic_nas.data.cifar10 import load_cifar10 as load
-    elif cfg.source == "imagefolder":
-        from elastic_nas.data.imagefolder import load_imagefolder as load
-    elif cfg.source == "parquet":
-        from elastic_nas.data.parquet import load_parquet as load
-    else:
-        raise DatasetError(f"unknown dataset source {cfg.source!r}")
-    full_train, test, class_names = load(cfg, image_size)
-    train, search_val = carve_search_val(full_train, cfg.search_val_size, cfg.seed)
-    overlap = np.intersect1d(full_train.ids, test.ids)
-    if len(overlap):
-        raise DatasetError(f"{len(overlap)} sample ids appear in both train and test (e.g. {overlap[0]})")
-    return DatasetSplits(train, search_val, test, len(class_names), list(class_names))
-
-
 def _pad_crop_flip(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random crop from a zero-padded image, then horizontal flip; vectorised."""
     n, h, w, _ = batch.shape
@@ -251,8 +217,6 @@ __all__ = [
     "DatasetSplits",
     "EncodedStore",
     "Split",
-    "build_dataset",
-    "carve_search_val",
     "class_balanced_indices",
     "class_balanced_subset",
 ]

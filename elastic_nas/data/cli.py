@@ -25,7 +25,8 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def convert(args: argparse.Namespace) -> int:
-    from elastic_nas.data.convert import CORRUPT_FILE, convert as run
+    from elastic_nas.data.convert import CORRUPT_FILE
+    from elastic_nas.data.convert import convert as run
 
     report = run(args.src, args.dst, shard_size=args.shard_size, workers=args.workers)
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())

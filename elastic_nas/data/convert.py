@@ -17,7 +17,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 
 from elastic_nas.data.imagefolder import ImageFile, scan
 from elastic_nas.errors import DatasetError
+from elastic_nas.io import atomic_write, write_json
 
 FORMAT_VERSION = 1
 META_KEY = b"elastic_nas"
@@ -106,23 +106,8 @@ def _convert_shard(task: _Task) -> tuple[str, int, list[dict]]:
     table = pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
                       "image": pa.array(blobs, pa.binary()), "path": pa.array(rels, pa.string())})
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{task.out.name}.", suffix=".tmp", dir=task.out.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="none")  # JPEG/PNG bytes do not compress
-        os.replace(tmp, task.out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(task.out, lambda tmp: pq.write_table(table, tmp, compression="none"))  # JPEG/PNG do not compress
     return task.split, len(ids), corrupt
-
-
-def _atomic_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: int = 0,
@@ -190,8 +175,8 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
 
     report.images = sum(report.counts.values())
     report.corrupt.sort(key=lambda r: r["path"])
-    _atomic_json(dst / CORRUPT_FILE, report.corrupt)
-    _atomic_json(dst / INDEX_FILE, {
+    write_json(dst / CORRUPT_FILE, report.corrupt, indent=2)
+    write_json(dst / INDEX_FILE, indent=2, data={
         "version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
         "class_names": found.class_names, "shard_size": shard_size,
         "images": report.counts, "corrupt": len(report.corrupt),

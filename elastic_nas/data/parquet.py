@@ -20,21 +20,10 @@ import pyarrow.parquet as pq
 from elastic_nas.config import DataConfig
 from elastic_nas.data.base import IMAGENET_MEAN, IMAGENET_STD, EncodedStore, Split
 from elastic_nas.errors import DatasetError
+from elastic_nas.io import filesystem
 
 _SHARD = re.compile(r"^(train|test)-(\d{5})\.parquet$")
 META_KEY = b"elastic_nas"
-
-
-def open_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it); DatasetError for a bad URI or unreachable store."""
-    try:
-        if "://" in path:
-            return pafs.FileSystem.from_uri(path)
-        from pathlib import Path
-
-        return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise DatasetError(f"cannot open {path}: {str(e).splitlines()[0]}") from None
 
 
 def list_shards(fs: pafs.FileSystem, base: str, where: str) -> dict[str, list[str]]:
@@ -81,7 +70,7 @@ def _read_split(fs: pafs.FileSystem, files: list[str], image_size: int, name: st
 
 
 def load_parquet(cfg: DataConfig, image_size: int) -> tuple[Split, Split, list[str]]:
-    fs, base = open_filesystem(cfg.path)
+    fs, base = filesystem(cfg.path, DatasetError)
     shards = list_shards(fs, base, cfg.path)
     train, class_names = _read_split(fs, shards["train"], image_size, "train", None)
     test, _ = _read_split(fs, shards["test"], image_size, "test", class_names)

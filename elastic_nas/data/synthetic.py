@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import pyarrow.parquet as pq
 from elastic_nas.config import DataConfig
 from elastic_nas.data.base import ArrayStore, Split
 from elastic_nas.errors import DatasetError
+from elastic_nas.io import atomic_write
 
 CLASS_NAMES = ["disk", "ring", "square", "frame", "triangle", "cross", "stripes", "checker", "bar", "pair"]
 SIZE = 32
@@ -168,14 +167,8 @@ def _write_parquet(path: Path, images: np.ndarray, labels: np.ndarray, ids: np.n
     table = pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()), "image": image_col})
     table = table.replace_schema_metadata({b"elastic_nas": json.dumps(meta).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="none")  # noisy pixels: zstd saves ~3%, costs 4x
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never half
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Readers see the old file or the whole new one, never half; noisy pixels: zstd saves ~3%, costs 4x.
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="none"))
 
 
 def _read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,18 +17,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import sys
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 import torch
 
+from elastic_nas.config import SpaceConfig, from_dict
 from elastic_nas.errors import CheckpointError
+from elastic_nas.io import atomic_write, filesystem, is_uri, redact
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -42,19 +42,6 @@ def checkpoint_dir_name(step: int, attempt: int = 0) -> str:
     return f"checkpoint_step{step:09d}_{attempt}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write ``state`` and ``meta`` into ``directory`` atomically (state first, meta last)."""
     directory = Path(directory)
@@ -62,10 +49,10 @@ def write_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[st
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    _atomic_write(directory / STATE_FILE, payload)
+    atomic_write(directory / STATE_FILE, payload)
     full_meta = dict(meta, format=FORMAT_VERSION, sha256=hashlib.sha256(payload).hexdigest(),
                      state_bytes=len(payload))
-    _atomic_write(directory / META_FILE, json.dumps(full_meta, indent=1, sort_keys=True).encode())
+    atomic_write(directory / META_FILE, json.dumps(full_meta, indent=1, sort_keys=True))
     return directory
 
 
@@ -74,6 +61,8 @@ class LoadedCheckpoint:
     path: str
     meta: dict[str, Any]
     state: dict[str, Any]
+    # The run directory's checkpoints, newest first, when it was resolved from one.
+    listed: list[str] = field(default_factory=list)
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
@@ -84,7 +73,7 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
 def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheckpoint:
     """Read and verify one checkpoint directory; :class:`CheckpointError` says what is wrong."""
     if fs is None:
-        fs, path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        fs, path = filesystem(path, CheckpointError)
     try:
         meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
     except FileNotFoundError:
@@ -153,6 +142,9 @@ def check_compatible(meta: dict[str, Any], fingerprint: dict[str, Any], path: st
     """Refuse a checkpoint from another space or an incompatible config, naming the key."""
     theirs = meta.get("fingerprint", {})
     for key, ours in fingerprint.items():
+        if key == "space" and key in theirs:  # space keys added since take their defaults
+            theirs = dict(theirs, space=_full_space(theirs["space"]))
+            ours = _full_space(ours)
         if key in theirs and theirs[key] != ours:
             raise CheckpointError(
                 f"checkpoint {path} is incompatible with this config: {key} is {theirs[key]!r} "
@@ -160,6 +152,10 @@ def check_compatible(meta: dict[str, Any], fingerprint: dict[str, Any], path: st
             )
         if key not in theirs:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}: not a checkpoint of this kind of run")
+
+
+def _full_space(space: dict[str, Any]) -> dict[str, Any]:
+    return asdict(from_dict(SpaceConfig, space))
 
 
 def load_latest_valid(
@@ -190,3 +186,43 @@ def load_latest_valid(
     if skipped:
         raise CheckpointError("no usable checkpoint: " + "; ".join(skipped))
     return None
+
+
+def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, fs: pafs.FileSystem | None = None,
+                       newer: str | None = None, missing_ok: bool = False,
+                       what: str = "checkpoint") -> LoadedCheckpoint | None:
+    """One checkpoint directory, or the newest valid checkpoint of a run directory.
+
+    ``path`` is local or a URI (then ``fs`` is found from it), or a path inside ``fs``.
+    ``newer``: a checkpoint that may be missing from the listing (Ray's latest registered
+    one, whose directory name a hard kill left unlisted). With ``missing_ok`` a run that
+    does not exist or holds no checkpoint gives None; otherwise :class:`CheckpointError`
+    names ``what`` was expected.
+    """
+    scheme = str(path).split("://")[0] + "://" if fs is None and is_uri(path) else ""
+    if fs is None:
+        fs, path = filesystem(path, CheckpointError)
+    shown = redact(scheme + path)
+    try:
+        info = fs.get_file_info(path)
+        is_checkpoint = fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File
+    except Exception as e:  # offline s3, permissions, ...
+        raise CheckpointError(f"cannot read {what} {shown}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if is_checkpoint:
+        ckpt = read_checkpoint(path, fs)
+    else:
+        listed = [p for *_, p in list_checkpoints(fs, path)]
+        candidates = ([newer] if newer and newer not in listed else []) + listed
+        if not candidates:
+            if missing_ok:
+                return None
+            if info.type == pafs.FileType.NotFound:
+                raise CheckpointError(f"{what} {shown} does not exist (expected a run or checkpoint directory)")
+            raise CheckpointError(f"{what} {shown} holds no checkpoint_step* directory")
+        ckpt = load_latest_valid(candidates, fingerprint or {}, fs)
+        ckpt.listed = candidates
+    if fingerprint is not None and is_checkpoint:
+        check_compatible(ckpt.meta, fingerprint, path)
+    if scheme:
+        ckpt.path = scheme + ckpt.path
+    return ckpt

@@ -112,6 +112,30 @@ class LRRamp:
         self.length = int(state["length"])
 
 
+@dataclass(frozen=True)
+class LRSettings:
+    """What the policy needs of a job config: the ``optim`` and ``elastic`` sections plus
+    the train split's size (the schedule is written in samples)."""
+
+    policy: str  # scale | fixed | naive (elastic.batch_policy)
+    base_lr: float  # at reference_batch
+    reference_batch: int
+    per_worker_batch: int  # scale / naive
+    global_batch: int  # fixed
+    max_per_worker_batch: int  # fixed: accumulate above this
+    ramp_steps: int  # T of the T*r ramp
+    schedule: str  # cosine | linear | constant
+    total_samples: float
+    warmup_samples: float
+
+    @classmethod
+    def from_config(cls, optim, elastic, num_train: int) -> LRSettings:
+        """From ``OptimConfig`` and ``ElasticConfig`` sections (any objects with their fields)."""
+        return cls(elastic.batch_policy, optim.lr, optim.reference_batch, elastic.per_worker_batch,
+                   elastic.global_batch, elastic.max_per_worker_batch, elastic.lr_ramp_steps, optim.schedule,
+                   optim.epochs * num_train, optim.warmup_epochs * num_train)
+
+
 class ElasticLRPolicy:
     """Learning rate and batch split for the current world size.
 
@@ -120,54 +144,33 @@ class ElasticLRPolicy:
     ``naive`` is ``scale`` without LR rescaling: the contrast baseline of the benchmarks.
     """
 
-    def __init__(
-        self,
-        policy: str,
-        base_lr: float,
-        reference_batch: int,
-        per_worker_batch: int,
-        global_batch: int,
-        max_per_worker_batch: int,
-        ramp_steps: int,
-        schedule: str,
-        total_samples: float,
-        warmup_samples: float,
-    ):
-        self.policy = policy
-        self.base_lr = base_lr
-        self.reference_batch = reference_batch
-        self.per_worker_batch = per_worker_batch
-        self.global_batch = global_batch
-        self.max_per_worker_batch = max_per_worker_batch
-        self.ramp_steps = ramp_steps
-        self.schedule = schedule
-        self.total_samples = total_samples
-        self.warmup_samples = warmup_samples
+    def __init__(self, settings: LRSettings):
+        self.settings = settings
         self.ramp = LRRamp()
         self.world_size = 0  # last world size seen; 0 before the first start
         self.plan: BatchPlan | None = None
 
     def on_world_size(self, step: int, world_size: int) -> BatchPlan:
-        self.plan = plan_batch(
-            self.policy, world_size, self.per_worker_batch, self.global_batch, self.max_per_worker_batch
-        )
-        if self.policy == "naive":
+        st = self.settings
+        self.plan = plan_batch(st.policy, world_size, st.per_worker_batch, st.global_batch, st.max_per_worker_batch)
+        if st.policy == "naive":
             # Keep the LR of the size the run started with: the contrast baseline.
-            new_mult = self.ramp.to_mult or self.plan.global_batch / self.reference_batch
+            new_mult = self.ramp.to_mult or self.plan.global_batch / st.reference_batch
         else:
-            new_mult = self.plan.global_batch / self.reference_batch
+            new_mult = self.plan.global_batch / st.reference_batch
         r = world_size / self.world_size if self.world_size else 1.0
-        self.ramp.retarget(step, new_mult, self.ramp_steps, r)
+        self.ramp.retarget(step, new_mult, st.ramp_steps, r)
         self.world_size = world_size
         return self.plan
 
     def lr(self, step: int, samples_seen: float) -> float:
-        return self.base_lr * self.ramp.mult(step) * schedule_factor(
-            samples_seen, self.total_samples, self.warmup_samples, self.schedule
+        st = self.settings
+        return st.base_lr * self.ramp.mult(step) * schedule_factor(
+            samples_seen, st.total_samples, st.warmup_samples, st.schedule
         )
 
     def state_dict(self) -> dict:
-        return {"ramp": self.ramp.state_dict(), "world_size": self.world_size, "policy": self.policy}
+        return {"ramp": self.ramp.state_dict(), "world_size": self.world_size, "policy": self.settings.policy}
 
     def load_state_dict(self, state: dict) -> None:
         self.ramp.load_state_dict(state["ramp"])

@@ -2,7 +2,6 @@
 
 * :mod:`~elastic_nas.search.evolution` -- the space-independent generators (plain classes);
 * :mod:`~elastic_nas.search.searcher` -- the thin Tune ``Searcher`` with the generation barrier;
-* :mod:`~elastic_nas.search.bn` -- exact BN recalibration, ``recalibrate_bn``;
 * :mod:`~elastic_nas.search.evaluator` -- scoring a candidate, the Tune trainable;
 * :mod:`~elastic_nas.search.snapshot` -- finding and pinning the supernet snapshot;
 * :mod:`~elastic_nas.search.outputs` -- results table, Pareto front, budgets, plot, chosen arch;
@@ -11,7 +10,6 @@
 Only the light modules are imported here; Ray and Tune load when a search runs.
 """
 
-from elastic_nas.search.bn import recalibrate_bn
 from elastic_nas.search.evolution import (
     Candidate,
     Constraints,
@@ -28,5 +26,4 @@ __all__ = [
     "EvolutionSettings",
     "RandomSearch",
     "make_generator",
-    "recalibrate_bn",
 ]

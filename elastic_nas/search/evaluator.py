@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from elastic_nas.search.bn import recalibrate_bn
+from elastic_nas.spaces.bn import recalibrate_bn
 
 
 @dataclass
@@ -45,6 +45,18 @@ class Snapshot:
 # snapshot id -> (space, supernet); ``BUILDS`` counts constructions in this process (the benchmark reads it).
 _SUPERNETS: dict[str, tuple[Any, torch.nn.Module]] = {}
 BUILDS: list[str] = []
+
+
+def eval_data(splits, calib_images: int, val_images: int, seed: int, batch_size: int = 200) -> EvalData:
+    """The fixed images of a search: ``calib_images`` train images for BN recalibration and
+    ``val_images`` class-balanced search_val images, the same for every candidate."""
+    from elastic_nas.data import class_balanced_subset
+
+    calib = class_balanced_subset(splits.train, calib_images, seed)
+    val = class_balanced_subset(splits.search_val, val_images, seed)
+    calib_x, _, _ = calib.get_batch(np.arange(len(calib)))
+    val_x, val_y, _ = val.get_batch(np.arange(len(val)))
+    return EvalData(calib_x.numpy(), val_x.numpy(), val_y.numpy(), batch_size)
 
 
 def get_supernet(snapshot: Snapshot, device: torch.device | str = "cpu") -> tuple[Any, torch.nn.Module]:
@@ -113,4 +125,4 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     ray.tune.report(result)
 
 
-__all__ = ["BUILDS", "EvalData", "Snapshot", "evaluate_arch", "evaluate_candidate", "get_supernet"]
+__all__ = ["BUILDS", "EvalData", "Snapshot", "eval_data", "evaluate_arch", "evaluate_candidate", "get_supernet"]

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class Candidate:
     macs: int
     params: int
     generation: int
-    score: Optional[float] = None  # None: pending; -inf: its evaluation failed
+    score: float | None = None  # None: pending; -inf: its evaluation failed
 
     @property
     def evaluated(self) -> bool:
@@ -131,7 +132,7 @@ class _Generator:
     def finished(self) -> bool:
         return not self.pending() and (self.generation >= self.settings.generations or self.exhausted)
 
-    def next_generation(self) -> Optional[list[Candidate]]:
+    def next_generation(self) -> list[Candidate] | None:
         """The next generation's new candidates; None when the search is over.
 
         Raises ``RuntimeError`` while candidates of the current generation are pending.
@@ -147,7 +148,7 @@ class _Generator:
             return None
         return fresh
 
-    def tell(self, arch_or_key: Any, score: Optional[float]) -> Candidate:
+    def tell(self, arch_or_key: Any, score: float | None) -> Candidate:
         """Record a score; None or NaN marks a failed evaluation (never a parent)."""
         key = arch_or_key if isinstance(arch_or_key, str) else arch_key(self.encoder, arch_or_key)
         cand = self.candidates[key]
@@ -242,23 +243,23 @@ class EvolutionSearch(_Generator):
     method = "evolution"
 
     def _propose(self, generation: int) -> list[Candidate]:
-        s = self.settings
+        settings = self.settings
         batch: list[Candidate] = []
         if generation == 0:
-            self._fill_random(s.population, generation, batch)
+            self._fill_random(settings.population, generation, batch)
             return batch
-        parents = [c.arch for c in self.top(s.top_k)]
+        parents = [c.arch for c in self.top(settings.top_k)]
         if parents:
-            self._children(s.mutation_children, batch, generation,
+            self._children(settings.mutation_children, batch, generation,
                            lambda: self.encoder.mutate(parents[self.rng.integers(len(parents))], self.rng,
-                                                       s.mutation_prob))
+                                                       settings.mutation_prob))
         if len(parents) >= 2:
             def cross():
                 i, j = self.rng.choice(len(parents), size=2, replace=False)
                 return self.encoder.crossover(parents[i], parents[j], self.rng)
 
-            self._children(s.crossover_children, batch, generation, cross)
-        missing = s.children - len(batch)
+            self._children(settings.crossover_children, batch, generation, cross)
+        missing = settings.children - len(batch)
         self.shortfall += missing
         self._fill_random(missing, generation, batch)
         return batch
@@ -277,9 +278,9 @@ class RandomSearch(_Generator):
     method = "random"
 
     def _propose(self, generation: int) -> list[Candidate]:
-        s = self.settings
+        settings = self.settings
         batch: list[Candidate] = []
-        self._fill_random(s.population if generation == 0 else s.children, generation, batch)
+        self._fill_random(settings.population if generation == 0 else settings.children, generation, batch)
         return batch
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from elastic_nas.errors import UserError
+from elastic_nas.io import atomic_write, read_bytes, write_json
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -87,7 +88,7 @@ def plot_search(table: pd.DataFrame, front: pd.DataFrame, budgets_m: list[float]
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -97,16 +98,16 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, space_cfg: dict, budgets_m
     """Write every output file into ``out_dir``; returns name -> path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = table.sort_values(["generation", "macs", "arch"]).reset_index(drop=True)
-    _atomic(out_dir / RESULTS_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
-    _atomic(out_dir / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out_dir / RESULTS_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(out_dir / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
     front = pareto_front(table)
-    _atomic(out_dir / PARETO_CSV, lambda tmp: front.to_csv(tmp, index=False))
-    _write_json(out_dir / BEST_PER_BUDGET, best_per_budget(table, budgets_m))
+    atomic_write(out_dir / PARETO_CSV, lambda tmp: front.to_csv(tmp, index=False))
+    write_json(out_dir / BEST_PER_BUDGET, best_per_budget(table, budgets_m))
     chosen = choose(table)
     outputs = {"results": str(out_dir / RESULTS_PARQUET), "results (csv)": str(out_dir / RESULTS_CSV),
                "pareto front": str(out_dir / PARETO_CSV), "best per budget": str(out_dir / BEST_PER_BUDGET)}
     if chosen is not None:
-        _write_json(out_dir / CHOSEN, dict(
+        write_json(out_dir / CHOSEN, dict(
             space=space_cfg, arch=json.loads(chosen["arch"]), macs=int(chosen["macs"]),
             params=int(chosen["params"]), accuracy=float(chosen["accuracy"]), loss=float(chosen["loss"]),
             generation=int(chosen["generation"]), **extra))
@@ -115,20 +116,28 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, space_cfg: dict, budgets_m
     return outputs
 
 
-def _write_json(path: Path, data: Any) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+def read_choice(search_dir: str, budget_m: float = 0.0) -> tuple[dict, Any]:
+    """(space config as a dict, arch JSON) of a search's choice: the chosen arch, or with
+    ``budget_m`` > 0 the most accurate arch at or under that many million MACs. Local or a URI."""
+    root = search_dir.rstrip("/")
+    chosen = _read_json(f"{root}/{CHOSEN}")
+    if budget_m <= 0:
+        return chosen["space"], chosen["arch"]
+    entries = _read_json(f"{root}/{BEST_PER_BUDGET}")
+    fitting = [e for e in entries if e["arch"] is not None and e["macs"] <= budget_m * 1e6]
+    if not fitting:
+        budgets = ", ".join(f"{e['budget_macs'] / 1e6:g}M" for e in entries)
+        raise UserError(f"arch.budget: no searched arch within {budget_m:g}M MACs (budgets: {budgets})")
+    best = max(fitting, key=lambda e: (e["accuracy"], -e["macs"]))
+    return chosen["space"], best["arch"]
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+def _read_json(path: str) -> Any:
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return json.loads(read_bytes(path))
+    except FileNotFoundError:
+        raise UserError(f"arch.search: {path} not found (run `elastic-nas search` first)") from None
 
 
 __all__ = ["BEST_PER_BUDGET", "CHOSEN", "PARETO_CSV", "PLOT", "RESULTS_CSV", "RESULTS_PARQUET",
-           "best_per_budget", "choose", "pareto_front", "write_outputs"]
+           "best_per_budget", "choose", "pareto_front", "read_choice", "write_outputs"]

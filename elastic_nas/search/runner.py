@@ -14,25 +14,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from elastic_nas.cluster.launcher import init_ray
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
-from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_candidate
+from elastic_nas.io import is_uri, print_outputs
+from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
 from elastic_nas.search.snapshot import pin_snapshot, to_snapshot
+from elastic_nas.spaces import build_space
 
 TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
 
 
 def search_dir(cfg: SearchConfig) -> Path:
-    if "://" in cfg.run.storage_path:
+    if is_uri(cfg.run.storage_path):
         raise ConfigError("run.storage_path", "search outputs are written to a local directory "
                           f"(the snapshot may be a URI), got {cfg.run.storage_path}")
     return Path(cfg.run.storage_path).expanduser().resolve() / cfg.run.name
@@ -56,7 +59,7 @@ def check_snapshot_matches(cfg: SearchConfig, fingerprint: dict) -> SpaceConfig:
 
 def build_eval_data(cfg: SearchConfig, space_cfg: SpaceConfig, num_train_expected: int | None) -> EvalData:
     """The same calibration (train) and class-balanced validation (search_val) images for every candidate."""
-    from elastic_nas.data import build_dataset, class_balanced_subset
+    from elastic_nas.data import build_dataset
 
     splits = build_dataset(cfg.data, space_cfg.input_size)
     if num_train_expected is not None and len(splits.train) != num_train_expected:
@@ -66,11 +69,7 @@ def build_eval_data(cfg: SearchConfig, space_cfg: SpaceConfig, num_train_expecte
     for key, split in (("calib_images", splits.train), ("val_images", splits.search_val)):
         if getattr(ev, key) > len(split):
             raise ConfigError(f"evaluator.{key}", f"{getattr(ev, key)} > the {len(split)} images of {split.name}")
-    calib = class_balanced_subset(splits.train, ev.calib_images, cfg.run.seed)
-    val = class_balanced_subset(splits.search_val, ev.val_images, cfg.run.seed)
-    calib_x, _, _ = calib.get_batch(np.arange(len(calib)))
-    val_x, val_y, _ = val.get_batch(np.arange(len(val)))
-    return EvalData(calib_x.numpy(), val_x.numpy(), val_y.numpy(), ev.batch_size)
+    return eval_data(splits, ev.calib_images, ev.val_images, cfg.run.seed, ev.batch_size)
 
 
 class SpaceCost:
@@ -84,18 +83,18 @@ class SpaceCost:
 
 
 def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
-    e = cfg.evolution
+    evo = cfg.evolution
     lo, hi = space.macs_range()
-    if (e.macs_max and e.macs_max * 1e6 < lo) or (e.macs_min and e.macs_min * 1e6 > hi):
-        raise ConfigError("evolution.macs_max" if e.macs_max and e.macs_max * 1e6 < lo else "evolution.macs_min",
-                          f"no architecture of this space fits [{e.macs_min}, {e.macs_max}]M MACs; "
+    if (evo.macs_max and evo.macs_max * 1e6 < lo) or (evo.macs_min and evo.macs_min * 1e6 > hi):
+        raise ConfigError("evolution.macs_max" if evo.macs_max and evo.macs_max * 1e6 < lo else "evolution.macs_min",
+                          f"no architecture of this space fits [{evo.macs_min}, {evo.macs_max}]M MACs; "
                           f"it spans [{lo / 1e6:.3f}, {hi / 1e6:.3f}]M")
     settings = EvolutionSettings(
-        population=e.population, top_k=e.top_k, mutation_children=e.mutation_children,
-        crossover_children=e.crossover_children, mutation_prob=e.mutation_prob,
-        generations=e.generations, max_tries=e.max_tries)
-    constraints = Constraints(e.macs_min * 1e6, e.macs_max * 1e6, e.params_min * 1e6, e.params_max * 1e6)
-    generator = make_generator(e.method, space, SpaceCost(space), constraints, settings, cfg.run.seed)
+        population=evo.population, top_k=evo.top_k, mutation_children=evo.mutation_children,
+        crossover_children=evo.crossover_children, mutation_prob=evo.mutation_prob,
+        generations=evo.generations, max_tries=evo.max_tries)
+    constraints = Constraints(evo.macs_min * 1e6, evo.macs_max * 1e6, evo.params_min * 1e6, evo.params_max * 1e6)
+    generator = make_generator(evo.method, space, SpaceCost(space), constraints, settings, cfg.run.seed)
     return GenerationSearcher(generator)
 
 
@@ -125,13 +124,33 @@ def results_table(grid) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+class GenerationProgress:
+    """One console line per finished generation: candidates done of the budget, the best
+    score so far and the time left at this process's pace (Tune's own per-trial tables
+    stay in its log files and TensorBoard)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self._start: tuple[int, float, int] | None = None  # (pid, time, candidates done) in this process
+
+    def __call__(self, generator) -> None:
+        done = len(generator.evaluated())
+        if self._start is None or self._start[0] != os.getpid():  # a restored search counts from here
+            this_generation = sum(c.generation == generator.generation for c in generator.candidates.values())
+            self._start = (os.getpid(), time.monotonic(), done - this_generation)
+        _, t0, done0 = self._start
+        rate = (done - done0) / max(time.monotonic() - t0, 1e-9)
+        best = generator.top(1)
+        line = f"elastic-nas: generation {generator.generation}: {done}/{self.budget} candidates"
+        line += f", best top-1 {best[0].score:.2f}%" if best else ", no score yet"
+        if rate > 0 and done < self.budget:
+            line += f" ({rate:.2f}/s, about {(self.budget - done) / rate:.0f}s left)"
+        print(line, flush=True)
+
+
 def run_search(cfg: SearchConfig) -> dict:
     """Run (or resume) the search of ``cfg``; returns the output paths."""
     import ray
-    from ray import tune
-
-    from elastic_nas.spaces import build_space
-    from elastic_nas.train import launcher
 
     out_dir = search_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,28 +158,49 @@ def run_search(cfg: SearchConfig) -> dict:
     ckpt = pin_snapshot(out_dir, cfg.snapshot)
     fingerprint = ckpt.meta["fingerprint"]
     space_cfg = check_snapshot_matches(cfg, fingerprint)
-    space = build_space(space_cfg)
-    searcher = make_searcher(cfg, space)
+    searcher = make_searcher(cfg, build_space(space_cfg))
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
-    snapshot = to_snapshot(ckpt)
     budget = searcher.generator.settings.budget
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
           f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images; outputs in {out_dir}",
           flush=True)
+    searcher.on_generation = GenerationProgress(budget)
+    grid = _run_tune(cfg, searcher, to_snapshot(ckpt), data, out_dir / TUNE_DIR)
+    table = results_table(grid)
+    if not len(table):
+        raise UserError(f"the search in {out_dir} evaluated no candidate")
+    extra = {"method": cfg.evolution.method, "snapshot": ckpt.meta.get("source"),
+             "snapshot_step": ckpt.meta.get("step"), "search": str(out_dir)}
+    title = f"{cfg.evolution.method} search: {len(table)} candidates ({space_cfg.name})"
+    outputs = write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets, extra, title)
+    outputs["tensorboard"] = f"tensorboard --logdir {out_dir / TUNE_DIR}"
+    failed = int(table["accuracy"].isna().sum())
+    outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
+                          f"best top-1 {table['accuracy'].max():.2f}%")
+    print_outputs("search outputs:", outputs)
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()  # a private local cluster: the next step starts its own
+    return outputs
 
+
+def _run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData,
+              tune_path: Path):
+    """One Tune trial per candidate, the searcher proposing them; resumes a started search."""
+    from ray import tune
+
+    budget = searcher.generator.settings.budget
     # Tune lets a custom searcher keep only one trial pending by default, which serialises
     # the evaluators; a generation's candidates are independent, so let them all queue.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, budget)))
     # Save the experiment (and searcher) state on every controller step instead of Tune's
     # "auto" (>= 10 s): a killed driver then re-runs only the candidates that were running.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    launcher.init_ray()
+    init_ray()
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
         {"cpu": cfg.evaluator.cpus_per_trial, "gpu": cfg.evaluator.gpus_per_trial},
     )
-    tune_path = out_dir / TUNE_DIR
     if tune.Tuner.can_restore(str(tune_path)):
         print(f"elastic-nas: resuming the search in {tune_path}", flush=True)
         tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
@@ -170,34 +210,13 @@ def run_search(cfg: SearchConfig) -> dict:
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(out_dir),
+                name=TUNE_DIR, storage_path=str(tune_path.parent), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=cfg.evaluator.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    grid = tuner.fit()
-    table = results_table(grid)
-    if not len(table):
-        raise UserError(f"the search in {out_dir} evaluated no candidate")
-    extra = {"method": cfg.evolution.method, "snapshot": ckpt.meta.get("source"),
-             "snapshot_step": ckpt.meta.get("step"), "search": str(out_dir)}
-    title = f"{cfg.evolution.method} search: {len(table)} candidates ({space_cfg.name})"
-    outputs = write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets, extra, title)
-    outputs["tensorboard"] = f"tensorboard --logdir {tune_path}"
-    failed = int(table["accuracy"].isna().sum())
-    best = table["accuracy"].max()
-    outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
-                          f"best top-1 {best:.2f}%")
-    launcher.print_outputs("search outputs:", outputs)
-    if ray.is_initialized() and not _connected_to_cluster():
-        ray.shutdown()
-    return outputs
+    return tuner.fit()
 
 
-def _connected_to_cluster() -> bool:
-    import os
-
-    return os.environ.get("RAY_ADDRESS", "local") != "local"
-
-
-__all__ = ["build_eval_data", "check_snapshot_matches", "make_searcher", "results_table", "run_search"]
+__all__ = ["GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher", "results_table",
+           "run_search"]

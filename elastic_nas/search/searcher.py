@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from typing import Optional
 
 from ray.tune.search import Searcher
 
+from elastic_nas.io import atomic_write
 from elastic_nas.search.evolution import _Generator, arch_key
 
 STATE_VERSION = 1
@@ -47,9 +45,10 @@ class GenerationSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.generator = generator
         self.current = _Generation()
+        self.on_generation = None  # called with the generator when a generation is fully scored
 
     # -- the Tune contract ------------------------------------------------------------
-    def suggest(self, trial_id: str) -> Optional[dict]:
+    def suggest(self, trial_id: str) -> dict | None:
         if not self.current.unsuggested:
             if self.current.running:
                 return None  # generation barrier: parents need every score of this generation
@@ -63,7 +62,7 @@ class GenerationSearcher(Searcher):
         return {"arch": json.loads(key), "macs": cand.macs, "params": cand.params,
                 "generation": cand.generation}
 
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         key = self.current.running.pop(trial_id, None)
         if key is None:
             key = self._late_key(result)  # e.g. a resumed errored trial of an earlier generation
@@ -73,8 +72,10 @@ class GenerationSearcher(Searcher):
         if score is not None and isinstance(score, float) and math.isnan(score):
             score = None
         self.generator.tell(key, score)
+        if self.current.done() and self.on_generation is not None:
+            self.on_generation(self.generator)
 
-    def _late_key(self, result: Optional[dict]) -> Optional[str]:
+    def _late_key(self, result: dict | None) -> str | None:
         config = (result or {}).get("config") or {}
         if "arch" not in config:
             return None
@@ -97,19 +98,8 @@ class GenerationSearcher(Searcher):
         self.current = _Generation(state["unsuggested"], state["running"])
 
     def save(self, checkpoint_path: str) -> None:
-        """JSON, written to a temp file and moved into place (a crash never leaves half a file)."""
-        directory = os.path.dirname(os.path.abspath(checkpoint_path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".searcher-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.get_state(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, checkpoint_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """JSON, written atomically (a crash never leaves half a file)."""
+        atomic_write(checkpoint_path, json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

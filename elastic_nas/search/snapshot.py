@@ -14,14 +14,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from elastic_nas.elastic.checkpoint import (
     META_FILE,
     LoadedCheckpoint,
-    list_checkpoints,
-    load_latest_valid,
     read_checkpoint,
+    resolve_checkpoint,
     write_checkpoint,
 )
 from elastic_nas.errors import CheckpointError
@@ -30,46 +28,15 @@ from elastic_nas.search.evaluator import Snapshot
 PIN_DIR = "snapshot"
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in path:
-        return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
-    try:
-        return pafs.FileSystem.from_uri(path)
-    except Exception as e:  # pyarrow raises several types per backend
-        raise CheckpointError(f"cannot open snapshot {path}: {type(e).__name__}: {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [""])[0]
-
-
 def resolve_snapshot(path: str) -> LoadedCheckpoint:
     """Read ``path`` as a checkpoint dir, or as a run dir's newest valid supernet checkpoint."""
-    fs, fs_path = _filesystem(path)
-    try:
-        info = fs.get_file_info(fs_path)
-        is_checkpoint = fs.get_file_info(f"{fs_path}/{META_FILE}").type == pafs.FileType.File
-    except Exception as e:  # offline s3, permissions, ...
-        raise CheckpointError(f"cannot read snapshot {path}: {type(e).__name__}: {_first_line(e)}") from None
-    if info.type == pafs.FileType.NotFound:
-        raise CheckpointError(f"snapshot {path} does not exist (expected a supernet run or checkpoint directory)")
-    if is_checkpoint:
-        ckpt = read_checkpoint(fs_path, fs)
-    else:
-        found = [p for _, _, p in list_checkpoints(fs, fs_path)]
-        if not found:
-            raise CheckpointError(f"snapshot {path} holds no checkpoint_step* directory: is it a supernet run?")
-        ckpt = load_latest_valid(found, {"kind": "supernet"}, fs)
-        if ckpt is None:  # pragma: no cover - load_latest_valid raises when all are bad
-            raise CheckpointError(f"snapshot {path}: no readable checkpoint")
+    ckpt = resolve_checkpoint(path, {"kind": "supernet"}, what="snapshot")
     fp = ckpt.meta.get("fingerprint", {})
     if fp.get("kind") != "supernet" or "space" not in fp:
         raise CheckpointError(f"checkpoint {ckpt.path} is not a supernet checkpoint (fingerprint kind "
                               f"{fp.get('kind')!r})")
     if "model" not in ckpt.state:
         raise CheckpointError(f"checkpoint {ckpt.path} holds no model weights")
-    if "://" in path and not str(ckpt.path).startswith(path.split("://")[0]):
-        ckpt.path = f"{path.split('://')[0]}://{ckpt.path}"
     return ckpt
 
 

@@ -19,30 +19,31 @@ from torch import nn
 
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
+from elastic_nas.spaces.layers import centre_kernel
 
 # Nested tuples of ints, e.g. (2, 1, 0, ...) or ((3,), (3, 3), ...).
 Arch = tuple[Union[int, "Arch"], ...]
 
 
 class Supernet(nn.Module):
-    """A weight-sharing network. It holds no path state: the path is an argument."""
+    """A weight-sharing network. It holds no arch state: the arch is an argument."""
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def path_modules(self, arch: Arch) -> list[nn.Module]:  # pragma: no cover - abstract
-        """The modules the path runs (stem, chosen blocks, head)."""
+    def arch_modules(self, arch: Arch) -> list[nn.Module]:  # pragma: no cover - abstract
+        """The modules the arch runs (stem, chosen blocks, head)."""
         raise NotImplementedError
 
-    def path_parameters(self, arch: Arch) -> list[nn.Parameter]:
-        """Exactly the parameters the path touches, each once, in a fixed order.
+    def arch_parameters(self, arch: Arch) -> list[nn.Parameter]:
+        """Exactly the parameters the arch touches, each once, in a fixed order.
 
         With channel search the whole tensor of a sliced layer is returned: only its
         leading slice gets a non-zero gradient, but the tensor is one parameter.
         """
         seen: set[int] = set()
         params = []
-        for module in self.path_modules(arch):
+        for module in self.arch_modules(arch):
             for p in module.parameters():
                 if id(p) not in seen:
                     seen.add(id(p))
@@ -88,8 +89,39 @@ class SearchSpace(abc.ABC):
         """Parameters of the standalone subnet (affine BN included)."""
 
     @abc.abstractmethod
+    def largest_arch(self) -> Arch:
+        """The arch of the most MACs."""
+
+    @abc.abstractmethod
+    def smallest_arch(self) -> Arch:
+        """The arch of the fewest MACs."""
+
     def macs_range(self) -> tuple[int, int]:
         """The smallest and largest MACs of any architecture in the space."""
+        return self.macs(self.smallest_arch()), self.macs(self.largest_arch())
+
+    def extreme_arch(self, largest: bool, macs_min: float = 0.0, macs_max: float = 0.0) -> Arch:
+        """The largest (or smallest) arch within ``[macs_min, macs_max]`` (0 = unbounded), greedily:
+        from the space's extreme, one gene at a time, the change that loses the fewest MACs
+        (gains, for the smallest) until the bound holds. Deterministic; every move is strictly
+        monotone in MACs, so it ends. Raises :class:`ArchError` if the bound cannot be met."""
+        arch = self.largest_arch() if largest else self.smallest_arch()
+        sign = 1 if largest else -1  # compare "largeness" as sign * MACs
+        bound = macs_max if largest else macs_min
+
+        def outside(m: float) -> bool:
+            return bool(bound) and (m > bound if largest else m < bound)
+
+        while outside(self.macs(arch)):
+            current = sign * self.macs(arch)
+            moves = [(sign * self.macs(n), n) for n in self.neighbours(arch)]
+            moves = [(m, n) for m, n in moves if m < current]
+            if not moves:
+                raise ArchError(f"{self.name}: no arch reaches {_m(bound)} from the {'largest' if largest else 'smallest'}")
+            arch = max(moves, key=lambda mn: mn[0])[1]
+        if (macs_min and self.macs(arch) < macs_min) or (macs_max and self.macs(arch) > macs_max):
+            raise ArchError(f"{self.name}: no arch has MACs in [{_m(macs_min)}, {_m(macs_max)}]")
+        return arch
 
     def sample_constrained(
         self,
@@ -184,22 +216,26 @@ class SearchSpace(abc.ABC):
 
 
 def inherit_weights(dst: nn.Module, src: nn.Module) -> None:
-    """Copy every tensor of ``dst`` from the same name in ``src``, taking its leading slice.
+    """Copy every tensor of ``dst`` from the same name in ``src``: its leading channels, and
+    for a conv kernel its centre.
 
-    Elastic layers allocate the maximum width and run the leading channels, so a
-    subnet's tensor is always ``src[:n0, :n1, ...]``. Tensors missing in ``src`` (affine
-    BN weights of an ``affine=False`` supernet) keep their identity init (1 and 0).
+    Sliced layers allocate the maximum width and run the leading channels, and an
+    entangled kernel runs its centre, so a subnet's tensor is ``src[:n0, :n1, centre]``.
+    Tensors missing in ``src`` (affine BN weights of an ``affine=False`` supernet) keep
+    their identity init (1 and 0).
     """
     src_state = src.state_dict()
     with torch.no_grad():
         for name, t in dst.state_dict().items():
             if name not in src_state:
                 continue
-            s = src_state[name]
+            source = src_state[name]
             if t.dim() == 0:
-                t.copy_(s)
-            else:
-                t.copy_(s[tuple(slice(0, n) for n in t.shape)])
+                t.copy_(source)
+                continue
+            if t.dim() == 4:
+                source = centre_kernel(source, t.shape[-1])
+            t.copy_(source[tuple(slice(0, n) for n in t.shape)])
 
 
 def _to_lists(arch: Any) -> Any:

@@ -48,20 +48,20 @@ def describe(arch_text: str, space: str | None, input_size: int | None, num_clas
         cfg.channel_search = isinstance(raw, (list, tuple)) and len(raw) == 2
     elif space == "cream":
         cfg.max_depths = _depths_bound(raw, cfg.max_depths)
-    s = build_space(cfg)
-    arch = s.validate(raw)
+    search_space = build_space(cfg)
+    arch = search_space.validate(raw)
     info: dict[str, Any] = {"space": space}
     if name:
         info["name"] = name
     info.update(
-        arch=s.to_json(arch),
+        arch=search_space.to_json(arch),
         input_size=input_size,
         num_classes=num_classes,
         stem_stride=cfg.stem_stride,
-        macs=s.macs(arch),
-        params=s.params(arch),
-        mmacs=round(s.macs(arch) / 1e6, 2),
-        mparams=round(s.params(arch) / 1e6, 3),
+        macs=search_space.macs(arch),
+        params=search_space.params(arch),
+        mmacs=round(search_space.macs(arch) / 1e6, 2),
+        mparams=round(search_space.params(arch) / 1e6, 3),
     )
     if space == "spos":
         info["channel_search"] = cfg.channel_search

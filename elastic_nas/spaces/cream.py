@@ -33,12 +33,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces.base import Arch, SearchSpace, Supernet, as_int, as_list, inherit_weights
-from elastic_nas.spaces.layers import SqueezeExcite, conv_bn, make_divisible
+from elastic_nas.spaces.layers import (
+    SqueezeExcite,
+    centre_kernel,
+    conv_bn,
+    make_divisible,
+    sliced_bn,
+    sliced_conv,
+)
 
 STEM_CHS = 16
 STAGE_CHS = (24, 40, 80, 96, 192)
@@ -49,6 +57,7 @@ HEAD_CHS = 1280
 SE_RATIO = 0.25
 OPS = tuple((k, e) for k in (3, 5, 7) for e in (4, 6))  # op id -> (kernel, expansion)
 NUM_OPS = len(OPS)
+MAX_KERNEL = max(k for k, _ in OPS)
 PUBLISHED_MAX_DEPTHS = (5, 5, 5, 6, 6)  # deepest stages of the published models (Cream-604)
 
 
@@ -107,6 +116,80 @@ class InvertedResidual(nn.Module):
         return x + shortcut if self.has_residual else x
 
 
+class ChoiceBlock(nn.ModuleList):
+    """Independent weights: one :class:`InvertedResidual` per op at a block position."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__(InvertedResidual(in_chs, out_chs, k, e, stride) for k, e in OPS)
+
+    def forward(self, x: torch.Tensor, op: int) -> torch.Tensor:
+        return self[op](x)
+
+    def op_module(self, op: int) -> nn.Module:
+        """The module whose parameters op ``op`` trains."""
+        return self[op]
+
+    def copy_weights_to(self, block: InvertedResidual, op: int) -> None:
+        inherit_weights(block, self[op])
+
+
+class EntangledInvertedResidual(nn.Module):
+    """Entangled weights: every op of a block position in one set of weights (Once-for-All's
+    elastic kernel and width).
+
+    The depthwise kernel is allocated at 7x7 and k = 5 and 3 run its centre, either as is or
+    through OFA's learned kernel-transform matrices (7->5 on the 5x5 centre, 5->3 on the
+    3x3 centre of that; identity at start). Expansion 4 runs the leading channels of
+    expansion 6 in pw, BN, dw, SE and pw-linear alike. Every op thus trains the same tensors.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, kernel_transform: bool = False):
+        super().__init__()
+        self.in_chs = in_chs
+        max_mid_chs = make_divisible(in_chs * max(e for _, e in OPS))
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.conv_pw, self.bn1 = conv_bn(in_chs, max_mid_chs, 1)
+        self.conv_dw, self.bn2 = conv_bn(max_mid_chs, max_mid_chs, MAX_KERNEL, stride, max_mid_chs)
+        self.act = nn.SiLU(inplace=True)
+        self.se = SqueezeExcite(max_mid_chs, SE_RATIO)
+        self.conv_pwl, self.bn3 = conv_bn(max_mid_chs, out_chs, 1)
+        self.kernel_transforms = nn.ParameterDict(
+            {f"{k}to{k - 2}": nn.Parameter(torch.eye((k - 2) ** 2)) for k in range(MAX_KERNEL, 3, -2)}
+        ) if kernel_transform else None
+
+    def kernel(self, kernel_size: int) -> torch.Tensor:
+        """The depthwise kernel of op size ``kernel_size``, for every allocated channel."""
+        weight = self.conv_dw.weight
+        if self.kernel_transforms is None:
+            return centre_kernel(weight, kernel_size)
+        for size in range(MAX_KERNEL, kernel_size, -2):
+            weight = centre_kernel(weight, size - 2)
+            shape = weight.shape
+            weight = F.linear(weight.reshape(-1, (size - 2) ** 2), self.kernel_transforms[f"{size}to{size - 2}"])
+            weight = weight.reshape(shape)
+        return weight
+
+    def forward(self, x: torch.Tensor, op: int) -> torch.Tensor:
+        kernel_size, exp_ratio = OPS[op]
+        shortcut = x
+        x = self.act(sliced_bn(self.bn1, sliced_conv(self.conv_pw, x, make_divisible(self.in_chs * exp_ratio))))
+        weight = self.kernel(kernel_size) if self.kernel_transforms is not None else None
+        x = self.act(sliced_bn(self.bn2, sliced_conv(self.conv_dw, x, kernel_size=kernel_size, weight=weight)))
+        x = self.se(x)
+        x = self.bn3(sliced_conv(self.conv_pwl, x))
+        return x + shortcut if self.has_residual else x
+
+    def op_module(self, op: int) -> nn.Module:
+        return self
+
+    def copy_weights_to(self, block: InvertedResidual, op: int) -> None:
+        """``block`` (op ``op``, standalone) takes exactly the weights the op runs here."""
+        inherit_weights(block, self)
+        if self.kernel_transforms is not None:
+            with torch.no_grad():
+                block.conv_dw.weight.copy_(self.kernel(OPS[op][0])[:block.conv_dw.out_channels])
+
+
 class _Head(nn.Module):
     """Global pool, conv1x1 with bias, Swish, linear (the pool comes before conv_head)."""
 
@@ -128,36 +211,40 @@ class _Head(nn.Module):
 
 
 class CreamSupernet(Supernet):
-    """stages[s][j][op]: every op at every block position up to ``max_depths``; affine BN."""
+    """stages[s][j]: every op at every block position up to ``max_depths``; affine BN.
 
-    def __init__(self, space: "CreamSpace"):
+    A position is a :class:`ChoiceBlock` (independent weights per op, ``stages[s][j][op]``)
+    or an :class:`EntangledInvertedResidual` (``space.weight_sharing: entangled``).
+    """
+
+    def __init__(self, space: CreamSpace):
         super().__init__()
-        self.space = space  # layout and arch validation only; no path state
-        lay = space.layout
-        self.stem = ConvBnAct(3, lay.stem_chs, 3, space.cfg.stem_stride)
+        self.space = space  # layout and arch validation only; no arch state
+        lay, cfg = space.layout, space.cfg
+        self.stem = ConvBnAct(3, lay.stem_chs, 3, cfg.stem_stride)
         self.block0 = DepthwiseSeparable(lay.stem_chs)
-        self.stages = nn.ModuleList(
-            nn.ModuleList(
-                nn.ModuleList(InvertedResidual(b.in_chs, b.out_chs, k, e, b.stride) for k, e in OPS)
-                for b in stage
-            )
-            for stage in lay.stages
-        )
+
+        def position(b: _BlockSpec) -> nn.Module:
+            if cfg.weight_sharing == "entangled":
+                return EntangledInvertedResidual(b.in_chs, b.out_chs, b.stride, cfg.kernel_transform)
+            return ChoiceBlock(b.in_chs, b.out_chs, b.stride)
+
+        self.stages = nn.ModuleList(nn.ModuleList(position(b) for b in stage) for stage in lay.stages)
         self.conv_final = ConvBnAct(lay.stage_chs[-1], lay.final_chs, 1)
         self.head = _Head(lay.final_chs, lay.head_chs, space.cfg.num_classes)
 
     def forward(self, x: torch.Tensor, arch: Any) -> torch.Tensor:
         x = self.block0(self.stem(x))
         for stage, ops in zip(self.stages, self.space.validate(arch)):
-            for choices, op in zip(stage, ops):
-                x = choices[op](x)
+            for position, op in zip(stage, ops):
+                x = position(x, op)
         return self.head(self.conv_final(x))
 
-    def path_modules(self, arch: Any) -> list[nn.Module]:
+    def arch_modules(self, arch: Any) -> list[nn.Module]:
         blocks = [
-            choices[op]
+            position.op_module(op)
             for stage, ops in zip(self.stages, self.space.validate(arch))
-            for choices, op in zip(stage, ops)
+            for position, op in zip(stage, ops)
         ]
         return [self.stem, self.block0, *blocks, self.conv_final, self.head]
 
@@ -165,7 +252,7 @@ class CreamSupernet(Supernet):
 class CreamNet(nn.Module):
     """A standalone Cream network of the chosen blocks."""
 
-    def __init__(self, space: "CreamSpace", arch: Arch):
+    def __init__(self, space: CreamSpace, arch: Arch):
         super().__init__()
         lay = space.layout
         self.arch = arch
@@ -354,9 +441,6 @@ class CreamSpace(SearchSpace):
         # table[stage][position][op] -> MACs / params of that block
         self._macs_table = [[[_ir_cost(b, k, e)[0] for k, e in OPS] for b in stage] for stage in lay.stages]
         self._params_table = [[[_ir_cost(b, k, e)[1] for k, e in OPS] for b in stage] for stage in lay.stages]
-        # Block costs are non-negative and additive: min = one cheapest block per stage.
-        self._macs_min = self._base_macs + sum(min(t[0]) for t in self._macs_table)
-        self._macs_max = self._base_macs + sum(max(row) for t in self._macs_table for row in t)
 
     def macs(self, arch: Any) -> int:
         total = self._base_macs
@@ -372,8 +456,13 @@ class CreamSpace(SearchSpace):
                 total += row[op]
         return total
 
-    def macs_range(self) -> tuple[int, int]:
-        return self._macs_min, self._macs_max
+    def largest_arch(self) -> Arch:
+        """Every stage at its deepest, each block its costliest op (k7e6)."""
+        return tuple(tuple(int(np.argmax(row)) for row in t) for t in self._macs_table)
+
+    def smallest_arch(self) -> Arch:
+        """Block costs are non-negative and additive: one cheapest block per stage."""
+        return tuple((int(np.argmin(t[0])),) for t in self._macs_table)
 
     # -- networks ------------------------------------------------------------------
     def build_supernet(self) -> CreamSupernet:
@@ -387,9 +476,9 @@ class CreamSpace(SearchSpace):
                 raise TypeError("supernet must be a CreamSupernet")
             for name in ("stem", "block0", "conv_final", "head"):
                 inherit_weights(getattr(net, name), getattr(supernet, name))
-            chosen = [choices[op] for stage, ops in zip(supernet.stages, arch) for choices, op in zip(stage, ops)]
-            for block, src in zip(net.blocks, chosen):
-                inherit_weights(block, src)
+            chosen = [(position, op) for stage, ops in zip(supernet.stages, arch) for position, op in zip(stage, ops)]
+            for block, (position, op) in zip(net.blocks, chosen):
+                position.copy_weights_to(block, op)
         return net
 
 

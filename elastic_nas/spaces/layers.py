@@ -1,7 +1,7 @@
-"""Small layers shared by the spaces, and the elastic (leading-slice) ops.
+"""Small layers shared by the spaces, and the sliced (leading-channel) ops.
 
-Elastic ops follow Once-for-All: a layer allocates its maximum width (``max_*``) and a
-path runs the leading ``active_*`` channels. The layers themselves are plain
+Sliced ops follow Once-for-All's elastic width: a layer allocates its maximum width
+(``max_*``) and an arch runs the leading ``active_*`` channels. The layers themselves are plain
 ``nn.Conv2d`` / ``nn.BatchNorm2d``, so a standalone subnet is built from the very same
 block classes at the active width, and inherits weights by leading slices.
 """
@@ -39,8 +39,16 @@ def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, gr
     return conv, nn.BatchNorm2d(out_chs, affine=affine)
 
 
-def elastic_conv(conv: nn.Conv2d, x: torch.Tensor, active_out_chs: int | None = None) -> torch.Tensor:
-    """Run ``conv`` on the leading ``x.shape[1]`` input and ``active_out_chs`` output channels.
+def centre_kernel(weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The centre ``kernel_size`` x ``kernel_size`` of a conv weight (OFA's elastic kernel)."""
+    start = (weight.shape[-1] - kernel_size) // 2
+    return weight[..., start:start + kernel_size, start:start + kernel_size]
+
+
+def sliced_conv(conv: nn.Conv2d, x: torch.Tensor, active_out_chs: int | None = None,
+                kernel_size: int | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``conv`` on the leading ``x.shape[1]`` input and ``active_out_chs`` output channels,
+    with the centre ``kernel_size`` of its kernel (or an explicit ``weight`` of that size).
 
     A depthwise conv (groups == in_channels) follows its input width.
     """
@@ -49,18 +57,18 @@ def elastic_conv(conv: nn.Conv2d, x: torch.Tensor, active_out_chs: int | None = 
     if depthwise:
         active_out_chs = active_in_chs
     active_out_chs = active_out_chs or conv.out_channels
-    if active_in_chs == conv.in_channels and active_out_chs == conv.out_channels:
+    kernel_size = kernel_size or conv.kernel_size[0]
+    if (active_in_chs == conv.in_channels and active_out_chs == conv.out_channels
+            and kernel_size == conv.kernel_size[0] and weight is None):
         return conv(x)
-    if depthwise:
-        weight = conv.weight[:active_in_chs]
-    else:
-        weight = conv.weight[:active_out_chs, :active_in_chs]
+    weight = centre_kernel(conv.weight, kernel_size) if weight is None else weight
+    weight = weight[:active_in_chs] if depthwise else weight[:active_out_chs, :active_in_chs]
     bias = conv.bias[:active_out_chs] if conv.bias is not None else None
     groups = active_in_chs if depthwise else 1
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
+    return F.conv2d(x, weight, bias, conv.stride, kernel_size // 2, conv.dilation, groups)
 
 
-def elastic_bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def sliced_bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """Batch norm over the leading ``x.shape[1]`` channels; updates those running stats in place."""
     c = x.shape[1]
     if c == bn.num_features:
@@ -88,12 +96,15 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, chs: int, se_ratio: float = 0.25, divisor: int = 8):
         super().__init__()
+        self.se_ratio, self.divisor = se_ratio, divisor
         self.reduced_chs = make_divisible(chs * se_ratio, divisor)
         self.conv_reduce = nn.Conv2d(chs, self.reduced_chs, 1, bias=True)
         self.act = nn.ReLU(inplace=True)
         self.conv_expand = nn.Conv2d(self.reduced_chs, chs, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.conv_expand(self.act(self.conv_reduce(s)))
-        return x * hard_sigmoid(s)
+        """On the leading ``x.shape[1]`` channels, squeezed as a block of that width would be."""
+        chs = x.shape[1]
+        squeeze = x.mean((2, 3), keepdim=True)
+        squeeze = sliced_conv(self.conv_reduce, squeeze, make_divisible(chs * self.se_ratio, self.divisor))
+        return x * hard_sigmoid(sliced_conv(self.conv_expand, self.act(squeeze), chs))

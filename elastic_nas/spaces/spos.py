@@ -18,8 +18,8 @@ Architectures:
 
 * block search (``channel_search: false``): 20 op ids, e.g. ``[2,1,0,1,2,0,...]``;
 * block + channel search: ``[[20 op ids], [20 scale ids]]`` with scale = (id + 1) * 0.2,
-  ids 0..7 (0.2 ... 1.6). The supernet allocates the 1.6x mid width and a path runs the
-  leading channels (Once-for-All elastic width).
+  ids 0..7 (0.2 ... 1.6). The supernet allocates the 1.6x mid width and an arch runs the
+  leading channels (Once-for-All's elastic width, here called sliced).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces.base import Arch, SearchSpace, Supernet, as_int, as_list, inherit_weights
-from elastic_nas.spaces.layers import channel_shuffle, conv_bn, elastic_bn, elastic_conv, make_divisible
+from elastic_nas.spaces.layers import channel_shuffle, conv_bn, make_divisible, sliced_bn, sliced_conv
 
 STAGE_REPEATS = (4, 4, 8, 4)
 STAGE_OUT_CHS = (64, 160, 320, 640)
@@ -69,14 +69,18 @@ class _ShuffleBase(nn.Module):
             self.proj_pw, self.proj_bn2 = conv_bn(in_chs, in_chs, 1, affine=affine)
             self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor, active_mid_chs: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, active_mid_chs: int | None = None,
+                active_kernel: int | None = None) -> torch.Tensor:
+        """``active_kernel``: the centre of the depthwise kernels an entangled block runs."""
         if self.stride == 1:
             x_proj, x = channel_shuffle(x)
         else:
-            x_proj = self.act(self.proj_bn2(self.proj_pw(self.proj_bn1(self.proj_dw(x)))))
-        return torch.cat((x_proj, self.main(x, active_mid_chs)), 1)
+            x_proj = sliced_conv(self.proj_dw, x, kernel_size=active_kernel)
+            x_proj = self.act(self.proj_bn2(self.proj_pw(self.proj_bn1(x_proj))))
+        return torch.cat((x_proj, self.main(x, active_mid_chs, active_kernel)), 1)
 
-    def main(self, x: torch.Tensor, active_mid_chs: int | None) -> torch.Tensor:  # pragma: no cover
+    def main(self, x: torch.Tensor, active_mid_chs: int | None,
+             active_kernel: int | None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -90,11 +94,11 @@ class ShuffleV2Block(_ShuffleBase):
         self.conv_dw, self.bn2 = conv_bn(mid_chs, mid_chs, dw_kernel_size, stride, mid_chs, affine)
         self.conv_pwl, self.bn3 = conv_bn(mid_chs, self.main_out_chs, 1, affine=affine)
 
-    def main(self, x: torch.Tensor, active_mid_chs: int | None) -> torch.Tensor:
+    def main(self, x: torch.Tensor, active_mid_chs: int | None, active_kernel: int | None) -> torch.Tensor:
         relu = nn.functional.relu
-        x = relu(elastic_bn(self.bn1, elastic_conv(self.conv_pw, x, active_mid_chs)))
-        x = elastic_bn(self.bn2, elastic_conv(self.conv_dw, x))
-        return relu(self.bn3(elastic_conv(self.conv_pwl, x)))
+        x = relu(sliced_bn(self.bn1, sliced_conv(self.conv_pw, x, active_mid_chs)))
+        x = sliced_bn(self.bn2, sliced_conv(self.conv_dw, x, kernel_size=active_kernel))
+        return relu(self.bn3(sliced_conv(self.conv_pwl, x)))
 
 
 class ShuffleXceptionBlock(_ShuffleBase):
@@ -110,20 +114,53 @@ class ShuffleXceptionBlock(_ShuffleBase):
         self.conv_dw3, self.bn5 = conv_bn(mid_chs, mid_chs, 3, 1, mid_chs, affine)
         self.conv_pw3, self.bn6 = conv_bn(mid_chs, self.main_out_chs, 1, affine=affine)
 
-    def main(self, x: torch.Tensor, active_mid_chs: int | None) -> torch.Tensor:
+    def main(self, x: torch.Tensor, active_mid_chs: int | None, active_kernel: int | None) -> torch.Tensor:
         relu = nn.functional.relu
         x = self.bn1(self.conv_dw1(x))
-        x = relu(elastic_bn(self.bn2, elastic_conv(self.conv_pw1, x, active_mid_chs)))
-        x = elastic_bn(self.bn3, elastic_conv(self.conv_dw2, x))
-        x = relu(elastic_bn(self.bn4, elastic_conv(self.conv_pw2, x, active_mid_chs)))
-        x = elastic_bn(self.bn5, elastic_conv(self.conv_dw3, x))
-        return relu(self.bn6(elastic_conv(self.conv_pw3, x)))
+        x = relu(sliced_bn(self.bn2, sliced_conv(self.conv_pw1, x, active_mid_chs)))
+        x = sliced_bn(self.bn3, sliced_conv(self.conv_dw2, x))
+        x = relu(sliced_bn(self.bn4, sliced_conv(self.conv_pw2, x, active_mid_chs)))
+        x = sliced_bn(self.bn5, sliced_conv(self.conv_dw3, x))
+        return relu(self.bn6(sliced_conv(self.conv_pw3, x)))
 
 
 def make_block(op: int, in_chs: int, out_chs: int, mid_chs: int, stride: int, affine: bool) -> nn.Module:
     if op < len(KERNEL_LIST):
         return ShuffleV2Block(in_chs, out_chs, mid_chs, KERNEL_LIST[op], stride, affine)
     return ShuffleXceptionBlock(in_chs, out_chs, mid_chs, stride, affine)
+
+
+class ChoiceBlocks(nn.ModuleList):
+    """Independent weights: one block per op at a position (SPOS)."""
+
+    def __init__(self, b: _BlockSpec, affine: bool):
+        super().__init__(make_block(op, b.in_chs, b.out_chs, b.max_mid_chs, b.stride, affine) for op in range(NUM_OPS))
+
+    def forward(self, x: torch.Tensor, op: int, active_mid_chs: int) -> torch.Tensor:
+        return self[op](x, active_mid_chs)
+
+    def op_module(self, op: int) -> nn.Module:
+        """The module whose parameters op ``op`` trains."""
+        return self[op]
+
+
+class EntangledChoices(nn.Module):
+    """Entangled weights: the three ShuffleNetV2 choices (k = 3, 5, 7) are one block whose 7x7
+    depthwise kernels run their centre (main branch and, striding, projection alike); the
+    Shuffle-Xception choice keeps its own weights."""
+
+    def __init__(self, b: _BlockSpec, affine: bool):
+        super().__init__()
+        self.shuffle = ShuffleV2Block(b.in_chs, b.out_chs, b.max_mid_chs, max(KERNEL_LIST), b.stride, affine)
+        self.xception = ShuffleXceptionBlock(b.in_chs, b.out_chs, b.max_mid_chs, b.stride, affine)
+
+    def forward(self, x: torch.Tensor, op: int, active_mid_chs: int) -> torch.Tensor:
+        if op < len(KERNEL_LIST):
+            return self.shuffle(x, active_mid_chs, KERNEL_LIST[op])
+        return self.xception(x, active_mid_chs)
+
+    def op_module(self, op: int) -> nn.Module:
+        return self.shuffle if op < len(KERNEL_LIST) else self.xception
 
 
 def _stem(out_chs: int, stride: int, affine: bool) -> nn.Sequential:
@@ -151,38 +188,34 @@ class _Head(nn.Module):
 
 
 class SposSupernet(Supernet):
-    """Every choice of every block; BN ``affine=False`` as the official supernet."""
+    """Every choice of every block (:class:`ChoiceBlocks`, or :class:`EntangledChoices` with
+    ``space.weight_sharing: entangled``); BN ``affine=False`` as the official supernet."""
 
-    def __init__(self, space: "SposSpace"):
+    def __init__(self, space: SposSpace):
         super().__init__()
-        self.space = space  # layout and arch validation only; no path state
+        self.space = space  # layout and arch validation only; no arch state
         lay = space.layout
         self.stem = _stem(lay.stem_chs, space.cfg.stem_stride, affine=False)
-        self.blocks = nn.ModuleList(
-            nn.ModuleList(
-                make_block(op, b.in_chs, b.out_chs, b.max_mid_chs, b.stride, affine=False)
-                for op in range(NUM_OPS)
-            )
-            for b in lay.blocks
-        )
+        position = EntangledChoices if space.cfg.weight_sharing == "entangled" else ChoiceBlocks
+        self.blocks = nn.ModuleList(position(b, affine=False) for b in lay.blocks)
         self.head = _Head(lay.last_chs, lay.head_chs, space.cfg.num_classes, affine=False)
 
     def forward(self, x: torch.Tensor, arch: Any) -> torch.Tensor:
         ops, scale_ids = self.space.split(self.space.validate(arch))
         x = self.stem(x)
-        for choices, b, op, s in zip(self.blocks, self.space.layout.blocks, ops, scale_ids):
-            x = choices[op](x, b.mid_chs_list[s])
+        for position, b, op, s in zip(self.blocks, self.space.layout.blocks, ops, scale_ids):
+            x = position(x, op, b.mid_chs_list[s])
         return self.head(x)
 
-    def path_modules(self, arch: Any) -> list[nn.Module]:
+    def arch_modules(self, arch: Any) -> list[nn.Module]:
         ops, _ = self.space.split(self.space.validate(arch))
-        return [self.stem, *(choices[op] for choices, op in zip(self.blocks, ops)), self.head]
+        return [self.stem, *(position.op_module(op) for position, op in zip(self.blocks, ops)), self.head]
 
 
 class SposNet(nn.Module):
     """A standalone SPOS network: stem, the chosen blocks at their mid widths, head."""
 
-    def __init__(self, space: "SposSpace", arch: Arch, affine: bool = True):
+    def __init__(self, space: SposSpace, arch: Arch, affine: bool = True):
         super().__init__()
         lay = space.layout
         ops, scale_ids = space.split(arch)
@@ -358,13 +391,6 @@ class SposSpace(SearchSpace):
                 pt.append(prow)
             self._macs_table.append(mt)
             self._params_table.append(pt)
-        scale_range = range(len(SCALE_LIST)) if cfg.channel_search else (BLOCK_SCALE_ID,)
-        self._macs_min = self._base_macs + sum(
-            min(t[op][s] for op in range(NUM_OPS) for s in scale_range) for t in self._macs_table
-        )
-        self._macs_max = self._base_macs + sum(
-            max(t[op][s] for op in range(NUM_OPS) for s in scale_range) for t in self._macs_table
-        )
 
     def macs(self, arch: Any) -> int:
         ops, scales = self.split(self.validate(arch))
@@ -380,8 +406,18 @@ class SposSpace(SearchSpace):
             total += t[op][s]
         return total
 
-    def macs_range(self) -> tuple[int, int]:
-        return self._macs_min, self._macs_max
+    def largest_arch(self) -> Arch:
+        return self._extreme(max)
+
+    def smallest_arch(self) -> Arch:
+        return self._extreme(min)
+
+    def _extreme(self, pick) -> Arch:
+        """Per block, the (op, scale) of the most or fewest MACs: block costs add up."""
+        scale_range = range(len(SCALE_LIST)) if self.cfg.channel_search else (BLOCK_SCALE_ID,)
+        genes = [pick(((op, sc) for op in range(NUM_OPS) for sc in scale_range), key=lambda g, t=t: t[g[0]][g[1]])
+                 for t in self._macs_table]
+        return self._join(tuple(op for op, _ in genes), tuple(sc for _, sc in genes))
 
     # -- networks ------------------------------------------------------------------
     def build_supernet(self) -> SposSupernet:
@@ -396,8 +432,8 @@ class SposSpace(SearchSpace):
                 raise TypeError("supernet must be an SposSupernet")
             ops, _ = self.split(arch)
             inherit_weights(net.stem, supernet.stem)
-            for block, choices, op in zip(net.blocks, supernet.blocks, ops):
-                inherit_weights(block, choices[op])
+            for block, position, op in zip(net.blocks, supernet.blocks, ops):
+                inherit_weights(block, position.op_module(op))  # an entangled kernel's centre, too
             inherit_weights(net.head, supernet.head)
         return net
 

@@ -29,11 +29,3 @@ def test(args: argparse.Namespace) -> int:
 
     run_test(load_config(TestConfig, args.config, args.overrides))
     return 0
-
-
-def pipeline(args: argparse.Namespace) -> int:
-    from elastic_nas.config import PipelineConfig
-    from elastic_nas.pipeline import run_pipeline
-
-    run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
-    return 0

@@ -1,4 +1,4 @@
-"""Collectives used by the training loop, written so that a world of one needs no process group."""
+"""Collectives of the training step and loop, written so that a world of one needs no process group."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket size
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
@@ -62,6 +70,13 @@ def broadcast_int(value: int, device: torch.device, src: int = 0) -> int:
     if is_distributed():
         dist.broadcast(t, src=src)
     return int(t.item())
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s values into ``t`` on every rank, in place; returns ``t``."""
+    if is_distributed():
+        dist.broadcast(t, src=src)
+    return t
 
 
 def broadcast_params(module: torch.nn.Module, src: int = 0) -> None:

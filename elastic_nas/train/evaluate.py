@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from elastic_nas.config import DataConfig, SpaceConfig, TestConfig, from_dict
 from elastic_nas.errors import CheckpointError, UserError
+from elastic_nas.io import is_uri, print_outputs, write_json
 
 
 @torch.no_grad()
@@ -39,27 +40,10 @@ def subnet_fingerprint(space_cfg: SpaceConfig, arch_json: Any, data: DataConfig)
 
 def load_subnet(path: str):
     """(model, space, arch, data cfg, checkpoint) of a retrained subnet: a run dir or a checkpoint dir."""
-    import pyarrow.fs as pafs
-
-    from elastic_nas.elastic.checkpoint import list_checkpoints, read_checkpoint
+    from elastic_nas.elastic.checkpoint import resolve_checkpoint
     from elastic_nas.spaces import build_space
 
-    fs, fs_path = pafs.FileSystem.from_uri(path) if "://" in path else (
-        pafs.LocalFileSystem(), str(Path(path).expanduser().resolve()))
-    listed = list_checkpoints(fs, fs_path)
-    if listed:
-        ckpt = None
-        errors = []
-        for *_, p in listed:
-            try:
-                ckpt = read_checkpoint(p, fs)
-                break
-            except CheckpointError as e:
-                errors.append(str(e))
-        if ckpt is None:
-            raise CheckpointError("no usable checkpoint in " + path + ": " + "; ".join(errors))
-    else:
-        ckpt = read_checkpoint(fs_path, fs)
+    ckpt = resolve_checkpoint(path)
     fp = ckpt.meta.get("fingerprint", {})
     if fp.get("kind") != "subnet":
         raise CheckpointError(f"{ckpt.path} is a {fp.get('kind')!r} checkpoint; `test` takes a retrained subnet "
@@ -98,12 +82,11 @@ def load_exported(path: Path) -> torch.nn.Module:
 
 def run_test(cfg: TestConfig) -> dict:
     from elastic_nas.data import build_dataset
-    from elastic_nas.train.launcher import print_outputs, write_json
 
     model, space, arch, data, ckpt = load_subnet(cfg.checkpoint)
     splits = build_dataset(data, space.cfg.input_size)
     metrics = evaluate(model, splits.test, cfg.batch_size)
-    run_dir = Path(ckpt.path).parent if "://" not in ckpt.path else Path("runs") / "test"
+    run_dir = Path(ckpt.path).parent if not is_uri(ckpt.path) else Path("runs") / "test"
     out_dir = Path(cfg.output) if cfg.output else run_dir / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"space": asdict(space.cfg), "arch": space.to_json(arch), "macs": space.macs(arch),

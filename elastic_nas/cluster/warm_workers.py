@@ -20,8 +20,9 @@ Two pieces remove it:
   counts idle workers with the raylet's ``GetNodeStats`` and tops up with its
   ``PrestartWorkers``.
 
-Both use private Ray APIs (the raylet's gRPC service): any failure is logged once and
-restarts just start cold, as without them.
+Both use private Ray APIs (the raylet's gRPC service, the KV store; see
+:mod:`~elastic_nas.cluster.private`): when one is gone it is logged once and restarts
+just start cold, as without them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import logging
 import math
 import time
 
-from elastic_nas.train.resize_watch import kv_get, kv_put
+from elastic_nas.cluster.kv import kv_get, kv_put
+from elastic_nas.cluster.private import UNAVAILABLE, idle_worker_pids, prestart_workers, raylet_stub
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +74,6 @@ def slots_on(node_resources: dict[str, float], per_worker: dict[str, float], cap
     return max(0, min([cap, *fits]))
 
 
-def _is_nil(ray_id: bytes) -> bool:
-    return not ray_id or ray_id == b"\xff" * len(ray_id)  # Ray's nil ids are all 0xff
-
-
 class WarmPool:
     """Keeps ``slots_on(node)`` idle pre-started workers on every alive node."""
 
@@ -99,38 +97,20 @@ class WarmPool:
         (or while the key still holds an earlier driver's job: a resumed run)."""
         import ray
 
-        raw = kv_get(_env_key(self.run_name))
+        raw = kv_get(_env_key(self.run_name))  # None without the KV store: no pool
         env = json.loads(raw) if raw else None
         return env if env and env["job_id"] == ray.get_runtime_context().get_job_id() else None
 
     def _stub(self, node: dict):
-        from ray._private.grpc_utils import init_grpc_channel
-        from ray.core.generated import node_manager_pb2_grpc
-
         node_id = node["NodeID"]
         if node_id not in self._stubs:
-            address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
-            self._stubs[node_id] = node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
+            self._stubs[node_id] = raylet_stub(node)
         return self._stubs[node_id]
 
-    def idle_workers(self, node: dict, job_id: str) -> list[int]:
-        """Pids of the job's workers on ``node`` that are not an actor and have run nothing."""
-        from ray.core.generated import common_pb2, node_manager_pb2
-
-        reply = self._stub(node).GetNodeStats(node_manager_pb2.GetNodeStatsRequest(), timeout=5)
-        job = bytes.fromhex(job_id)
-        return [w.pid for w in reply.core_workers_stats
-                if w.worker_type == common_pb2.WORKER and w.job_id == job and _is_nil(w.actor_id)
-                and w.num_executed_tasks == 0]
-
-    def _prestart(self, node: dict, env: dict, count: int) -> None:
-        from ray.core.generated import common_pb2, node_manager_pb2, runtime_environment_pb2
-
-        request = node_manager_pb2.PrestartWorkersRequest(
-            language=common_pb2.PYTHON, job_id=bytes.fromhex(env["job_id"]),
-            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=env["runtime_env"]),
-            keep_alive_duration_secs=self.keep_alive_s, num_workers=count)
-        self._stub(node).PrestartWorkers(request, timeout=5)
+    def idle_workers(self, node: dict, job_id: str) -> list[int] | None:
+        """Pids of ``job_id``'s idle pre-started workers on ``node`` (None without the raylet API)."""
+        stub = self._stub(node)
+        return UNAVAILABLE if stub is UNAVAILABLE else idle_worker_pids(stub, job_id)
 
     def top_up(self, nodes: list[dict], now_ids: frozenset[str] = frozenset()) -> int:
         """Pre-start what is missing on each alive node; returns how many were started.
@@ -139,39 +119,54 @@ class WarmPool:
         the resize) skip ``refill_delay_s``."""
         if self.disabled:
             return 0
-        import grpc
-
         try:
-            env = self._worker_env()
-            if env is None:  # no worker group has started yet
-                return 0
-            started = 0
-            now = time.monotonic()
-            for node in nodes:
-                if not node.get("Alive"):
-                    self._stubs.pop(node["NodeID"], None)
-                    continue
-                want = slots_on(node.get("Resources", {}), self.per_worker, self.max_workers)
-                if want == 0:
-                    continue
-                try:
-                    missing = want - len(self.idle_workers(node, env["job_id"]))
-                    if missing <= 0:
-                        self._short_since.pop(node["NodeID"], None)
-                        continue
-                    short_since = self._short_since.setdefault(node["NodeID"], now)
-                    if node["NodeID"] in now_ids or now - short_since >= self.refill_delay_s:
-                        self._short_since.pop(node["NodeID"], None)
-                        self._prestart(node, env, missing)
-                        started += missing
-                        print(f"elastic-nas: pre-started {missing} warm worker process(es) on node "
-                              f"{node['NodeID'][:8]}", flush=True)
-                except grpc.RpcError as e:  # e.g. the node is going away: try it next time
-                    logger.debug("elastic-nas: warm workers on %s: %s", node["NodeID"], e)
-            self.started += started
-            return started
-        except Exception as e:  # a Ray upgrade changed the private API: restarts start cold
+            return self._top_up(nodes, now_ids)
+        except Exception as e:  # never let the pool stop the node watcher's thread
             logger.warning("elastic-nas: cannot keep warm worker processes (%s: %s); "
                            "restarts start new processes", type(e).__name__, e)
             self.disabled = True
             return 0
+
+    def _top_up(self, nodes: list[dict], now_ids: frozenset[str]) -> int:
+        import grpc
+
+        env = self._worker_env()
+        if env is None:  # no worker group of this driver has started yet
+            return 0
+        started = 0
+        for node in nodes:
+            if not node.get("Alive"):
+                self._stubs.pop(node["NodeID"], None)
+                continue
+            try:
+                count = self._top_up_node(node, env, node["NodeID"] in now_ids)
+            except grpc.RpcError as e:  # e.g. the node is going away: try it next time
+                logger.debug("elastic-nas: warm workers on %s: %s", node["NodeID"], e)
+                continue
+            if count is UNAVAILABLE:  # the raylet API is gone (logged once): start cold from now on
+                self.disabled = True
+                break
+            started += count
+        self.started += started
+        return started
+
+    def _top_up_node(self, node: dict, env: dict, joined: bool) -> int | None:
+        want = slots_on(node.get("Resources", {}), self.per_worker, self.max_workers)
+        if want == 0:
+            return 0
+        idle = self.idle_workers(node, env["job_id"])
+        if idle is UNAVAILABLE:
+            return UNAVAILABLE
+        missing = want - len(idle)
+        if missing <= 0:
+            self._short_since.pop(node["NodeID"], None)
+            return 0
+        short_since = self._short_since.setdefault(node["NodeID"], time.monotonic())
+        if not joined and time.monotonic() - short_since < self.refill_delay_s:
+            return 0
+        self._short_since.pop(node["NodeID"], None)
+        if prestart_workers(self._stub(node), env["job_id"], env["runtime_env"], missing, self.keep_alive_s) is UNAVAILABLE:
+            return UNAVAILABLE
+        print(f"elastic-nas: pre-started {missing} warm worker process(es) on node {node['NodeID'][:8]}",
+              flush=True)
+        return missing

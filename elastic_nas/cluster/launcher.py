@@ -1,4 +1,4 @@
-"""Driver side: start Ray, build the ``TorchTrainer``, run it, and summarise the result.
+"""Driver side: connect to or start Ray, and run a function on an elastic ``TorchTrainer``.
 
 The Ray Train knobs below make recovery fast; Ray propagates ``RAY_TRAIN_*`` variables
 from the driver to its controller. A user's own environment always wins (setdefault).
@@ -6,16 +6,16 @@ from the driver to its controller. A user's own environment always wins (setdefa
 
 from __future__ import annotations
 
-import json
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import pyarrow.fs as pafs
-
+from elastic_nas.cluster.node_watch import NodeWatcher
+from elastic_nas.cluster.warm_workers import WarmPool
 from elastic_nas.config import ElasticConfig, RunConfig
 from elastic_nas.errors import UserError
+from elastic_nas.io import filesystem, first_line, is_uri, redact
 
 # Ray's defaults wait 60 s for a restarted worker group and check health every 2 s;
 # on a resize that is most of the ~68 s it takes to resume (see README, "Elastic").
@@ -53,16 +53,21 @@ def init_ray() -> None:
 def resolve_storage(run: RunConfig) -> str:
     """An absolute local path or a URI that pyarrow can open; a clear error otherwise."""
     path = run.storage_path
-    if "://" not in path:
+    if not is_uri(path):
         p = Path(path).expanduser().resolve()
         p.mkdir(parents=True, exist_ok=True)
         return str(p)
+    fs, fs_path = filesystem(path)
     try:
-        fs, fs_path = pafs.FileSystem.from_uri(path)
         fs.get_file_info(fs_path)
     except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
-        raise UserError(f"cannot reach run.storage_path {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot reach run.storage_path {redact(path)}: {type(e).__name__}: {first_line(e)}") from None
     return path
+
+
+def local_run_dir(storage: str, name: str) -> Path | None:
+    """The run's directory when storage is local (plots and summaries go there), else None."""
+    return None if is_uri(storage) else Path(storage) / name
 
 
 def run_trainer(
@@ -73,7 +78,8 @@ def run_trainer(
     storage: str,
 ):
     """Run ``worker_fn`` on an elastic worker group; resumes if the run name exists."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     num_workers = (
@@ -97,66 +103,15 @@ def run_trainer(
             logging_config=LoggingConfig(log_level=elastic.train_log_level),
         ),
     )
-    from elastic_nas.train.resize_watch import NodeChangeRefresher
-    from elastic_nas.train.warm_workers import WarmPool
-
     if not elastic.node_watch:
         return trainer.fit()
     per_worker = dict(elastic.resources_per_worker)
     if elastic.use_gpu:
         per_worker.setdefault("GPU", 1.0)
     warm_pool = WarmPool(run.name, per_worker, elastic.max_workers) if elastic.warm_workers else None
-    with NodeChangeRefresher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
-                             warm_pool=warm_pool):
+    with NodeWatcher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
+                     warm_pool=warm_pool):
         return trainer.fit()
 
 
-def launch(worker_fn: Callable[[dict], None], cfg: Any, extra: dict | None = None) -> tuple[Any, dict]:
-    """Run ``worker_fn`` for a job config with ``run`` and ``elastic`` sections.
-
-    Returns Ray's result and the outputs to print: the final checkpoint, TensorBoard dir,
-    and (for local storage) the world size / LR / throughput plot and history JSON.
-    """
-    from elastic_nas.config import to_dict
-    from elastic_nas.elastic.checkpoint import read_checkpoint
-    from elastic_nas.train.plots import plot_history
-
-    storage = resolve_storage(cfg.run)
-    run_dir = local_run_dir(storage, cfg.run.name)
-    tb_dir = str(run_dir / "tensorboard") if run_dir else str(
-        Path("~/.cache/elastic-nas/tensorboard").expanduser() / cfg.run.name)
-    print(f"elastic-nas: run {cfg.run.name!r} in {storage} "
-          f"({cfg.elastic.min_workers}-{cfg.elastic.max_workers} workers)", flush=True)
-    init_ray()
-    loop_config = {"cfg": to_dict(cfg), "tensorboard_dir": tb_dir, **(extra or {})}
-    result = run_trainer(worker_fn, loop_config, cfg.run, cfg.elastic, storage)
-    if result.error:
-        raise result.error
-    ckpt_path = result.checkpoint.path if result.checkpoint else None
-    outputs: dict[str, Any] = {"checkpoint": ckpt_path, "tensorboard": tb_dir}
-    if ckpt_path and run_dir is not None:
-        history = read_checkpoint(ckpt_path).state["history"]
-        outputs["plot"] = str(plot_history(history, run_dir / "elastic_history.png"))
-        write_json(run_dir / "history.json", history)
-        outputs["history"] = str(run_dir / "history.json")
-    outputs["final metrics"] = {k: round(v, 4) if isinstance(v, float) else v
-                                for k, v in (result.metrics or {}).items()}
-    return result, outputs
-
-
-def local_run_dir(storage: str, name: str) -> Path | None:
-    return Path(storage) / name if "://" not in storage else None
-
-
-def print_outputs(title: str, outputs: dict[str, Any]) -> None:
-    print(f"\n{title}", flush=True)
-    width = max(len(k) for k in outputs)
-    for k, v in outputs.items():
-        print(f"  {k:<{width}}  {v}")
-    sys.stdout.flush()
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+__all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "local_run_dir", "resolve_storage", "run_trainer"]

@@ -1,13 +1,16 @@
-"""Exact batch-norm recalibration for a path of a weight-sharing supernet.
+"""Batch norm of a weight-sharing supernet: exact recalibration per arch, and frozen statistics.
 
-Running statistics collected while training the supernet belong to a mix of paths;
-before a candidate is scored they are recomputed for its path alone (SPOS, OFA's
-``set_running_statistics``) over a fixed set of training images.
+Running statistics collected while training the supernet belong to a mix of archs;
+before a candidate is scored they are recomputed for its arch alone (SPOS, OFA's
+``set_running_statistics``) over a fixed set of training images. Forwards that only look
+at the supernet while it trains (a teacher, a probe) leave the statistics alone.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,11 +30,11 @@ def recalibrate_bn(model: nn.Module, forward_fn: Callable[[Any], Any], batches: 
     mean = E[m_b], var = E[v_b] + Var[m_b]. That is the mean and variance over the whole
     calibration set (up to PyTorch's per-batch Bessel factor n/(n-1), n = pixels per
     channel in a batch), also for an uneven last batch; a plain cumulative average would
-    drop the spread of the batch means. Channels no batch reached (elastic widths) get
+    drop the spread of the batch means. Channels no batch reached (sliced widths) get
     0 and 1. Returns the number of images seen; the model's train/eval flags and BN
     momenta are restored.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = tracked_bns(model)
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in bns]
     weight = [torch.zeros_like(bn.running_mean, dtype=torch.float64) for bn in bns]
@@ -74,4 +77,22 @@ def recalibrate_bn(model: nn.Module, forward_fn: Callable[[Any], Any], batches: 
     return seen
 
 
-__all__ = ["recalibrate_bn"]
+def tracked_bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Batch statistics as usual, but leave BN running statistics untouched (momentum 0)."""
+    bns = tracked_bns(model)
+    momenta = [bn.momentum for bn in bns]
+    try:
+        for bn in bns:
+            bn.momentum = 0.0
+        yield
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+
+
+__all__ = ["frozen_bn_stats", "recalibrate_bn", "tracked_bns"]

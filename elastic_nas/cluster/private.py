@@ -1,0 +1,125 @@
+"""Every private Ray API the product touches, each behind one function.
+
+Ray 2.58-2.60 has no public way to do these things, and each one only makes elastic runs
+faster or quieter; none is needed for a correct run. So each function here imports its
+private module inside itself, and when the API is gone or has changed shape (an
+``ImportError``, ``AttributeError`` or ``TypeError`` after a Ray upgrade) it logs one
+warning naming what is lost and returns :data:`UNAVAILABLE` from then on. Failures of the
+call itself (a node going away, a timeout) still raise: the caller decides about those.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE = None  # what a degraded function returns
+_COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # (name, namespace)
+_API_GONE = (ImportError, AttributeError, TypeError)
+_gone: set[str] = set()
+
+
+def private_api(what: str, without: str):
+    """Decorate a function that uses a private Ray API ``what``; ``without`` says what a run
+    loses when it is gone. Logged once per process, then the function returns UNAVAILABLE."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if what in _gone:
+                return UNAVAILABLE
+            try:
+                return fn(*args, **kwargs)
+            except _API_GONE as e:
+                _gone.add(what)
+                logger.warning("elastic-nas: %s is not available in this Ray (%s: %s); %s",
+                               what, type(e).__name__, e, without)
+                return UNAVAILABLE
+
+        return call
+
+    return wrap
+
+
+def available(what: str) -> bool:
+    return what not in _gone
+
+
+# -- Ray Train's autoscaling coordinator ----------------------------------------------
+
+
+@private_api("Ray Train's AutoscalingCoordinator actor", "resizes are seen on Ray's own 20 s tick")
+def refresh_autoscaling_coordinator(requester_id: str, timeout_s: float = 10.0) -> bool | None:
+    """Make the coordinator recompute its view of the cluster now; False when it does not
+    exist yet (Train creates it on start, so nothing is stale)."""
+    import ray
+
+    try:
+        coordinator = ray.get_actor(*_COORDINATOR)
+    except ValueError:
+        return False
+    ray.get(coordinator.get_reserved_resources.remote(requester_id, recompute=True), timeout=timeout_s)
+    return True
+
+
+# -- the raylet's gRPC service (worker processes) -----------------------------------------
+
+
+@private_api("the raylet's gRPC service", "restarts start new worker processes")
+def raylet_stub(node: dict) -> Any:
+    """A client of ``node``'s raylet (a ``ray.nodes()`` entry)."""
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import node_manager_pb2_grpc
+
+    address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+    return node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
+
+
+@private_api("the raylet's gRPC service", "restarts start new worker processes")
+def idle_worker_pids(stub: Any, job_id: str, timeout_s: float = 5.0) -> list[int] | None:
+    """Pids of ``job_id``'s worker processes on the node that hold no actor and have run nothing."""
+    from ray.core.generated import common_pb2, node_manager_pb2
+
+    reply = stub.GetNodeStats(node_manager_pb2.GetNodeStatsRequest(), timeout=timeout_s)
+    job = bytes.fromhex(job_id)
+    return [w.pid for w in reply.core_workers_stats
+            if w.worker_type == common_pb2.WORKER and w.job_id == job and _is_nil(w.actor_id)
+            and w.num_executed_tasks == 0]
+
+
+@private_api("the raylet's gRPC service", "restarts start new worker processes")
+def prestart_workers(stub: Any, job_id: str, runtime_env: str, count: int, keep_alive_s: int,
+                     timeout_s: float = 5.0) -> bool:
+    """Ask the raylet for ``count`` idle Python workers of the job and runtime env."""
+    from ray.core.generated import common_pb2, node_manager_pb2, runtime_environment_pb2
+
+    request = node_manager_pb2.PrestartWorkersRequest(
+        language=common_pb2.PYTHON, job_id=bytes.fromhex(job_id),
+        runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=runtime_env),
+        keep_alive_duration_secs=keep_alive_s, num_workers=count)
+    stub.PrestartWorkers(request, timeout=timeout_s)
+    return True
+
+
+def _is_nil(ray_id: bytes) -> bool:
+    return not ray_id or ray_id == b"\xff" * len(ray_id)  # Ray's nil ids are all 0xff
+
+
+# -- Ray Train's worker-side logging --------------------------------------------------
+
+
+@private_api("Ray Train's report logger", "Ray's per-report INFO lines stay on the console")
+def set_train_report_log_level(level: str) -> bool:
+    """Ray Train (2.60) logs every report at INFO through a logger named by its file path,
+    which ``LoggingConfig(log_level)`` does not reach; give that logger ``level``."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(level)
+    return True
+
+
+__all__ = ["UNAVAILABLE", "available", "idle_worker_pids", "prestart_workers",
+           "private_api", "raylet_stub", "refresh_autoscaling_coordinator", "set_train_report_log_level"]

@@ -1,0 +1,26 @@
+"""Supernet training strategies, one module each, picked by ``strategy:`` from :data:`STRATEGIES`.
+
+* :mod:`~elastic_nas.train.strategies.base` -- the interface (and plain subnet training);
+* :mod:`~elastic_nas.train.strategies.spos` -- one uniform arch per step;
+* :mod:`~elastic_nas.train.strategies.cream` -- prioritized archs distil into the sampled one
+  (with :mod:`~.cream_board` and :mod:`~.cream_meta`);
+* :mod:`~elastic_nas.train.strategies.sandwich` -- largest, smallest and random archs per
+  step, the largest teaching the others (in-place distillation).
+
+A new strategy is one new module with a :class:`SupernetStrategy` subclass, one line here
+and one name in ``SupernetConfig.strategy``.
+"""
+
+from __future__ import annotations
+
+from elastic_nas.train.strategies.base import ArchSampler, Strategy, SupernetStrategy
+from elastic_nas.train.strategies.cream import CreamStrategy
+from elastic_nas.train.strategies.sandwich import SandwichStrategy
+from elastic_nas.train.strategies.spos import SposStrategy
+
+STRATEGIES: dict[str, type[SupernetStrategy]] = {
+    "spos": SposStrategy, "cream": CreamStrategy, "sandwich": SandwichStrategy,
+}
+
+__all__ = ["STRATEGIES", "ArchSampler", "CreamStrategy", "SandwichStrategy", "SposStrategy", "Strategy",
+           "SupernetStrategy"]

@@ -1,0 +1,112 @@
+"""Cream's prioritized path board: the best archs so far, each with the images it entered on.
+
+After the warm-up, an arch enters the board (size ``cream.board_size``) when it is not
+full, or when its batch top-1 -- all-reduced over the workers -- beats the worst entry's
+by more than ``accuracy_gap`` points, or beats it with fewer MACs; it then replaces the
+worst entry. An entry keeps the arch, its accuracy and MACs, a slice of training images
+(with labels) and the *entering arch's own* softmax on them. (Cream's released code
+stores the teacher's softmax there by mistake.)
+
+Entries are plain tensors and lists (``state()``), so they go into checkpoints that load
+with ``weights_only=True``; :func:`board_digest` lets every rank prove it holds the same
+board, bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from elastic_nas.spaces.base import Arch, SearchSpace
+
+
+@dataclass
+class BoardEntry:
+    arch: Arch
+    accuracy: float  # batch top-1 (%) of the step it entered, all-reduced over the workers
+    macs: int
+    step: int  # the step it entered
+    images: torch.Tensor  # [slice, 3, H, W], normalised training images
+    labels: torch.Tensor  # [slice]
+    probs: torch.Tensor  # [slice, num_classes]: this arch's own softmax on ``images``
+
+    def to_state(self) -> dict:
+        return {"arch": _to_lists(self.arch), "accuracy": float(self.accuracy), "macs": int(self.macs),
+                "step": int(self.step), "images": self.images.detach().cpu(),
+                "labels": self.labels.detach().cpu(), "probs": self.probs.detach().cpu()}
+
+    @classmethod
+    def from_state(cls, d: dict, space: SearchSpace, device: torch.device | str = "cpu") -> BoardEntry:
+        return cls(space.validate(d["arch"]), float(d["accuracy"]), int(d["macs"]), int(d["step"]),
+                   d["images"].to(device), d["labels"].to(device), d["probs"].to(device))
+
+
+class PrioritizedBoard:
+    """The best archs so far, best first (accuracy down, then MACs up); at most ``size``."""
+
+    def __init__(self, size: int, accuracy_gap: float):
+        self.size = size
+        self.accuracy_gap = accuracy_gap
+        self.entries: list[BoardEntry] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def full(self) -> bool:
+        return len(self.entries) >= self.size
+
+    def worst(self) -> BoardEntry | None:
+        return self.entries[-1] if self.entries else None
+
+    def holds(self, arch: Arch) -> bool:
+        return any(e.arch == arch for e in self.entries)
+
+    def would_enter(self, arch: Arch, accuracy: float, macs: int) -> bool:
+        """Cream's rule. An arch already on the board does not enter twice."""
+        if self.holds(arch):
+            return False
+        if not self.full():
+            return True
+        worst = self.entries[-1]
+        return accuracy > worst.accuracy + self.accuracy_gap or (accuracy > worst.accuracy and macs < worst.macs)
+
+    def add(self, entry: BoardEntry) -> None:
+        """Insert ``entry`` (call :meth:`would_enter` first); a full board drops its worst."""
+        if self.full():
+            self.entries.pop()
+        self.entries.append(entry)
+        self.entries.sort(key=lambda e: (-e.accuracy, e.macs, json.dumps(_to_lists(e.arch))))
+
+    def candidates(self, student: Arch) -> list[BoardEntry]:
+        """Possible teachers of ``student``: every entry but the student itself."""
+        return [e for e in self.entries if e.arch != student]
+
+    def state(self) -> list[dict]:
+        return [e.to_state() for e in self.entries]
+
+    def load_state(self, entries: list[dict], space: SearchSpace, device: torch.device | str = "cpu") -> None:
+        self.entries = [BoardEntry.from_state(d, space, device) for d in entries]
+
+    def digest(self) -> str:
+        return board_digest(self.state())
+
+
+def board_digest(entries: list[dict]) -> str:
+    """sha256 over every entry's arch, accuracy, MACs, step and exact tensor bytes."""
+    h = hashlib.sha256()
+    for d in entries:
+        h.update(json.dumps([d["arch"], repr(float(d["accuracy"])), int(d["macs"]), int(d["step"])]).encode())
+        for key in ("images", "labels", "probs"):
+            h.update(d[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _to_lists(arch: Any) -> Any:
+    return [_to_lists(a) for a in arch] if isinstance(arch, (tuple, list)) else int(arch)
+
+
+__all__ = ["BoardEntry", "PrioritizedBoard", "board_digest"]

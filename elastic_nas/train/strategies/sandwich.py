@@ -1,0 +1,63 @@
+"""``strategy: sandwich``: the sandwich rule with in-place distillation (BigNAS, US-Nets).
+
+Each step trains, on the same batch, the largest arch on the labels, then the smallest arch
+and ``sandwich.num_random`` random archs on the largest arch's detached soft predictions
+(KL to them; in-place distillation: the teacher is the supernet itself, this very step).
+Largest and smallest are taken within the configured MACs range (``sampling.flops_min`` /
+``flops_max``); the random archs come from the same per-step arch sampler as SPOS, so
+every arch of step t is a function of (seed, t). The step accumulates the gradients of
+all archs before one all-reduce and one optimizer step; the per-step sample count stays
+the batch, and the extra archs are extra compute.
+
+It works best with ``space.weight_sharing: entangled``, where every arch updates the same
+shared tensors, but runs on independent weights too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from elastic_nas.spaces.base import Arch, SearchSpace
+from elastic_nas.train.losses import kd_per_sample
+from elastic_nas.train.strategies.base import SupernetStrategy
+
+
+class SandwichStrategy(SupernetStrategy):
+    name = "sandwich"
+
+    def __init__(self, cfg, space: SearchSpace, model, splits):
+        super().__init__(cfg, space, model, splits)
+        self.largest, self.smallest = self.sandwich_bounds(space, self.arch_sampler)
+        self.num_random = cfg.sandwich.num_random
+        self.distill = cfg.sandwich.distill
+        self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
+
+    @staticmethod
+    def sandwich_bounds(space: SearchSpace, arch_sampler) -> tuple[Arch, Arch]:
+        lo = arch_sampler.lo if arch_sampler.constrained else 0.0
+        hi = arch_sampler.hi if arch_sampler.constrained else 0.0
+        return space.extreme_arch(True, lo, hi), space.extreme_arch(False, lo, hi)
+
+    @classmethod
+    def check(cls, cfg, space: SearchSpace) -> None:
+        sampler = cls.make_arch_sampler(cfg, space)
+        sampler(0)
+        cls.sandwich_bounds(space, sampler)
+
+    def fingerprint(self) -> dict:
+        return {"sandwich": {"num_random": self.num_random, "distill": self.distill}}
+
+    def archs(self, step: int) -> list[Arch]:
+        return [self.largest, self.smallest] + [self.arch_sampler(step, stream=i + 1) for i in range(self.num_random)]
+
+    def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
+        logits = forward(x, arch)
+        if index == 0:  # the largest arch learns from the labels and teaches the others
+            self._teacher = logits.detach()
+        if index == 0 or not self.distill:
+            return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none"), logits
+        return kd_per_sample(logits, self._teacher), logits
+
+
+__all__ = ["SandwichStrategy"]

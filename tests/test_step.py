@@ -1,0 +1,152 @@
+"""The Ray-free training step: masked loss, accumulation, off-arch gradients, and the gradient
+sync of two real ranks (torch.distributed over gloo) against one process doing the same work."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from elastic_nas.config import OptimConfig, SpaceConfig
+from elastic_nas.spaces import build_space
+from elastic_nas.train.step import Batch, TrainStep, make_optimizer
+from elastic_nas.train.strategies import Strategy
+
+SPACE = SpaceConfig(name="cream", input_size=8, width_mult=0.25, max_depths=[1, 2, 1, 1, 1])
+OPTIM = OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-4)
+WEIGHTS = {name for name, _ in build_space(SPACE).build_supernet().named_parameters()}
+
+
+class TwoArchs(Strategy):
+    """A supernet strategy with two archs per step (as sandwich rules do), the second distilled
+    from the first's detached predictions."""
+
+    leaves_parameters_unused = True
+
+    def __init__(self, model, archs):
+        super().__init__(model, label_smoothing=0.0)
+        self.fixed = archs
+        self.teacher = None
+
+    def archs(self, step):
+        return list(self.fixed)
+
+    def loss(self, forward, x, y, arch, step, index):
+        logits = forward(x, arch)
+        if index == 0:
+            self.teacher = logits.detach()
+            return F.cross_entropy(logits, y, reduction="none"), logits
+        soft = F.softmax(self.teacher, 1)
+        return -(soft * F.log_softmax(logits, 1)).sum(1), logits
+
+
+def supernet_and_archs():
+    space = build_space(SPACE)
+    torch.manual_seed(0)
+    model = space.build_supernet()
+    archs = [((5,), (5, 5), (5,), (5,), (5,)), ((0,), (2,), (1,), (0,), (3,))]
+    return model, [space.validate(a) for a in archs]
+
+
+def data(n: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_padding_weighs_nothing_and_off_arch_choices_get_no_gradient():
+    model, archs = supernet_and_archs()
+    strategy = Strategy(model)
+    strategy.archs = lambda step: [archs[1]]
+    x, y = data()
+    weight = torch.tensor([1.0] * 6 + [0.0] * 2)
+    with torch.no_grad():  # the same forward (BN on all 8 images), padding masked out
+        per_sample = F.cross_entropy(copy.deepcopy(model).train()(x, archs[1]), y, reduction="none")
+    stats = TrainStep(model, strategy)(0, make_optimizer(model, OPTIM), 0.1, Batch(x, y, weight), num_real=6)
+    assert stats.count == 6
+    assert stats.loss_sum == pytest.approx(float((per_sample * weight).sum()), rel=1e-5)
+    on_arch = {id(p) for p in model.arch_parameters(archs[1])}
+    for p in model.parameters():
+        assert (p.grad is not None) == (id(p) in on_arch)
+
+
+def test_accumulation_matches_one_batch_for_a_network_without_batch_norm():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    x, y = data(8)
+    weight = torch.tensor([1.0] * 7 + [0.0])
+    grads = []
+    for accum in (1, 2, 4):
+        net = torch.nn.Sequential(*[m for m in model])  # same modules, fresh grads
+        for p in net.parameters():
+            p.grad = None
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+        TrainStep(net, Strategy(net))(0, optimizer, 0.0, Batch(x, y, weight), num_real=7, accum_steps=accum)
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank: int, port: int, grad_sync: str, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model, archs = supernet_and_archs()
+        x, y = data(8)
+        shard = slice(4 * rank, 4 * rank + 4)
+        weight = torch.tensor([1.0, 1.0, 1.0, 1.0 if rank == 0 else 0.0])  # 7 real samples, one pad
+        optimizer = make_optimizer(model, OPTIM)
+        step = TrainStep(model, TwoArchs(model, archs), grad_sync=grad_sync)
+        for t in range(2):
+            step(t, optimizer, 0.1, Batch(x[shard], y[shard], weight), num_real=7)
+        if rank == 0:
+            out[grad_sync] = {k: v.clone() for k, v in model.state_dict().items() if k in WEIGHTS}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("grad_sync", ["ddp", "bucketed"])
+def test_two_ranks_train_exactly_as_one_process_with_their_shards_as_micro_batches(grad_sync):
+    """Each rank's BN sees its own shard; one process with the two shards as micro-batches
+    (the same normalisation) must end with the same weights, for two archs per step."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_worker, args=(_free_port(), grad_sync, out), nprocs=2, join=True)
+        distributed = dict(out)[grad_sync]
+    model, archs = supernet_and_archs()
+    x, y = data(8)
+    weight = torch.tensor([1.0] * 7 + [0.0])
+    optimizer = make_optimizer(model, OPTIM)
+    step = TrainStep(model, TwoArchs(model, archs))
+    for t in range(2):
+        step(t, optimizer, 0.1, Batch(x, y, weight), num_real=7, accum_steps=2)
+    initial = supernet_and_archs()[0].state_dict()
+    changed = 0
+    for key, value in model.state_dict().items():
+        if key in WEIGHTS:  # BN running statistics are per rank by design
+            torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-5, msg=key)
+            changed += int(not torch.equal(value, initial[key]))
+    assert changed > 10  # both archs' weights moved
+
+
+def test_optimizer_decays_weights_only():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = make_optimizer(model, OPTIM)
+    decays = {p.ndim: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays == {4: OPTIM.weight_decay, 1: 0.0}
+    assert np.isclose(optimizer.param_groups[0]["lr"], OPTIM.lr)
