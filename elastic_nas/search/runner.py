@@ -12,9 +12,9 @@ Launching the same command again resumes the search (``Tuner.restore``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -126,25 +126,20 @@ def results_table(grid) -> pd.DataFrame:
 
 class GenerationProgress:
     """One console line per finished generation: candidates done of the budget, the best
-    score so far and the time left at this process's pace (Tune's own per-trial tables
-    stay in its log files and TensorBoard)."""
+    score so far and the time left at the last generation's pace (Tune's own per-trial
+    tables stay in its log files and TensorBoard)."""
 
     def __init__(self, budget: int):
         self.budget = budget
-        self._start: tuple[int, float, int] | None = None  # (pid, time, candidates done) in this process
 
-    def __call__(self, generator) -> None:
+    def __call__(self, generator, candidates: int, seconds: float) -> None:
         done = len(generator.evaluated())
-        if self._start is None or self._start[0] != os.getpid():  # a restored search counts from here
-            this_generation = sum(c.generation == generator.generation for c in generator.candidates.values())
-            self._start = (os.getpid(), time.monotonic(), done - this_generation)
-        _, t0, done0 = self._start
-        rate = (done - done0) / max(time.monotonic() - t0, 1e-9)
         best = generator.top(1)
         line = f"elastic-nas: generation {generator.generation}: {done}/{self.budget} candidates"
         line += f", best top-1 {best[0].score:.2f}%" if best else ", no score yet"
-        if rate > 0 and done < self.budget:
-            line += f" ({rate:.2f}/s, about {(self.budget - done) / rate:.0f}s left)"
+        rate = candidates / max(seconds, 1e-9)
+        if done < self.budget:
+            line += f" ({rate:.2f} candidates/s, about {(self.budget - done) / rate:.0f}s left)"
         print(line, flush=True)
 
 
@@ -196,6 +191,10 @@ def _run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapsho
     # Save the experiment (and searcher) state on every controller step instead of Tune's
     # "auto" (>= 10 s): a killed driver then re-runs only the candidates that were running.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # The console gets GenerationProgress lines: Tune's new output engine draws its boxes even
+    # at verbose=0, the classic reporter prints nothing there; its INFO lines go to its logs.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     init_ray()
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),

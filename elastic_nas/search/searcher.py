@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 from ray.tune.search import Searcher
 
@@ -31,6 +32,8 @@ class _Generation:
     def __init__(self, keys: list[str] | None = None, running: dict[str, str] | None = None):
         self.unsuggested = list(keys or [])
         self.running = dict(running or {})
+        self.size = len(self.unsuggested) + len(self.running)
+        self.started = time.monotonic()  # in this process: a restored generation counts from its restore
 
     def done(self) -> bool:
         return not self.unsuggested and not self.running
@@ -45,7 +48,9 @@ class GenerationSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.generator = generator
         self.current = _Generation()
-        self.on_generation = None  # called with the generator when a generation is fully scored
+        # on_generation(generator, candidates, seconds): a generation of that many candidates
+        # was fully scored, that many seconds after it was handed out (in this process)
+        self.on_generation = None
 
     # -- the Tune contract ------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
@@ -73,7 +78,7 @@ class GenerationSearcher(Searcher):
             score = None
         self.generator.tell(key, score)
         if self.current.done() and self.on_generation is not None:
-            self.on_generation(self.generator)
+            self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 
     def _late_key(self, result: dict | None) -> str | None:
         config = (result or {}).get("config") or {}
