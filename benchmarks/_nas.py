@@ -22,7 +22,7 @@ def cosine(step: int, total: int, lr: float) -> float:
 
 
 def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_clip: float = 0.0,
-               warmup: int = 0, every: int = 0, on_interval=None) -> None:
+               warmup: int = 0, every: int = 0, on_interval=None, weight_decay: float = 4e-5) -> None:
     """The project's training step (``TrainStep``: the strategy's archs and loss, SGD, its
     hooks) in one process, on random batches, cosine LR over ``steps``.
 
@@ -30,7 +30,7 @@ def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_c
     ``on_interval(step, train_loss, train_top1)`` is called every ``every`` steps and after
     the last, with the interval's means.
     """
-    optimizer = make_optimizer(task.model, OptimConfig(lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5))
+    optimizer = make_optimizer(task.model, OptimConfig(lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay))
     train_step = TrainStep(task.model, task.strategy, grad_clip)
     rng = np.random.default_rng(seed)
     task.model.train()
@@ -70,12 +70,12 @@ def search(method: str, space, model, data: EvalData, macs_max: float, settings:
             "best_by_generation": best_by_gen, "arch": space.to_json(best.arch)}
 
 
-def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int) -> float:
+def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0) -> float:
     """Test top-1 of ``arch`` trained from scratch for ``steps`` (stand-alone, as retrain does)."""
     torch.manual_seed(seed)
     net = space.build_subnet(arch)
     train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, steps, batch,
-               lr, seed + 1000)
+               lr, seed + 1000, warmup=warmup)
     return evaluate(net, splits.test, 256)["top1"]
 
 

@@ -136,6 +136,31 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
     assert (tmp_path / "runs" / "resize" / "elastic_history.png").stat().st_size > 10_000
 
 
+def test_sandwich_on_entangled_weights_survives_a_node_loss(cluster, tmp_path, data_dir):
+    """The sandwich rule (several archs per step, one all-reduce) through the same elastic
+    loop: a node lost mid-run, the run resumes with one worker and every sample of every
+    epoch is trained exactly once."""
+    add_worker_node(cluster)
+    second = add_worker_node(cluster)
+    epochs = 2
+    sandwich = {"strategy": "sandwich", "sandwich.num_random": 1, "space.name": "cream", "space.stem_stride": 2,
+                "space.weight_sharing": "entangled", "space.max_depths": "[1, 2, 2, 2, 1]"}
+    run = CliRun(supernet_args(tmp_path, data_dir, "sandwich", epochs, **sandwich),
+                 env={"RAY_ADDRESS": cluster.address})
+    try:
+        run.wait_for(r"started with 2 worker", 240)
+        wait_checkpoint(tmp_path / "runs" / "sandwich", 1, 240)
+        cluster.remove_node(second)
+        run.wait_for(r"resumed at step \d+ with 1 worker", 240)
+        assert run.finish(600) == 0, run.output()[-4000:]
+    finally:
+        run.kill()
+    assert "sandwich supernet cream" in run.output()
+    assert_exactly_once(tmp_path, data_dir, epochs)
+    starts = [e["world_size"] for e in history(tmp_path, "sandwich") if e["event"] == "start"]
+    assert starts[0] == 2 and starts[-1] == 1, starts
+
+
 def test_drained_node_checkpoints_before_it_goes(cluster, tmp_path, data_dir):
     """A spot notice (drain with a deadline): a checkpoint is written before the node
     goes, and no step is trained twice."""

@@ -173,6 +173,10 @@ def run_search(cfg: SearchConfig) -> dict:
     failed = int(table["accuracy"].isna().sum())
     outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
                           f"best top-1 {table['accuracy'].max():.2f}%")
+    # Generation 0 is random legal archs: did the search find better than chance under the same bounds?
+    random = table.loc[table["generation"] == 0, "accuracy"].dropna()
+    outputs["search score"] = (f"chosen {table['accuracy'].max():.2f}% vs {random.median():.2f}% for the median of "
+                               f"{len(random)} random archs under the same bounds")
     print_outputs("search outputs:", outputs)
     if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         ray.shutdown()  # a private local cluster: the next step starts its own

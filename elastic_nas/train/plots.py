@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from elastic_nas.io import atomic_write
+
+PANELS = (("world_size", "world size"), ("lr", "learning rate"), ("samples_per_s", "samples/s"),
+          ("loss", "train loss"), ("train_top1", "train top-1 (%)"))
+
 
 def plot_history(history: list[dict], out: Path) -> Path:
-    """World size, LR and throughput over wall-clock time, with restarts marked."""
+    """World size, LR, throughput, train loss and top-1 over wall-clock time, restarts marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,11 +21,14 @@ def plot_history(history: list[dict], out: Path) -> Path:
     reports = [h for h in history if h["event"] == "report"]
     starts = [h for h in history if h["event"] == "start"]
     t = [(h["time"] - t0) for h in reports]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-    for ax, key, label in zip(axes, ("world_size", "lr", "samples_per_s"),
-                              ("world size", "learning rate", "samples/s")):
-        ax.step(t, [h[key] for h in reports], where="post") if key == "world_size" else ax.plot(
-            t, [h[key] for h in reports], marker=".", ms=3)
+    panels = [(key, label) for key, label in PANELS if any(key in h for h in reports)]  # old runs: no loss
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.9 * len(panels) + 1), sharex=True)
+    for ax, (key, label) in zip(axes, panels):
+        values = [h.get(key, float("nan")) for h in reports]
+        if key == "world_size":
+            ax.step(t, values, where="post")
+        else:
+            ax.plot(t, values, marker=".", ms=3)
         ax.set_ylabel(label)
         for h in starts[1:]:
             ax.axvline(h["time"] - t0, color="tab:red", ls="--", lw=0.8)
@@ -29,6 +37,6 @@ def plot_history(history: list[dict], out: Path) -> Path:
     axes[-1].set_xlabel("seconds since start")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out

@@ -1,0 +1,334 @@
+"""Does the supernet rank subnets as stand-alone training does? An honest ranking benchmark.
+
+On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
+
+1. **Subnets.** 24 drawn stratified over the MACs range (one per equal-width MACs bin) and
+   12 inside the search band (``--budget`` +- 15 %; default: the median MACs of random
+   archs), fixed seeds.
+2. **Ground truth.** Every subnet trained stand-alone (``_nas.train_task``: the project's
+   step, SGD, cosine) for ``--truth-steps`` with 2 seeds, top-1 on the test split. The noise
+   ceiling is Kendall tau between the two seeds; the budget check trains 8 subnets (spread
+   over the MACs range) for twice the steps and asks tau >= 0.8 against the chosen budget.
+3. **Supernets.** Each variant (weight sharing x strategy) x 2 seeds trained for equal
+   time: each variant's step is timed first and its steps set to ``--supernet-minutes`` of
+   one core (a 2-core machine gives it half that wall-clock, or runs two at once).
+4. **Scores.** Each supernet scores every subnet as the search does (exact BN
+   recalibration on ``--calib-images`` train images, top-1 on ``--val-images``
+   search_val images), against the seed-mean stand-alone top-1: Kendall tau and Spearman
+   rho with bootstrap 95 % CIs, tau inside the band, precision@5; the same for MACs,
+   params and random order.
+5. **Search quality.** On the best variant's seed-0 supernet, under ``--budget``:
+   evolution's pick, random search's pick at equal evaluations, and the largest-MACs arch
+   under the budget, each retrained stand-alone with 3 seeds.
+
+Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
+an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each.
+Writes ``results/ranking.json`` and ``results/ranking.png``.
+
+    python benchmarks/ranking.py --procs 2                # the figures in RESULTS.md
+    python benchmarks/ranking.py --quick --work /tmp/rq   # a few minutes, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import RESULTS, run_jobs, write_result
+from _nas import search, train_task
+from elastic_nas.config import SpaceConfig, SupernetConfig, from_dict, load_config
+from elastic_nas.errors import ArchError
+from elastic_nas.search.evaluator import eval_data, evaluate_arch
+from elastic_nas.search.evolution import EvolutionSettings
+from elastic_nas.search.ranking import kendall_tau, rank_report
+from elastic_nas.spaces import build_space
+
+SPACE = {"name": "cream", "input_size": 32, "num_classes": 10, "stem_stride": 2, "width_mult": 0.5,
+         "max_depths": [2, 3, 3, 3, 2]}
+DATA = {"num_train": 20000, "num_test": 2000, "search_val_size": 2000}
+# name -> supernet config overrides
+VARIANTS = {
+    "independent_spos": ["space.weight_sharing=independent", "strategy=spos"],
+    "entangled_spos": ["space.weight_sharing=entangled", "strategy=spos"],
+    "entangled_sandwich": ["space.weight_sharing=entangled", "strategy=sandwich"],
+    "entangled_sandwich_transform": ["space.weight_sharing=entangled", "space.kernel_transform=true",
+                                     "strategy=sandwich"],
+}
+BATCH = 64
+
+
+# -- configs and subnets --------------------------------------------------------------
+
+
+def supernet_cfg(a, variant: str, seed: int) -> SupernetConfig:
+    sets = [f"space.{k}={json.dumps(v)}" for k, v in SPACE.items()] + [f"data.{k}={v}" for k, v in DATA.items()]
+    sets += [f"data.path={a.data}", f"run.seed={seed}", f"sandwich.num_random={a.num_random}", *VARIANTS[variant]]
+    return load_config(SupernetConfig, None, sets)
+
+
+def subnets(a) -> tuple[list, list[str], float]:
+    """(arch JSON list, group of each: stratified / band, the band's centre in MACs)."""
+    space = build_space(from_dict(SpaceConfig, SPACE))
+    lo, hi = space.macs_range()
+    rng = np.random.default_rng(1234)
+    budget = a.budget * 1e6 if a.budget else float(np.median([space.macs(space.sample(rng)) for _ in range(2000)]))
+    archs, groups, seen = [], [], set()
+
+    def add(arch, group: str) -> bool:
+        key = json.dumps(space.to_json(arch))
+        if key in seen:
+            return False
+        seen.add(key)
+        archs.append(space.to_json(arch))
+        groups.append(group)
+        return True
+
+    width = (hi - lo) / a.stratified
+    for i in range(a.stratified):
+        for t in range(100):  # distinct archs; a bin no arch reaches is skipped
+            try:
+                arch = space.sample_constrained(np.random.default_rng([i, t]), lo + i * width, lo + (i + 1) * width,
+                                                1, 2000)
+            except ArchError:
+                break
+            if add(arch, "stratified"):
+                break
+    t = 0
+    while groups.count("band") < a.band:
+        add(space.sample_constrained(np.random.default_rng([999, t]), 0.85 * budget, 1.15 * budget, 1, 2000), "band")
+        t += 1
+    return archs, groups, budget
+
+
+# -- jobs (each in its own process, one thread; results cached by key) ----------------
+
+
+def cached(work: Path, key: str, fn, *args):
+    path = work / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(1)
+    out = fn(*args)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def standalone(a, arch, seed: int, steps: int) -> dict:
+    """Test top-1 of ``arch`` trained from scratch."""
+    from _nas import retrain
+    from elastic_nas.data import build_dataset
+
+    cfg = supernet_cfg(a, "independent_spos", 0)
+    space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
+    t0 = time.perf_counter()
+    top1 = retrain(space, space.validate(arch), splits, steps, BATCH, a.truth_lr, seed, warmup=steps // 20)
+    return {"test_top1": top1, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def step_seconds(a, variant: str) -> float:
+    """Seconds of one supernet step of ``variant`` (12 steps after 3 of warm-up)."""
+    from elastic_nas.data import build_dataset
+    from elastic_nas.train.supernet import build_supernet_task
+
+    cfg = supernet_cfg(a, variant, 0)
+    task = build_supernet_task(cfg)
+    split = build_dataset(cfg.data, cfg.space.input_size).train
+    train_task(task, split, 3, BATCH, 0.01, 0)  # warm-up: allocations, first-call costs
+    t0 = time.perf_counter()
+    train_task(task, split, 12, BATCH, 0.01, 1)
+    return (time.perf_counter() - t0) / 12
+
+
+def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
+    """Train one supernet, keep its weights, and score every subnet as the search does."""
+    from elastic_nas.data import build_dataset
+    from elastic_nas.train.supernet import build_supernet_task
+
+    cfg = supernet_cfg(a, variant, seed)
+    splits = build_dataset(cfg.data, cfg.space.input_size)
+    torch.manual_seed(seed)
+    task = build_supernet_task(cfg)
+    t0 = time.perf_counter()
+    train_task(task, splits.train, steps, BATCH, a.supernet_lr, seed, weight_decay=a.supernet_wd,
+               warmup=steps // 20)
+    seconds = time.perf_counter() - t0
+    torch.save(task.model.state_dict(), Path(a.work) / f"supernet_{variant}_{seed}.pt")
+    data = eval_data(splits, a.calib_images, a.val_images, 0)
+    space = build_space(cfg.space)
+    scores = [evaluate_arch(task.model, space.validate(arch), data)["accuracy"] for arch in archs]
+    return {"steps": steps, "train_seconds": round(seconds, 1), "scores": scores}
+
+
+def searched(a, variant: str, method: str, budget: float) -> dict:
+    """The pick of ``method`` on ``variant``'s seed-0 supernet under ``budget`` MACs."""
+    from elastic_nas.data import build_dataset
+
+    cfg = supernet_cfg(a, variant, 0)
+    space = build_space(cfg.space)
+    model = space.build_supernet()
+    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_0.pt", weights_only=True))
+    splits = build_dataset(cfg.data, cfg.space.input_size)
+    data = eval_data(splits, a.calib_images, a.val_images, 0)
+    settings = EvolutionSettings(population=a.population, top_k=a.population // 4, mutation_children=a.population // 2,
+                                 crossover_children=a.population // 2, generations=a.generations)
+    return search(method, space, model, data, budget, settings, seed=0)
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def run(a) -> dict:
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    archs, groups, budget = subnets(a)
+    space = build_space(from_dict(SpaceConfig, SPACE))
+    print(f"{len(archs)} subnets ({groups.count('stratified')} stratified, {groups.count('band')} in "
+          f"{budget / 1e6:.2f}M +- 15% MACs); work dir {work}", flush=True)
+
+    # Ground truth: 2 seeds at the chosen budget; 8 subnets spread over MACs at twice it.
+    check = sorted(range(len(archs)), key=lambda i: space.macs(archs[i]))[:: max(1, len(archs) // a.check)][:a.check]
+    jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps)
+            for i in range(len(archs)) for s in (0, 1)]
+    jobs += [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
+    # Supernets at equal time: each variant's step timed alone, one at a time.
+    per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
+    steps = {v: max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
+    print("supernet steps at equal time: " + ", ".join(f"{v} {steps[v]} ({per_step[v]:.3f} s/step)"
+                                                       for v in a.variants), flush=True)
+    jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
+             for v in a.variants for s in range(a.supernet_seeds)]
+    results = dict(zip([j[1] for j in jobs], run_jobs(cached, jobs, a.procs)))
+    truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in (0, 1)]
+                      for i in range(len(archs))])
+    out = {"space": SPACE, "data": DATA, "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
+           "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
+                        "test_top1_seeds": truth[i].tolist()} for i, (arch, g) in enumerate(zip(archs, groups))],
+           "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
+           "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2)}
+    twice = [results[f"sa_{i}_s0_{2 * a.truth_steps}"]["test_top1"] for i in check]
+    out["budget_check"] = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps],
+                           "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice,
+                           "kendall_tau": round(kendall_tau(truth[check, 0], twice), 4)}
+    out.update(rank_figures(a, archs, groups, budget, truth, results, steps, per_step, space))
+    out["search_quality"] = search_quality(a, work, budget, out, truth)
+    return out
+
+
+def rank_figures(a, archs, groups, budget, truth, results, steps, per_step, space) -> dict:
+    target = truth.mean(1)
+    band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
+    macs = [space.macs(arch) for arch in archs]
+    params = [space.params(arch) for arch in archs]
+    rng = np.random.default_rng(7)
+    baselines = {"macs": macs, "params": params, "random_order": rng.permutation(len(archs)).tolist()}
+    out = {"band_subnets": band, "baselines": {}, "variants": {}}
+    for name, pred in baselines.items():
+        out["baselines"][name] = dict(rank_report(pred, target),
+                                      band_kendall_tau=round(kendall_tau(np.asarray(pred)[band], target[band]), 4))
+    for v in a.variants:
+        runs = [results[f"sn_{v}_s{s}_{steps[v]}"] for s in range(a.supernet_seeds)]
+        per_seed = [dict(rank_report(r["scores"], target),
+                         band_kendall_tau=round(kendall_tau(np.asarray(r["scores"])[band], target[band]), 4),
+                         mean_score=round(float(np.mean(r["scores"])), 2), train_seconds=r["train_seconds"])
+                    for r in runs]
+        taus = [p["kendall_tau"] for p in per_seed]
+        band_taus = [p["band_kendall_tau"] for p in per_seed]
+        out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "seeds": per_seed,
+                              "scores": [r["scores"] for r in runs],
+                              "kendall_tau_mean": round(float(np.mean(taus)), 4),
+                              "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4),
+                              "band_kendall_tau_mean": round(float(np.mean(band_taus)), 4)}
+    return out
+
+
+def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -> dict:
+    best = max(a.variants, key=lambda v: out["variants"][v]["kendall_tau_mean"])
+    space = build_space(from_dict(SpaceConfig, SPACE))
+    picks = {m: cached(work, f"search_{best}_{m}_{a.population}_{a.generations}", searched, a, best, m, budget)
+             for m in ("evolution", "random")}
+    largest = space.to_json(space.extreme_arch(True, 0, budget))
+    archs = {"evolution": picks["evolution"]["arch"], "random": picks["random"]["arch"], "largest_macs": largest}
+    jobs = [(work, f"pick_{name}_{hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
+             standalone, a, arch, s, a.truth_steps) for name, arch in archs.items() for s in range(3)]
+    results = run_jobs(cached, jobs, a.procs)
+    retrained = {name: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, name in enumerate(archs)}
+    spread = float(np.std(truth[:, 0] - truth[:, 1], ddof=1) / np.sqrt(2))  # one run's seed SD
+    return {"variant": best, "budget_macs": budget, "evaluations": picks["evolution"]["evaluated"],
+            "picks": {name: {"arch": arch, "macs": space.macs(arch), "retrained_top1_seeds": retrained[name],
+                             "retrained_top1_mean": round(float(np.mean(retrained[name])), 2),
+                             "supernet_score": picks[name]["best_accuracy"] if name in picks else None}
+                      for name, arch in archs.items()},
+            "standalone_seed_sd": round(spread, 2)}
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(out["variants"])
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 4), squeeze=False)
+    truth = np.array([s["test_top1_seeds"] for s in out["subnets"]])
+    band = set(out["band_subnets"])
+    for ax, v in zip(axes[0], variants):
+        score = np.mean(out["variants"][v]["scores"], axis=0)
+        for i in range(len(truth)):
+            color = "tab:orange" if i in band else "tab:blue"
+            ax.plot(truth[i], [score[i]] * 2, color=color, lw=0.8, alpha=0.6)
+            ax.scatter(truth[i], [score[i]] * 2, color=color, s=10)
+        ax.set_title(f"{v}\ntau {out['variants'][v]['kendall_tau_mean']:.2f} "
+                     f"(MACs {out['baselines']['macs']['kendall_tau']:.2f})", fontsize=9)
+        ax.set_xlabel("stand-alone test top-1 (%), both seeds")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("supernet score (%), mean of seeds")
+    fig.suptitle("Supernet score vs stand-alone accuracy (orange: inside the search band)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / "ranking"))
+    ap.add_argument("--data", default="", help="synthetic cache dir (default: the shared one)")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--stratified", type=int, default=24)
+    ap.add_argument("--band", type=int, default=12)
+    ap.add_argument("--check", type=int, default=8, help="subnets of the budget check (trained at twice the steps)")
+    ap.add_argument("--budget", type=float, default=0.0, help="search budget, M MACs (0: median of random archs)")
+    ap.add_argument("--truth-steps", type=int, default=800)
+    ap.add_argument("--truth-lr", type=float, default=0.1)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--supernet-seeds", type=int, default=2)
+    ap.add_argument("--supernet-minutes", type=float, default=20.0, help="of one core, per supernet")
+    ap.add_argument("--supernet-lr", type=float, default=0.1)
+    ap.add_argument("--supernet-wd", type=float, default=0.0, help="weight decay 0: the simple supernet recipe")
+    ap.add_argument("--num-random", type=int, default=2, help="sandwich: random archs per step")
+    ap.add_argument("--calib-images", type=int, default=1000)
+    ap.add_argument("--val-images", type=int, default=2000)
+    ap.add_argument("--population", type=int, default=16)
+    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--name", default="ranking")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
+    a = ap.parse_args()
+    a.variants = a.variants.split(",")
+    if a.quick:
+        a.stratified, a.band, a.check, a.truth_steps, a.supernet_minutes = 6, 3, 4, 30, 0.2
+        a.population, a.generations, a.val_images, a.calib_images, a.name = 8, 1, 200, 200, a.name + "_quick"
+    t0 = time.time()
+    out = run(a)
+    out["wall_seconds"] = round(time.time() - t0, 1)
+    out["settings"] = {k: v for k, v in vars(a).items() if k not in ("work", "data")}
+    plot(out, RESULTS / f"{a.name}.png")
+    write_result(a.name, out)
+
+
+if __name__ == "__main__":
+    main()

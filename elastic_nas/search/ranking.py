@@ -1,0 +1,74 @@
+"""Rank statistics for judging a supernet: does it order subnets as stand-alone training does?
+
+Pure numpy: Kendall's tau-b, Spearman's rho, a bootstrap confidence interval over the
+subnets, and precision@k. ``benchmarks/ranking.py`` reports them with the cheap baselines
+(MACs, params, random order) a supernet must beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b: ties in either list count as neither concordant nor discordant."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    i, j = np.triu_indices(len(a), k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    denom = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
+    return float((da * db).sum() / denom) if denom else 0.0
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    out = np.empty(len(values))
+    out[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        tied = values == v
+        out[tied] = out[tied].mean()
+    return out
+
+
+def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's correlation of the ranks."""
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom else 0.0
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray, np.ndarray], float], a: Sequence[float], b: Sequence[float],
+                 resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``stat(a, b)``, resampling the (a, b) pairs with replacement."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = [stat(a[idx], b[idx]) for idx in rng.integers(0, len(a), size=(resamples, len(a)))]
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def precision_at_k(predicted: Sequence[float], truth: Sequence[float], k: int) -> float:
+    """Share of the ``k`` best by ``predicted`` that are among the ``k`` best by ``truth``."""
+    top_pred = set(np.argsort(-np.asarray(predicted, dtype=float), kind="stable")[:k].tolist())
+    top_true = set(np.argsort(-np.asarray(truth, dtype=float), kind="stable")[:k].tolist())
+    return len(top_pred & top_true) / k
+
+
+def rank_report(predicted: Sequence[float], truth: Sequence[float], k: int = 5, seed: int = 0) -> dict:
+    """Kendall tau and Spearman rho with bootstrap 95% CIs, and precision@k."""
+    return {
+        "kendall_tau": round(kendall_tau(predicted, truth), 4),
+        "kendall_tau_ci95": [round(v, 4) for v in bootstrap_ci(kendall_tau, predicted, truth, seed=seed)],
+        "spearman_rho": round(spearman_rho(predicted, truth), 4),
+        "spearman_rho_ci95": [round(v, 4) for v in bootstrap_ci(spearman_rho, predicted, truth, seed=seed)],
+        f"precision_at_{k}": round(precision_at_k(predicted, truth, k), 4),
+        "n": len(truth),
+    }
+
+
+__all__ = ["bootstrap_ci", "kendall_tau", "precision_at_k", "rank_report", "ranks", "spearman_rho"]

@@ -1,0 +1,68 @@
+"""Rank statistics of the ranking benchmark, against brute-force definitions."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, precision_at_k, rank_report, ranks, spearman_rho
+
+
+def brute_tau_b(a, b) -> float:
+    conc = disc = ties_a = ties_b = 0
+    for i, j in itertools.combinations(range(len(a)), 2):
+        da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+        if da == 0:
+            ties_a += 1
+        if db == 0:
+            ties_b += 1
+        if da * db > 0:
+            conc += 1
+        elif da * db < 0:
+            disc += 1
+    pairs = len(a) * (len(a) - 1) // 2
+    denom = np.sqrt((pairs - ties_a) * (pairs - ties_b))
+    return (conc - disc) / denom if denom else 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=2, max_size=12))
+def test_kendall_tau_b_matches_pair_counting_with_ties(pairs):
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    assert kendall_tau(a, b) == pytest.approx(brute_tau_b(a, b))
+
+
+def test_perfect_reversed_and_known_values():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert kendall_tau(x, x) == 1.0 and kendall_tau(x, x[::-1]) == -1.0
+    assert spearman_rho(x, [v**3 for v in x]) == pytest.approx(1.0)
+    # One swapped neighbour pair among 5: tau = (9 - 1) / 10, rho = 1 - 6*2/(5*24)
+    y = [1, 2, 4, 3, 5]
+    assert kendall_tau(x, y) == pytest.approx(0.8)
+    assert spearman_rho(x, y) == pytest.approx(0.9)
+
+
+def test_ranks_share_ties():
+    assert ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+
+
+def test_precision_at_k():
+    truth = [0.9, 0.8, 0.7, 0.1, 0.2, 0.3]
+    assert precision_at_k(truth, truth, 3) == 1.0
+    assert precision_at_k([0.9, 0.1, 0.8, 0.7, 0.2, 0.3], truth, 3) == pytest.approx(2 / 3)
+
+
+def test_bootstrap_ci_brackets_the_statistic_and_is_wide_for_few_points():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=40)
+    b = a + rng.normal(scale=0.5, size=40)
+    lo, hi = bootstrap_ci(kendall_tau, a, b)
+    assert lo < kendall_tau(a, b) < hi and hi - lo < 0.4
+    lo10, hi10 = bootstrap_ci(kendall_tau, a[:10], b[:10])
+    assert hi10 - lo10 > hi - lo  # fewer subnets, wider interval
+    report = rank_report(b, a)
+    assert report["n"] == 40 and report["kendall_tau_ci95"][0] < report["kendall_tau"] < report["kendall_tau_ci95"][1]

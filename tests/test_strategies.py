@@ -1,0 +1,76 @@
+"""Supernet strategies without Ray: the registry, the sandwich rule's archs and losses, and
+one real training step of each strategy on an entangled supernet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elastic_nas.config import SupernetConfig, load_config
+from elastic_nas.errors import ArchError
+from elastic_nas.spaces import build_space
+from elastic_nas.train.step import Batch, TrainStep
+from elastic_nas.train.strategies import STRATEGIES, SandwichStrategy
+from elastic_nas.train.supernet import build_supernet_task
+
+BASE = ["space.name=cream", "space.width_mult=0.25", "space.stem_stride=2", "space.max_depths=[1,2,2,2,1]",
+        "space.weight_sharing=entangled", "data.num_train=300", "data.num_test=50", "data.search_val_size=60",
+        "cream.meta_val_images=20", "cream.eval_images=20", "cream.warmup_epochs=0"]
+
+
+def cfg(tmp_path, *extra: str) -> SupernetConfig:
+    return load_config(SupernetConfig, None, [*BASE, f"data.path={tmp_path}", *extra])
+
+
+def test_every_configured_strategy_is_registered():
+    from typing import get_args, get_type_hints
+
+    assert set(get_args(get_type_hints(SupernetConfig)["strategy"])) == set(STRATEGIES)
+
+
+def test_sandwich_trains_largest_smallest_and_seeded_random_archs_within_the_macs_range(tmp_path):
+    space = build_space(cfg(tmp_path).space)
+    lo, hi = space.macs_range()
+    bounded = cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=3",
+                  f"sampling.flops_min={(lo + 0.2 * (hi - lo)) / 1e6}", f"sampling.flops_max={(lo + 0.7 * (hi - lo)) / 1e6}")
+    task = build_supernet_task(bounded)
+    strategy = task.strategy
+    archs = strategy.archs(5)
+    assert len(archs) == 5 and archs == strategy.archs(5) and archs[2:] != strategy.archs(6)[2:]
+    macs = [space.macs(a) for a in archs]
+    assert all(lo + 0.2 * (hi - lo) - 1 <= m <= lo + 0.7 * (hi - lo) + 1 for m in macs), macs
+    assert max(macs) == macs[0] and min(macs) == macs[1]  # the sandwich's two slices
+    with pytest.raises(ArchError):
+        space.extreme_arch(True, 0, lo * 0.5)
+
+
+def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
+    task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1"))
+    strategy, model = task.strategy, task.model
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    archs = strategy.archs(0)
+    loss0, logits0 = strategy.loss(model, x, y, archs[0], 0, 0)
+    assert torch.allclose(loss0, F.cross_entropy(logits0, y, label_smoothing=0.1, reduction="none"))
+    loss1, logits1 = strategy.loss(model, x, y, archs[1], 0, 1)
+    soft = F.softmax(logits0.detach(), 1)
+    assert torch.allclose(loss1, (soft * (soft.log() - F.log_softmax(logits1, 1))).sum(1), atol=1e-6)
+    model.zero_grad(set_to_none=True)
+    loss1.sum().backward()
+    # The child's loss moves the shared weights only through the child: the teacher is detached.
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and logits0.grad_fn is not None
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_one_real_step_of_every_strategy(tmp_path, strategy):
+    task = build_supernet_task(cfg(tmp_path, f"strategy={strategy}", "cream.warmup_steps=0"))
+    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    stats = TrainStep(task.model, task.strategy)(0, optimizer, 0.1, Batch(x, y, torch.ones(8)), num_real=8)
+    assert stats.count == 8 and stats.loss_sum > 0
+    moved = [n for n, p in task.model.named_parameters() if not torch.equal(p, before[n])]
+    assert moved  # the step trained the supernet
+    if strategy == "sandwich":
+        assert isinstance(task.strategy, SandwichStrategy) and len(task.strategy.archs(0)) == 4
