@@ -30,7 +30,7 @@ T = TypeVar("T")
 class RunConfig:
     name: str = "supernet"  # run name; launching again with the same name resumes
     storage_path: str = "runs"  # local directory or a pyarrow URI (s3://bucket/prefix)
-    seed: int = 0  # seeds paths, data order and init; same seed -> same run
+    seed: int = 0  # seeds archs, data order and init; same seed -> same run
 
     def validate(self, prefix: str) -> None:
         if not self.name or "/" in self.name:
@@ -96,7 +96,7 @@ class SpaceConfig:
 @dataclass
 class SamplingConfig:
     method: Literal["uniform", "flops_bins"] = "uniform"  # SPOS: uniform over MACs bins
-    flops_min: float = 0.0  # MACs lower bound for sampled paths, in millions (0 = none)
+    flops_min: float = 0.0  # MACs lower bound for sampled archs, in millions (0 = none)
     flops_max: float = 0.0  # MACs upper bound, in millions (0 = none)
     num_bins: int = 7  # flops_bins: SPOS splits [290, 360] MFLOPs into 7 bins
     max_tries: int = 500  # rejection tries per bin before falling back to plain uniform (SPOS: 500)
@@ -193,21 +193,21 @@ CREAM_OP_PROBS = [0.05, 0.2, 0.05, 0.5, 0.05, 0.15]  # Cream's PRE_PROB over ops
 
 @dataclass
 class CreamConfig:
-    """``strategy: cream``: prioritized paths distil into the sampled path (Peng et al., 2020)."""
+    """``strategy: cream``: prioritized archs distil into the sampled arch (Peng et al., 2020)."""
 
     op_sampling: Literal["probs", "uniform"] = "probs"  # per-block op choice: weighted by op_probs, or uniform
     op_probs: list[float] = field(default_factory=lambda: list(CREAM_OP_PROBS))  # relative weight of op ids 0..5 (k3e4 k3e6 k5e4 k5e6 k7e4 k7e6), normalised
-    board_size: int = 10  # prioritized paths kept (Cream's POOL_SIZE)
+    board_size: int = 10  # prioritized archs kept (Cream's POOL_SIZE)
     warmup_epochs: float = 0.2  # no board, no distillation before this many epochs (Cream: 20 of 120)
     warmup_steps: int = 0  # ... and before this many steps (both must have passed)
-    accuracy_gap: float = 5.0  # a full board takes a path whose batch top-1 beats the worst entry by > this (points)
-    slice_images: int = 4  # training images (and the entering path's softmax on them) kept per entry (Cream's SLICE)
+    accuracy_gap: float = 5.0  # a full board takes an arch whose batch top-1 beats the worst entry by > this (points)
+    slice_images: int = 4  # training images (and the entering arch's softmax on them) kept per entry (Cream's SLICE)
     meta_update_every: int = 200  # steps between meta matching network updates (Cream's UPDATE_ITER)
     meta_lr: float = 1e-3  # Adam LR of the meta matching network
     meta_val_split: Literal["search_val", "train"] = "search_val"  # held-out images of the look-ahead validation loss
     meta_val_images: int = 128  # class-balanced images of meta_val_split, the same for every update
-    eval_images: int = 500  # board results: rescore each board path on this many search_val images after BN recalibration (0 = keep batch top-1)
-    budgets: list[float] = field(default_factory=lambda: [14.0, 43.0, 114.0, 287.0, 481.0, 604.0])  # MACs, millions: best board path under each
+    eval_images: int = 500  # board results: rescore each board arch on this many search_val images after BN recalibration (0 = keep batch top-1)
+    budgets: list[float] = field(default_factory=lambda: [14.0, 43.0, 114.0, 287.0, 481.0, 604.0])  # MACs, millions: best board arch under each
     board_log_dir: str = ""  # audit: each rank appends its board digest per change/checkpoint ("" = off)
 
     def validate(self, prefix: str) -> None:

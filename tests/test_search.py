@@ -132,12 +132,16 @@ def test_searcher_barrier_and_state_without_tune_running():
     state = json.loads(json.dumps(s.get_state()))
     s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=7))
     s2.set_state(state)
+    finished = []
+    s2.on_generation = lambda gen, candidates, seconds: finished.append((gen.generation, candidates))
     assert s2.suggest("t4") is None
     s2.on_trial_complete("t2", {"accuracy": 30.0})
+    assert finished == [(0, 1)]  # the restored generation's last running candidate ended it
     nxt = [s2.suggest("t5"), s2.suggest("t6")]
     assert all(c["generation"] == 1 for c in nxt) and s2.suggest("t7") is None
     s2.on_trial_complete("t5", {"accuracy": 1.0})
     s2.on_trial_complete("t6", None, error=True)
+    assert finished == [(0, 1), (1, 2)]  # one progress call per generation
     assert s2.suggest("t8") == Searcher.FINISHED
     keys = [arch_key(SPACE, c["arch"]) for c in cfgs + nxt]
     assert len(set(keys)) == 5

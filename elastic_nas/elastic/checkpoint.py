@@ -28,7 +28,7 @@ import torch
 
 from elastic_nas.config import SpaceConfig, from_dict
 from elastic_nas.errors import CheckpointError
-from elastic_nas.io import atomic_write, filesystem, is_uri, redact
+from elastic_nas.io import atomic_write, filesystem, first_line, is_uri, redact
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -207,7 +207,7 @@ def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, 
         info = fs.get_file_info(path)
         is_checkpoint = fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File
     except Exception as e:  # offline s3, permissions, ...
-        raise CheckpointError(f"cannot read {what} {shown}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read {what} {shown}: {type(e).__name__}: {first_line(e)}") from None
     if is_checkpoint:
         ckpt = read_checkpoint(path, fs)
     else:

@@ -112,7 +112,7 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     # 1. the supernet of this snapshot, built once per process
     space, model = get_supernet(snapshot, device)
     t1 = time.perf_counter()
-    # 2. recalibrate BN for this path and score it on the fixed validation subset
+    # 2. recalibrate BN for this arch and score it on the fixed validation subset
     arch = space.validate(config["arch"])
     metrics = evaluate_arch(model, arch, data, device)
     t2 = time.perf_counter()
