@@ -51,7 +51,8 @@ from elastic_nas.spaces import build_space
 
 SPACE = {"name": "cream", "input_size": 32, "num_classes": 10, "stem_stride": 2, "width_mult": 0.5,
          "max_depths": [2, 3, 3, 3, 2]}
-DATA = {"num_train": 20000, "num_test": 2000, "search_val_size": 2000}
+DATA = {"num_train": 20000, "num_test": 5000, "search_val_size": 2000}
+RECIPE = 2  # bump when a job's recipe changes: cached results of another recipe are not reused
 # name -> supernet config overrides
 VARIANTS = {
     "independent_spos": ["space.weight_sharing=independent", "strategy=spos"],
@@ -296,14 +297,14 @@ def plot(out: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / "ranking"))
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / f"ranking-v{RECIPE}"))
     ap.add_argument("--data", default="", help="synthetic cache dir (default: the shared one)")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--stratified", type=int, default=24)
     ap.add_argument("--band", type=int, default=12)
     ap.add_argument("--check", type=int, default=8, help="subnets of the budget check (trained at twice the steps)")
     ap.add_argument("--budget", type=float, default=0.0, help="search budget, M MACs (0: median of random archs)")
-    ap.add_argument("--truth-steps", type=int, default=800)
+    ap.add_argument("--truth-steps", type=int, default=1000)
     ap.add_argument("--truth-lr", type=float, default=0.1)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--supernet-seeds", type=int, default=2)

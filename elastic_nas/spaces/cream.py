@@ -85,6 +85,7 @@ class DepthwiseSeparable(nn.Module):
         self.act = nn.SiLU(inplace=True)
         self.se = SqueezeExcite(chs, SE_RATIO)
         self.conv_pw, self.bn2 = conv_bn(chs, chs, 1)
+        nn.init.zeros_(self.bn2.weight)  # the block starts as the identity (see InvertedResidual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -106,6 +107,11 @@ class InvertedResidual(nn.Module):
         self.act = nn.SiLU(inplace=True)
         self.se = SqueezeExcite(mid_chs, SE_RATIO)
         self.conv_pwl, self.bn3 = conv_bn(mid_chs, out_chs, 1)
+        if self.has_residual:
+            # A residual block starts as the identity (timm's zero_init_last, Goyal et al.):
+            # without it, deep subnets of this space sat at chance for hundreds of steps,
+            # for how long depending on the seed (benchmarks/ranking.py's ground truth).
+            nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -153,6 +159,8 @@ class EntangledInvertedResidual(nn.Module):
         self.act = nn.SiLU(inplace=True)
         self.se = SqueezeExcite(max_mid_chs, SE_RATIO)
         self.conv_pwl, self.bn3 = conv_bn(max_mid_chs, out_chs, 1)
+        if self.has_residual:
+            nn.init.zeros_(self.bn3.weight)  # starts as the identity, as InvertedResidual
         self.kernel_transforms = nn.ParameterDict(
             {f"{k}to{k - 2}": nn.Parameter(torch.eye((k - 2) ** 2)) for k in range(MAX_KERNEL, 3, -2)}
         ) if kernel_transform else None
