@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--config", default=default, help=f"YAML job config (default: {default})")
+    p.add_argument("--config", default=default,
+                   help=f"YAML job config: a file, or a shipped config's name (default: {default}; see `configs`)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set elastic.max_workers=4 (repeatable)",
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare or convert datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = data_sub.add_parser("prepare", help="generate/cache a dataset and print its splits")
-    _add_config_args(p, "jobs/supernet.yaml")
+    _add_config_args(p, "supernet")
     p.set_defaults(func=_lazy("elastic_nas.data.cli:prepare"))
     p = data_sub.add_parser("convert", help="convert an ImageNet-style folder into parquet shards")
     p.add_argument("src", help="folder with one subfolder per class (JPEG/PNG)")
@@ -61,23 +62,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_lazy("elastic_nas.spaces.cli:arch_info"))
 
+    p = sub.add_parser("configs", help="list the shipped job configs, or print one (--config NAME finds them)")
+    p.add_argument("name", nargs="?", help="print this config")
+    p.set_defaults(func=_lazy("elastic_nas.cli:configs"))
+
     # steps
     p = sub.add_parser("supernet", help="train a weight-sharing supernet on Ray Train (elastic)")
-    _add_config_args(p, "jobs/supernet.yaml")
+    _add_config_args(p, "supernet")
     p.set_defaults(func=_lazy("elastic_nas.train.cli:supernet"))
     p = sub.add_parser("search", help="evolutionary architecture search over a trained supernet (Ray Tune)")
-    _add_config_args(p, "jobs/search.yaml")
+    _add_config_args(p, "search")
     p.set_defaults(func=_lazy("elastic_nas.search.cli:search"))
     p = sub.add_parser("retrain", help="train the chosen subnet from scratch (elastic), then test it")
-    _add_config_args(p, "jobs/retrain.yaml")
+    _add_config_args(p, "retrain")
     p.set_defaults(func=_lazy("elastic_nas.train.cli:retrain"))
     p = sub.add_parser("test", help="evaluate a retrained subnet on the test split and export it")
-    _add_config_args(p, "jobs/test.yaml")
+    _add_config_args(p, "test")
     p.set_defaults(func=_lazy("elastic_nas.train.cli:test"))
     p = sub.add_parser("pipeline", help="supernet -> search -> retrain -> test, in order")
-    _add_config_args(p, "jobs/pipeline.yaml")
+    _add_config_args(p, "pipeline")
     p.set_defaults(func=_lazy("elastic_nas.pipeline:pipeline_command"))
     return parser
+
+
+def configs(args: argparse.Namespace) -> int:
+    """``elastic-nas configs [NAME]``: the shipped job configs, each with its first comment line."""
+    from elastic_nas.config import find_config, shipped_configs
+
+    if args.name:
+        print(find_config(args.name).read_text(), end="")
+        return 0
+    for name, path in shipped_configs().items():
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        print(f"{name:<16} {first}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

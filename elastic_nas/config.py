@@ -415,13 +415,32 @@ class PipelineConfig:
 # ---------------------------------------------------------------------------
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "jobs"  # the job configs that come with the package
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> path of every job config shipped with the package."""
+    return {p.stem: p for p in sorted(SHIPPED_CONFIGS.glob("*.yaml"))}
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A YAML file at ``name_or_path``, else the shipped config of that name: ``supernet``,
+    ``supernet.yaml`` or ``jobs/supernet.yaml`` all find the shipped one from any directory."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    if str(p.parent) in (".", "jobs") and p.stem in shipped and p.suffix in ("", ".yaml"):
+        return shipped[p.stem]
+    raise ConfigError("--config", f"no such file: {p} (shipped configs, by name: {', '.join(shipped)})")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build ``cls`` from a YAML file plus ``key.sub=value`` overrides, fully validated."""
+    """Build ``cls`` from a YAML file (or a shipped config's name) plus ``key.sub=value``
+    overrides, fully validated."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", f"no such file: {p}")
+        p = find_config(path)
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
@@ -572,8 +591,10 @@ __all__ = [
     "RetrainConfig",
     "TestConfig",
     "PipelineConfig",
+    "find_config",
     "from_dict",
     "load_config",
+    "shipped_configs",
     "to_dict",
     "validate",
 ]

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_job_config_loads_with_overrides():
-    cfg = load_config(SupernetConfig, REPO / "jobs/supernet.yaml",
+    cfg = load_config(SupernetConfig, "supernet",
                       ["elastic.max_workers=4", "optim.lr=0.2", "space.max_depths=[2,2,2,2,2]"])
     assert cfg.elastic.max_workers == 4
     assert cfg.optim.lr == 0.2 and isinstance(cfg.optim.lr, float)
@@ -64,3 +64,23 @@ def test_cli_help_lists_commands():
     assert proc.returncode == 0
     for cmd in ("data", "arch", "supernet"):
         assert cmd in proc.stdout
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    from elastic_nas.cli import main
+    from elastic_nas.config import PipelineConfig, find_config, shipped_configs
+
+    monkeypatch.chdir(tmp_path)  # a pip-installed user has no jobs/ folder
+    names = set(shipped_configs())
+    assert {"supernet", "search", "retrain", "test", "pipeline"} <= names
+    for spelling in ("pipeline", "pipeline.yaml", "jobs/pipeline.yaml"):
+        assert find_config(spelling) == shipped_configs()["pipeline"]
+    assert load_config(PipelineConfig, "pipeline").supernet.run.name == "pipeline-supernet"
+    (tmp_path / "mine.yaml").write_text("name: mine")
+    assert load_config(PipelineConfig, "mine.yaml").name == "mine"  # a file still wins
+    with pytest.raises(ConfigError, match="no such file: other/supernet.yaml .*shipped configs"):
+        find_config("other/supernet.yaml")  # a path elsewhere is never swapped for a shipped config
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert {line.split()[0] for line in listed} == names
+    assert main(["configs", "search"]) == 0 and "evolution:" in capsys.readouterr().out

@@ -208,6 +208,8 @@ def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, 
         is_checkpoint = fs.get_file_info(f"{path}/{META_FILE}").type == pafs.FileType.File
     except Exception as e:  # offline s3, permissions, ...
         raise CheckpointError(f"cannot read {what} {shown}: {type(e).__name__}: {first_line(e)}") from None
+    if info.type == pafs.FileType.File:
+        raise CheckpointError(f"{what} {shown} is a file; expected a run or checkpoint directory")
     if is_checkpoint:
         ckpt = read_checkpoint(path, fs)
     else:
