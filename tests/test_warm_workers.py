@@ -7,18 +7,8 @@ import time
 
 import pytest
 
-from elastic_nas.cluster.warm_workers import WarmPool, publish_worker_env, slots_on
+from elastic_nas.cluster.warm_workers import WarmPool, publish_worker_env
 from tests.ray_utils import add_worker_node, slot_cluster
-
-
-def test_slots_on_counts_whole_workers_per_node():
-    per_gpu_worker = {"CPU": 2, "GPU": 1}
-    assert slots_on({"CPU": 16, "GPU": 4}, per_gpu_worker, cap=8) == 4  # GPUs bound it
-    assert slots_on({"CPU": 5, "GPU": 4}, per_gpu_worker, cap=8) == 2  # CPUs bound it
-    assert slots_on({"CPU": 16}, per_gpu_worker, cap=8) == 0  # a CPU-only node hosts none
-    assert slots_on({"CPU": 16, "GPU": 8}, per_gpu_worker, cap=3) == 3  # never above max_workers
-    assert slots_on({"CPU": 1, "slot": 1}, {"CPU": 1, "slot": 1}, cap=2) == 1
-    assert slots_on({"CPU": 0.999999999999, "slot": 1}, {"CPU": 1, "slot": 1}, cap=2) == 1  # float noise
 
 
 @pytest.mark.ray

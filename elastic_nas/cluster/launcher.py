@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from elastic_nas.cluster.node_watch import NodeWatcher
+from elastic_nas.cluster.resources import check_fits, worker_resources
 from elastic_nas.cluster.warm_workers import WarmPool
 from elastic_nas.config import ElasticConfig, RunConfig
 from elastic_nas.errors import UserError
@@ -103,14 +104,14 @@ def run_trainer(
             logging_config=LoggingConfig(log_level=elastic.train_log_level),
         ),
     )
+    per_worker = worker_resources(elastic)
+    if not os.environ.get("RAY_ADDRESS"):  # a private local Ray: no autoscaler will ever add a node
+        check_fits(per_worker, elastic.min_workers)
     if not elastic.node_watch:
         return trainer.fit()
-    per_worker = dict(elastic.resources_per_worker)
-    if elastic.use_gpu:
-        per_worker.setdefault("GPU", 1.0)
     warm_pool = WarmPool(run.name, per_worker, elastic.max_workers) if elastic.warm_workers else None
     with NodeWatcher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
-                     warm_pool=warm_pool):
+                     warm_pool=warm_pool, need=(per_worker, elastic.min_workers)):
         return trainer.fit()
 
 

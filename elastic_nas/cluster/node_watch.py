@@ -23,6 +23,7 @@ import time
 
 from elastic_nas.cluster.kv import JoinCheckpoint
 from elastic_nas.cluster.private import refresh_autoscaling_coordinator
+from elastic_nas.cluster.resources import describe_nodes, workers_that_fit
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,12 @@ class NodeWatcher:
     """A context manager around ``trainer.fit()``: the watching thread runs inside it."""
 
     def __init__(self, interval_s: float = 0.5, run_name: str = "", join_checkpoint_timeout_s: float = 0.0,
-                 warm_pool=None, warm_check_s: float = 3.0):
+                 warm_pool=None, warm_check_s: float = 3.0, need: tuple[dict, int] | None = None,
+                 waiting_line_s: float = 30.0):
         self.interval_s = interval_s
+        # (resources per worker, min workers): while the cluster cannot hold them, say so
+        # every ``waiting_line_s`` (an autoscaler may be adding nodes, or nobody is)
+        self.need, self.waiting_line_s = need, waiting_line_s
         self.warm_pool = warm_pool  # a WarmPool, or None
         self.warm_check_s = warm_check_s
         self.refreshes = 0
@@ -83,11 +88,15 @@ class NodeWatcher:
             return
         refreshing = True  # False once the coordinator's private API is gone
         last_warm_check = 0.0
+        last_waiting_line = time.monotonic()
         while not self._stop.wait(self.interval_s):
             try:
                 nodes = self._nodes()
             except Exception:
                 continue
+            if self.need is not None and time.monotonic() - last_waiting_line >= self.waiting_line_s:
+                last_waiting_line = time.monotonic()
+                self._say_if_waiting(nodes)
             alive = self._alive(nodes)
             joined = alive - known
             if self.warm_pool is not None and (joined or time.monotonic() - last_warm_check >= self.warm_check_s):
@@ -101,6 +110,12 @@ class NodeWatcher:
                     self._checkpoint_before_join()
                 if refreshing:
                     refreshing = self._refresh()
+
+    def _say_if_waiting(self, nodes: list[dict]) -> None:
+        per_worker, min_workers = self.need
+        if workers_that_fit(nodes, per_worker, min_workers) < min_workers:
+            print(f"elastic-nas: waiting for resources: {min_workers} worker(s) of {per_worker}; "
+                  f"the cluster's alive nodes have {describe_nodes(nodes)}", flush=True)
 
     def _checkpoint_before_join(self) -> None:
         t0 = time.monotonic()

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 
 from elastic_nas.cluster.kv import kv_get, kv_put
 from elastic_nas.cluster.private import UNAVAILABLE, idle_worker_pids, prestart_workers, raylet_stub
+from elastic_nas.cluster.resources import slots_on
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +66,6 @@ def publish_worker_env(run_name: str) -> None:
     ctx = ray.get_runtime_context()
     env = {"job_id": ctx.get_job_id(), "runtime_env": ctx.get_runtime_env_string()}
     kv_put(_env_key(run_name), json.dumps(env))
-
-
-def slots_on(node_resources: dict[str, float], per_worker: dict[str, float], cap: int) -> int:
-    """How many workers of ``per_worker`` resources fit on a node (at most ``cap``)."""
-    fits = [math.floor(node_resources.get(r, 0.0) / need + 1e-9) for r, need in per_worker.items() if need > 0]
-    return max(0, min([cap, *fits]))
 
 
 class WarmPool:
