@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+from _common import SPOS_WORKLOAD, write_result
 from tests.ray_utils import CliRun, add_worker_node, attempts, preload_worker_nodes, redone_steps, slot_cluster
 
 WORKER_BATCH = 32
@@ -35,7 +35,7 @@ def args_for(tmp: Path, name: str, workers: tuple[int, int], epochs: float) -> l
     sets = {
         "run.name": name, "run.storage_path": str(tmp / "runs"), "data.path": str(tmp / "data"),
         "data.num_train": 50000, "data.num_test": 256, "data.search_val_size": 256,
-        "space.width_mult": 0.25, "optim.epochs": epochs, "optim.schedule": "constant",
+        **SPOS_WORKLOAD, "optim.epochs": epochs, "optim.schedule": "constant",
         "elastic.min_workers": workers[0], "elastic.max_workers": workers[1],
         "elastic.resources_per_worker": "{CPU: 1, slot: 1}", "elastic.per_worker_batch": WORKER_BATCH,
         "elastic.checkpoint_every_steps": 50, "elastic.checkpoint_every_s": 30,

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+from _common import SPOS_WORKLOAD, write_result
 from tests.ray_utils import CliRun, add_worker_node, attempts, preload_worker_nodes, slot_cluster
 
 SETTINGS = {
@@ -60,7 +60,7 @@ def args_for(tmp: Path, name: str, extra: dict, repeats: int) -> list[str]:
     sets = {
         "run.name": name, "run.storage_path": str(tmp / "runs"), "data.path": str(tmp / "data"),
         "data.num_train": 20000, "data.num_test": 256, "data.search_val_size": 256,
-        "space.width_mult": 0.25, "optim.epochs": 2 + 4 * repeats,  # outlasts the cycles
+        **SPOS_WORKLOAD, "optim.epochs": 2 + 4 * repeats,  # outlasts the cycles
         "elastic.min_workers": 1, "elastic.max_workers": 2,
         "elastic.resources_per_worker": "{CPU: 1, slot: 1}", "elastic.per_worker_batch": 32,
         "elastic.checkpoint_every_steps": CKPT_EVERY, "elastic.checkpoint_every_s": 3600,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import write_result
+from _common import SPOS_WORKLOAD, write_result
 from elastic_nas.config import SupernetConfig, load_config
 
 
@@ -33,6 +33,8 @@ def make_cfg(tmp: Path, steps: int, batch: int) -> SupernetConfig:
         "elastic.min_workers=1", "elastic.max_workers=1", f"elastic.per_worker_batch={batch}",
         "elastic.checkpoint_every_steps=100000", "elastic.checkpoint_every_s=3600",
         "elastic.report_every_steps=20",
+        # the workload measured so far: SPOS space at width 0.5, one arch per step
+        *[f"{k}={v}" for k, v in SPOS_WORKLOAD.items()], "space.width_mult=0.5",
     ])
     cfg.optim.epochs = steps * batch / (12000 - 256)
     return cfg

@@ -315,7 +315,7 @@ class SearchConfig:
     """``elastic-nas search``: evolutionary (or random) search over a trained supernet on Ray Tune."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(name="search"))
-    snapshot: str = "runs/supernet-spos"  # supernet run dir (newest valid checkpoint) or checkpoint dir; local or URI
+    snapshot: str = "runs/supernet"  # supernet run dir (newest valid checkpoint) or checkpoint dir; local or URI
     space: SpaceConfig | None = None  # optional; must equal the snapshot's space (which is always used)
     data: DataConfig = field(default_factory=DataConfig)  # must match the supernet's source and seed
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)

@@ -31,6 +31,11 @@ def supernet_args(tmp_path: Path, data_dir: Path, name: str, epochs: int, **extr
         "run.storage_path": str(tmp_path / "runs"),
         "data.path": str(data_dir),
         **{f"data.{k}": v for k, v in DATA.items()},
+        # The elastic machinery does not depend on the space or strategy: the small SPOS space
+        # keeps these runs' step times (and so their timing windows) as they were measured.
+        "strategy": "spos",
+        "space.name": "spos",
+        "space.stem_stride": 1,
         "space.width_mult": 0.25,
         "optim.lr": BASE_LR,
         "optim.reference_batch": REF_BATCH,
