@@ -44,10 +44,6 @@ def private_api(what: str, without: str):
     return wrap
 
 
-def available(what: str) -> bool:
-    return what not in _gone
-
-
 # -- Ray Train's autoscaling coordinator ----------------------------------------------
 
 
@@ -121,5 +117,5 @@ def set_train_report_log_level(level: str) -> bool:
     return True
 
 
-__all__ = ["UNAVAILABLE", "available", "idle_worker_pids", "prestart_workers",
+__all__ = ["UNAVAILABLE", "idle_worker_pids", "prestart_workers",
            "private_api", "raylet_stub", "refresh_autoscaling_coordinator", "set_train_report_log_level"]
