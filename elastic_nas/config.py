@@ -299,13 +299,17 @@ class EvaluatorConfig:
     batch_size: int = 200  # images per forward pass (calibration and validation)
     cpus_per_trial: float = 1.0  # CPUs per evaluator slot
     gpus_per_trial: float = 0.0  # GPUs per evaluator slot; fractions share a GPU (0.5 = two per GPU)
-    max_failures: int = 3  # retries of a candidate whose evaluator died (Tune FailureConfig)
+    max_failures: int = 3  # retries of a trial whose evaluator died (Tune FailureConfig); it redoes its batch
+    # candidates a Tune trial evaluates: Tune's per-trial bookkeeping is paid once per batch.
+    # 0 = enough for a trial of about 5 s, from one candidate timed on the driver; 1 = one per trial
+    candidates_per_trial: int = 0
 
     def validate(self, prefix: str) -> None:
         for key in ("calib_images", "val_images", "batch_size", "cpus_per_trial"):
             _positive(getattr(self, key), f"{prefix}.{key}")
         _non_negative(self.gpus_per_trial, f"{prefix}.gpus_per_trial")
         _non_negative(self.max_failures, f"{prefix}.max_failures")
+        _non_negative(self.candidates_per_trial, f"{prefix}.candidates_per_trial")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError(f"{prefix}.gpus_per_trial", f"above 1 must be whole, got {self.gpus_per_trial}")
 

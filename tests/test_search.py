@@ -117,6 +117,11 @@ def test_state_round_trip_mid_search_continues_identically():
     assert clone.get_state() == gen.get_state()
 
 
+def _report(config: dict, accuracy: float, index: int = 0) -> dict:
+    """What the evaluator reports for the ``index``-th candidate of a trial's batch."""
+    return {"accuracy": accuracy, **config["candidates"][index]}
+
+
 def test_searcher_barrier_and_state_without_tune_running():
     from ray.tune.search import Searcher
 
@@ -126,25 +131,55 @@ def test_searcher_barrier_and_state_without_tune_running():
                               generations=1, max_tries=50)
     s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=0))
     cfgs = [s.suggest(f"t{i}") for i in range(3)]
-    assert all(isinstance(c, dict) for c in cfgs) and s.suggest("t3") is None  # barrier
-    s.on_trial_complete("t0", {"accuracy": 50.0})
-    s.on_trial_complete("t1", {"accuracy": 40.0})
+    assert all(len(c["candidates"]) == 1 for c in cfgs) and s.suggest("t3") is None  # barrier
+    s.on_trial_complete("t0", _report(cfgs[0], 50.0))
+    s.on_trial_complete("t1", _report(cfgs[1], 40.0))
     state = json.loads(json.dumps(s.get_state()))
     s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=7))
     s2.set_state(state)
     finished = []
     s2.on_generation = lambda gen, candidates, seconds: finished.append((gen.generation, candidates))
     assert s2.suggest("t4") is None
-    s2.on_trial_complete("t2", {"accuracy": 30.0})
+    s2.on_trial_complete("t2", _report(cfgs[2], 30.0))
     assert finished == [(0, 1)]  # the restored generation's last running candidate ended it
     nxt = [s2.suggest("t5"), s2.suggest("t6")]
-    assert all(c["generation"] == 1 for c in nxt) and s2.suggest("t7") is None
-    s2.on_trial_complete("t5", {"accuracy": 1.0})
+    assert all(c["candidates"][0]["generation"] == 1 for c in nxt) and s2.suggest("t7") is None
+    s2.on_trial_complete("t5", _report(nxt[0], 1.0))
     s2.on_trial_complete("t6", None, error=True)
     assert finished == [(0, 1), (1, 2)]  # one progress call per generation
     assert s2.suggest("t8") == Searcher.FINISHED
-    keys = [arch_key(SPACE, c["arch"]) for c in cfgs + nxt]
+    keys = [arch_key(SPACE, c["candidates"][0]["arch"]) for c in cfgs + nxt]
     assert len(set(keys)) == 5
+    scores = {k: s2.generator.candidates[k].score for k in keys}
+    assert sorted(scores.values()) == [-math.inf, 1.0, 30.0, 40.0, 50.0]  # the errored trial's candidate failed
+
+
+def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_as_reported():
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    settings = EvolutionSettings(population=10, top_k=2, mutation_children=3, crossover_children=3,
+                                 generations=1, max_tries=50)
+    s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
+                           candidates_per_trial=4, slots=2)
+    batches = [s.suggest("a"), s.suggest("b"), s.suggest("c")]
+    assert [len(b["candidates"]) for b in batches] == [4, 4, 2]  # 10 candidates, at most 4 a trial
+    assert s.suggest("d") is None
+    first = batches[0]
+    s.on_trial_result("a", _report(first, 70.0, 0))
+    key = arch_key(SPACE, first["candidates"][0]["arch"])
+    assert s.generator.candidates[key].score == 70.0  # told before the trial ends
+    s.on_trial_result("a", _report(first, 70.0, 0))  # a retried trial reports it again: harmless
+    s.on_trial_complete("a", _report(first, 60.0, 1))  # died after its second candidate
+    told = [s.generator.candidates[arch_key(SPACE, c["arch"])].score for c in first["candidates"]]
+    assert told == [70.0, 60.0, -math.inf, -math.inf]  # never reported: failed
+    for trial, batch in (("b", batches[1]), ("c", batches[2])):
+        for i in range(len(batch["candidates"])):
+            s.on_trial_result(trial, _report(batch, 50.0 + i, i))
+        s.on_trial_complete(trial, _report(batch, 50.0 + i, i))
+    small_gen = s.suggest("e")
+    assert len(small_gen["candidates"]) == 3  # 6 children over 2 slots: never one trial for all
+    assert json.loads(json.dumps(s.get_state()))["running"] == {"e": [arch_key(SPACE, c["arch"])
+                                                                      for c in small_gen["candidates"]]}
 
 
 def _exact_stats(model, batches):
@@ -210,4 +245,4 @@ def test_search_config_checks_name_the_key():
     with pytest.raises(ConfigError, match="budgets"):
         load_config(SearchConfig, "jobs/search.yaml", ["budgets=[0]"])
     cfg = load_config(SearchConfig, "jobs/search.yaml", [])
-    assert cfg.space is None and cfg.evolution.population == 50
+    assert cfg.space is None and cfg.evolution.population == 32 and cfg.evaluator.candidates_per_trial == 0

@@ -103,7 +103,8 @@ def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu
 
 
 def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None:
-    """Tune function trainable: score ``config["arch"]`` and report the metrics once."""
+    """Tune function trainable: score each candidate of ``config["candidates"]`` (a batch)
+    and report each one as it is scored."""
     import ray.tune
 
     t0 = time.perf_counter()
@@ -111,18 +112,31 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     # 1. the supernet of this snapshot, built once per process
     space, model = get_supernet(snapshot, device)
-    t1 = time.perf_counter()
-    # 2. recalibrate BN for this arch and score it on the fixed validation subset
-    arch = space.validate(config["arch"])
-    metrics = evaluate_arch(model, arch, data, device)
-    t2 = time.perf_counter()
-    # 3. report once: the trial ends after its only result
-    result = dict(
-        metrics, macs=int(config["macs"]), params=int(config["params"]),
-        generation=int(config["generation"]), eval_s=t2 - t1, setup_s=t1 - t0, pid=os.getpid(),
-        builds_in_process=len(BUILDS),
-    )
-    ray.tune.report(result)
+    setup_s = time.perf_counter() - t0
+    for index, cand in enumerate(config.get("candidates") or [config]):  # [config]: a search of v1
+        # 2. recalibrate BN for this arch and score it on the fixed validation subset
+        t1 = time.perf_counter()
+        metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)
+        # 3. report it: the searcher tells the generator at once
+        ray.tune.report(dict(
+            metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
+            generation=int(cand["generation"]), index=index, eval_s=time.perf_counter() - t1,
+            setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
 
 
-__all__ = ["BUILDS", "EvalData", "Snapshot", "eval_data", "evaluate_arch", "evaluate_candidate", "get_supernet"]
+def time_candidate(snapshot: Snapshot, data: EvalData, arch) -> float:
+    """Seconds one candidate takes on one thread, as in an evaluator (the supernet built
+    first): sizes a trial's batch."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        space, model = get_supernet(snapshot)
+        t0 = time.perf_counter()
+        evaluate_arch(model, space.validate(arch), data)
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+
+
+__all__ = ["BUILDS", "EvalData", "Snapshot", "eval_data", "evaluate_arch", "evaluate_candidate", "get_supernet",
+           "time_candidate"]

@@ -18,13 +18,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from elastic_nas.cluster.launcher import init_ray
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import is_uri, print_outputs
-from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate
+from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate, time_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
@@ -32,6 +33,7 @@ from elastic_nas.search.snapshot import pin_snapshot, to_snapshot
 from elastic_nas.spaces import build_space
 
 TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
+TRIAL_SECONDS = 5.0  # evaluator.candidates_per_trial 0: a trial's batch lasts about this long
 
 
 def search_dir(cfg: SearchConfig) -> Path:
@@ -82,7 +84,7 @@ class SpaceCost:
         return self.space.macs(arch), self.space.params(arch)
 
 
-def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
+def make_searcher(cfg: SearchConfig, space, candidates_per_trial: int = 1, slots: int = 1) -> GenerationSearcher:
     evo = cfg.evolution
     lo, hi = space.macs_range()
     if (evo.macs_max and evo.macs_max * 1e6 < lo) or (evo.macs_min and evo.macs_min * 1e6 > hi):
@@ -95,33 +97,43 @@ def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
         generations=evo.generations, max_tries=evo.max_tries)
     constraints = Constraints(evo.macs_min * 1e6, evo.macs_max * 1e6, evo.params_min * 1e6, evo.params_max * 1e6)
     generator = make_generator(evo.method, space, SpaceCost(space), constraints, settings, cfg.run.seed)
-    return GenerationSearcher(generator)
+    return GenerationSearcher(generator, candidates_per_trial=candidates_per_trial, slots=slots)
 
 
 def trial_dirname(trial) -> str:
-    """Short trial dirs (Tune's default spells out the whole arch)."""
-    return f"candidate_{trial.trial_id}"
+    """Short trial dirs (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
 
 
 def results_table(grid) -> pd.DataFrame:
-    """One row per trial (= candidate) from Tune's ResultGrid; failed ones have NaN accuracy."""
-    rows = []
+    """One row per candidate from the trials' reports (a trial reports each candidate of its
+    batch; a retried trial's repeat counts once); candidates never reported have NaN accuracy."""
+    rows: dict[str, dict] = {}
     for result in grid:
-        config, metrics = result.config or {}, result.metrics or {}
-        if "arch" not in config:
-            continue
-        ok = result.error is None and "accuracy" in metrics
-        rows.append({
-            "arch": json.dumps(config["arch"], separators=(",", ":")),
-            "macs": int(config["macs"]), "params": int(config["params"]),
-            "accuracy": float(metrics["accuracy"]) if ok else math.nan,
-            "loss": float(metrics["loss"]) if ok else math.nan,
-            "generation": int(config["generation"]),
-            "trial_id": metrics.get("trial_id", ""),
-            "eval_s": float(metrics.get("eval_s", math.nan)) if ok else math.nan,
-        })
+        for cand in (result.config or {}).get("candidates") or []:
+            rows.setdefault(_key(cand["arch"]), _row(cand, {}, result.metrics or {}))
+        for report in _reports(result.path):
+            rows[_key(report["arch"])] = _row(report, report, report)
     columns = ["arch", "macs", "params", "accuracy", "loss", "generation", "trial_id", "eval_s"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(list(rows.values()), columns=columns)
+
+
+def _key(arch) -> str:
+    return json.dumps(arch, separators=(",", ":"))
+
+
+def _reports(trial_dir: str) -> list[dict]:
+    """Every result a trial reported (Tune's result.json, one JSON line each)."""
+    path = Path(trial_dir) / "result.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [r for r in (json.loads(line) for line in lines if line.strip()) if "arch" in r]
+
+
+def _row(cand: dict, scores: dict, meta: dict) -> dict:
+    return {"arch": _key(cand["arch"]), "macs": int(cand["macs"]), "params": int(cand["params"]),
+            "accuracy": float(scores.get("accuracy", math.nan)), "loss": float(scores.get("loss", math.nan)),
+            "generation": int(cand["generation"]), "trial_id": meta.get("trial_id", ""),
+            "eval_s": float(scores.get("eval_s", math.nan))}
 
 
 class GenerationProgress:
@@ -153,15 +165,20 @@ def run_search(cfg: SearchConfig) -> dict:
     ckpt = pin_snapshot(out_dir, cfg.snapshot)
     fingerprint = ckpt.meta["fingerprint"]
     space_cfg = check_snapshot_matches(cfg, fingerprint)
-    searcher = make_searcher(cfg, build_space(space_cfg))
+    space = build_space(space_cfg)
+    make_searcher(cfg, space)  # the constraints meet the space
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
+    snapshot = to_snapshot(ckpt)
+    init_ray()
+    per_trial, slots = trial_batching(cfg, space, snapshot, data)
+    searcher = make_searcher(cfg, space, per_trial, slots)
     budget = searcher.generator.settings.budget
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
-          f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images; outputs in {out_dir}",
-          flush=True)
+          f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, up to {per_trial} candidates "
+          f"per trial on {slots} evaluator(s); outputs in {out_dir}", flush=True)
     searcher.on_generation = GenerationProgress(budget)
-    grid = _run_tune(cfg, searcher, to_snapshot(ckpt), data, out_dir / TUNE_DIR)
+    grid = run_tune(cfg, searcher, snapshot, data, out_dir / TUNE_DIR)
     table = results_table(grid)
     if not len(table):
         raise UserError(f"the search in {out_dir} evaluated no candidate")
@@ -183,9 +200,22 @@ def run_search(cfg: SearchConfig) -> dict:
     return outputs
 
 
-def _run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData,
-              tune_path: Path):
-    """One Tune trial per candidate, the searcher proposing them; resumes a started search."""
+def trial_batching(cfg: SearchConfig, space, snapshot: Snapshot, data: EvalData) -> tuple[int, int]:
+    """(candidates per trial, evaluator slots): the configured batch, or one that keeps a trial
+    about TRIAL_SECONDS long at the speed of one candidate timed here."""
+    import ray
+
+    ev = cfg.evaluator
+    kind, need = ("GPU", ev.gpus_per_trial) if ev.gpus_per_trial else ("CPU", ev.cpus_per_trial)
+    slots = max(1, int(ray.cluster_resources().get(kind, 0) // need))
+    if ev.candidates_per_trial:
+        return ev.candidates_per_trial, slots
+    seconds = time_candidate(snapshot, data, space.sample(np.random.default_rng(cfg.run.seed)))
+    return max(1, round(TRIAL_SECONDS / max(seconds, 1e-3))), slots
+
+
+def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData, tune_path: Path):
+    """Tune trials of candidate batches, the searcher proposing them; resumes a started search."""
     from ray import tune
 
     budget = searcher.generator.settings.budget
@@ -199,7 +229,7 @@ def _run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapsho
     # at verbose=0, the classic reporter prints nothing there; its INFO lines go to its logs.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    init_ray()
+    init_ray()  # a no-op when the caller has connected already
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
         {"cpu": cfg.evaluator.cpus_per_trial, "gpu": cfg.evaluator.gpus_per_trial},
@@ -221,5 +251,5 @@ def _run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapsho
     return tuner.fit()
 
 
-__all__ = ["GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher", "results_table",
-           "run_search"]
+__all__ = ["GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher", "results_table", "trial_batching",
+           "run_search", "run_tune"]

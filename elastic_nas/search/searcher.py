@@ -1,15 +1,22 @@
 """A thin Ray Tune ``Searcher`` over a generation-based candidate generator.
 
-All search logic lives in :mod:`elastic_nas.search.evolution`; this class maps Tune trial
-ids to candidates and enforces the generation barrier: ``suggest`` hands out the current
-generation's candidates one per trial, returns ``None`` ("not now") while any of them
+All search logic lives in :mod:`elastic_nas.search.evolution`; this class maps Tune trials
+to candidates and enforces the generation barrier: ``suggest`` hands out the current
+generation's candidates, a batch per trial, returns ``None`` ("not now") while any of them
 is still running, asks the generator for the next generation once all are scored, and
 returns ``Searcher.FINISHED`` when the generator is done.
 
+A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer when that would
+leave evaluator slots idle within a generation) and reports each one as it is scored, so
+Tune's per-trial bookkeeping (trial start, result handling, state saves) is paid once per
+batch. Each candidate is told to the generator as its result arrives; a killed evaluator's
+trial is retried by Tune and re-reports its batch (same scores: the evaluation is
+deterministic), and a candidate its trial never reported counts as failed.
+
 State (``get_state``/``save``) is built by hand: the generator's state (RNG, every
 candidate with its score) plus which candidates are not yet suggested and which trial
-runs which candidate. ``Tuner.restore(..., resume_unfinished=True)`` re-runs the
-running trials under their old ids, so their results land where they belong.
+runs which batch. ``Tuner.restore(..., resume_unfinished=True)`` re-runs the running
+trials under their old ids, so their results land where they belong.
 """
 
 from __future__ import annotations
@@ -23,16 +30,16 @@ from ray.tune.search import Searcher
 from elastic_nas.io import atomic_write
 from elastic_nas.search.evolution import _Generator, arch_key
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class _Generation:
-    """The candidates of the current generation: not yet suggested, and running (trial id -> key)."""
+    """The candidates of the current generation: not yet suggested, and running (trial id -> keys)."""
 
-    def __init__(self, keys: list[str] | None = None, running: dict[str, str] | None = None):
+    def __init__(self, keys: list[str] | None = None, running: dict[str, list[str]] | None = None):
         self.unsuggested = list(keys or [])
-        self.running = dict(running or {})
-        self.size = len(self.unsuggested) + len(self.running)
+        self.running = {trial: list(batch) for trial, batch in (running or {}).items()}
+        self.size = len(self.unsuggested) + sum(len(b) for b in self.running.values())
         self.started = time.monotonic()  # in this process: a restored generation counts from its restore
 
     def done(self) -> bool:
@@ -40,13 +47,20 @@ class _Generation:
 
 
 class GenerationSearcher(Searcher):
-    """Tune searcher for :class:`~elastic_nas.search.evolution.EvolutionSearch` or ``RandomSearch``."""
+    """Tune searcher for :class:`~elastic_nas.search.evolution.EvolutionSearch` or ``RandomSearch``.
 
-    def __init__(self, generator: _Generator, metric: str = "accuracy", mode: str = "max"):
+    ``candidates_per_trial``: the batch a trial evaluates at most; ``slots``: the evaluators
+    that run at once, so a generation is split into at least that many batches.
+    """
+
+    def __init__(self, generator: _Generator, metric: str = "accuracy", mode: str = "max",
+                 candidates_per_trial: int = 1, slots: int = 1):
         if mode != "max":
             raise ValueError("the generators maximise their score; pass mode='max'")
         super().__init__(metric=metric, mode=mode)
         self.generator = generator
+        self.candidates_per_trial = max(1, candidates_per_trial)
+        self.slots = max(1, slots)
         self.current = _Generation()
         # on_generation(generator, candidates, seconds): a generation of that many candidates
         # was fully scored, that many seconds after it was handed out (in this process)
@@ -61,30 +75,39 @@ class GenerationSearcher(Searcher):
             if fresh is None:
                 return Searcher.FINISHED
             self.current = _Generation([c.key for c in fresh])
-        key = self.current.unsuggested.pop(0)
-        self.current.running[trial_id] = key
+        per_trial = min(self.candidates_per_trial, math.ceil(self.current.size / self.slots))
+        batch, self.current.unsuggested = self.current.unsuggested[:per_trial], self.current.unsuggested[per_trial:]
+        self.current.running[trial_id] = batch
+        return {"candidates": [self._candidate(key) for key in batch]}
+
+    def _candidate(self, key: str) -> dict:
         cand = self.generator.candidates[key]
-        return {"arch": json.loads(key), "macs": cand.macs, "params": cand.params,
-                "generation": cand.generation}
+        return {"arch": json.loads(key), "macs": cand.macs, "params": cand.params, "generation": cand.generation}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """One candidate of the trial's batch is scored: tell the generator at once."""
+        key = self._key(result)
+        if key is not None:
+            self.generator.tell(key, _score(result.get(self.metric)))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        key = self.current.running.pop(trial_id, None)
-        if key is None:
-            key = self._late_key(result)  # e.g. a resumed errored trial of an earlier generation
-            if key is None:
-                return
-        score = None if error or not result else result.get(self.metric)
-        if score is not None and isinstance(score, float) and math.isnan(score):
-            score = None
-        self.generator.tell(key, score)
+        batch = self.current.running.pop(trial_id, None)
+        if batch is None:  # e.g. a resumed errored trial of an earlier generation
+            batch = [k for k in (self._key(c) for c in ((result or {}).get("config") or {}).get("candidates", []))
+                     if k is not None]
+        if result is not None and not error:
+            self.on_trial_result(trial_id, result)
+        for key in batch:
+            if not self.generator.candidates[key].evaluated:  # never reported: its evaluation failed
+                self.generator.tell(key, None)
         if self.current.done() and self.on_generation is not None:
             self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 
-    def _late_key(self, result: dict | None) -> str | None:
-        config = (result or {}).get("config") or {}
-        if "arch" not in config:
+    def _key(self, result_or_candidate: dict | None) -> str | None:
+        arch = (result_or_candidate or {}).get("arch")
+        if arch is None:
             return None
-        key = arch_key(self.generator.encoder, config["arch"])
+        key = arch_key(self.generator.encoder, arch)
         return key if key in self.generator.candidates else None
 
     # -- state ------------------------------------------------------------------------
@@ -93,7 +116,7 @@ class GenerationSearcher(Searcher):
             "version": STATE_VERSION,
             "generator": self.generator.get_state(),
             "unsuggested": list(self.current.unsuggested),
-            "running": dict(self.current.running),
+            "running": {trial: list(batch) for trial, batch in self.current.running.items()},
         }
 
     def set_state(self, state: dict) -> None:
@@ -109,6 +132,11 @@ class GenerationSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.set_state(json.load(f))
+
+
+def _score(value) -> float | None:
+    """A reported score; None (a failure) when missing or NaN."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 __all__ = ["GenerationSearcher"]
