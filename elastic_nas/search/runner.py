@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ray.tune import Callback
 
 from elastic_nas.cluster.launcher import init_ray
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
@@ -200,6 +201,32 @@ def run_search(cfg: SearchConfig) -> dict:
     return outputs
 
 
+class CandidateBoard(Callback):
+    """A Tune callback: every scored candidate's top-1, loss and MACs in one TensorBoard run
+    (x: candidates scored so far), in place of a TensorBoard file per trial."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir, self.writer, self.count = log_dir, None, 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "accuracy" not in result:
+            return
+        if self.writer is None:
+            from tensorboardX import SummaryWriter  # comes with ray[tune]
+
+            self.writer = SummaryWriter(self.log_dir)
+        self.count += 1
+        for key in ("accuracy", "loss", "macs", "generation"):
+            self.writer.add_scalar(f"candidate/{key}", result[key], self.count)
+
+    def on_experiment_end(self, trials, **info):
+        if self.writer is not None:
+            self.writer.close()
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
+        return {"log_dir": self.log_dir, "writer": None, "count": self.count}
+
+
 def trial_batching(cfg: SearchConfig, space, snapshot: Snapshot, data: EvalData) -> tuple[int, int]:
     """(candidates per trial, evaluator slots): the configured batch, or one that keeps a trial
     about TRIAL_SECONDS long at the speed of one candidate timed here."""
@@ -217,6 +244,7 @@ def trial_batching(cfg: SearchConfig, space, snapshot: Snapshot, data: EvalData)
 def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData, tune_path: Path):
     """Tune trials of candidate batches, the searcher proposing them; resumes a started search."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     budget = searcher.generator.settings.budget
     # Tune lets a custom searcher keep only one trial pending by default, which serialises
@@ -229,6 +257,9 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
     # at verbose=0, the classic reporter prints nothing there; its INFO lines go to its logs.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    # Per-trial loggers: Tune's JSON one (the results table reads it) and one TensorBoard
+    # writer for the whole search in place of a CSV and a TensorBoard file per trial.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     init_ray()  # a no-op when the caller has connected already
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
@@ -243,13 +274,14 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(tune_path.parent), verbose=0,
+                name=tune_path.name, storage_path=str(tune_path.parent), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=cfg.evaluator.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[JsonLoggerCallback(), CandidateBoard(str(tune_path / "tensorboard"))],
             ),
         )
     return tuner.fit()
 
 
-__all__ = ["GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher", "results_table", "trial_batching",
-           "run_search", "run_tune"]
+__all__ = ["CandidateBoard", "GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher",
+           "results_table", "run_search", "run_tune", "trial_batching"]
