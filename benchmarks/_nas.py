@@ -77,17 +77,3 @@ def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, w
     train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, steps, batch,
                lr, seed + 1000, warmup=warmup)
     return evaluate(net, splits.test, 256)["top1"]
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (ties in either list count as neither concordant nor discordant)."""
-    n, num, ties_a, ties_b = len(a), 0.0, 0, 0
-    pairs = n * (n - 1) // 2
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            num += da * db
-            ties_a += da == 0
-            ties_b += db == 0
-    denom = np.sqrt((pairs - ties_a) * (pairs - ties_b))
-    return float(num / denom) if denom else 0.0

@@ -1,7 +1,7 @@
 """Gradient sync for a supernet step: DDP(find_unused_parameters=True) vs a bucketed
-all-reduce of only the path's parameters (``elastic_nas.train.distributed``).
+all-reduce of only the arch's parameters (``elastic_nas.train.distributed``).
 
-Two gloo processes on this machine, 1 thread each, the same paths on both sides;
+Two gloo processes on this machine, 1 thread each, the same archs on both sides;
 blocks of steps alternate between the two methods so drift hits both equally.
 
     python benchmarks/allreduce_vs_ddp.py [--width 0.5 --steps 120]

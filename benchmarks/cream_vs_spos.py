@@ -1,10 +1,10 @@
-"""Cream (best board path) vs SPOS + evolution, at the same MACs budget and training budget.
+"""Cream (best board arch) vs SPOS + evolution, at the same MACs budget and training budget.
 
 Per seed, on the synthetic set (a small Cream space at 32x32):
 
 1. train a supernet twice for the same number of steps, batch and SGD schedule, both
-   sampling paths under the same MACs bound (``sampling.flops_max`` = the budget):
-   ``strategy: spos`` (uniform paths, CE) and ``strategy: cream`` (Cream's op
+   sampling archs under the same MACs bound (``sampling.flops_max`` = the budget):
+   ``strategy: spos`` (uniform archs, CE) and ``strategy: cream`` (Cream's op
    probabilities, board, meta network, distillation);
 2. pick one arch each: SPOS by evolution (SPOS rules, a small budget) and Cream by its
    board; both are scored the same way (exact BN recalibration, class-balanced search_val);
@@ -75,7 +75,7 @@ def run_one(strategy: str, seed: int, a) -> dict:
         row = table.iloc[0]
         arch, proxy, evaluated = json.loads(row["arch"]), float(row["accuracy"]), len(table)
     t2 = time.perf_counter()
-    # How far the supernet is off chance: the same 10 random paths under the budget, scored
+    # How far the supernet is off chance: the same 10 random archs under the budget, scored
     # as the search scores candidates.
     rng = np.random.default_rng(4321)
     probes = [space.sample_constrained(rng, 0, a.budget * 1e6, 1, 500) for _ in range(10)]

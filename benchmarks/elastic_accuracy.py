@@ -17,7 +17,7 @@ the optimisation effect from Ray's timing; the Ray path itself runs the same sam
 policy code and is covered by tests/test_elastic_ray.py.
 
     python benchmarks/elastic_accuracy.py [--seeds 3 --epochs 2]
-    # the Cream space (SPOS path sampling), whose random-path supernet leaves chance within
+    # the Cream space (SPOS arch sampling), whose random-arch supernet leaves chance within
     # a CPU budget (see supernet_learning.py); RESULTS.md says why it has no figure yet
     python benchmarks/elastic_accuracy.py --space cream --num-train 6000 --epochs 19 --procs 2
 

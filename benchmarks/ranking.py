@@ -8,7 +8,8 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
 2. **Ground truth.** Every subnet trained stand-alone (``_nas.train_task``: the project's
    step, SGD, cosine) for ``--truth-steps`` with 2 seeds, top-1 on the test split. The noise
    ceiling is Kendall tau between the two seeds; the budget check trains 8 subnets (spread
-   over the MACs range) for twice the steps and asks tau >= 0.8 against the chosen budget.
+   over the MACs range) for twice the steps: the budget holds where tau >= 0.8 between the
+   two (``budget_check.stable``).
 3. **Supernets.** Each variant (weight sharing x strategy) x 2 seeds trained for equal
    time: each variant's step is timed first and its steps set to ``--supernet-minutes`` of
    one core (a 2-core machine gives it half that wall-clock, or runs two at once).
@@ -22,7 +23,8 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    under the budget, each retrained stand-alone with 3 seeds.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
-an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each.
+an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. The
+work dir records the settings that decide its jobs and refuses a run with other ones.
 Writes ``results/ranking.json`` and ``results/ranking.png``.
 
     python benchmarks/ranking.py --procs 2                # the figures in RESULTS.md
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +47,7 @@ from _common import RESULTS, run_jobs, write_result
 from _nas import search, train_task
 from elastic_nas.config import SpaceConfig, SupernetConfig, from_dict, load_config
 from elastic_nas.errors import ArchError
+from elastic_nas.io import atomic_write
 from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
 from elastic_nas.search.ranking import kendall_tau, rank_report
@@ -116,8 +120,29 @@ def cached(work: Path, key: str, fn, *args):
         return json.loads(path.read_text())
     torch.set_num_threads(1)
     out = fn(*args)
-    path.write_text(json.dumps(out))
+    atomic_write(path, json.dumps(out))
     return out
+
+
+# What decides a cached job's result (the keys name the job, not these): a work dir holds one set.
+JOB_SETTINGS = ("stratified", "band", "budget", "truth_steps", "truth_lr", "supernet_lr", "supernet_wd",
+                "num_random", "calib_images", "val_images", "population", "generations")
+
+
+def check_work_dir(a) -> None:
+    """Record the job settings in a new work dir; exit 2 on a work dir of other settings."""
+    path = Path(a.work) / "settings.json"
+    ours = {"space": SPACE, "data": DATA, "recipe": RECIPE, **{k: getattr(a, k) for k in JOB_SETTINGS}}
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(ours, indent=1))
+        return
+    theirs = json.loads(path.read_text())
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        print(f"ranking: {a.work} holds jobs of other settings ({', '.join(differ)}); pass another --work",
+              file=sys.stderr)
+        raise SystemExit(2)
 
 
 def standalone(a, arch, seed: int, steps: int) -> dict:
@@ -186,7 +211,7 @@ def searched(a, variant: str, method: str, budget: float) -> dict:
 
 def run(a) -> dict:
     work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
+    check_work_dir(a)
     archs, groups, budget = subnets(a)
     space = build_space(from_dict(SpaceConfig, SPACE))
     print(f"{len(archs)} subnets ({groups.count('stratified')} stratified, {groups.count('band')} in "
@@ -216,6 +241,7 @@ def run(a) -> dict:
     out["budget_check"] = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps],
                            "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice,
                            "kendall_tau": round(kendall_tau(truth[check, 0], twice), 4)}
+    out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
     out.update(rank_figures(a, archs, groups, budget, truth, results, steps, per_step, space))
     out["search_quality"] = search_quality(a, work, budget, out, truth)
     return out

@@ -13,7 +13,7 @@ supernet ranks subnets (Kendall tau against stand-alone training).
 
     python benchmarks/search_quality.py            # writes benchmarks/results/search_quality.json
     python benchmarks/search_quality.py --quick    # a smoke run
-    # the figures in RESULTS.md: SPOS path sampling on the Cream space, which leaves chance
+    # the figures in RESULTS.md: SPOS arch sampling on the Cream space, which leaves chance
     # within a CPU budget (the SPOS ShuffleNetV2 space does not; see supernet_learning.py)
     python benchmarks/search_quality.py --config jobs/supernet-cream.yaml --set strategy=spos \
         --steps 4000 --lr 0.1 --retrain-steps 400
@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 import _common
-from _nas import eval_data, kendall_tau, retrain, search, train_task
+from _nas import eval_data, retrain, search, train_task
 from elastic_nas.config import SupernetConfig, load_config
 from elastic_nas.data import build_dataset
 from elastic_nas.search.evaluator import evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
+from elastic_nas.search.ranking import kendall_tau
 from elastic_nas.spaces import build_space
 from elastic_nas.train.supernet import build_supernet_task
 

@@ -4,14 +4,14 @@ Learning curves (no Ray: this measures the method, not the cluster), one per var
 all with the same data, batch, LR schedule and steps:
 
 * ``subnet``: one fixed random architecture trained stand-alone (as retrain does);
-* ``supernet_fixed``: the supernet trained on that same path every step;
-* ``supernet_pool``: the supernet cycling through ``--pool`` fixed paths (that one included);
-* ``supernet_pool_same_transitions``: the same paths, but each stage's first block (the
+* ``supernet_fixed``: the supernet trained on that same arch every step;
+* ``supernet_pool``: the supernet cycling through ``--pool`` fixed archs (that one included);
+* ``supernet_pool_same_transitions``: the same archs, but each stage's first block (the
   one that changes stride or width, with no identity branch) set to that arch's choice;
-* ``supernet_random``: the supernet with a uniformly sampled path per step (SPOS).
+* ``supernet_random``: the supernet with a uniformly sampled arch per step (SPOS).
 
 The pool variants locate where weight sharing stops learning: sharing a stage's other
-blocks is cheap, while path-specific transition blocks hand the shared layers after
+blocks is cheap, while arch-specific transition blocks hand the shared layers after
 them unrelated features.
 
 Every ``--eval-every`` steps each variant is scored on the same fixed arch, exactly as the
@@ -48,12 +48,12 @@ from elastic_nas.train.supernet import build_supernet_task
 VARIANTS = ("subnet", "supernet_fixed", "supernet_pool", "supernet_pool_same_transitions", "supernet_random")
 
 
-def same_transitions(space, path, ref):
-    """``path`` with each stage's first block taken from ``ref``."""
+def same_transitions(space, arch, ref):
+    """``arch`` with each stage's first block taken from ``ref``."""
     if space.cfg.name == "cream":  # per-stage tuples of op ids
-        return tuple((ref[i][0], *stage[1:]) for i, stage in enumerate(path))
+        return tuple((ref[i][0], *stage[1:]) for i, stage in enumerate(arch))
     first = [b.stride == 2 or b.in_chs != b.out_chs for b in space.layout.blocks]  # SPOS block search
-    return [r if f else op for op, r, f in zip(path, ref, first)]
+    return [r if f else op for op, r, f in zip(arch, ref, first)]
 
 
 class _SubnetAsSupernet(torch.nn.Module):
@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=50, help="linear LR warm-up steps")
-    p.add_argument("--pool", type=int, default=8, help="paths of the pool variants")
+    p.add_argument("--pool", type=int, default=8, help="archs of the pool variants")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

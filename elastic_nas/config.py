@@ -170,6 +170,11 @@ class ElasticConfig:
     # so a restart skips process start and imports (see cluster/warm_workers.py)
     warm_workers: bool = True
 
+    @property
+    def join_checkpoints(self) -> bool:
+        """Whether the driver asks for a checkpoint before a join restarts the group."""
+        return self.node_watch and self.join_checkpoint_timeout_s > 0
+
     def validate(self, prefix: str) -> None:
         _positive(self.min_workers, f"{prefix}.min_workers")
         if self.min_workers > self.max_workers:

@@ -20,25 +20,25 @@ import pyarrow.fs as pafs
 
 from elastic_nas.errors import UserError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # the process umask: reading it means setting it
+
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[str], None]) -> Path:
     """Write ``data`` (bytes, text, or a ``write(tmp_path)`` callback) to ``path`` atomically."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would follow the umask
         if callable(data):
-            os.close(fd)
             data(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
         else:
-            os.write(fd, data.encode() if isinstance(data, str) else data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
+            Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         raise
     return path

@@ -40,7 +40,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "chosen arch": json.dumps(result["arch"]),
         "MACs / params": f"{result['macs'] / 1e6:.2f}M / {result['params'] / 1e6:.3f}M",
         "test top-1 / top-5": f"{card['test_top1']:.2f}% / {card['test_top5']:.2f}%",
-        "search score": search.get("search score", "board results (no random baseline)"),
+        "search score": search["search score"],
         "supernet": supernet.get("checkpoint"),
         "search": search.get("search", cfg.retrain.arch.search),
         "Pareto plot": search.get("plot"),

@@ -1,4 +1,4 @@
-"""Cream strategy without Ray: path sampling, the board's entry rule, meta matching, the loss,
+"""Cream strategy without Ray: arch sampling, the board's entry rule, meta matching, the loss,
 the hooks in a short single-process loop, checkpoint state and the board results."""
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def test_flops_bounds_respected_with_bounded_fallback():
     # A narrow window near the minimum: weighted draws (mostly k5e6) rarely land there.
     w_lo, w_hi = lo / 1e6, (lo + 0.05 * (hi - lo)) / 1e6
     cfg = make_cfg(f"sampling.flops_min={w_lo}", f"sampling.flops_max={w_hi}", "sampling.max_tries=5")
-    path = CreamArchSampler(space, cfg)
+    arch_sampler = CreamArchSampler(space, cfg)
     for s in range(30):
-        assert w_lo * 1e6 - 1 <= space.macs(path(s)) <= w_hi * 1e6 + 1
+        assert w_lo * 1e6 - 1 <= space.macs(arch_sampler(s)) <= w_hi * 1e6 + 1
     bins = CreamArchSampler(space, make_cfg("sampling.method=flops_bins", "sampling.num_bins=3"))
     assert all(lo <= space.macs(bins(s)) <= hi for s in range(10))
 
@@ -88,7 +88,7 @@ def test_board_entry_rule():
     board = PrioritizedBoard(size=2, accuracy_gap=5.0)
     assert board.would_enter(A, 10.0, 100)
     board.add(entry(A, 10.0, 100))
-    assert not board.would_enter(A, 99.0, 1)  # a path enters once
+    assert not board.would_enter(A, 99.0, 1)  # an arch enters once
     board.add(entry(B, 50.0, 100))
     assert [e.arch for e in board.entries] == [B, A]  # best first
     assert board.full() and board.worst().arch == A
@@ -195,7 +195,7 @@ def test_hooks_fill_board_distil_and_update_meta(tmp_path):
     assert min(e.step for e in board.entries) >= 2  # nothing entered during the warm-up
     assert strategy.meta_updates >= 1
     assert float(strategy.meta.fc.weight.detach().abs().sum()) > 0  # the look-ahead moved the meta network
-    for e in board.entries:  # the stored softmax is the entering path's own (on the weights after its step)
+    for e in board.entries:  # the stored softmax is the entering arch's own (on the weights after its step)
         assert e.probs.shape == (2, 10) and torch.allclose(e.probs.sum(1), torch.ones(2))
     log = [json.loads(line) for line in (tmp_path / "log" / "rank0.jsonl").read_text().splitlines()]
     assert log[-1]["digest"] == board.digest()

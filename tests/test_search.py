@@ -182,6 +182,32 @@ def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_a
                                                                       for c in small_gen["candidates"]]}
 
 
+def test_a_driver_killed_between_tunes_two_saves_resumes_without_waiting_forever(tmp_path):
+    """Tune writes its trial table, then the searcher: a kill in between must not leave a
+    trial the table calls finished running in the searcher (the barrier would never lift)."""
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    small = EvolutionSettings(population=2, top_k=1, mutation_children=1, crossover_children=1,
+                              generations=1, max_tries=50)
+    s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=0), slots=2)
+    cfgs = [s.suggest("t0"), s.suggest("t1")]
+    s.save_to_dir(str(tmp_path), "session")  # Tune's save after the suggestions
+    saved = tmp_path / "searcher-state-session.pkl"
+    s.on_trial_result("t0", _report(cfgs[0], 50.0))
+    s.on_trial_complete("t0", _report(cfgs[0], 50.0))
+    # Killed here: Tune's table lists t0 as finished; the searcher saved itself already.
+    state = json.loads(saved.read_text())
+    assert list(state["running"]) == ["t1"]
+    # An older save, from before the trial ended but after its only candidate was told:
+    # the all-scored batch is not waited for.
+    state["running"]["t0"] = [arch_key(SPACE, cfgs[0]["candidates"][0]["arch"])]
+    s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=7), slots=2)
+    s2.set_state(state)
+    assert list(s2.current.running) == ["t1"]
+    s2.on_trial_complete("t1", _report(cfgs[1], 40.0))
+    assert s2.suggest("t2")["candidates"][0]["generation"] == 1  # the barrier lifted
+
+
 def _exact_stats(model, batches):
     feats = []
     hook = model[1].register_forward_pre_hook(lambda m, inp: feats.append(inp[0].detach()))
@@ -223,7 +249,7 @@ def test_recalibrate_bn_on_supernet_path_is_deterministic_and_path_specific():
     recalibrate_bn(net, lambda t: net(t, b), x)
     recalibrate_bn(net, lambda t: net(t, a), x)
     s2 = {k: v for k, v in net.state_dict().items() if "running" in k}
-    for k in s1:  # the stats of path a do not depend on what ran before
+    for k in s1:  # the stats of arch a do not depend on what ran before
         torch.testing.assert_close(s1[k], s2[k])
 
 

@@ -12,6 +12,7 @@ just redoes the steps since the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from elastic_nas.cluster.private import private_api
@@ -50,10 +51,15 @@ class JoinCheckpoint:
         if not kv_put(self.request_key, token):
             return False
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if kv_get(self.done_key) == token:
-                return True
-            time.sleep(poll_s)
+        try:
+            while time.monotonic() < deadline:
+                if kv_get(self.done_key) == token:
+                    return True
+                time.sleep(poll_s)
+        except BaseException:  # a failed read: still withdraw if the store lets us
+            with contextlib.suppress(Exception):
+                self.withdraw()
+            raise
         self.withdraw()
         return False
 

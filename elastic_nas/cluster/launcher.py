@@ -49,6 +49,18 @@ def init_ray() -> None:
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the new node to 127.0.0.1
     ray.init(address="local", log_to_driver=True, dashboard_host="127.0.0.1")
+    _PRIVATE.add(ray.get_runtime_context().get_job_id())
+
+
+_PRIVATE: set[str] = set()  # jobs whose Ray init_ray started itself, on this machine only
+
+
+def private_cluster() -> bool:
+    """Whether this process runs on a Ray that :func:`init_ray` started for it: there, no
+    autoscaler will ever add a node (a caller's own ``ray.init`` may reach an autoscaling one)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_job_id() in _PRIVATE
 
 
 def resolve_storage(run: RunConfig) -> str:
@@ -105,7 +117,7 @@ def run_trainer(
         ),
     )
     per_worker = worker_resources(elastic)
-    if not os.environ.get("RAY_ADDRESS"):  # a private local Ray: no autoscaler will ever add a node
+    if private_cluster():
         check_fits(per_worker, elastic.min_workers)
     if not elastic.node_watch:
         return trainer.fit()
@@ -115,4 +127,5 @@ def run_trainer(
         return trainer.fit()
 
 
-__all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "local_run_dir", "resolve_storage", "run_trainer"]
+__all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "local_run_dir", "private_cluster", "resolve_storage",
+           "run_trainer"]

@@ -42,7 +42,6 @@ class NodeWatcher:
         self.need, self.waiting_line_s = need, waiting_line_s
         self.warm_pool = warm_pool  # a WarmPool, or None
         self.warm_check_s = warm_check_s
-        self.refreshes = 0
         self.join_checkpoint = JoinCheckpoint(run_name) if run_name and join_checkpoint_timeout_s > 0 else None
         self.join_checkpoint_timeout_s = join_checkpoint_timeout_s
         self._stop = threading.Event()
@@ -57,7 +56,7 @@ class NodeWatcher:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=5 + self.join_checkpoint_timeout_s)  # a join checkpoint may be under way
 
     @staticmethod
     def _nodes() -> list[dict]:
@@ -76,10 +75,7 @@ class NodeWatcher:
         except Exception as e:  # a timeout or a dying actor: try again at the next change
             logger.warning("elastic-nas: cannot refresh Ray's autoscaling coordinator (%s)", e)
             return True
-        if refreshed is None:
-            return False
-        self.refreshes += int(refreshed)
-        return True
+        return refreshed is not None
 
     def _run(self) -> None:
         try:

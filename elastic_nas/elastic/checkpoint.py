@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import torch
 
 from elastic_nas.config import SpaceConfig, from_dict
-from elastic_nas.errors import CheckpointError
+from elastic_nas.errors import CheckpointError, ConfigError
 from elastic_nas.io import atomic_write, filesystem, first_line, is_uri, redact
 
 FORMAT_VERSION = 1
@@ -143,8 +143,8 @@ def check_compatible(meta: dict[str, Any], fingerprint: dict[str, Any], path: st
     theirs = meta.get("fingerprint", {})
     for key, ours in fingerprint.items():
         if key == "space" and key in theirs:  # space keys added since take their defaults
-            theirs = dict(theirs, space=_full_space(theirs["space"]))
-            ours = _full_space(ours)
+            theirs = dict(theirs, space=_full_space(theirs["space"], path))
+            ours = _full_space(ours, path)
         if key in theirs and theirs[key] != ours:
             raise CheckpointError(
                 f"checkpoint {path} is incompatible with this config: {key} is {theirs[key]!r} "
@@ -154,8 +154,11 @@ def check_compatible(meta: dict[str, Any], fingerprint: dict[str, Any], path: st
             raise CheckpointError(f"checkpoint {path} lacks {key!r}: not a checkpoint of this kind of run")
 
 
-def _full_space(space: dict[str, Any]) -> dict[str, Any]:
-    return asdict(from_dict(SpaceConfig, space))
+def _full_space(space: dict[str, Any], path: str) -> dict[str, Any]:
+    try:
+        return asdict(from_dict(SpaceConfig, space))
+    except ConfigError as e:  # a key removed since, or a value no longer valid
+        raise CheckpointError(f"checkpoint {path} has a space this version cannot read ({e})") from None
 
 
 def load_latest_valid(

@@ -113,7 +113,7 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     # 1. the supernet of this snapshot, built once per process
     space, model = get_supernet(snapshot, device)
     setup_s = time.perf_counter() - t0
-    for index, cand in enumerate(config.get("candidates") or [config]):  # [config]: a search of v1
+    for index, cand in enumerate(config["candidates"]):
         # 2. recalibrate BN for this arch and score it on the fixed validation subset
         t1 = time.perf_counter()
         metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)

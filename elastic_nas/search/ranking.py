@@ -46,7 +46,9 @@ def bootstrap_ci(stat: Callable[[np.ndarray, np.ndarray], float], a: Sequence[fl
     """Percentile bootstrap CI of ``stat(a, b)``, resampling the (a, b) pairs with replacement."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     rng = np.random.default_rng(seed)
-    draws = [stat(a[idx], b[idx]) for idx in rng.integers(0, len(a), size=(resamples, len(a)))]
+    # A resample with one side all tied has no rank statistic: leave it out rather than count a 0.
+    draws = [stat(a[idx], b[idx]) for idx in rng.integers(0, len(a), size=(resamples, len(a)))
+             if np.ptp(a[idx]) > 0 and np.ptp(b[idx]) > 0]
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(draws, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -54,6 +56,7 @@ def bootstrap_ci(stat: Callable[[np.ndarray, np.ndarray], float], a: Sequence[fl
 
 def precision_at_k(predicted: Sequence[float], truth: Sequence[float], k: int) -> float:
     """Share of the ``k`` best by ``predicted`` that are among the ``k`` best by ``truth``."""
+    k = min(k, len(truth))
     top_pred = set(np.argsort(-np.asarray(predicted, dtype=float), kind="stable")[:k].tolist())
     top_true = set(np.argsort(-np.asarray(truth, dtype=float), kind="stable")[:k].tolist())
     return len(top_pred & top_true) / k

@@ -2,8 +2,8 @@
 
 1. pin the supernet snapshot (run dir -> newest valid checkpoint) into the search dir;
 2. build the fixed calibration and validation images;
-3. run Tune: one trial per candidate, the :class:`GenerationSearcher` proposing them,
-   the snapshot and images shared through the object store;
+3. run Tune: one trial per batch of candidates, the :class:`GenerationSearcher` proposing
+   them, the snapshot and images shared through the object store;
 4. write the results table, Pareto front, best arch per budget, plot and chosen arch.
 
 Launching the same command again resumes the search (``Tuner.restore``).
@@ -171,13 +171,16 @@ def run_search(cfg: SearchConfig) -> dict:
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
     snapshot = to_snapshot(ckpt)
     init_ray()
-    per_trial, slots = trial_batching(cfg, space, snapshot, data)
+    # A resumed search keeps the batching its searcher was saved with: no candidate to time.
+    restoring = tune_can_restore(out_dir / TUNE_DIR)
+    per_trial, slots = (1, 1) if restoring else trial_batching(cfg, space, snapshot, data)
     searcher = make_searcher(cfg, space, per_trial, slots)
     budget = searcher.generator.settings.budget
+    batching = "batches as saved" if restoring else f"up to {per_trial} candidates per trial on {slots} evaluator(s)"
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
-          f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, up to {per_trial} candidates "
-          f"per trial on {slots} evaluator(s); outputs in {out_dir}", flush=True)
+          f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, {batching}; "
+          f"outputs in {out_dir}", flush=True)
     searcher.on_generation = GenerationProgress(budget)
     grid = run_tune(cfg, searcher, snapshot, data, out_dir / TUNE_DIR)
     table = results_table(grid)
@@ -237,8 +240,16 @@ def trial_batching(cfg: SearchConfig, space, snapshot: Snapshot, data: EvalData)
     slots = max(1, int(ray.cluster_resources().get(kind, 0) // need))
     if ev.candidates_per_trial:
         return ev.candidates_per_trial, slots
+    if ev.gpus_per_trial:  # a GPU scores a candidate in milliseconds: one batch per evaluator per generation
+        return max(1, math.ceil(cfg.evolution.population / slots)), slots
     seconds = time_candidate(snapshot, data, space.sample(np.random.default_rng(cfg.run.seed)))
     return max(1, round(TRIAL_SECONDS / max(seconds, 1e-3))), slots
+
+
+def tune_can_restore(tune_path: Path) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(tune_path))
 
 
 def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData, tune_path: Path):
@@ -265,7 +276,7 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
         {"cpu": cfg.evaluator.cpus_per_trial, "gpu": cfg.evaluator.gpus_per_trial},
     )
-    if tune.Tuner.can_restore(str(tune_path)):
+    if tune_can_restore(tune_path):
         print(f"elastic-nas: resuming the search in {tune_path}", flush=True)
         tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)
     else:

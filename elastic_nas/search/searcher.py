@@ -17,12 +17,20 @@ State (``get_state``/``save``) is built by hand: the generator's state (RNG, eve
 candidate with its score) plus which candidates are not yet suggested and which trial
 runs which batch. ``Tuner.restore(..., resume_unfinished=True)`` re-runs the running
 trials under their old ids, so their results land where they belong.
+
+Tune saves its trial table first and the searcher after it, so a driver killed between
+the two would leave a trial finished in the table but running in the searcher, and the
+generation barrier would wait for it forever. Hence the searcher saves itself again as soon
+as a trial completes (before Tune's next table), and a restored batch whose candidates are
+all scored no longer counts as running (if Tune does re-run it, its reports are told again,
+with the same scores).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 from ray.tune.search import Searcher
@@ -62,6 +70,7 @@ class GenerationSearcher(Searcher):
         self.candidates_per_trial = max(1, candidates_per_trial)
         self.slots = max(1, slots)
         self.current = _Generation()
+        self._state_path = ""  # where Tune last saved this searcher
         # on_generation(generator, candidates, seconds): a generation of that many candidates
         # was fully scored, that many seconds after it was handed out (in this process)
         self.on_generation = None
@@ -100,6 +109,8 @@ class GenerationSearcher(Searcher):
         for key in batch:
             if not self.generator.candidates[key].evaluated:  # never reported: its evaluation failed
                 self.generator.tell(key, None)
+        if self._state_path:  # ahead of Tune's trial table, which will list this trial as finished
+            self.save(self._state_path)
         if self.current.done() and self.on_generation is not None:
             self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 
@@ -123,11 +134,17 @@ class GenerationSearcher(Searcher):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"searcher state version {state.get('version')}, expected {STATE_VERSION}")
         self.generator.set_state(state["generator"])
-        self.current = _Generation(state["unsuggested"], state["running"])
+        scored = {key for key, cand in self.generator.candidates.items() if cand.evaluated}
+        running = {trial: batch for trial, batch in state["running"].items() if not set(batch) <= scored}
+        self.current = _Generation(state["unsuggested"], running)
 
     def save(self, checkpoint_path: str) -> None:
         """JSON, written atomically (a crash never leaves half a file)."""
         atomic_write(checkpoint_path, json.dumps(self.get_state()))
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        self._state_path = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))
+        super().save_to_dir(checkpoint_dir, session_str)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

@@ -36,10 +36,11 @@ class Supernet(nn.Module):
         raise NotImplementedError
 
     def arch_parameters(self, arch: Arch) -> list[nn.Parameter]:
-        """Exactly the parameters the arch touches, each once, in a fixed order.
+        """The parameters of the modules the arch runs, each once, in a fixed order.
 
-        With channel search the whole tensor of a sliced layer is returned: only its
-        leading slice gets a non-zero gradient, but the tensor is one parameter.
+        A sliced or entangled layer's whole tensor is returned: only the slice the arch
+        uses gets a non-zero gradient, but the tensor is one parameter. Likewise an
+        entangled block's kernel-transform matrices come with it whatever its kernel size.
         """
         seen: set[int] = set()
         params = []
@@ -65,7 +66,7 @@ class SearchSpace(abc.ABC):
         """Return the normalised, hashable arch; raise :class:`ArchError` if it is not in the space."""
 
     def to_json(self, arch: Any) -> list:
-        return _to_lists(self.validate(arch))
+        return arch_to_json(self.validate(arch))
 
     @abc.abstractmethod
     def sample(self, rng: np.random.Generator) -> Arch:
@@ -238,10 +239,9 @@ def inherit_weights(dst: nn.Module, src: nn.Module) -> None:
             t.copy_(source[tuple(slice(0, n) for n in t.shape)])
 
 
-def _to_lists(arch: Any) -> Any:
-    if isinstance(arch, tuple):
-        return [_to_lists(a) for a in arch]
-    return arch
+def arch_to_json(arch: Any) -> Any:
+    """An arch (nested tuples of choice indices) as nested lists of plain ints."""
+    return [arch_to_json(a) for a in arch] if isinstance(arch, (tuple, list)) else int(arch)
 
 
 def _gap(m: float, lo: float, hi: float) -> float:

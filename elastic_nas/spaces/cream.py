@@ -140,8 +140,8 @@ class ChoiceBlock(nn.ModuleList):
 
 
 class EntangledInvertedResidual(nn.Module):
-    """Entangled weights: every op of a block position in one set of weights (Once-for-All's
-    elastic kernel and width).
+    """Entangled weights: every op of a block position in one set of weights (what
+    Once-for-All calls elastic kernel and width).
 
     The depthwise kernel is allocated at 7x7 and k = 5 and 3 run its centre, either as is or
     through OFA's learned kernel-transform matrices (7->5 on the 5x5 centre, 5->3 on the

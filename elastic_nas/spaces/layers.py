@@ -1,7 +1,8 @@
 """Small layers shared by the spaces, and the sliced (leading-channel) ops.
 
-Sliced ops follow Once-for-All's elastic width: a layer allocates its maximum width
-(``max_*``) and an arch runs the leading ``active_*`` channels. The layers themselves are plain
+Sliced ops are what Once-for-All calls elastic width (in this project "elastic" means world
+size): a layer allocates its maximum width (``max_*``) and an arch runs the leading
+``active_*`` channels. The layers themselves are plain
 ``nn.Conv2d`` / ``nn.BatchNorm2d``, so a standalone subnet is built from the very same
 block classes at the active width, and inherits weights by leading slices.
 """
@@ -40,7 +41,7 @@ def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, gr
 
 
 def centre_kernel(weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """The centre ``kernel_size`` x ``kernel_size`` of a conv weight (OFA's elastic kernel)."""
+    """The centre ``kernel_size`` x ``kernel_size`` of a conv weight (what OFA calls an elastic kernel)."""
     start = (weight.shape[-1] - kernel_size) // 2
     return weight[..., start:start + kernel_size, start:start + kernel_size]
 

@@ -24,9 +24,9 @@ def world_size() -> int:
 def allreduce_grads(params: list[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES) -> None:
     """Sum the gradients of ``params`` over all ranks, in flat buckets.
 
-    Only the sampled arch's parameters take part: a supernet step touches a small part
-    of the weights, and reducing the rest would move zeros. Every rank samples the same
-    arch, so every rank builds the same buckets in the same order.
+    Only the parameters of the step's archs take part: a supernet step touches a small
+    part of the weights, and reducing the rest would move zeros. Every rank samples the
+    same archs, so every rank builds the same buckets in the same order.
     """
     if not is_distributed():
         return

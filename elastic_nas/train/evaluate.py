@@ -38,12 +38,13 @@ def subnet_fingerprint(space_cfg: SpaceConfig, arch_json: Any, data: DataConfig)
                                                       "search_val_size")}}
 
 
-def load_subnet(path: str):
-    """(model, space, arch, data cfg, checkpoint) of a retrained subnet: a run dir or a checkpoint dir."""
+def load_subnet(path: str, fs=None):
+    """(model, space, arch, data cfg, checkpoint) of a retrained subnet: a run dir or a checkpoint dir
+    (a path inside ``fs`` where given)."""
     from elastic_nas.elastic.checkpoint import resolve_checkpoint
     from elastic_nas.spaces import build_space
 
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, fs=fs)
     fp = ckpt.meta.get("fingerprint", {})
     if fp.get("kind") != "subnet":
         raise CheckpointError(f"{ckpt.path} is a {fp.get('kind')!r} checkpoint; `test` takes a retrained subnet "

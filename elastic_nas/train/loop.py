@@ -150,7 +150,7 @@ class _Signals:
         self.deadline: float | None = None  # wall-clock seconds of a spot-reclaim deadline
         self.remaining = 0.0
         self.token = ""
-        self.join = elastic.node_watch and elastic.join_checkpoint_timeout_s > 0
+        self.join = elastic.join_checkpoints
         self.requests = JoinCheckpoint(run_name) if rank == 0 and self.join else None
 
     def poll(self, step: int, done: bool) -> str | None:
@@ -178,7 +178,14 @@ class _Signals:
 
     def _join_token(self) -> str:
         """Rank 0's unanswered request token, known to every rank ("" = none)."""
-        token = (self.requests.pending() or "") if self.requests is not None else ""
+        token = ""
+        if self.requests is not None:
+            try:
+                token = self.requests.pending() or ""
+            except Exception as e:  # the GCS KV store failed: train on without join checkpoints
+                print(f"elastic-nas: join checkpoints off for this worker group ({type(e).__name__}: {e})",
+                      flush=True)
+                self.requests = None
         if distributed.is_distributed():
             token = str(distributed.broadcast_int(int(token or 0), self.device))
         return "" if token in ("", "0") else token

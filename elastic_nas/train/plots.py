@@ -22,7 +22,8 @@ def plot_history(history: list[dict], out: Path) -> Path:
     starts = [h for h in history if h["event"] == "start"]
     t = [(h["time"] - t0) for h in reports]
     panels = [(key, label) for key, label in PANELS if any(key in h for h in reports)]  # old runs: no loss
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.9 * len(panels) + 1), sharex=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.9 * len(panels) + 1), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     for ax, (key, label) in zip(axes, panels):
         values = [h.get(key, float("nan")) for h in reports]
         if key == "world_size":

@@ -85,7 +85,7 @@ def retrain(cfg: RetrainConfig) -> dict:
     print(f"elastic-nas: retraining {space_cfg.name} arch {json.dumps(arch)} "
           f"({space.macs(a) / 1e6:.1f}M MACs, {space.params(a) / 1e6:.2f}M params) from scratch", flush=True)
     result, outputs = run_training(retrain_worker, cfg, {"space": asdict(space_cfg), "arch": arch})
-    model, *_ = load_subnet(result.checkpoint.path)
+    model, *_ = load_subnet(result.checkpoint.path, fs=result.checkpoint.filesystem)  # path has no scheme on s3
     metrics = evaluate(model, splits.test, cfg.eval_batch)
     summary = {"space": asdict(space_cfg), "arch": arch, "macs": space.macs(a), "params": space.params(a),
                "test_top1": round(metrics["top1"], 2), "test_top5": round(metrics["top5"], 2),

@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from elastic_nas.elastic.checkpoint import LoadedCheckpoint, partial_checkpoints, resolve_checkpoint
@@ -34,7 +33,7 @@ class TrainState:
         num_train = len(task.train_split)
         self.sampler = ElasticSampler(num_train, seed=seed)
         self.policy = ElasticLRPolicy(LRSettings.from_config(optim, elastic, num_train))
-        self.total_samples = optim.epochs * num_train
+        self.total_samples = self.policy.settings.total_samples  # the LR schedule's end is the run's
         self.step = 0
         self.samples_seen = 0
         self.history: list[dict] = []
@@ -69,8 +68,10 @@ class TrainState:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "history": self.history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()},
+            "rng": {"torch": torch.get_rng_state()},  # augmentation draws from its own seeded generator
         }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state()
         extra = self.task.strategy.state_dict()
         if extra is not None:
             state["extra"] = extra
@@ -84,6 +85,8 @@ class TrainState:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
         if "extra" in state:
             self.task.strategy.load_state_dict(state["extra"])
 

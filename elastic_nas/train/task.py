@@ -10,7 +10,7 @@ import torch
 
 @dataclass
 class TrainTask:
-    """Built on every worker by a picklable factory (``build_supernet_task``, retrain's)."""
+    """Built on every worker by a picklable factory (``build_supernet_task``, ``build_subnet_task``)."""
 
     model: torch.nn.Module
     strategy: Any  # a train.strategies Strategy: the step's archs, loss, hooks, extra state

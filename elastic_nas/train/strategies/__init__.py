@@ -18,9 +18,8 @@ from elastic_nas.train.strategies.cream import CreamStrategy
 from elastic_nas.train.strategies.sandwich import SandwichStrategy
 from elastic_nas.train.strategies.spos import SposStrategy
 
-STRATEGIES: dict[str, type[SupernetStrategy]] = {
-    "spos": SposStrategy, "cream": CreamStrategy, "sandwich": SandwichStrategy,
-}
+STRATEGIES: dict[str, type[SupernetStrategy]] = {cls.name: cls for cls in (SposStrategy, CreamStrategy,
+                                                                            SandwichStrategy)}
 
 __all__ = ["STRATEGIES", "ArchSampler", "CreamStrategy", "SandwichStrategy", "SposStrategy", "Strategy",
            "SupernetStrategy"]

@@ -10,10 +10,10 @@ A strategy answers, for every step:
 * ``after_step(step, archs, batch, stats)`` -- called on every rank after the optimizer
   step (it may run collectives: all ranks call it);
 
-and, around the run: ``state_dict``/``load_state_dict`` (extra checkpoint state),
-``fingerprint()`` (what a resumed run must agree on), ``check(cfg, space)`` (fail before
-work starts) and ``write_results(cfg, checkpoint, run_dir)`` (outputs at the end, on the
-driver).
+and ``state_dict``/``load_state_dict`` (extra checkpoint state). :class:`SupernetStrategy`
+adds, around the run: ``fingerprint()`` (what a resumed run must agree on), ``check(cfg,
+space)`` (fail before work starts) and ``write_results(cfg, checkpoint, run_dir)``
+(outputs at the end, on the driver).
 
 :class:`Strategy` itself trains a standalone subnet (``retrain``); supernet strategies
 subclass :class:`SupernetStrategy` and register in :mod:`elastic_nas.train.strategies`.

@@ -7,7 +7,7 @@ Each step trains one sampled arch (the *student*), as SPOS does, with three addi
    for k3e4/k3e6/k5e4/k5e6/k7e4/k7e6: half of all blocks are k5e6) or uniformly.
    ``sampling.flops_min``/``flops_max`` bound the arch's MACs: bounded rejection with the
    same probabilities, then the space's bounded uniform/repair fallback.
-2. **The prioritized path board** (:mod:`~elastic_nas.train.strategies.cream_board`),
+2. **The board of prioritized archs** (:mod:`~elastic_nas.train.strategies.cream_board`),
    filled after the warm-up from rank 0's batch, broadcast, so every rank holds the same
    board bit for bit.
 3. **Distillation with a meta matching network**

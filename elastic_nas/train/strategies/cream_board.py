@@ -1,4 +1,4 @@
-"""Cream's prioritized path board: the best archs so far, each with the images it entered on.
+"""Cream's board of prioritized archs (the paper's "prioritized paths"): the best archs so far, each with the images it entered on.
 
 After the warm-up, an arch enters the board (size ``cream.board_size``) when it is not
 full, or when its batch top-1 -- all-reduced over the workers -- beats the worst entry's
@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from elastic_nas.spaces.base import Arch, SearchSpace
+from elastic_nas.spaces.base import Arch, SearchSpace, arch_to_json
 
 
 @dataclass
@@ -35,7 +34,7 @@ class BoardEntry:
     probs: torch.Tensor  # [slice, num_classes]: this arch's own softmax on ``images``
 
     def to_state(self) -> dict:
-        return {"arch": _to_lists(self.arch), "accuracy": float(self.accuracy), "macs": int(self.macs),
+        return {"arch": arch_to_json(self.arch), "accuracy": float(self.accuracy), "macs": int(self.macs),
                 "step": int(self.step), "images": self.images.detach().cpu(),
                 "labels": self.labels.detach().cpu(), "probs": self.probs.detach().cpu()}
 
@@ -79,7 +78,7 @@ class PrioritizedBoard:
         if self.full():
             self.entries.pop()
         self.entries.append(entry)
-        self.entries.sort(key=lambda e: (-e.accuracy, e.macs, json.dumps(_to_lists(e.arch))))
+        self.entries.sort(key=lambda e: (-e.accuracy, e.macs, json.dumps(arch_to_json(e.arch))))
 
     def candidates(self, student: Arch) -> list[BoardEntry]:
         """Possible teachers of ``student``: every entry but the student itself."""
@@ -103,10 +102,6 @@ def board_digest(entries: list[dict]) -> str:
         for key in ("images", "labels", "probs"):
             h.update(d[key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _to_lists(arch: Any) -> Any:
-    return [_to_lists(a) for a in arch] if isinstance(arch, (tuple, list)) else int(arch)
 
 
 __all__ = ["BoardEntry", "PrioritizedBoard", "board_digest"]

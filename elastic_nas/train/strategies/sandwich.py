@@ -41,9 +41,9 @@ class SandwichStrategy(SupernetStrategy):
 
     @classmethod
     def check(cls, cfg, space: SearchSpace) -> None:
-        sampler = cls.make_arch_sampler(cfg, space)
-        sampler(0)
-        cls.sandwich_bounds(space, sampler)
+        arch_sampler = cls.make_arch_sampler(cfg, space)
+        arch_sampler(0)
+        cls.sandwich_bounds(space, arch_sampler)
 
     def fingerprint(self) -> dict:
         return {"sandwich": {"num_random": self.num_random, "distill": self.distill}}
