@@ -27,8 +27,12 @@ an interrupted run resumes where it was; ``--procs`` jobs run at once, one threa
 work dir records the settings that decide its jobs and refuses a run with other ones.
 Writes ``results/ranking.json`` and ``results/ranking.png``.
 
-    python benchmarks/ranking.py --procs 2                # the figures in RESULTS.md
+    python benchmarks/ranking.py --procs 2                # every figure (hours on 2 cores)
+    python benchmarks/ranking.py --report-only            # the figures of the jobs done so far
     python benchmarks/ranking.py --quick --work /tmp/rq   # a few minutes, end to end
+
+Jobs run in the order truth, supernets, budget check, search, so an interrupted run's
+``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
 """
 
 from __future__ import annotations
@@ -221,7 +225,6 @@ def run(a) -> dict:
     check = sorted(range(len(archs)), key=lambda i: space.macs(archs[i]))[:: max(1, len(archs) // a.check)][:a.check]
     jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps)
             for i in range(len(archs)) for s in (0, 1)]
-    jobs += [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
     steps = {v: max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
@@ -229,25 +232,37 @@ def run(a) -> dict:
                                                        for v in a.variants), flush=True)
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
              for v in a.variants for s in range(a.supernet_seeds)]
-    results = dict(zip([j[1] for j in jobs], run_jobs(cached, jobs, a.procs)))
+    jobs += [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
+    if a.report_only:  # the figures of the finished jobs; the rest are listed as missing
+        results = {j[1]: json.loads((work / f"{j[1]}.json").read_text()) for j in jobs
+                   if (work / f"{j[1]}.json").exists()}
+    else:
+        results = dict(zip([j[1] for j in jobs], run_jobs(cached, jobs, a.procs)))
+    missing = [j[1] for j in jobs if j[1] not in results]
+    if any(key.startswith("sa_") and key.endswith(f"_{a.truth_steps}") for key in missing):
+        raise SystemExit("ranking: the ground truth is not complete yet; run without --report-only")
     truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in (0, 1)]
                       for i in range(len(archs))])
     out = {"space": SPACE, "data": DATA, "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
            "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
                         "test_top1_seeds": truth[i].tolist()} for i, (arch, g) in enumerate(zip(archs, groups))],
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
-           "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2)}
-    twice = [results[f"sa_{i}_s0_{2 * a.truth_steps}"]["test_top1"] for i in check]
+           "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),
+           "missing_jobs": missing}
+    twice = [results[key]["test_top1"] for key in (f"sa_{i}_s0_{2 * a.truth_steps}" for i in check) if key in results]
     out["budget_check"] = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps],
-                           "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice,
-                           "kendall_tau": round(kendall_tau(truth[check, 0], twice), 4)}
-    out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
-    out.update(rank_figures(a, archs, groups, budget, truth, results, steps, per_step, space))
-    out["search_quality"] = search_quality(a, work, budget, out, truth)
+                           "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice}
+    if len(twice) == len(check):
+        out["budget_check"]["kendall_tau"] = round(kendall_tau(truth[check, 0], twice), 4)
+        out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
+    done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
+    out.update(rank_figures(a, done, archs, budget, truth, results, steps, per_step, space))
+    if not missing and done:
+        out["search_quality"] = search_quality(a, work, budget, out, truth)
     return out
 
 
-def rank_figures(a, archs, groups, budget, truth, results, steps, per_step, space) -> dict:
+def rank_figures(a, variants, archs, budget, truth, results, steps, per_step, space) -> dict:
     target = truth.mean(1)
     band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
     macs = [space.macs(arch) for arch in archs]
@@ -258,7 +273,7 @@ def rank_figures(a, archs, groups, budget, truth, results, steps, per_step, spac
     for name, pred in baselines.items():
         out["baselines"][name] = dict(rank_report(pred, target),
                                       band_kendall_tau=round(kendall_tau(np.asarray(pred)[band], target[band]), 4))
-    for v in a.variants:
+    for v in variants:
         runs = [results[f"sn_{v}_s{s}_{steps[v]}"] for s in range(a.supernet_seeds)]
         per_seed = [dict(rank_report(r["scores"], target),
                          band_kendall_tau=round(kendall_tau(np.asarray(r["scores"])[band], target[band]), 4),
@@ -275,7 +290,7 @@ def rank_figures(a, archs, groups, budget, truth, results, steps, per_step, spac
 
 
 def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -> dict:
-    best = max(a.variants, key=lambda v: out["variants"][v]["kendall_tau_mean"])
+    best = max(out["variants"], key=lambda v: out["variants"][v]["kendall_tau_mean"])
     space = build_space(from_dict(SpaceConfig, SPACE))
     picks = {m: cached(work, f"search_{best}_{m}_{a.population}_{a.generations}", searched, a, best, m, budget)
              for m in ("evolution", "random")}
@@ -301,20 +316,27 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     variants = list(out["variants"])
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 4), squeeze=False)
     truth = np.array([s["test_top1_seeds"] for s in out["subnets"]])
     band = set(out["band_subnets"])
-    for ax, v in zip(axes[0], variants):
+    colors = ["tab:orange" if i in band else "tab:blue" for i in range(len(truth))]
+    noise = axes[0][0]  # the noise ceiling: how well one stand-alone seed ranks the other
+    noise.scatter(truth[:, 0], truth[:, 1], color=colors, s=10)
+    noise.set_title(f"stand-alone seed 0 vs seed 1\ntau {out['noise_ceiling_tau_seed0_vs_seed1']:.2f} "
+                    "(the noise ceiling)", fontsize=9)
+    noise.set_xlabel("seed 0 test top-1 (%)")
+    noise.set_ylabel("seed 1 test top-1 (%)")
+    noise.grid(alpha=0.3)
+    for ax, v in zip(axes[0][1:], variants):
         score = np.mean(out["variants"][v]["scores"], axis=0)
         for i in range(len(truth)):
-            color = "tab:orange" if i in band else "tab:blue"
-            ax.plot(truth[i], [score[i]] * 2, color=color, lw=0.8, alpha=0.6)
-            ax.scatter(truth[i], [score[i]] * 2, color=color, s=10)
+            ax.plot(truth[i], [score[i]] * 2, color=colors[i], lw=0.8, alpha=0.6)
+            ax.scatter(truth[i], [score[i]] * 2, color=colors[i], s=10)
         ax.set_title(f"{v}\ntau {out['variants'][v]['kendall_tau_mean']:.2f} "
                      f"(MACs {out['baselines']['macs']['kendall_tau']:.2f})", fontsize=9)
         ax.set_xlabel("stand-alone test top-1 (%), both seeds")
+        ax.set_ylabel("supernet score (%), mean of seeds")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("supernet score (%), mean of seeds")
     fig.suptitle("Supernet score vs stand-alone accuracy (orange: inside the search band)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -344,6 +366,8 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
     if a.quick:
