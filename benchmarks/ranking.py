@@ -54,7 +54,7 @@ from elastic_nas.errors import ArchError
 from elastic_nas.io import atomic_write
 from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
-from elastic_nas.search.ranking import kendall_tau, rank_report
+from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, rank_report
 from elastic_nas.spaces import build_space
 
 SPACE = {"name": "cream", "input_size": 32, "num_classes": 10, "stem_stride": 2, "width_mult": 0.5,
@@ -256,36 +256,46 @@ def run(a) -> dict:
         out["budget_check"]["kendall_tau"] = round(kendall_tau(truth[check, 0], twice), 4)
         out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
-    out.update(rank_figures(a, done, archs, budget, truth, results, steps, per_step, space))
+    out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if not missing and done:
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     return out
 
 
-def rank_figures(a, variants, archs, budget, truth, results, steps, per_step, space) -> dict:
+def subset_taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict:
+    """Kendall tau on each subset of the subnets (the stratified ones with a bootstrap CI)."""
+    pred = np.asarray(pred, dtype=float)
+    out = {f"{name}_kendall_tau": round(kendall_tau(pred[idx], target[idx]), 4) for name, idx in subsets.items()}
+    idx = subsets["stratified"]
+    out["stratified_kendall_tau_ci95"] = [round(v, 4) for v in bootstrap_ci(kendall_tau, pred[idx], target[idx])]
+    return out
+
+
+def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_step, space) -> dict:
     target = truth.mean(1)
     band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
+    subsets = {"band": band, "stratified": [i for i, g in enumerate(groups) if g == "stratified"]}
     macs = [space.macs(arch) for arch in archs]
     params = [space.params(arch) for arch in archs]
     rng = np.random.default_rng(7)
     baselines = {"macs": macs, "params": params, "random_order": rng.permutation(len(archs)).tolist()}
     out = {"band_subnets": band, "baselines": {}, "variants": {}}
     for name, pred in baselines.items():
-        out["baselines"][name] = dict(rank_report(pred, target),
-                                      band_kendall_tau=round(kendall_tau(np.asarray(pred)[band], target[band]), 4))
+        out["baselines"][name] = dict(rank_report(pred, target), **subset_taus(pred, target, subsets))
     for v in variants:
         runs = [results[f"sn_{v}_s{s}_{steps[v]}"] for s in range(a.supernet_seeds)]
-        per_seed = [dict(rank_report(r["scores"], target),
-                         band_kendall_tau=round(kendall_tau(np.asarray(r["scores"])[band], target[band]), 4),
+        per_seed = [dict(rank_report(r["scores"], target), **subset_taus(r["scores"], target, subsets),
                          mean_score=round(float(np.mean(r["scores"])), 2), train_seconds=r["train_seconds"])
                     for r in runs]
         taus = [p["kendall_tau"] for p in per_seed]
         band_taus = [p["band_kendall_tau"] for p in per_seed]
+        strat_taus = [p["stratified_kendall_tau"] for p in per_seed]
         out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "seeds": per_seed,
                               "scores": [r["scores"] for r in runs],
                               "kendall_tau_mean": round(float(np.mean(taus)), 4),
                               "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4),
-                              "band_kendall_tau_mean": round(float(np.mean(band_taus)), 4)}
+                              "band_kendall_tau_mean": round(float(np.mean(band_taus)), 4),
+                              "stratified_kendall_tau_mean": round(float(np.mean(strat_taus)), 4)}
     return out
 
 
