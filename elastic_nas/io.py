@@ -20,8 +20,20 @@ import pyarrow.fs as pafs
 
 from elastic_nas.errors import UserError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # the process umask: reading it means setting it
+
+def _umask() -> int:
+    """The process umask, read without setting it where Linux lets us (setting it, even back,
+    would race with threads creating files meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[str], None]) -> Path:
@@ -30,7 +42,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[str], None]) ->
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would follow the umask
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would follow the umask
         if callable(data):
             data(tmp)
         else:
