@@ -257,7 +257,7 @@ def run(a) -> dict:
         out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
-    if not missing and done:
+    if not missing and done and not a.report_only:  # the search and its retrains are training
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     return out
 

@@ -85,7 +85,7 @@ class SpaceCost:
         return self.space.macs(arch), self.space.params(arch)
 
 
-def make_searcher(cfg: SearchConfig, space, candidates_per_trial: int = 1, slots: int = 1) -> GenerationSearcher:
+def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
     evo = cfg.evolution
     lo, hi = space.macs_range()
     if (evo.macs_max and evo.macs_max * 1e6 < lo) or (evo.macs_min and evo.macs_min * 1e6 > hi):
@@ -98,7 +98,7 @@ def make_searcher(cfg: SearchConfig, space, candidates_per_trial: int = 1, slots
         generations=evo.generations, max_tries=evo.max_tries)
     constraints = Constraints(evo.macs_min * 1e6, evo.macs_max * 1e6, evo.params_min * 1e6, evo.params_max * 1e6)
     generator = make_generator(evo.method, space, SpaceCost(space), constraints, settings, cfg.run.seed)
-    return GenerationSearcher(generator, candidates_per_trial=candidates_per_trial, slots=slots)
+    return GenerationSearcher(generator)
 
 
 def trial_dirname(trial) -> str:
@@ -167,16 +167,18 @@ def run_search(cfg: SearchConfig) -> dict:
     fingerprint = ckpt.meta["fingerprint"]
     space_cfg = check_snapshot_matches(cfg, fingerprint)
     space = build_space(space_cfg)
-    make_searcher(cfg, space)  # the constraints meet the space
+    searcher = make_searcher(cfg, space)  # fails here if the constraints miss the space
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
     snapshot = to_snapshot(ckpt)
     init_ray()
     # A resumed search keeps the batching its searcher was saved with: no candidate to time.
     restoring = tune_can_restore(out_dir / TUNE_DIR)
-    per_trial, slots = (1, 1) if restoring else trial_batching(cfg, space, snapshot, data)
-    searcher = make_searcher(cfg, space, per_trial, slots)
+    if not restoring:
+        per_trial, slots = trial_batching(cfg, space, snapshot, data)
+        searcher.candidates_per_trial, searcher.slots = per_trial, slots
     budget = searcher.generator.settings.budget
-    batching = "batches as saved" if restoring else f"up to {per_trial} candidates per trial on {slots} evaluator(s)"
+    batching = ("batches as saved" if restoring else
+                f"up to {searcher.candidates_per_trial} candidates per trial on {searcher.slots} evaluator(s)")
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
           f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, {batching}; "
