@@ -257,6 +257,13 @@ def run(a) -> dict:
         out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
+    if len(twice) == len(check):  # the same rankers against the longer truth, on its few subnets
+        rankers = {"macs": [space.macs(archs[i]) for i in check]}
+        rankers.update({f"{v}_s{s}": [results[f"sn_{v}_s{s}_{steps[v]}"]["scores"][i] for i in check]
+                        for v in done for s in range(a.supernet_seeds)})
+        out["budget_check"]["kendall_tau_vs_twice"] = {k: round(kendall_tau(p, twice), 4) for k, p in rankers.items()}
+        out["budget_check"]["kendall_tau_vs_budget"] = {k: round(kendall_tau(p, truth[check, 0]), 4)
+                                                        for k, p in rankers.items()}
     if not missing and done and not a.report_only:  # the search and its retrains are training
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     return out

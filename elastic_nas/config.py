@@ -169,6 +169,9 @@ class ElasticConfig:
     # node_watch: keep an idle, torch-imported worker process per worker slot on each node,
     # so a restart skips process start and imports (see cluster/warm_workers.py)
     warm_workers: bool = True
+    # a new driver of this run cancels the resource requests a killed driver of it left with
+    # Ray (they would hold its workers' resources for 180 s); see cluster/takeover.py
+    release_dead_driver: bool = True
 
     @property
     def join_checkpoints(self) -> bool:

@@ -36,10 +36,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, data: bytes | str | Callable[[str], None]) -> Path:
-    """Write ``data`` (bytes, text, or a ``write(tmp_path)`` callback) to ``path`` atomically."""
+def atomic_write(path: str | Path, data: bytes | str | Callable[[str], None], tmp_dir: str | Path | None = None) -> Path:
+    """Write ``data`` (bytes, text, or a ``write(tmp_path)`` callback) to ``path`` atomically.
+
+    The temporary file lies beside ``path`` unless ``tmp_dir`` (on the same filesystem) is given:
+    for a folder that another process copies while we write."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would follow the umask

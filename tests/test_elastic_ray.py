@@ -201,6 +201,32 @@ def test_drained_node_checkpoints_before_it_goes(cluster, tmp_path, data_dir):
     assert any(e["event"] == "preemption_notice" for e in history(tmp_path, "drain"))
 
 
+def test_killed_driver_is_taken_over_at_once(cluster, tmp_path, data_dir):
+    """An elastic run's driver killed outright leaves its controller's resource request with
+    Ray for 180 s. The same command started again releases it and resumes at the full size
+    at once (Ray's own expiry would hold it for minutes); every sample still exactly once."""
+    add_worker_node(cluster)
+    add_worker_node(cluster)
+    epochs = 2
+    args = supernet_args(tmp_path, data_dir, "takeover", epochs)
+    first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    try:
+        first.wait_for(r"started with 2 worker", 240)
+        wait_checkpoint(tmp_path / "runs" / "takeover", 1, 240)
+    finally:
+        first.kill()
+    wait_for_free_slots(cluster, 2, 60)
+    second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    try:
+        second.wait_for(r"released the resources that this run's previous driver \(job \w+, gone\)", 120)
+        # Well inside the 180 s that the dead driver's request would otherwise hold the slots.
+        second.wait_for(r"resumed at step \d+ with 2 worker", 100)
+        assert second.finish(600) == 0, second.output()[-4000:]
+    finally:
+        second.kill()
+    assert_exactly_once(tmp_path, data_dir, epochs)
+
+
 def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_dir):
     """Stop the driver, corrupt the newest checkpoint, launch again with the same name:
     the run says which checkpoint it skipped, resumes from the previous one, finishes."""

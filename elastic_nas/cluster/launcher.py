@@ -13,6 +13,7 @@ from typing import Any
 
 from elastic_nas.cluster.node_watch import NodeWatcher
 from elastic_nas.cluster.resources import check_fits, worker_resources
+from elastic_nas.cluster.takeover import release_dead_driver
 from elastic_nas.cluster.warm_workers import WarmPool
 from elastic_nas.config import ElasticConfig, RunConfig
 from elastic_nas.errors import UserError
@@ -119,12 +120,26 @@ def run_trainer(
     per_worker = worker_resources(elastic)
     if private_cluster():
         check_fits(per_worker, elastic.min_workers)
+    elif elastic.release_dead_driver:
+        _release_dead_driver(run.name)
     if not elastic.node_watch:
         return trainer.fit()
     warm_pool = WarmPool(run.name, per_worker, elastic.max_workers) if elastic.warm_workers else None
     with NodeWatcher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
                      warm_pool=warm_pool, need=(per_worker, elastic.min_workers)):
         return trainer.fit()
+
+
+def _release_dead_driver(run_name: str) -> None:
+    try:
+        job = release_dead_driver(run_name)
+    except Exception as e:  # the KV store or the coordinator did not answer: Ray's expiry still applies
+        print(f"elastic-nas: could not release the resources of this run's previous driver ({first_line(e)}); "
+              "Ray frees them within 180 s", flush=True)
+        return
+    if job:
+        print(f"elastic-nas: released the resources that this run's previous driver (job {job}, gone) "
+              "still held with Ray", flush=True)
 
 
 __all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "local_run_dir", "private_cluster", "resolve_storage",

@@ -61,6 +61,41 @@ def refresh_autoscaling_coordinator(requester_id: str, timeout_s: float = 10.0) 
     return True
 
 
+_TAKEOVER = ("Ray Train's run id and AutoscalingCoordinator actor",
+             "a restarted driver waits up to 180 s for the requests of the driver it replaces to expire")
+
+
+@private_api(*_TAKEOVER)
+def train_requester_id() -> str:
+    """In a training worker: the id under which this run's controller asks the coordinator
+    for resources (Train V2 uses ``train-<run id>``, a new run id per driver)."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    return f"train-{get_train_context().train_run_context.run_id}"
+
+
+@private_api(*_TAKEOVER)
+def cancel_coordinator_request(requester_id: str, timeout_s: float = 10.0) -> bool:
+    """Drop ``requester_id``'s resource request and reservation; False when there is no
+    coordinator (nothing to drop)."""
+    import ray
+
+    try:
+        coordinator = ray.get_actor(*_COORDINATOR)
+    except ValueError:
+        return False
+    ray.get(coordinator.cancel_request.remote(requester_id), timeout=timeout_s)
+    return True
+
+
+@private_api("Ray's job table", "a restarted driver cannot tell whether the driver it replaces is gone")
+def job_is_dead(job_id: str) -> bool:
+    """Whether the driver of ``job_id`` (hex) has exited; an unknown job counts as dead."""
+    from ray._private import state
+
+    return all(job["IsDead"] for job in state.jobs() if job["JobID"] == job_id)
+
+
 # -- the raylet's gRPC service (worker processes) -----------------------------------------
 
 
@@ -117,5 +152,6 @@ def set_train_report_log_level(level: str) -> bool:
     return True
 
 
-__all__ = ["UNAVAILABLE", "idle_worker_pids", "prestart_workers",
-           "private_api", "raylet_stub", "refresh_autoscaling_coordinator", "set_train_report_log_level"]
+__all__ = ["UNAVAILABLE", "cancel_coordinator_request", "idle_worker_pids", "job_is_dead", "prestart_workers",
+           "private_api", "raylet_stub", "refresh_autoscaling_coordinator", "set_train_report_log_level",
+           "train_requester_id"]

@@ -193,6 +193,7 @@ def run_search(cfg: SearchConfig) -> dict:
     title = f"{cfg.evolution.method} search: {len(table)} candidates ({space_cfg.name})"
     outputs = write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets, extra, title)
     outputs["tensorboard"] = f"tensorboard --logdir {out_dir / TUNE_DIR}"
+    outputs["search"] = str(out_dir)
     failed = int(table["accuracy"].isna().sum())
     outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
                           f"best top-1 {table['accuracy'].max():.2f}%")

@@ -110,7 +110,10 @@ class GenerationSearcher(Searcher):
             if not self.generator.candidates[key].evaluated:  # never reported: its evaluation failed
                 self.generator.tell(key, None)
         if self._state_path:  # ahead of Tune's trial table, which will list this trial as finished
-            self.save(self._state_path)
+            # Tune may be uploading the staging folder right now: a temporary file there that the
+            # upload lists and we rename before it copies fails the upload, so it lies one level up.
+            atomic_write(self._state_path, json.dumps(self.get_state()),
+                         tmp_dir=os.path.dirname(os.path.dirname(self._state_path)))
         if self.current.done() and self.on_generation is not None:
             self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 

@@ -27,6 +27,7 @@ import torch
 
 from elastic_nas.cluster.kv import JoinCheckpoint
 from elastic_nas.cluster.private import set_train_report_log_level
+from elastic_nas.cluster.takeover import record_requester
 from elastic_nas.cluster.warm_workers import publish_worker_env
 from elastic_nas.elastic.checkpoint import checkpoint_dir_name, write_checkpoint
 from elastic_nas.elastic.sampler import StepPlan
@@ -201,7 +202,8 @@ class _Signals:
 
 def _announce(state: TrainState, loaded, plan, world: int, times: dict, run_name: str, fs) -> None:
     """Rank 0 after a (re)start: one line on where training stands and where setup time went;
-    the worker env for the driver's warm pool; the cleanup of cut-short checkpoint copies."""
+    the worker env for the driver's warm pool and the requester id for a restarted driver;
+    the cleanup of cut-short checkpoint copies."""
     import psutil  # Ray ships it to its worker processes
 
     now = time.time()
@@ -214,6 +216,8 @@ def _announce(state: TrainState, loaded, plan, world: int, times: dict, run_name
           flush=True)
     with contextlib.suppress(Exception):  # a KV hiccup: the next restart just starts cold
         publish_worker_env(run_name)  # lets the driver's warm pool pre-start processes the next group can use
+    with contextlib.suppress(Exception):  # a KV hiccup: a restarted driver waits for Ray's expiry
+        record_requester(run_name)  # lets a restarted driver release what this one's controller holds
     if loaded is not None:  # in the background: storage round trips must not delay step 1
         threading.Thread(target=remove_partial_checkpoints, args=(fs, loaded), daemon=True).start()
 
