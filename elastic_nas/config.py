@@ -124,9 +124,19 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up, in epochs of samples
     epochs: float = 2.0  # training length in epochs of the train split
     grad_clip: float = 0.0  # max grad norm (0 = off)
+    # Divergence guard: a step whose gradients are not finite is skipped (never reaches the
+    # weights); after this many in a row the run goes back to its newest checkpoint with the
+    # LR scaled by rollback_lr_scale (0 = skip only), at most max_rollbacks times, then fails.
+    rollback_after_bad_steps: int = 3
+    rollback_lr_scale: float = 0.5
+    max_rollbacks: int = 5
 
     def validate(self, prefix: str) -> None:
         _positive(self.lr, f"{prefix}.lr")
+        _non_negative(self.rollback_after_bad_steps, f"{prefix}.rollback_after_bad_steps")
+        _non_negative(self.max_rollbacks, f"{prefix}.max_rollbacks")
+        if not 0 < self.rollback_lr_scale <= 1:
+            raise ConfigError(f"{prefix}.rollback_lr_scale", f"must be in (0, 1], got {self.rollback_lr_scale}")
         _positive(self.reference_batch, f"{prefix}.reference_batch")
         _positive(self.epochs, f"{prefix}.epochs")
         _non_negative(self.warmup_epochs, f"{prefix}.warmup_epochs")

@@ -227,6 +227,28 @@ def test_killed_driver_is_taken_over_at_once(cluster, tmp_path, data_dir):
     assert_exactly_once(tmp_path, data_dir, epochs)
 
 
+def test_non_finite_steps_roll_back_to_the_last_checkpoint(cluster, tmp_path, data_dir, monkeypatch):
+    """NaNs injected into three steps in a row on 2 workers: the steps are skipped on both
+    ranks, the run goes back to its step-10 checkpoint with half the LR and finishes; every
+    sample still exactly once (the skipped steps are redone)."""
+    monkeypatch.setenv("ELASTIC_NAS_TESTING_NAN_STEPS", "15,16,17")  # the worker nodes' processes inherit it
+    add_worker_node(cluster)
+    add_worker_node(cluster)
+    monkeypatch.delenv("ELASTIC_NAS_TESTING_NAN_STEPS")
+    epochs = 1
+    run = CliRun(supernet_args(tmp_path, data_dir, "diverge", epochs), env={"RAY_ADDRESS": cluster.address})
+    try:
+        run.wait_for(r"started with 2 worker", 240)
+        run.wait_for(r"3 steps in a row with non-finite gradients; back to step 10 .*LR scaled by 0.5", 240)
+        assert run.finish(600) == 0, run.output()[-4000:]
+    finally:
+        run.kill()
+    assert "'skipped_steps': 3" in run.output()
+    rollbacks = [e for e in history(tmp_path, "diverge") if e["event"] == "rollback"]
+    assert [(e["step"], e["lr_scale"]) for e in rollbacks] == [(10, 0.5)]
+    assert_exactly_once(tmp_path, data_dir, epochs)
+
+
 def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_dir):
     """Stop the driver, corrupt the newest checkpoint, launch again with the same name:
     the run says which checkpoint it skipped, resumes from the previous one, finishes."""

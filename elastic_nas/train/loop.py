@@ -18,6 +18,7 @@ the resume :class:`~elastic_nas.train.state.TrainState`. Order, as in Ray's exam
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import threading
 import time
@@ -74,12 +75,18 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
     state.model.train()
     while not state.done:
         step_plan = state.sampler.plan(world, plan.global_batch)
-        batch, ids = _load_batch(task.train_split, step_plan, rank, cfg.data.augment, aug_rng, device)
+        batch, ids = _load_batch(task.train_split, step_plan, rank, cfg.data.augment, aug_rng, device, state.step)
         lr = state.lr()
         stats = train_step(state.step, state.optimizer, lr, batch, step_plan.num_real, plan.accum_steps)
         sample_log.write(state.sampler.epoch, state.step, world, ids, step_plan.valid(rank))
         state.advance(step_plan)
         progress.add(stats, step_plan.num_real)
+        if state.rollback_due(stats.skipped):  # the same on every rank: the gradients were summed
+            plan, attempt = _roll_back(state, storage, world, rank, device)
+            sample_log.close()  # steps after the checkpoint are redone, as after a restart
+            sample_log = SampleLog(cfg.elastic.sample_log_dir, rank, attempt)
+            report = _Reporter(state, rank, world, attempt)
+            continue
 
         # 4. Report and checkpoint: at once on a spot notice or a join, else on the cadence.
         event = signals.poll(state.step, state.done)
@@ -104,10 +111,18 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
     progress.close()
 
 
+# Fault injection for chaos tests, as Ray's RAY_testing_* variables: the steps whose batch
+# gets one NaN pixel, once each per process (worker nodes pass their environment on).
+_NAN_STEPS = {int(s) for s in os.environ.get("ELASTIC_NAS_TESTING_NAN_STEPS", "").split(",") if s.strip()}
+
+
 def _load_batch(split, step_plan: StepPlan, rank: int, augment: bool, rng: np.random.Generator,
-                device) -> tuple[Batch, torch.Tensor]:
+                device, step: int = -1) -> tuple[Batch, torch.Tensor]:
     """This rank's share of the step (padding weighs 0) on ``device``, and its sample ids."""
     x, y, ids = split.get_batch(step_plan.indices(rank), augment=augment, rng=rng)
+    if step in _NAN_STEPS and len(x):
+        _NAN_STEPS.discard(step)
+        x[0, 0, 0, 0] = float("nan")
     weight = torch.as_tensor(step_plan.valid(rank), dtype=torch.float32, device=device)
     return Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True), weight), ids
 
@@ -220,6 +235,19 @@ def _announce(state: TrainState, loaded, plan, world: int, times: dict, run_name
         record_requester(run_name)  # lets a restarted driver release what this one's controller holds
     if loaded is not None:  # in the background: storage round trips must not delay step 1
         threading.Thread(target=remove_partial_checkpoints, args=(fs, loaded), daemon=True).start()
+
+
+def _roll_back(state: TrainState, storage, world: int, rank: int, device) -> tuple:
+    """The divergence guard's rollback, on every rank; the new (plan, attempt)."""
+    bad = state.bad_in_a_row
+    loaded = state.roll_back(storage.storage_filesystem, storage.experiment_fs_path)
+    plan = state.policy.on_world_size(state.step, world)
+    state.record("rollback", world, plan.global_batch, state.lr(), lr_scale=state.lr_scale)
+    if rank == 0:
+        where = f"back to step {state.step} ({loaded.path})" if loaded else "no checkpoint yet: on from here"
+        print(f"elastic-nas: {bad} steps in a row with non-finite gradients; {where}, "
+              f"LR scaled by {state.lr_scale:g} (rollback {state.rollbacks})", flush=True)
+    return plan, distributed.broadcast_int(time.time_ns(), device)
 
 
 def _wait_for_reclaim(rank: int, remaining: float) -> None:

@@ -53,7 +53,7 @@ class Progress:
         return {"step": state.step, "loss": loss_sum / max(count, 1.0), "train_top1": 100.0 * correct / max(count, 1.0),
                 "world_size": world_size, "global_batch": global_batch, "lr": lr, "samples_per_s": rate,
                 "epoch": sampler.epoch + sampler.cursor / max(sampler.num_samples, 1),
-                "samples_seen": state.samples_seen}
+                "samples_seen": state.samples_seen, "skipped_steps": state.skipped_steps}
 
     def log(self, m: dict) -> None:
         """Rank 0: the progress line and TensorBoard scalars of a report."""
@@ -62,7 +62,8 @@ class Progress:
         pct = 100.0 * m["samples_seen"] / max(self.total_samples, 1)
         print(f"[{pct:5.1f}%] step {m['step']:>6} epoch {m['epoch']:.2f} loss {m['loss']:.3f} "
               f"top1 {m['train_top1']:.1f} lr {m['lr']:.4g} world {m['world_size']} "
-              f"batch {m['global_batch']} {m['samples_per_s']:.0f} samples/s", flush=True)
+              f"batch {m['global_batch']} {m['samples_per_s']:.0f} samples/s"
+              + (f" skipped {m['skipped_steps']}" if m.get("skipped_steps") else ""), flush=True)
         if self.writer is not None:
             for k, v in m.items():
                 if isinstance(v, (int, float)):

@@ -37,13 +37,40 @@ class TrainState:
         self.step = 0
         self.samples_seen = 0
         self.history: list[dict] = []
+        self.optim = optim
+        self.lr_scale = 1.0  # lowered by each rollback of the divergence guard
+        self.skipped_steps = 0  # steps whose gradients were not finite, over the whole run
+        self.rollbacks = 0
+        self.bad_in_a_row = 0
 
     @property
     def done(self) -> bool:
         return self.samples_seen >= self.total_samples
 
     def lr(self) -> float:
-        return self.policy.lr(self.step, self.samples_seen)
+        return self.policy.lr(self.step, self.samples_seen) * self.lr_scale
+
+    def rollback_due(self, skipped: bool) -> bool:
+        """Count a step of the divergence guard; True when the run must roll back now."""
+        self.bad_in_a_row = self.bad_in_a_row + 1 if skipped else 0
+        self.skipped_steps += skipped
+        return 0 < self.optim.rollback_after_bad_steps <= self.bad_in_a_row
+
+    def roll_back(self, fs, run_path: str) -> LoadedCheckpoint | None:
+        """Back to the newest checkpoint (weights there are finite: bad steps never reach
+        them) with the LR scaled down; without one, on from here at the lower LR.
+        Collective, as :meth:`resume`."""
+        if self.rollbacks >= self.optim.max_rollbacks:
+            raise FloatingPointError(f"training diverged: {self.bad_in_a_row} steps in a row with non-finite "
+                                     f"gradients after {self.rollbacks} rollback(s) (optim.max_rollbacks); "
+                                     f"lower optim.lr or set optim.grad_clip")
+        kept = (self.skipped_steps, self.rollbacks + 1, self.lr_scale * self.optim.rollback_lr_scale)
+        loaded = resolve_checkpoint(run_path, self.task.fingerprint, fs=fs, missing_ok=True)
+        if loaded is not None:
+            self.load_state_dict(loaded.state)
+        self.skipped_steps, self.rollbacks, self.lr_scale = kept
+        self.bad_in_a_row = 0
+        return loaded
 
     def advance(self, plan: StepPlan) -> None:
         """Count one optimizer step over ``plan``'s samples."""
@@ -68,6 +95,9 @@ class TrainState:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "history": self.history,
+            "lr_scale": self.lr_scale,
+            "skipped_steps": self.skipped_steps,
+            "rollbacks": self.rollbacks,
             "rng": {"torch": torch.get_rng_state()},  # augmentation draws from its own seeded generator
         }
         if torch.cuda.is_available():
@@ -84,6 +114,8 @@ class TrainState:
         self.policy.load_state_dict(state["policy"])
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.history = list(state["history"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))  # checkpoints from before the guard: 1
+        self.skipped_steps, self.rollbacks = int(state.get("skipped_steps", 0)), int(state.get("rollbacks", 0))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["rng"]["cuda"])

@@ -51,6 +51,7 @@ class StepStats:
     loss_sum: float = 0.0
     correct: float = 0.0
     count: float = 0.0
+    skipped: bool = False  # the gradients were not finite: nothing was updated
 
 
 def make_optimizer(model: nn.Module, optim) -> torch.optim.SGD:
@@ -79,13 +80,16 @@ class TrainStep:
     communicates. See ``benchmarks/allreduce_vs_ddp.py`` for the measured choice.
     """
 
-    def __init__(self, model: nn.Module, strategy, grad_clip: float = 0.0, grad_sync: str = "ddp"):
-        self.model, self.strategy, self.grad_clip = model, strategy, grad_clip
+    def __init__(self, model: nn.Module, strategy, grad_clip: float = 0.0, grad_sync: str = "ddp",
+                 guard: bool = True):
+        """``guard``: skip a step whose gradients are not finite (see ``benchmarks/step_guard.py``)."""
+        self.model, self.strategy, self.grad_clip, self.guard = model, strategy, grad_clip, guard
         self.ddp = None
         if grad_sync == "ddp" and distributed.is_distributed():
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, find_unused_parameters=strategy.leaves_parameters_unused, **_NO_FORWARD_BUFFER_SYNC)
         self.forward = self.ddp or model
+        self.buffers = list(model.buffers())  # BN running stats: a skipped step puts them back
         # DDP averages gradients over ranks; the loss is normalised for a SUM.
         self.loss_scale = float(distributed.world_size()) if self.ddp is not None else 1.0
 
@@ -100,6 +104,7 @@ class TrainStep:
         denom = float(num_real) / self.loss_scale
         micro = batch.split(accum_steps)
         stats = StepStats()
+        saved = [b.clone() for b in self.buffers] if self.guard else []
         for m, part in enumerate(micro):
             for i, arch in enumerate(archs):
                 last = m == len(micro) - 1 and i == len(archs) - 1
@@ -110,6 +115,13 @@ class TrainStep:
                     _add_stats(stats, per_sample, logits, part)
         if self.ddp is None:
             distributed.allreduce_grads(self.strategy.grad_params(archs))
+        # Gradients are summed over the ranks by now, so every rank takes the same decision.
+        if self.guard and not _finite([p.grad for p in self.model.parameters() if p.grad is not None]):
+            optimizer.zero_grad(set_to_none=True)
+            for buf, old in zip(self.buffers, saved):
+                buf.copy_(old)
+            stats.skipped = True
+            return stats
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.grad_clip)
         optimizer.step()
@@ -118,6 +130,16 @@ class TrainStep:
 
     def _sync(self, last: bool) -> Any:
         return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _finite(grads: list[torch.Tensor]) -> bool:
+    """Whether every gradient is finite: one norm over all of them (NaN or inf propagate)."""
+    if not grads:
+        return True
+    total = getattr(nn.utils, "get_total_norm", None)  # torch >= 2.6
+    norm = total(grads) if total else torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    return bool(torch.isfinite(norm))
 
 
 @torch.no_grad()
