@@ -176,6 +176,8 @@ class ElasticConfig:
     node_watch: bool = True  # the node watcher: Ray sees node losses/joins at once (cluster/node_watch.py)
     # node_watch: on a join, checkpoint before Ray restarts the group, waiting at most this (0 = off)
     join_checkpoint_timeout_s: float = 10.0
+    # node_watch: nodes joining within this many seconds of each other cost one restart (0 = off)
+    join_settle_s: float = 2.5
     # node_watch: keep an idle, torch-imported worker process per worker slot on each node,
     # so a restart skips process start and imports (see cluster/warm_workers.py)
     warm_workers: bool = True
@@ -204,6 +206,7 @@ class ElasticConfig:
         _positive(self.checkpoint_every_s, f"{prefix}.checkpoint_every_s")
         _positive(self.resize_monitor_interval_s, f"{prefix}.resize_monitor_interval_s")
         _non_negative(self.join_checkpoint_timeout_s, f"{prefix}.join_checkpoint_timeout_s")
+        _non_negative(self.join_settle_s, f"{prefix}.join_settle_s")
 
 
 CREAM_OP_PROBS = [0.05, 0.2, 0.05, 0.5, 0.05, 0.15]  # Cream's PRE_PROB over ops k3e4 k3e6 k5e4 k5e6 k7e4 k7e6

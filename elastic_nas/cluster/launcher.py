@@ -126,7 +126,7 @@ def run_trainer(
         return trainer.fit()
     warm_pool = WarmPool(run.name, per_worker, elastic.max_workers) if elastic.warm_workers else None
     with NodeWatcher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
-                     warm_pool=warm_pool, need=(per_worker, elastic.min_workers)):
+                     warm_pool=warm_pool, need=(per_worker, elastic.min_workers), join_settle_s=elastic.join_settle_s):
         return trainer.fit()
 
 

@@ -8,7 +8,8 @@ and waits out ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, and a joined node goes
 This driver-side thread (``elastic.node_watch``) polls the live node set (one GCS call
 every ``interval_s``) and, when it changes, asks the coordinator to recompute. Before it
 lets Ray see a joined node it asks the workers for a checkpoint (:mod:`~elastic_nas.cluster.kv`),
-waiting at most ``join_checkpoint_timeout_s``; and it keeps the warm worker processes of
+waiting at most ``join_checkpoint_timeout_s``, and gathers the nodes that join within
+``join_settle_s`` of each other, so that they cost one restart; and it keeps the warm worker processes of
 :mod:`~elastic_nas.cluster.warm_workers` topped up, so the next restart finds its
 processes booted and torch imported. The coordinator is a private actor
 (:mod:`~elastic_nas.cluster.private`): without it, Ray's own tick still applies.
@@ -35,8 +36,11 @@ class NodeWatcher:
 
     def __init__(self, interval_s: float = 0.5, run_name: str = "", join_checkpoint_timeout_s: float = 0.0,
                  warm_pool=None, warm_check_s: float = 3.0, need: tuple[dict, int] | None = None,
-                 waiting_line_s: float = 30.0):
+                 waiting_line_s: float = 30.0, join_settle_s: float = 0.0, join_settle_max_s: float = 5.0):
         self.interval_s = interval_s
+        # Nodes that join together (an autoscaler launching several) should cost one restart:
+        # Ray sees a join once no other node has joined for join_settle_s (at most join_settle_max_s).
+        self.join_settle_s, self.join_settle_max_s = join_settle_s, join_settle_max_s
         # (resources per worker, min workers): while the cluster cannot hold them, say so
         # every ``waiting_line_s`` (an autoscaler may be adding nodes, or nobody is)
         self.need, self.waiting_line_s = need, waiting_line_s
@@ -101,11 +105,33 @@ class NodeWatcher:
                 last_warm_check = time.monotonic()
                 self.warm_pool.top_up(nodes, now_ids=joined)
             if alive != known:
-                known = alive
+                t_join = time.monotonic()
                 if joined and self.join_checkpoint is not None:
                     self._checkpoint_before_join()
+                if joined:
+                    alive = self._gather_joins(alive, t_join)
+                known = alive
                 if refreshing:
                     refreshing = self._refresh()
+
+    def _gather_joins(self, alive: frozenset[str], first: float) -> frozenset[str]:
+        """The alive nodes once none has joined for ``join_settle_s`` since ``first`` (the
+        join checkpoint's time counts), at most ``join_settle_max_s`` after it."""
+        last = first
+        while (now := time.monotonic()) - last < self.join_settle_s and now - first < self.join_settle_max_s:
+            if self._stop.wait(self.interval_s):
+                break
+            try:
+                nodes = self._nodes()
+            except Exception:
+                continue
+            joined = self._alive(nodes) - alive
+            if joined:
+                last = time.monotonic()
+                if self.warm_pool is not None:
+                    self.warm_pool.top_up(nodes, now_ids=joined)
+            alive = self._alive(nodes)
+        return alive
 
     def _say_if_waiting(self, nodes: list[dict]) -> None:
         per_worker, min_workers = self.need
