@@ -1,6 +1,7 @@
 """Checkpoints: atomic, weights_only, checksummed, validated, with fallback past corrupt ones."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from elastic_nas.elastic.checkpoint import (
     list_checkpoints,
     load_latest_valid,
     read_checkpoint,
+    resolve_checkpoint,
     write_checkpoint,
 )
 from elastic_nas.errors import CheckpointError
@@ -107,3 +109,61 @@ def test_partial_copies_older_than_the_loaded_checkpoint_are_found(tmp_path):
     assert read_checkpoint(str(dirs[5])).state["step"] == 5
     assert read_checkpoint(str(dirs[30])).state["step"] == 30
     assert partial_checkpoints(fs, listed, str(tmp_path / "elsewhere")) == []
+
+
+def _fill_and_fail(root) -> str:
+    """Checkpoint 10 fits; checkpoint 20 (4 MiB) does not. The error's text."""
+    _write(root, 10)
+    with pytest.raises(CheckpointError) as e:
+        write_checkpoint(root / checkpoint_dir_name(20), {"model": {"w": torch.zeros(2**20)}, "step": 20},
+                         {"step": 20, "fingerprint": FP})
+    return str(e.value)
+
+
+def _assert_previous_checkpoint_survives(root, message: str) -> None:
+    assert str(root / checkpoint_dir_name(20)) in message and "MiB free there" in message, message
+    ck = resolve_checkpoint(str(root), FP)
+    assert ck.state["step"] == 10  # the cut-short one has no meta.json: never read
+    assert not [p for p in root.rglob("*.tmp")]  # no temporary file left behind
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (needs the right to mount, as root in a container)."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the file-size-limit test covers it")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_much_space_is_left(small_tmpfs):
+    message = _fill_and_fail(small_tmpfs)
+    assert "No space left on device" in message
+    _assert_previous_checkpoint_survives(small_tmpfs, message)
+
+
+def test_a_write_cut_short_by_a_file_size_limit_keeps_the_previous_checkpoint(tmp_path):
+    """The same failure without mounting anything: the OS refuses the write past 1 MiB."""
+    import subprocess
+    import sys
+
+    child = f"""
+import resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+from tests.test_checkpoint import _fill_and_fail
+print(_fill_and_fail(Path({str(tmp_path)!r})))
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "File too large" in out.stdout
+    _assert_previous_checkpoint_survives(tmp_path, out.stdout)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,11 +50,22 @@ def write_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[st
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    atomic_write(directory / STATE_FILE, payload)
     full_meta = dict(meta, format=FORMAT_VERSION, sha256=hashlib.sha256(payload).hexdigest(),
                      state_bytes=len(payload))
-    atomic_write(directory / META_FILE, json.dumps(full_meta, indent=1, sort_keys=True))
+    try:
+        atomic_write(directory / STATE_FILE, payload)
+        atomic_write(directory / META_FILE, json.dumps(full_meta, indent=1, sort_keys=True))
+    except OSError as e:  # a full disk: no meta.json, so nothing reads this directory as a checkpoint
+        raise CheckpointError(f"cannot write checkpoint {directory} ({len(payload) / 2**20:.1f} MiB): "
+                              f"{e.strerror or e}; {_free(directory)} free there") from e
     return directory
+
+
+def _free(directory: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 @dataclass
