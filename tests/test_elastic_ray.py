@@ -249,6 +249,24 @@ def test_non_finite_steps_roll_back_to_the_last_checkpoint(cluster, tmp_path, da
     assert_exactly_once(tmp_path, data_dir, epochs)
 
 
+def test_the_same_seed_trains_the_same_weights(tmp_path, data_dir):
+    """Two runs of one config on 2 workers (a private local Ray each) end bit-identical:
+    sampling, archs and augmentation draw from (seed, step, rank), never from the clock."""
+    import torch
+
+    finals = []
+    for name in ("first", "second"):
+        run = CliRun(supernet_args(tmp_path, data_dir, name, 1, **{"elastic.resources_per_worker": "{CPU: 1}"}))
+        try:
+            assert run.finish(600) == 0, run.output()[-4000:]
+        finally:
+            run.kill()
+        last = max((tmp_path / "runs" / name).glob("checkpoint_step*"), key=lambda p: p.name.split("_")[1])
+        finals.append(torch.load(last / "state.pt", weights_only=True)["model"])
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
 def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_dir):
     """Stop the driver, corrupt the newest checkpoint, launch again with the same name:
     the run says which checkpoint it skipped, resumes from the previous one, finishes."""

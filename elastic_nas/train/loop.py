@@ -65,7 +65,6 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
         _announce(state, loaded, plan, world, times, ctx.get_experiment_name(), storage.storage_filesystem)
     state.record("start", world, plan.global_batch, state.lr())
     train_step = TrainStep(state.model, task.strategy, cfg.optim.grad_clip, cfg.elastic.grad_sync)
-    aug_rng = np.random.default_rng([cfg.run.seed, rank, attempt % (2**63)])
     progress = Progress(rank, tensorboard_dir, state.total_samples)
     sample_log = SampleLog(cfg.elastic.sample_log_dir, rank, attempt)
     signals = _Signals(ctx.get_experiment_name(), cfg.elastic, rank, device)
@@ -75,7 +74,7 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
     state.model.train()
     while not state.done:
         step_plan = state.sampler.plan(world, plan.global_batch)
-        batch, ids = _load_batch(task.train_split, step_plan, rank, cfg.data.augment, aug_rng, device, state.step)
+        batch, ids = _load_batch(task.train_split, step_plan, rank, cfg.data.augment, cfg.run.seed, state.step, device)
         lr = state.lr()
         stats = train_step(state.step, state.optimizer, lr, batch, step_plan.num_real, plan.accum_steps)
         sample_log.write(state.sampler.epoch, state.step, world, ids, step_plan.valid(rank))
@@ -116,9 +115,11 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
 _NAN_STEPS = {int(s) for s in os.environ.get("ELASTIC_NAS_TESTING_NAN_STEPS", "").split(",") if s.strip()}
 
 
-def _load_batch(split, step_plan: StepPlan, rank: int, augment: bool, rng: np.random.Generator,
-                device, step: int = -1) -> tuple[Batch, torch.Tensor]:
-    """This rank's share of the step (padding weighs 0) on ``device``, and its sample ids."""
+def _load_batch(split, step_plan: StepPlan, rank: int, augment: bool, seed: int, step: int,
+                device) -> tuple[Batch, torch.Tensor]:
+    """This rank's share of the step (padding weighs 0) on ``device``, and its sample ids.
+    Augmentation draws from (seed, step, rank): a run is reproducible, a redone step the same."""
+    rng = np.random.default_rng([seed, step, rank])
     x, y, ids = split.get_batch(step_plan.indices(rank), augment=augment, rng=rng)
     if step in _NAN_STEPS and len(x):
         _NAN_STEPS.discard(step)
