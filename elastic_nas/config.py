@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from elastic_nas.errors import ConfigError
+from elastic_nas.io import is_uri, redact
 
 T = TypeVar("T")
 
@@ -433,6 +434,11 @@ class PipelineConfig:
 
     def validate(self, prefix: str = "") -> None:
         RunConfig(name=self.name, storage_path=self.storage_path).validate("name")
+        if is_uri(self.storage_path):  # else the supernet trains for minutes, then the search refuses it
+            raise ConfigError("storage_path", "the pipeline keeps the search's outputs on local disk, so it needs a "
+                              f"local path (got {redact(self.storage_path)}); on s3:// run the steps alone: "
+                              "supernet and retrain with run.storage_path on s3://, the search reading that "
+                              "snapshot into a local run.storage_path")
 
 
 # ---------------------------------------------------------------------------

@@ -58,6 +58,19 @@ def test_cli_bad_config_one_line_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_pipeline_on_object_storage_is_refused_before_any_work():
+    """The search keeps its outputs on local disk: a pipeline on s3:// would train the supernet
+    for minutes and then fail, so it fails at once, with one line, exit 2, no credentials."""
+    proc = subprocess.run([sys.executable, "-m", "elastic_nas", "pipeline", "--set",
+                           "storage_path=s3://AKIDSECRET:hunter2@bucket/runs?access_key=AKIDSECRET&secret_key=hunter2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "storage_path" in lines[0] and "s3://bucket/runs" in lines[0], proc.stderr
+    assert "AKIDSECRET" not in proc.stderr + proc.stdout and "hunter2" not in proc.stderr + proc.stdout
+    assert "supernet cream" not in proc.stdout  # nothing started
+
+
 def test_cli_help_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "elastic_nas", "--help"], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
