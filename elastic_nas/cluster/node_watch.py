@@ -125,12 +125,12 @@ class NodeWatcher:
                 nodes = self._nodes()
             except Exception:
                 continue
-            joined = self._alive(nodes) - alive
-            if joined:
+            now_alive = self._alive(nodes)
+            if now_alive - alive:
                 last = time.monotonic()
                 if self.warm_pool is not None:
-                    self.warm_pool.top_up(nodes, now_ids=joined)
-            alive = self._alive(nodes)
+                    self.warm_pool.top_up(nodes, now_ids=now_alive - alive)
+            alive = now_alive
         return alive
 
     def _say_if_waiting(self, nodes: list[dict]) -> None:

@@ -110,10 +110,7 @@ class GenerationSearcher(Searcher):
             if not self.generator.candidates[key].evaluated:  # never reported: its evaluation failed
                 self.generator.tell(key, None)
         if self._state_path:  # ahead of Tune's trial table, which will list this trial as finished
-            # Tune may be uploading the staging folder right now: a temporary file there that the
-            # upload lists and we rename before it copies fails the upload, so it lies one level up.
-            atomic_write(self._state_path, json.dumps(self.get_state()),
-                         tmp_dir=os.path.dirname(os.path.dirname(self._state_path)))
+            self.save(self._state_path)
         if self.current.done() and self.on_generation is not None:
             self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 
@@ -142,8 +139,11 @@ class GenerationSearcher(Searcher):
         self.current = _Generation(state["unsuggested"], running)
 
     def save(self, checkpoint_path: str) -> None:
-        """JSON, written atomically (a crash never leaves half a file)."""
-        atomic_write(checkpoint_path, json.dumps(self.get_state()))
+        """JSON, written atomically (a crash never leaves half a file). Tune uploads the folder
+        in the background, and a temporary file there that an upload lists and we rename before
+        it copies fails the upload: so the temporary file lies one level up."""
+        parent = os.path.dirname(os.path.abspath(checkpoint_path))
+        atomic_write(checkpoint_path, json.dumps(self.get_state()), tmp_dir=os.path.dirname(parent))
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         self._state_path = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))

@@ -115,15 +115,16 @@ class TrainStep:
                     _add_stats(stats, per_sample, logits, part)
         if self.ddp is None:
             distributed.allreduce_grads(self.strategy.grad_params(archs))
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        # One norm serves both: the clip's (taken before it clips) and the guard's.
+        norm = nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip > 0 else None
         # Gradients are summed over the ranks by now, so every rank takes the same decision.
-        if self.guard and not _finite([p.grad for p in self.model.parameters() if p.grad is not None]):
+        if self.guard and not _finite([p.grad for p in params], norm):
             optimizer.zero_grad(set_to_none=True)
             for buf, old in zip(self.buffers, saved):
                 buf.copy_(old)
             stats.skipped = True
             return stats
-        if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.grad_clip)
         optimizer.step()
         self.strategy.after_step(step, archs, batch, stats)
         return stats
@@ -133,12 +134,14 @@ class TrainStep:
 
 
 @torch.no_grad()
-def _finite(grads: list[torch.Tensor]) -> bool:
-    """Whether every gradient is finite: one norm over all of them (NaN or inf propagate)."""
+def _finite(grads: list[torch.Tensor], norm: torch.Tensor | None = None) -> bool:
+    """Whether every gradient is finite: one norm over all of them (NaN or inf propagate);
+    ``norm``: that norm, when the clip has already taken it."""
     if not grads:
         return True
-    total = getattr(nn.utils, "get_total_norm", None)  # torch >= 2.6
-    norm = total(grads) if total else torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    if norm is None:
+        total = getattr(nn.utils, "get_total_norm", None)  # torch >= 2.6
+        norm = total(grads) if total else torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
     return bool(torch.isfinite(norm))
 
 
