@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from elastic_nas.errors import ConfigError
-from elastic_nas.io import is_uri, redact
+from elastic_nas.io import join
 
 T = TypeVar("T")
 
@@ -422,23 +422,18 @@ class PipelineConfig:
         self.wire()  # before validation: the steps' links are not the user's to set
 
     def wire(self) -> PipelineConfig:
-        root = self.storage_path.rstrip("/")
         for step in ("supernet", "search", "retrain"):
             section = getattr(self, step)
             section.run = RunConfig(name=f"{self.name}-{step}", storage_path=self.storage_path, seed=self.seed)
             section.data = self.data
-        self.search.snapshot = f"{root}/{self.name}-supernet"
-        self.retrain.arch = ArchSelectConfig(search=f"{root}/{self.name}-search", budget=self.retrain.arch.budget)
-        self.test.checkpoint = f"{root}/{self.name}-retrain"
+        self.search.snapshot = join(self.storage_path, f"{self.name}-supernet")
+        self.retrain.arch = ArchSelectConfig(search=join(self.storage_path, f"{self.name}-search"),
+                                             budget=self.retrain.arch.budget)
+        self.test.checkpoint = join(self.storage_path, f"{self.name}-retrain")
         return self
 
     def validate(self, prefix: str = "") -> None:
         RunConfig(name=self.name, storage_path=self.storage_path).validate("name")
-        if is_uri(self.storage_path):  # else the supernet trains for minutes, then the search refuses it
-            raise ConfigError("storage_path", "the pipeline keeps the search's outputs on local disk, so it needs a "
-                              f"local path (got {redact(self.storage_path)}); on s3:// run the steps alone: "
-                              "supernet and retrain with run.storage_path on s3://, the search reading that "
-                              "snapshot into a local run.storage_path")
 
 
 # ---------------------------------------------------------------------------

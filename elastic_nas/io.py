@@ -4,14 +4,18 @@
   reader sees the old file or the whole new one, never half, whatever kills the writer.
 * :func:`filesystem` -- a local path or a pyarrow URI (``s3://bucket/prefix``) as a
   ``(pyarrow filesystem, path inside it)`` pair, so one code path reads both.
+* :class:`RunFolder` -- where a step writes what people read (plots, summaries, search
+  results): the run's directory, or for a URI a local staging copy published to it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,12 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI, keeping the URI's query (pyarrow options) last."""
+    base, sep, query = str(base).partition("?")
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/") not in ("", "."))]) + sep + query
+
+
 def filesystem(path: str, error: type[UserError] = UserError) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for a local path or a URI; ``error`` names what failed."""
     if not is_uri(path):
@@ -100,6 +110,69 @@ def first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [""])[0]
 
 
+def storage_error(e: BaseException) -> str:
+    """A storage backend's error in one line, without request ids."""
+    return re.sub(r"\s*\(Request ID: [^)]*\)", "", f"{type(e).__name__}: {first_line(e)}")
+
+
+CACHE = Path(os.environ.get("ELASTIC_NAS_CACHE", "~/.cache/elastic-nas")).expanduser()
+
+
+class RunFolder:
+    """A run's folder of outputs people read: ``<storage>/<name>``.
+
+    Local storage: that directory itself. A URI: a local staging copy under
+    ``<cache>/staging/<scheme>/<bucket>/<prefix>/<name>`` that :meth:`publish` copies up and
+    :meth:`fetch` copies down, so every step writes and reads plain files wherever the run
+    lives (matplotlib, pandas and Tune all want local paths).
+    """
+
+    def __init__(self, storage: str, name: str):
+        if is_uri(storage):
+            self.uri: str | None = join(storage, name)
+            scheme, _, rest = redact(self.uri).partition("://")
+            self.local = CACHE / "staging" / scheme / rest
+        else:
+            self.uri, self.local = None, Path(storage).expanduser().resolve() / name
+
+    def show(self, path: Any) -> Any:
+        """Where a file of the folder lives for the user: its URI once published (anything
+        else is returned as it is, so a step's whole outputs dict can be mapped)."""
+        path = str(path) if isinstance(path, Path) else path
+        if self.uri is None or not str(path).startswith(str(self.local)):
+            return path
+        return redact(join(self.uri, Path(path).relative_to(self.local).as_posix()))
+
+    def publish(self, retries: int = 3) -> bool:
+        """Copy the staging folder up to the URI (no-op for local storage), retrying with backoff.
+        Storage trouble is reported, not raised: the outputs stay on local disk, nothing is lost."""
+        if self.uri is None or not self.local.is_dir():
+            return True
+        for attempt in range(retries + 1):
+            try:
+                fs, fs_path = filesystem(self.uri)
+                pafs.copy_files(str(self.local), fs_path, pafs.LocalFileSystem(), fs)
+                return True
+            except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
+                error = storage_error(e)
+                if attempt < retries:
+                    time.sleep(2 ** attempt)
+        print(f"elastic-nas: could not copy {self.local} to {redact(self.uri)} ({error}); "
+              "the outputs stay on local disk", file=sys.stderr, flush=True)
+        return False
+
+    def fetch(self) -> bool:
+        """Copy the published folder down when staging has none (a step resumed on another
+        machine); True if there was one."""
+        if self.uri is None or self.local.is_dir():
+            return False
+        fs, fs_path = filesystem(self.uri)
+        if fs.get_file_info(fs_path).type != pafs.FileType.Directory:
+            return False
+        pafs.copy_files(fs_path, str(self.local), fs, pafs.LocalFileSystem())
+        return True
+
+
 def print_outputs(title: str, outputs: dict[str, Any]) -> None:
     """Where a step's outputs went, one aligned line each."""
     print(f"\n{title}", flush=True)
@@ -109,5 +182,5 @@ def print_outputs(title: str, outputs: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["atomic_write", "filesystem", "first_line", "is_uri", "print_outputs", "read_bytes", "redact",
-           "write_json"]
+__all__ = ["CACHE", "RunFolder", "atomic_write", "filesystem", "first_line", "is_uri", "join", "print_outputs", "read_bytes",
+           "redact", "storage_error", "write_json"]

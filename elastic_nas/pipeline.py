@@ -17,11 +17,13 @@ def pipeline_command(args: argparse.Namespace) -> int:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    from elastic_nas.cluster.launcher import resolve_storage
     from elastic_nas.search.runner import run_search
     from elastic_nas.train.evaluate import run_test
     from elastic_nas.train.retrain import retrain
     from elastic_nas.train.supernet import train_supernet
 
+    resolve_storage(cfg.supernet.run)  # storage that cannot be written fails here, not after the supernet
     times: dict[str, float] = {}
     t0 = time.time()
 

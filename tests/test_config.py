@@ -1,5 +1,6 @@
 """Config loading: typed dataclasses, --set overrides, one-line errors with exit code 2."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,15 +59,19 @@ def test_cli_bad_config_one_line_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_pipeline_on_object_storage_is_refused_before_any_work():
-    """The search keeps its outputs on local disk: a pipeline on s3:// would train the supernet
-    for minutes and then fail, so it fails at once, with one line, exit 2, no credentials."""
+def test_pipeline_on_unwritable_storage_fails_before_any_work():
+    """The pipeline checks its storage before the supernet trains for minutes: one line,
+    exit 2, no credentials (tests/test_s3.py covers each step on a real endpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "elastic_nas", "pipeline", "--set",
-                           "storage_path=s3://AKIDSECRET:hunter2@bucket/runs?access_key=AKIDSECRET&secret_key=hunter2"],
+                           f"storage_path=s3://AKIDSECRET:hunter2@bucket/runs?endpoint_override=127.0.0.1:{closed}"
+                           "&scheme=http&region=us-east-1"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "storage_path" in lines[0] and "s3://bucket/runs" in lines[0], proc.stderr
+    assert len(lines) == 1 and "cannot write to run.storage_path s3://bucket/runs" in lines[0], proc.stderr
     assert "AKIDSECRET" not in proc.stderr + proc.stdout and "hunter2" not in proc.stderr + proc.stdout
     assert "supernet cream" not in proc.stdout  # nothing started
 

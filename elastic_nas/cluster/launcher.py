@@ -7,6 +7,7 @@ from the driver to its controller. A user's own environment always wins (setdefa
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from elastic_nas.cluster.takeover import release_dead_driver
 from elastic_nas.cluster.warm_workers import WarmPool
 from elastic_nas.config import ElasticConfig, RunConfig
 from elastic_nas.errors import UserError
-from elastic_nas.io import filesystem, first_line, is_uri, redact
+from elastic_nas.io import filesystem, first_line, is_uri, redact, storage_error
 
 # Ray's defaults wait 60 s for a restarted worker group and check health every 2 s;
 # on a resize that is most of the ~68 s it takes to resume (see README, "Elastic").
@@ -65,23 +66,23 @@ def private_cluster() -> bool:
 
 
 def resolve_storage(run: RunConfig) -> str:
-    """An absolute local path or a URI that pyarrow can open; a clear error otherwise."""
+    """An absolute local path or a URI that pyarrow can open and this process can write; one
+    clear line otherwise, before any work (a missing bucket or read-only credentials would
+    else fail inside Ray's controller as a wall of traceback)."""
     path = run.storage_path
     if not is_uri(path):
         p = Path(path).expanduser().resolve()
         p.mkdir(parents=True, exist_ok=True)
         return str(p)
     fs, fs_path = filesystem(path)
+    probe = f"{fs_path.rstrip('/')}/.elastic-nas-write-check-{uuid.uuid4().hex[:8]}"
     try:
-        fs.get_file_info(fs_path)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
     except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
-        raise UserError(f"cannot reach run.storage_path {redact(path)}: {type(e).__name__}: {first_line(e)}") from None
+        raise UserError(f"cannot write to run.storage_path {redact(path)}: {storage_error(e)}") from None
     return path
-
-
-def local_run_dir(storage: str, name: str) -> Path | None:
-    """The run's directory when storage is local (plots and summaries go there), else None."""
-    return None if is_uri(storage) else Path(storage) / name
 
 
 def run_trainer(
@@ -142,5 +143,5 @@ def _release_dead_driver(run_name: str) -> None:
               "still held with Ray", flush=True)
 
 
-__all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "local_run_dir", "private_cluster", "resolve_storage",
+__all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "private_cluster", "resolve_storage",
            "run_trainer"]

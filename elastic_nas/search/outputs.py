@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from elastic_nas.errors import UserError
-from elastic_nas.io import atomic_write, read_bytes, write_json
+from elastic_nas.io import atomic_write, join, read_bytes, write_json
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -119,11 +119,10 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, space_cfg: dict, budgets_m
 def read_choice(search_dir: str, budget_m: float = 0.0) -> tuple[dict, Any]:
     """(space config as a dict, arch JSON) of a search's choice: the chosen arch, or with
     ``budget_m`` > 0 the most accurate arch at or under that many million MACs. Local or a URI."""
-    root = search_dir.rstrip("/")
-    chosen = _read_json(f"{root}/{CHOSEN}")
+    chosen = _read_json(join(search_dir, CHOSEN))
     if budget_m <= 0:
         return chosen["space"], chosen["arch"]
-    entries = _read_json(f"{root}/{BEST_PER_BUDGET}")
+    entries = _read_json(join(search_dir, BEST_PER_BUDGET))
     fitting = [e for e in entries if e["arch"] is not None and e["macs"] <= budget_m * 1e6]
     if not fitting:
         budgets = ", ".join(f"{e['budget_macs'] / 1e6:g}M" for e in entries)

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from ray.tune import Callback
 
-from elastic_nas.cluster.launcher import init_ray
+from elastic_nas.cluster.launcher import init_ray, resolve_storage
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
-from elastic_nas.io import is_uri, print_outputs
+from elastic_nas.io import RunFolder, print_outputs, redact
 from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate, time_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import write_outputs
@@ -37,11 +37,13 @@ TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
 TRIAL_SECONDS = 5.0  # evaluator.candidates_per_trial 0: a trial's batch lasts about this long
 
 
-def search_dir(cfg: SearchConfig) -> Path:
-    if is_uri(cfg.run.storage_path):
-        raise ConfigError("run.storage_path", "search outputs are written to a local directory "
-                          f"(the snapshot may be a URI), got {cfg.run.storage_path}")
-    return Path(cfg.run.storage_path).expanduser().resolve() / cfg.run.name
+def search_folder(cfg: SearchConfig) -> RunFolder:
+    """The search's folder; on s3:// a local staging copy, fetched when this machine has none
+    (a search resumed elsewhere) and published after every generation."""
+    folder = RunFolder(resolve_storage(cfg.run), cfg.run.name)
+    if folder.fetch():
+        print(f"elastic-nas: fetched the search so far from {redact(folder.uri)}", flush=True)
+    return folder
 
 
 def check_snapshot_matches(cfg: SearchConfig, fingerprint: dict) -> SpaceConfig:
@@ -137,13 +139,20 @@ def _row(cand: dict, scores: dict, meta: dict) -> dict:
             "eval_s": float(scores.get("eval_s", math.nan))}
 
 
+# Live search folders by local path. Tune pickles the searcher and this hook into its
+# experiment files, so they name the folder and never hold its URI's credentials.
+_FOLDERS: dict[str, RunFolder] = {}
+
+
 class GenerationProgress:
     """One console line per finished generation: candidates done of the budget, the best
     score so far and the time left at the last generation's pace (Tune's own per-trial
-    tables stay in its log files and TensorBoard)."""
+    tables stay in its log files and TensorBoard). On s3:// the search so far is then
+    published, so another machine can resume it."""
 
-    def __init__(self, budget: int):
-        self.budget = budget
+    def __init__(self, budget: int, folder: RunFolder):
+        self.budget, self.folder = budget, str(folder.local)
+        _FOLDERS[self.folder] = folder
 
     def __call__(self, generator, candidates: int, seconds: float) -> None:
         done = len(generator.evaluated())
@@ -154,13 +163,16 @@ class GenerationProgress:
         if done < self.budget:
             line += f" ({rate:.2f} candidates/s, about {(self.budget - done) / rate:.0f}s left)"
         print(line, flush=True)
+        if self.folder in _FOLDERS:
+            _FOLDERS[self.folder].publish()  # a no-op on local storage
 
 
 def run_search(cfg: SearchConfig) -> dict:
     """Run (or resume) the search of ``cfg``; returns the output paths."""
     import ray
 
-    out_dir = search_dir(cfg)
+    folder = search_folder(cfg)
+    out_dir = folder.local
     out_dir.mkdir(parents=True, exist_ok=True)
     # Fail before any work starts: snapshot, space/data agreement, constraints, images.
     ckpt = pin_snapshot(out_dir, cfg.snapshot)
@@ -182,18 +194,20 @@ def run_search(cfg: SearchConfig) -> dict:
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
           f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, {batching}; "
-          f"outputs in {out_dir}", flush=True)
-    searcher.on_generation = GenerationProgress(budget)
+          f"outputs in {folder.show(out_dir)}", flush=True)
+    searcher.on_generation = GenerationProgress(budget, folder)
     grid = run_tune(cfg, searcher, snapshot, data, out_dir / TUNE_DIR)
     table = results_table(grid)
     if not len(table):
         raise UserError(f"the search in {out_dir} evaluated no candidate")
     extra = {"method": cfg.evolution.method, "snapshot": ckpt.meta.get("source"),
-             "snapshot_step": ckpt.meta.get("step"), "search": str(out_dir)}
+             "snapshot_step": ckpt.meta.get("step"), "search": folder.show(out_dir)}
     title = f"{cfg.evolution.method} search: {len(table)} candidates ({space_cfg.name})"
-    outputs = write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets, extra, title)
+    outputs = {k: folder.show(v) for k, v in write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets,
+                                                           extra, title).items()}
+    folder.publish()
     outputs["tensorboard"] = f"tensorboard --logdir {out_dir / TUNE_DIR}"
-    outputs["search"] = str(out_dir)
+    outputs["search"] = folder.show(out_dir)
     failed = int(table["accuracy"].isna().sum())
     outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
                           f"best top-1 {table['accuracy'].max():.2f}%")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from elastic_nas.config import DataConfig, SpaceConfig, TestConfig, from_dict
 from elastic_nas.errors import CheckpointError, UserError
-from elastic_nas.io import is_uri, print_outputs, write_json
+from elastic_nas.io import RunFolder, print_outputs, redact, write_json
 
 
 @torch.no_grad()
@@ -81,31 +81,44 @@ def load_exported(path: Path) -> torch.nn.Module:
     return torch.jit.load(path)
 
 
+def export_folder(given: str, loaded: str) -> RunFolder:
+    """The run folder that holds the checkpoint (``given`` is it or one of its checkpoints):
+    the export goes to ``<run>/export``, published there on s3:// with the URI's credentials
+    and options as given."""
+    base, sep, query = given.partition("?")
+    base = base.rstrip("/")
+    if base.rsplit("/", 1)[-1] == loaded.rstrip("/").rsplit("/", 1)[-1]:  # a checkpoint dir
+        base = base.rsplit("/", 1)[0]
+    storage, _, name = base.rpartition("/")
+    return RunFolder((storage or ".") + sep + query, name)
+
+
 def run_test(cfg: TestConfig) -> dict:
     from elastic_nas.data import build_dataset
 
     model, space, arch, data, ckpt = load_subnet(cfg.checkpoint)
     splits = build_dataset(data, space.cfg.input_size)
     metrics = evaluate(model, splits.test, cfg.batch_size)
-    run_dir = Path(ckpt.path).parent if not is_uri(ckpt.path) else Path("runs") / "test"
-    out_dir = Path(cfg.output) if cfg.output else run_dir / "export"
+    folder = export_folder(cfg.checkpoint, ckpt.path)
+    out_dir = Path(cfg.output) if cfg.output else folder.local / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"space": asdict(space.cfg), "arch": space.to_json(arch), "macs": space.macs(arch),
             "params": space.params(arch), "test_top1": round(metrics["top1"], 2),
             "test_top5": round(metrics["top5"], 2), "test_images": metrics["images"],
-            "checkpoint": ckpt.path, "step": ckpt.meta.get("step")}
+            "checkpoint": redact(ckpt.path), "step": ckpt.meta.get("step")}
     outputs = {"test top-1": f"{metrics['top1']:.2f}%", "test top-5": f"{metrics['top5']:.2f}%"}
     if cfg.export != "none":
         example = splits.test.get_batch(np.arange(min(8, len(splits.test))))[0]
         path = export_model(model, example, out_dir, cfg.export)
         with torch.no_grad():
             diff = float((load_exported(path)(example) - model(example)).abs().max())
-        info.update(export=str(path), export_format=cfg.export, export_max_abs_diff=diff)
-        outputs["exported model"] = str(path)
-    write_json(out_dir / "model.json", info)
-    outputs["model card"] = str(out_dir / "model.json")
+        info.update(export=folder.show(path), export_format=cfg.export, export_max_abs_diff=diff)
+        outputs["exported model"] = folder.show(path)
+    outputs["model card"] = folder.show(write_json(out_dir / "model.json", info))
+    if not cfg.output:
+        folder.publish()
     print_outputs("test outputs:", outputs)
     return info
 
 
-__all__ = ["evaluate", "export_model", "load_exported", "load_subnet", "run_test", "subnet_fingerprint"]
+__all__ = ["evaluate", "export_model", "load_exported", "export_folder", "load_subnet", "run_test", "subnet_fingerprint"]

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from elastic_nas.cluster.launcher import local_run_dir, resolve_storage
+from elastic_nas.cluster.launcher import resolve_storage
 from elastic_nas.config import RetrainConfig, SpaceConfig, from_dict
 from elastic_nas.errors import ArchError
-from elastic_nas.io import print_outputs, write_json
+from elastic_nas.io import print_outputs, redact, write_json
 from elastic_nas.search.outputs import read_choice
 from elastic_nas.train.driver import run_training
 from elastic_nas.train.evaluate import evaluate, load_subnet, subnet_fingerprint
@@ -78,22 +78,22 @@ def retrain(cfg: RetrainConfig) -> dict:
     from elastic_nas.data import build_dataset
     from elastic_nas.spaces import build_space
 
+    resolve_storage(cfg.run)  # before any work: storage that cannot be written fails here
     space_cfg, arch = select_arch(cfg)
     splits = build_dataset(cfg.data, space_cfg.input_size)
     space = build_space(space_cfg)
     a = space.validate(arch)
     print(f"elastic-nas: retraining {space_cfg.name} arch {json.dumps(arch)} "
           f"({space.macs(a) / 1e6:.1f}M MACs, {space.params(a) / 1e6:.2f}M params) from scratch", flush=True)
-    result, outputs = run_training(retrain_worker, cfg, {"space": asdict(space_cfg), "arch": arch})
-    model, *_ = load_subnet(result.checkpoint.path, fs=result.checkpoint.filesystem)  # path has no scheme on s3
+    run = run_training(retrain_worker, cfg, {"space": asdict(space_cfg), "arch": arch})
+    model, *_ = load_subnet(run.checkpoint)
     metrics = evaluate(model, splits.test, cfg.eval_batch)
     summary = {"space": asdict(space_cfg), "arch": arch, "macs": space.macs(a), "params": space.params(a),
                "test_top1": round(metrics["top1"], 2), "test_top5": round(metrics["top5"], 2),
-               "checkpoint": result.checkpoint.path}
-    run_dir = local_run_dir(resolve_storage(cfg.run), cfg.run.name)
-    if run_dir is not None:
-        write_json(run_dir / "result.json", summary)
-        outputs["result"] = str(run_dir / "result.json")
+               "checkpoint": redact(run.checkpoint)}
+    outputs = run.outputs
+    outputs["result"] = run.folder.show(write_json(run.folder.local / "result.json", summary))
+    run.folder.publish()
     outputs["test top-1 / top-5"] = f"{metrics['top1']:.2f}% / {metrics['top5']:.2f}%"
     print_outputs("retrain outputs:", outputs)
     return summary

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import torch
 
-from elastic_nas.cluster.launcher import local_run_dir, resolve_storage
+from elastic_nas.cluster.launcher import resolve_storage
 from elastic_nas.config import SupernetConfig, from_dict
 from elastic_nas.io import print_outputs
 from elastic_nas.train.driver import run_training
@@ -48,17 +48,19 @@ def train_supernet(cfg: SupernetConfig) -> dict:
     from elastic_nas.data import build_dataset
     from elastic_nas.spaces import build_space
 
-    # Fail before any work starts: the dataset (generates the synthetic cache once
+    # Fail before any work starts: storage, the dataset (generates the synthetic cache once
     # here, not on every worker at once), the space, and the strategy's arch sampling.
+    resolve_storage(cfg.run)
     splits = build_dataset(cfg.data, cfg.space.input_size)
     strategy = STRATEGIES[cfg.strategy]
     strategy.check(cfg, build_space(cfg.space))
     print(f"elastic-nas: {cfg.strategy} supernet {cfg.space.name} on {cfg.data.source} "
           f"({len(splits.train)} train images)", flush=True)
-    _, outputs = run_training(supernet_worker, cfg)
-    if outputs.get("checkpoint"):
-        run_dir = local_run_dir(resolve_storage(cfg.run), cfg.run.name)
-        outputs.update(strategy.write_results(cfg, outputs["checkpoint"], run_dir))
+    run = run_training(supernet_worker, cfg)
+    outputs = run.outputs
+    if run.checkpoint:
+        outputs.update(strategy.write_results(cfg, run.checkpoint, run.folder))
+    run.folder.publish()
     print_outputs("supernet outputs:", outputs)
     return outputs
 

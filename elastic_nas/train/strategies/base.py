@@ -21,7 +21,6 @@ subclass :class:`SupernetStrategy` and register in :mod:`elastic_nas.train.strat
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elastic_nas.io import RunFolder
 from elastic_nas.spaces.base import Arch, SearchSpace
 
 
@@ -133,8 +133,8 @@ class SupernetStrategy(Strategy):
         return {}
 
     @classmethod
-    def write_results(cls, cfg, checkpoint_path: str, run_dir: Path | None) -> dict[str, str]:
-        """Outputs written on the driver after training; returns name -> path."""
+    def write_results(cls, cfg, checkpoint_path: str, folder: RunFolder) -> dict[str, str]:
+        """Outputs written into the run's folder on the driver after training; returns name -> path."""
         return {}
 
 

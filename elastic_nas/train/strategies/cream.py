@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from elastic_nas.io import RunFolder
 from elastic_nas.spaces.base import Arch, SearchSpace
 from elastic_nas.spaces.bn import frozen_bn_stats
 from elastic_nas.train import distributed
@@ -111,13 +112,12 @@ class CreamStrategy(SupernetStrategy):
         return {"cream": {"board_size": self.cfg.cream.board_size, "slice_images": self.cfg.cream.slice_images}}
 
     @classmethod
-    def write_results(cls, cfg, checkpoint_path: str, run_dir: Path | None) -> dict[str, str]:
+    def write_results(cls, cfg, checkpoint_path: str, folder: RunFolder) -> dict[str, str]:
         """The board's best arch per MACs budget, in the search's output format."""
         from elastic_nas.search.board import write_board_results
 
-        if run_dir is None:
-            return {"board": "not written: board results need a local run.storage_path"}
-        return write_board_results(cfg, checkpoint_path, run_dir / "board")
+        outputs = write_board_results(cfg, checkpoint_path, folder.local / "board")
+        return {k: folder.show(v) for k, v in outputs.items()}
 
     # -- plumbing --------------------------------------------------------------
     @property
