@@ -9,6 +9,7 @@ most easily into logs and outputs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from tests.ray_utils import REPO
+from tests.ray_utils import REPO, CliRun
 
 KEY, SECRET = "AKIDELASTICNAS", "s3cr3t-hunter2"
 BUCKET = "nas-runs"
@@ -77,6 +79,56 @@ class Endpoint:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+class Relay:
+    """A TCP relay to the endpoint that can go dark: while cut, live connections are closed
+    and new ones refused at once, as when a network path to S3 drops."""
+
+    def __init__(self, target: int):
+        self.target, self.cut_off = target, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.live: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if self.cut_off.is_set():
+                conn.close()
+                continue
+            up = socket.create_connection(("127.0.0.1", self.target))
+            self.live += [conn, up]
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            s.close()
+
+    def cut(self) -> None:
+        self.cut_off.set()
+        for s in self.live:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.live.clear()
+
+    def restore(self) -> None:
+        self.cut_off.clear()
+
+    def close(self) -> None:
+        self.server.close()
+        self.cut()
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +239,36 @@ def test_a_checkpoint_cut_short_in_upload_is_skipped_on_resume(s3, pipelines, tm
     assert f"checkpoint_step{meta['step'] + 1:09d}_1 is incomplete: no state.pt" in out
     assert f"(step {meta['step']}) after skipping 1" in out
     assert f"resumed at step {meta['step']}" in out
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_storage_lost_mid_run_costs_no_training(s3, tmp_path):
+    """S3 drops mid-run: checkpoints fail, the run says so and trains on, retries with
+    backoff, and the next checkpoint lands once the endpoint is back; the run completes."""
+    relay = Relay(s3.port)
+    uri = s3.uri("outage").replace(f":{s3.port}&", f":{relay.port}&")
+    cfg = [f"run.storage_path={uri}", "run.name=o", "optim.epochs=8", "elastic.checkpoint_every_steps=8",
+           "elastic.report_every_steps=4", "elastic.checkpoint_every_s=1000",
+           *[s.removeprefix("supernet.") for s in TINY if s.startswith("data.")]]
+    env = {k: "" for k in os.environ if k.startswith("AWS_")}
+    run = CliRun(["supernet", "--config", "supernet", *sets(*cfg)], env=dict(env, ELASTIC_NAS_CACHE=str(tmp_path)))
+    try:
+        run.wait_for(r"\[ *\d+\.\d%\] step +(1[6-9]|[2-9]\d)\b", 300)  # two checkpoints in
+        relay.cut()
+        refused = run.wait_for(r"storage refused the checkpoint of step (\d+) .*training goes on", 300)
+        at = len(run.lines)
+        # Trained on, and tried again later (backoff), while storage was gone.
+        again = run.wait_for(r"storage refused the checkpoint of step (\d+) .*next try in 4s", 300, start=at)
+        assert int(again.group(1)) > int(refused.group(1))
+        relay.restore()
+        back = run.wait_for(r"storage is back: checkpoint of step (\d+) written", 300)
+        assert run.finish(600) == 0, run.output()[-5000:]
+    finally:
+        run.kill()
+        relay.close()
+    assert int(back.group(1)) > int(again.group(1))
+    steps = sorted(int(re.search(r"checkpoint_step(\d+)", p).group(1)) for p in s3.files("outage/o")
+                   if p.endswith("/meta.json"))
+    assert steps[-1] == 128  # 1,000 images, batch 64: 16 steps an epoch, 8 epochs
+    assert KEY not in run.output() and SECRET not in run.output()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from elastic_nas.cluster.node_watch import NodeWatcher
+from elastic_nas.cluster.private import tolerate_storage_outage
 from elastic_nas.cluster.resources import check_fits, worker_resources
 from elastic_nas.cluster.takeover import release_dead_driver
 from elastic_nas.cluster.warm_workers import WarmPool
@@ -116,6 +117,7 @@ def run_trainer(
             failure_config=FailureConfig(max_failures=elastic.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=elastic.keep_checkpoints),
             logging_config=LoggingConfig(log_level=elastic.train_log_level),
+            callbacks=[controller_setup()],
         ),
     )
     per_worker = worker_resources(elastic)
@@ -129,6 +131,23 @@ def run_trainer(
     with NodeWatcher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
                      warm_pool=warm_pool, need=(per_worker, elastic.min_workers), join_settle_s=elastic.join_settle_s):
         return trainer.fit()
+
+
+def controller_setup():
+    """A Ray Train callback whose unpickling, in the Train controller's process, makes Ray's
+    checkpoint records there ride out a storage outage (:func:`tolerate_storage_outage`)."""
+    from ray.train import UserCallback
+
+    class ControllerSetup(UserCallback):
+        def __reduce__(self):
+            return (_in_controller, ())
+
+    return ControllerSetup()
+
+
+def _in_controller():
+    tolerate_storage_outage()
+    return controller_setup()
 
 
 def _release_dead_driver(run_name: str) -> None:

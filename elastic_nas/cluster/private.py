@@ -152,6 +152,37 @@ def set_train_report_log_level(level: str) -> bool:
     return True
 
 
+# -- Ray Train's controller-side checkpoint records ------------------------------------
+
+
+@private_api("Ray Train's CheckpointManager", "storage lost while Ray records a checkpoint fails the run")
+def tolerate_storage_outage() -> bool:
+    """In the Train controller's process: storage refusing Ray's checkpoint record
+    (``checkpoint_manager_snapshot.json``) or the deletion of old checkpoints is logged
+    instead of failing the run. The record is a convenience here: a resume lists the run's
+    checkpoint directories newest first. A refused write skips the deletions after it, so
+    the record on storage never names a deleted checkpoint."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+
+    original = CheckpointManager._save_state_and_delete_old_checkpoints
+    if getattr(original, "elastic_nas", False):
+        return True
+
+    @functools.wraps(original)
+    def tolerant(self) -> None:
+        try:
+            original(self)
+        except FileNotFoundError:  # an old checkpoint to delete is gone already
+            pass
+        except OSError as e:  # pyarrow's storage errors
+            logger.warning("elastic-nas: storage refused Ray Train's checkpoint record (%s); the next checkpoint "
+                           "writes it again", (str(e).splitlines() or [""])[0])
+
+    tolerant.elastic_nas = True
+    CheckpointManager._save_state_and_delete_old_checkpoints = tolerant
+    return True
+
+
 __all__ = ["UNAVAILABLE", "cancel_coordinator_request", "idle_worker_pids", "job_is_dead", "prestart_workers",
            "private_api", "raylet_stub", "refresh_autoscaling_coordinator", "set_train_report_log_level",
-           "train_requester_id"]
+           "tolerate_storage_outage", "train_requester_id"]

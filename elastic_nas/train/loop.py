@@ -24,6 +24,7 @@ import threading
 import time
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 
 from elastic_nas.cluster.kv import JoinCheckpoint
@@ -32,6 +33,7 @@ from elastic_nas.cluster.takeover import record_requester
 from elastic_nas.cluster.warm_workers import publish_worker_env
 from elastic_nas.elastic.checkpoint import checkpoint_dir_name, write_checkpoint
 from elastic_nas.elastic.sampler import StepPlan
+from elastic_nas.io import storage_error
 from elastic_nas.train import distributed
 from elastic_nas.train.progress import Progress, SampleLog
 from elastic_nas.train.state import TrainState, remove_partial_checkpoints
@@ -68,7 +70,7 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
     progress = Progress(rank, tensorboard_dir, state.total_samples)
     sample_log = SampleLog(cfg.elastic.sample_log_dir, rank, attempt)
     signals = _Signals(ctx.get_experiment_name(), cfg.elastic, rank, device)
-    report = _Reporter(state, rank, world, attempt)
+    report = _Reporter(state, rank, world, attempt, storage)
 
     # 3. Loop: one optimizer step per iteration.
     state.model.train()
@@ -84,7 +86,7 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
             plan, attempt = _roll_back(state, storage, world, rank, device)
             sample_log.close()  # steps after the checkpoint are redone, as after a restart
             sample_log = SampleLog(cfg.elastic.sample_log_dir, rank, attempt)
-            report = _Reporter(state, rank, world, attempt)
+            report = _Reporter(state, rank, world, attempt, storage)
             continue
 
         # 4. Report and checkpoint: at once on a spot notice or a join, else on the cadence.
@@ -130,26 +132,67 @@ def _load_batch(split, step_plan: StepPlan, rank: int, augment: bool, seed: int,
 
 class _Reporter:
     """``report(metrics, reason)``: every rank reports (a barrier); with a ``reason``, rank 0
-    attaches a checkpoint of the state."""
+    writes a checkpoint of the state into storage and attaches it.
 
-    def __init__(self, state: TrainState, rank: int, world: int, attempt: int):
-        self.state, self.rank, self.world, self.attempt = state, rank, world, attempt
+    Rank 0 copies the checkpoint itself rather than through Ray's upload, which would fail
+    the worker group when storage is unreachable. Here a failed copy is said, training goes
+    on, and later reports retry with backoff (2 s doubling to a minute) until one lands; the
+    final checkpoint is retried in place for up to ``STORAGE_PATIENCE_S``.
+    A copy cut short leaves a directory that fails its checks: resume skips it.
+    """
+
+    STORAGE_PATIENCE_S = 600.0
+
+    def __init__(self, state: TrainState, rank: int, world: int, attempt: int, storage):
+        self.state, self.rank, self.world, self.attempt, self.storage = state, rank, world, attempt, storage
         self.last_checkpoint = time.monotonic()
+        self.failures, self.retry_at = 0, 0.0  # rank 0: checkpoints that storage refused in a row
 
     def __call__(self, metrics: dict, reason: str | None) -> None:
         import ray.train
 
+        if reason is None and self.failures and time.monotonic() >= self.retry_at:
+            reason = "periodic"  # the checkpoint storage refused last time, tried again
         if reason is None:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if self.rank == 0:
-                write_checkpoint(tmp, self.state.state_dict(), self.state.meta(reason, self.world))
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt,
-                             checkpoint_dir_name=checkpoint_dir_name(self.state.step, self.attempt))
+        name = checkpoint_dir_name(self.state.step, self.attempt)
+        ckpt = self._persist(name, reason) if self.rank == 0 else None
+        # Only rank 0's checkpoint_dir_name counts (Ray broadcasts it); the copy is done.
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name,
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
         self.last_checkpoint = time.monotonic()
+
+    def _persist(self, name: str, reason: str):
+        import ray.train
+
+        fs, dest = self.storage.storage_filesystem, f"{self.storage.experiment_fs_path}/{name}"
+        give_up = time.monotonic() + self.STORAGE_PATIENCE_S
+        while True:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    write_checkpoint(tmp, self.state.state_dict(), self.state.meta(reason, self.world))
+                    pafs.copy_files(tmp, dest, pafs.LocalFileSystem(), fs)
+            except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
+                self.failures += 1
+                wait = min(60, 2 ** self.failures)
+                self.retry_at = time.monotonic() + wait
+                step = self.state.step
+                if reason != "done":
+                    print(f"elastic-nas: storage refused the checkpoint of step {step} ({storage_error(e)}); "
+                          f"training goes on, next try in {wait}s", flush=True)
+                    return None
+                if time.monotonic() + wait > give_up:
+                    raise
+                print(f"elastic-nas: storage refused the final checkpoint (step {step}; {storage_error(e)}); "
+                      f"trying again in {wait}s", flush=True)
+                time.sleep(wait)
+                continue
+            if self.failures:
+                print(f"elastic-nas: storage is back: checkpoint of step {self.state.step} written after "
+                      f"{self.failures} refused", flush=True)
+            self.failures = 0
+            return ray.train.Checkpoint(dest, fs)
 
 
 class _Signals:
