@@ -17,6 +17,7 @@ import pandas as pd
 
 from elastic_nas.config import SupernetConfig, to_dict
 from elastic_nas.elastic.checkpoint import read_checkpoint
+from elastic_nas.io import redact
 from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.outputs import write_outputs
 from elastic_nas.spaces import build_space
@@ -61,7 +62,7 @@ def write_board_results(cfg: SupernetConfig, checkpoint_path: str, out_dir: Path
         return {"board": "empty (training ended before the warm-up: no board results)"}
     source = (f"top-1 on {cfg.cream.eval_images} search_val images after BN recalibration"
               if cfg.cream.eval_images else "batch top-1 when the arch entered the board")
-    extra = {"strategy": "cream", "snapshot": checkpoint_path, "accuracy_source": source}
+    extra = {"strategy": "cream", "snapshot": redact(checkpoint_path), "accuracy_source": source}
     title = f"Cream board: {len(table)} archs ({cfg.space.name})"
     return write_outputs(table, out_dir, to_dict(cfg.space), cfg.cream.budgets, extra, title)
 

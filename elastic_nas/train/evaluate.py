@@ -121,4 +121,4 @@ def run_test(cfg: TestConfig) -> dict:
     return info
 
 
-__all__ = ["evaluate", "export_model", "load_exported", "export_folder", "load_subnet", "run_test", "subnet_fingerprint"]
+__all__ = ["evaluate", "export_folder", "export_model", "load_exported", "load_subnet", "run_test", "subnet_fingerprint"]
