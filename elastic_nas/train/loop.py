@@ -172,6 +172,7 @@ class _Reporter:
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     write_checkpoint(tmp, self.state.state_dict(), self.state.meta(reason, self.world))
+                    fs.create_dir(dest)  # local storage needs it; object stores ignore it
                     pafs.copy_files(tmp, dest, pafs.LocalFileSystem(), fs)
             except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
                 self.failures += 1
