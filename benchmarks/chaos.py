@@ -5,14 +5,15 @@ On a local cluster of three one-slot worker nodes (the head runs nothing), one
 worker nodes started as ``cluster.yaml`` starts them) goes through, ``--settle`` seconds
 of training apart:
 
-1. ``node_loss``: a worker node removed without notice;
-2. ``second_loss_in_recovery``: a node removed, and another one 2 s later, while the run
-   is still restarting from the first;
-3. ``two_joins``: two nodes added together;
-4. ``driver_restart``: the driver's process group killed with SIGKILL, the same command
-   started again at once;
-5. ``drain``: a spot notice (``ray drain-node`` with a 15 s deadline), the node removed at
-   the deadline.
+1. ``node_loss``: a worker node removed without notice (3 -> 2);
+2. ``join``: a node added back (2 -> 3);
+3. ``second_loss_in_recovery``: a node removed, and another one 2 s later, while the run
+   is still restarting from the first (3 -> 1);
+4. ``two_joins``: two nodes added together (1 -> 3);
+5. ``driver_restart``: the driver's process group killed with SIGKILL, the same command
+   started again at once (3);
+6. ``drain``: a spot notice (``ray drain-node`` with a 15 s deadline), the node removed
+   when the run says it waits for the reclaim (3 -> 2).
 
 Per fault: seconds from the fault (for a drain: from the removal) to the first step of a
 worker group started after it, the world size there, the worker-group starts it cost and
@@ -112,6 +113,11 @@ def main() -> None:
 
         time.sleep(a.settle)
         t0 = time.time()
+        nodes.append(add_worker_node(cluster))
+        record("join", t0, 3)
+
+        time.sleep(a.settle)
+        t0 = time.time()
         cluster.remove_node(nodes.pop())
         time.sleep(2)
         cluster.remove_node(nodes.pop())
@@ -142,6 +148,7 @@ def main() -> None:
     finally:
         if run is not None:
             run.kill()
+            (tmp / "driver.log").write_text(run.output())  # the last driver's console, for a post-mortem
         cluster.shutdown()
 
     write_result("chaos", {"settle_s": a.settle, "faults": faults, "audit": audit(log_dir),
