@@ -8,9 +8,12 @@ Goodput = useful samples/s (samples that count toward training: a step redone af
 restart counts once) divided by the static samples/s at the same time-averaged world
 size. Worker nodes start as ``cluster.yaml`` starts them (training imports preloaded, for
 the warm worker processes). The static rates at 2 and 3 workers are measured in the same
-invocation, on the same cluster, before the churn run; the average world size is the
+invocation, on the same cluster, before and after the churn run (the baseline is their
+mean, both are reported: the machine's speed drifts); the average world size is the
 time-average of the live worker nodes during the churn run, and the static rate at it is
-interpolated.
+interpolated. Beside the ratio: the paused fraction (time between the last step of a worker
+group and the first of the next, over the run) and the rate while running, against the
+same static rate: goodput = (1 - paused) x running rate / static rate.
 
     python benchmarks/elastic_goodput.py [--duration 600 --period 180 --rejoin 60]
 """
@@ -69,8 +72,8 @@ def useful_samples(recs: list[dict], t0: float, t1: float) -> float:
     return sum(r["n"] * r["world"] for r in latest.values() if t0 <= r["t"] <= t1)
 
 
-def static_rate(cluster, tmp: Path, workers: int, seconds: float) -> float:
-    name = f"static{workers}"
+def static_rate(cluster, tmp: Path, workers: int, seconds: float, tag: str = "") -> float:
+    name = f"static{workers}{tag}"
     run = CliRun(args_for(tmp, name, (workers, workers), 50), env={"RAY_ADDRESS": cluster.address})
     try:
         run.wait_for(rf"(started|resumed at step \d+) with {workers} worker", 300)
@@ -96,9 +99,8 @@ def main() -> None:
     preload_worker_nodes(True)  # as cluster.yaml starts worker nodes: warm workers come with torch imported
     try:
         nodes = [add_worker_node(cluster) for _ in range(3)]
-        rate3 = static_rate(cluster, tmp, 3, a.static_seconds)
-        rate2 = static_rate(cluster, tmp, 2, a.static_seconds)
-        print(f"static samples/s: 3 workers {rate3:.1f}, 2 workers {rate2:.1f}", flush=True)
+        before = {3: static_rate(cluster, tmp, 3, a.static_seconds), 2: static_rate(cluster, tmp, 2, a.static_seconds)}
+        print(f"static samples/s before: 3 workers {before[3]:.1f}, 2 workers {before[2]:.1f}", flush=True)
 
         run = CliRun(args_for(tmp, "churn", (1, 3), 50), env={"RAY_ADDRESS": cluster.address})
         events = []
@@ -133,29 +135,44 @@ def main() -> None:
             t_end = time.time()
         finally:
             run.kill()
+        while len(nodes) < 3:  # the static runs after churn on the same three nodes
+            nodes.append(add_worker_node(cluster))
+        after = {3: static_rate(cluster, tmp, 3, a.static_seconds, "after"),
+                 2: static_rate(cluster, tmp, 2, a.static_seconds, "after")}
+        print(f"static samples/s after: 3 workers {after[3]:.1f}, 2 workers {after[2]:.1f}", flush=True)
     finally:
         cluster.shutdown()
 
+    rate2, rate3 = (before[2] + after[2]) / 2, (before[3] + after[3]) / 2
     (tmp / "churn.json").write_text(json.dumps({"t_start": t_start, "t_end": t_end, "live": live,
-                                                "events": events, "rate2": rate2, "rate3": rate3}))
+                                                "events": events, "before": before, "after": after}))
     log = tmp / "samples" / "churn"
     useful = useful_samples(rank0_records(log), t_start, t_end)
     starts = attempts(log)
     live.append((t_end, live[-1][1]))
-    avg_world = sum((t1 - t0) * w for (t0, w), (t1, _) in zip(live, live[1:])) / (t_end - t_start)
+    duration = t_end - t_start
+    avg_world = sum((t1 - t0) * w for (t0, w), (t1, _) in zip(live, live[1:])) / duration
     static_at_avg = rate2 + (rate3 - rate2) * (avg_world - 2)
-    goodput = useful / (t_end - t_start)
+    goodput = useful / duration
+    # Each worker-group start in the window: the gap since the previous group's last step.
+    restarts = [{"world": q["world"], "at_s": round(q["t_first"] - t_start, 1),
+                 "gap_s": round(q["t_first"] - p["t_last"], 1), "redone": q["redone"]}
+                for p, q in zip(starts, starts[1:]) if p["t_last"] >= t_start]
+    paused = sum(r["gap_s"] for r in restarts) / duration
+    running_rate = useful / (duration * (1 - paused))
     write_result("elastic_goodput", {
-        "duration_s": round(t_end - t_start, 1), "period_s": a.period, "rejoin_s": a.rejoin,
+        "duration_s": round(duration, 1), "period_s": a.period, "rejoin_s": a.rejoin,
         "deadline_s": a.deadline, "events": events,
         "static_samples_per_s": {"2": round(rate2, 1), "3": round(rate3, 1)},
+        "static_before": {str(k): round(v, 1) for k, v in before.items()},
+        "static_after": {str(k): round(v, 1) for k, v in after.items()},
         "time_avg_world_size": round(avg_world, 3), "useful_samples_per_s": round(goodput, 1),
         "static_samples_per_s_at_avg_world": round(static_at_avg, 1),
-        "goodput_ratio": round(goodput / static_at_avg, 3), "redone_steps": redone_steps(log),
-        # Each worker-group start: the gap since the previous group's last step, and redone steps.
-        "restarts": [{"world": b["world"], "at_s": round(b["t_first"] - t_start, 1),
-                      "gap_s": round(b["t_first"] - a["t_last"], 1), "redone": b["redone"]}
-                     for a, b in zip(starts, starts[1:]) if a["t_last"] >= t_start],
+        "goodput_ratio": round(goodput / static_at_avg, 3),
+        "paused_fraction": round(paused, 3),
+        "running_samples_per_s": round(running_rate, 1),
+        "running_vs_static": round(running_rate / static_at_avg, 3),
+        "redone_steps": redone_steps(log), "restarts": restarts,
         "target": ">= 0.90",
     })
 
