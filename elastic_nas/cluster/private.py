@@ -14,6 +14,8 @@ import functools
 import logging
 from typing import Any
 
+from elastic_nas.io import first_line
+
 logger = logging.getLogger(__name__)
 
 UNAVAILABLE = None  # what a degraded function returns
@@ -176,7 +178,7 @@ def tolerate_storage_outage() -> bool:
             pass
         except OSError as e:  # pyarrow's storage errors
             logger.warning("elastic-nas: storage refused Ray Train's checkpoint record (%s); the next checkpoint "
-                           "writes it again", (str(e).splitlines() or [""])[0])
+                           "writes it again", first_line(e))
 
     tolerant.elastic_nas = True
     CheckpointManager._save_state_and_delete_old_checkpoints = tolerant
