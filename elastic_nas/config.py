@@ -125,6 +125,10 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up, in epochs of samples
     epochs: float = 2.0  # training length in epochs of the train split
     grad_clip: float = 0.0  # max grad norm (0 = off)
+    # fp32, or autocast to bf16 / fp16 (weights, BN statistics and checkpoints stay fp32;
+    # fp16 adds dynamic loss scaling). bf16 is the GPU choice on Ampere and newer.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # NHWC weights and inputs: faster convolutions on GPUs
     # Divergence guard: a step whose gradients are not finite is skipped (never reaches the
     # weights); after this many in a row the run goes back to its newest checkpoint with the
     # LR scaled by rollback_lr_scale (0 = skip only), at most max_rollbacks times, then fails.
@@ -325,6 +329,8 @@ class EvaluatorConfig:
     # candidates a Tune trial evaluates: Tune's per-trial bookkeeping is paid once per batch.
     # 0 = enough for a trial of about 5 s, from one candidate timed on the driver; 1 = one per trial
     candidates_per_trial: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of recalibration and scoring (statistics stay fp32)
+    channels_last: bool = False  # NHWC supernet and images
 
     def validate(self, prefix: str) -> None:
         for key in ("calib_images", "val_images", "batch_size", "cpus_per_trial"):
@@ -392,6 +398,8 @@ class TestConfig:
 
     checkpoint: str = "runs/retrain"  # a retrain run dir (newest valid checkpoint) or one checkpoint dir
     batch_size: int = 256
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of the test evaluation; the export is fp32
+    channels_last: bool = False
     export: Literal["torch.export", "torchscript", "none"] = "torch.export"
     output: str = ""  # export dir ("" = <checkpoint's run dir>/export)
 

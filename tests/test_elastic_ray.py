@@ -143,13 +143,14 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
 
 def test_sandwich_on_entangled_weights_survives_a_node_loss(cluster, tmp_path, data_dir):
     """The sandwich rule (several archs per step, one all-reduce) through the same elastic
-    loop: a node lost mid-run, the run resumes with one worker and every sample of every
-    epoch is trained exactly once."""
+    loop, in bf16 with channels_last: a node lost mid-run, the run resumes with one worker
+    from its (fp32) checkpoint and every sample of every epoch is trained exactly once."""
     add_worker_node(cluster)
     second = add_worker_node(cluster)
     epochs = 2
     sandwich = {"strategy": "sandwich", "sandwich.num_random": 1, "space.name": "cream", "space.stem_stride": 2,
-                "space.weight_sharing": "entangled", "space.max_depths": "[1, 2, 2, 2, 1]"}
+                "space.weight_sharing": "entangled", "space.max_depths": "[1, 2, 2, 2, 1]",
+                "optim.precision": "bf16", "optim.channels_last": "true"}
     run = CliRun(supernet_args(tmp_path, data_dir, "sandwich", epochs, **sandwich),
                  env={"RAY_ADDRESS": cluster.address})
     try:

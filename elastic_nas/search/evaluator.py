@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from elastic_nas.spaces.bn import recalibrate_bn
+from elastic_nas.spaces.precision import Precision
 
 
 @dataclass
@@ -31,6 +32,8 @@ class EvalData:
     val_x: np.ndarray  # [M, 3, H, W] float32, normalised
     val_y: np.ndarray  # [M] int64
     batch_size: int
+    precision: str = "fp32"  # autocast of recalibration and scoring (BN statistics stay fp32)
+    channels_last: bool = False
 
 
 @dataclass
@@ -47,7 +50,8 @@ _SUPERNETS: dict[str, tuple[Any, torch.nn.Module]] = {}
 BUILDS: list[str] = []
 
 
-def eval_data(splits, calib_images: int, val_images: int, seed: int, batch_size: int = 200) -> EvalData:
+def eval_data(splits, calib_images: int, val_images: int, seed: int, batch_size: int = 200,
+              precision: str = "fp32", channels_last: bool = False) -> EvalData:
     """The fixed images of a search: ``calib_images`` train images for BN recalibration and
     ``val_images`` class-balanced search_val images, the same for every candidate."""
     from elastic_nas.data import class_balanced_subset
@@ -56,12 +60,13 @@ def eval_data(splits, calib_images: int, val_images: int, seed: int, batch_size:
     val = class_balanced_subset(splits.search_val, val_images, seed)
     calib_x, _, _ = calib.get_batch(np.arange(len(calib)))
     val_x, val_y, _ = val.get_batch(np.arange(len(val)))
-    return EvalData(calib_x.numpy(), val_x.numpy(), val_y.numpy(), batch_size)
+    return EvalData(calib_x.numpy(), val_x.numpy(), val_y.numpy(), batch_size, precision, channels_last)
 
 
-def get_supernet(snapshot: Snapshot, device: torch.device | str = "cpu") -> tuple[Any, torch.nn.Module]:
-    """``(space, supernet)`` for ``snapshot``, built at most once per process and device."""
-    key = f"{snapshot.snapshot_id}@{device}"
+def get_supernet(snapshot: Snapshot, device: torch.device | str = "cpu",
+                 channels_last: bool = False) -> tuple[Any, torch.nn.Module]:
+    """``(space, supernet)`` for ``snapshot``, built at most once per process, device and layout."""
+    key = f"{snapshot.snapshot_id}@{device}/{channels_last}"
     cached = _SUPERNETS.get(key)
     if cached is None:
         from elastic_nas.config import SpaceConfig, from_dict
@@ -73,29 +78,36 @@ def get_supernet(snapshot: Snapshot, device: torch.device | str = "cpu") -> tupl
             # Views on the read-only object-store buffer; load_state_dict copies them.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             model.load_state_dict({k: torch.from_numpy(v) for k, v in snapshot.state.items()})
-        model.to(device).eval()
+        Precision(channels_last=channels_last).model(model.to(device)).eval()
         _SUPERNETS.clear()  # one snapshot per process: a new one replaces the old
         cached = _SUPERNETS[key] = (space, model)
         BUILDS.append(snapshot.snapshot_id)
     return cached
 
 
-def _batches(x: np.ndarray, batch_size: int, device) -> list[torch.Tensor]:
+def _batches(x: np.ndarray, batch_size: int, device, prec: Precision) -> list[torch.Tensor]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return [torch.from_numpy(x[i:i + batch_size]).to(device) for i in range(0, len(x), batch_size)]
+        return [prec.input(torch.from_numpy(x[i:i + batch_size]).to(device)) for i in range(0, len(x), batch_size)]
 
 
 @torch.no_grad()
 def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu") -> dict[str, float]:
-    """Exact BN recalibration on the calibration images, then top-1 (%) and loss on validation."""
-    recalibrate_bn(model, lambda x: model(x, arch), _batches(data.calib_x, data.batch_size, device))
+    """Exact BN recalibration on the calibration images, then top-1 (%) and loss on validation,
+    in ``data``'s precision (the model is in its memory format already: ``get_supernet``)."""
+    prec = Precision(data.precision, data.channels_last, device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with prec.autocast():
+            return model(x, arch).float()
+
+    recalibrate_bn(model, forward, _batches(data.calib_x, data.batch_size, device, prec))
     model.eval()
     correct, loss_sum = 0, 0.0
     for i in range(0, len(data.val_x), data.batch_size):
-        x = torch.from_numpy(np.array(data.val_x[i:i + data.batch_size])).to(device)
+        x = prec.input(torch.from_numpy(np.array(data.val_x[i:i + data.batch_size])).to(device))
         y = torch.from_numpy(np.array(data.val_y[i:i + data.batch_size])).to(device)
-        logits = model(x, arch)
+        logits = forward(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
     n = len(data.val_x)
@@ -111,7 +123,7 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     torch.set_num_threads(max(1, int(os.environ.get("ELASTIC_NAS_EVAL_THREADS", "1"))))
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     # 1. the supernet of this snapshot, built once per process
-    space, model = get_supernet(snapshot, device)
+    space, model = get_supernet(snapshot, device, data.channels_last)
     setup_s = time.perf_counter() - t0
     for index, cand in enumerate(config["candidates"]):
         # 2. recalibrate BN for this arch and score it on the fixed validation subset
@@ -130,7 +142,7 @@ def time_candidate(snapshot: Snapshot, data: EvalData, arch) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        space, model = get_supernet(snapshot)
+        space, model = get_supernet(snapshot, channels_last=data.channels_last)
         t0 = time.perf_counter()
         evaluate_arch(model, space.validate(arch), data)
         return time.perf_counter() - t0

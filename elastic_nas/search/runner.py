@@ -74,7 +74,8 @@ def build_eval_data(cfg: SearchConfig, space_cfg: SpaceConfig, num_train_expecte
     for key, split in (("calib_images", splits.train), ("val_images", splits.search_val)):
         if getattr(ev, key) > len(split):
             raise ConfigError(f"evaluator.{key}", f"{getattr(ev, key)} > the {len(split)} images of {split.name}")
-    return eval_data(splits, ev.calib_images, ev.val_images, cfg.run.seed, ev.batch_size)
+    return eval_data(splits, ev.calib_images, ev.val_images, cfg.run.seed, ev.batch_size, ev.precision,
+                     ev.channels_last)
 
 
 class SpaceCost:

@@ -13,18 +13,23 @@ import torch.nn.functional as F
 from elastic_nas.config import DataConfig, SpaceConfig, TestConfig, from_dict
 from elastic_nas.errors import CheckpointError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact, write_json
+from elastic_nas.spaces.precision import Precision
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split, batch_size: int = 256, device: str = "cpu") -> dict[str, float]:
-    """Top-1 / top-5 (%) and mean cross-entropy of ``model`` (eval mode) on a split."""
-    model.eval().to(device)
+def evaluate(model: torch.nn.Module, split, batch_size: int = 256, device: str = "cpu",
+             precision: Precision | None = None) -> dict[str, float]:
+    """Top-1 / top-5 (%) and mean cross-entropy of ``model`` (eval mode) on a split, in
+    ``precision``'s autocast and memory format (default fp32)."""
+    prec = precision or Precision(device=device)
+    prec.model(model.eval().to(device))
     correct1 = correct5 = loss = 0.0
     n = len(split)
     for start in range(0, n, batch_size):
         x, y, _ = split.get_batch(np.arange(start, min(start + batch_size, n)))
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
+        x, y = prec.input(x.to(device)), y.to(device)
+        with prec.autocast():
+            logits = model(x).float()
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += float((top[:, 0] == y).sum())
@@ -59,9 +64,10 @@ def load_subnet(path: str, fs=None):
 
 
 def export_model(model: torch.nn.Module, example: torch.Tensor, out_dir: Path, fmt: str) -> Path:
-    """Write ``model`` as a torch.export program (.pt2) or TorchScript (.ts); return the path."""
+    """Write ``model`` as a torch.export program (.pt2) or TorchScript (.ts); return the path.
+    The export is fp32 in the plain layout, whatever the run trained in: it runs anywhere."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = model.eval().float().to(memory_format=torch.contiguous_format)
     if fmt == "torch.export":
         # Batch size stays dynamic: the exported program serves any batch.
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
@@ -98,7 +104,7 @@ def run_test(cfg: TestConfig) -> dict:
 
     model, space, arch, data, ckpt = load_subnet(cfg.checkpoint)
     splits = build_dataset(data, space.cfg.input_size)
-    metrics = evaluate(model, splits.test, cfg.batch_size)
+    metrics = evaluate(model, splits.test, cfg.batch_size, precision=Precision.of(cfg))
     folder = export_folder(cfg.checkpoint, ckpt.path)
     out_dir = Path(cfg.output) if cfg.output else folder.local / "export"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,8 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
     if rank == 0:
         _announce(state, loaded, plan, world, times, ctx.get_experiment_name(), storage.storage_filesystem)
     state.record("start", world, plan.global_batch, state.lr())
-    train_step = TrainStep(state.model, task.strategy, cfg.optim.grad_clip, cfg.elastic.grad_sync)
+    train_step = TrainStep(state.model, task.strategy, cfg.optim.grad_clip, cfg.elastic.grad_sync,
+                           precision=state.precision)
     progress = Progress(rank, tensorboard_dir, state.total_samples)
     sample_log = SampleLog(cfg.elastic.sample_log_dir, rank, attempt)
     signals = _Signals(ctx.get_experiment_name(), cfg.elastic, rank, device)

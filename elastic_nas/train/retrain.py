@@ -18,6 +18,7 @@ from elastic_nas.config import RetrainConfig, SpaceConfig, from_dict
 from elastic_nas.errors import ArchError
 from elastic_nas.io import print_outputs, redact, write_json
 from elastic_nas.search.outputs import read_choice
+from elastic_nas.spaces.precision import Precision
 from elastic_nas.train.driver import run_training
 from elastic_nas.train.evaluate import evaluate, load_subnet, subnet_fingerprint
 from elastic_nas.train.loop import train_loop
@@ -87,7 +88,7 @@ def retrain(cfg: RetrainConfig) -> dict:
           f"({space.macs(a) / 1e6:.1f}M MACs, {space.params(a) / 1e6:.2f}M params) from scratch", flush=True)
     run = run_training(retrain_worker, cfg, {"space": asdict(space_cfg), "arch": arch})
     model, *_ = load_subnet(run.checkpoint)
-    metrics = evaluate(model, splits.test, cfg.eval_batch)
+    metrics = evaluate(model, splits.test, cfg.eval_batch, precision=Precision.of(cfg.optim))  # as it trained
     summary = {"space": asdict(space_cfg), "arch": arch, "macs": space.macs(a), "params": space.params(a),
                "test_top1": round(metrics["top1"], 2), "test_top5": round(metrics["top5"], 2),
                "checkpoint": redact(run.checkpoint)}

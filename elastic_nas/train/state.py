@@ -18,6 +18,7 @@ import torch
 from elastic_nas.elastic.checkpoint import LoadedCheckpoint, partial_checkpoints, resolve_checkpoint
 from elastic_nas.elastic.policy import ElasticLRPolicy, LRSettings
 from elastic_nas.elastic.sampler import ElasticSampler, StepPlan
+from elastic_nas.spaces.precision import Precision, plain_state_dict
 from elastic_nas.train import distributed
 from elastic_nas.train.step import make_optimizer
 
@@ -28,7 +29,8 @@ class TrainState:
     def __init__(self, task, optim, elastic, seed: int, device: torch.device | str = "cpu"):
         """``task``: a :class:`~elastic_nas.train.task.TrainTask`; ``optim``, ``elastic``: config sections."""
         self.task = task
-        self.model = task.model.to(device)
+        self.precision = Precision.of(optim, device)  # autocast, memory format, fp16's scaler
+        self.model = self.precision.model(task.model.to(device))
         self.optimizer = make_optimizer(self.model, optim)
         num_train = len(task.train_split)
         self.sampler = ElasticSampler(num_train, seed=seed)
@@ -88,7 +90,7 @@ class TrainState:
     # -- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = {
-            "model": self.model.state_dict(),
+            "model": plain_state_dict(self.model),  # fp32, plain layout: loads under any precision
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "policy": self.policy.state_dict(),
@@ -102,6 +104,8 @@ class TrainState:
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state()
+        if self.precision.scaler is not None:
+            state["scaler"] = self.precision.state_dict()
         extra = self.task.strategy.state_dict()
         if extra is not None:
             state["extra"] = extra
@@ -116,6 +120,7 @@ class TrainState:
         self.history = list(state["history"])
         self.lr_scale = float(state.get("lr_scale", 1.0))  # checkpoints from before the guard: 1
         self.skipped_steps, self.rollbacks = int(state.get("skipped_steps", 0)), int(state.get("rollbacks", 0))
+        self.precision.load_state_dict(state.get("scaler"))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["rng"]["cuda"])

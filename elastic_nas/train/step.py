@@ -1,9 +1,10 @@
 """One optimizer step of synchronous data-parallel SGD, with no Ray in it.
 
 A step on one rank: the strategy names the step's arch(s); for every micro-batch and
-every arch, the strategy's per-sample loss, weighted (padding weighs 0) and normalised
-for a SUM over ranks, is back-propagated; gradients are then summed over the ranks
-(DDP, or flat buckets of the archs' parameters), clipped, and the optimizer steps once.
+every arch, the strategy's per-sample loss (under the run's autocast), weighted (padding
+weighs 0) and normalised for a SUM over ranks, is back-propagated; gradients are then
+summed over the ranks (DDP, or flat buckets of the archs' parameters), unscaled (fp16),
+clipped, and the optimizer steps once.
 The strategy's ``after_step`` hook ends it. Used by Ray Train workers
 (:mod:`~elastic_nas.train.loop`), by single-process benchmarks and by the tests, so
 there is one step to read and to change.
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from elastic_nas.spaces.precision import Precision
 from elastic_nas.train import distributed
 
 # BN running stats stay per rank while training (the search recalibrates them), so DDP must
@@ -81,9 +83,11 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, strategy, grad_clip: float = 0.0, grad_sync: str = "ddp",
-                 guard: bool = True):
-        """``guard``: skip a step whose gradients are not finite (see ``benchmarks/step_guard.py``)."""
+                 guard: bool = True, precision: Precision | None = None):
+        """``guard``: skip a step whose gradients are not finite (see ``benchmarks/step_guard.py``);
+        ``precision``: autocast, memory format and fp16's loss scaling (default: plain fp32)."""
         self.model, self.strategy, self.grad_clip, self.guard = model, strategy, grad_clip, guard
+        self.precision = precision or Precision()
         self.ddp = None
         if grad_sync == "ddp" and distributed.is_distributed():
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -104,28 +108,32 @@ class TrainStep:
         denom = float(num_real) / self.loss_scale
         micro = batch.split(accum_steps)
         stats = StepStats()
-        saved = [b.clone() for b in self.buffers] if self.guard else []
+        saved = [b.clone() for b in self.buffers] if self.guard or self.precision.scaler is not None else []
+        prec = self.precision
         for m, part in enumerate(micro):
+            x = prec.input(part.x)
             for i, arch in enumerate(archs):
                 last = m == len(micro) - 1 and i == len(archs) - 1
                 with self._sync(last):  # with accumulation, DDP syncs on the last backward only
-                    per_sample, logits = self.strategy.loss(self.forward, part.x, part.y, arch, step, i)
-                    (per_sample * part.weight).sum().div(denom).backward()
+                    with prec.autocast():  # the forward only: backward runs in the forward's dtypes
+                        per_sample, logits = self.strategy.loss(self.forward, x, part.y, arch, step, i)
+                    prec.backward((per_sample.float() * part.weight).sum().div(denom))
                 if i == 0:
                     _add_stats(stats, per_sample, logits, part)
         if self.ddp is None:
             distributed.allreduce_grads(self.strategy.grad_params(archs))
+        prec.unscale(optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         # One norm serves both: the clip's (taken before it clips) and the guard's.
         norm = nn.utils.clip_grad_norm_(params, self.grad_clip) if self.grad_clip > 0 else None
         # Gradients are summed over the ranks by now, so every rank takes the same decision.
-        if self.guard and not _finite([p.grad for p in params], norm):
+        if (self.guard or prec.scaler is not None) and not _finite([p.grad for p in params], norm):
             optimizer.zero_grad(set_to_none=True)
             for buf, old in zip(self.buffers, saved):
                 buf.copy_(old)
-            stats.skipped = True
+            stats.skipped = not prec.overflow()  # fp16 out of range: the scale halves, no divergence
             return stats
-        optimizer.step()
+        prec.step(optimizer)
         self.strategy.after_step(step, archs, batch, stats)
         return stats
 
