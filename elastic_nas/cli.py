@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder with one subfolder per class (JPEG/PNG)")
     p.add_argument("dst", help="output directory for parquet shards")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    p.add_argument("--row-group-size", type=int, default=256,
+                   help="images per parquet row group, the unit a streaming reader fetches (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="shuffles each split's files before sharding (default 0)")
     p.add_argument("--workers", type=int, default=0, help="parallel processes (default: all cores)")
     p.set_defaults(func=_lazy("elastic_nas.data.cli:convert"))
 

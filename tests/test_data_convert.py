@@ -48,16 +48,16 @@ _quiet.lines = []
 def test_convert_roundtrip_corrupt_and_resume(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     good = _make_folder(src)
-    report = convert(src, dst, shard_size=5, workers=2, log=_quiet)
+    report = convert(src, dst, shard_size=5, workers=2, log=_quiet, row_group_size=2)
     assert report.images == len(good) == 18
     assert report.counts == {"train": 12, "test": 6}
     assert report.written == 5 and report.skipped == 0  # 13 train files -> 3 shards, 6 test -> 2
 
-    shards = sorted(p.name for p in dst.glob("*.parquet"))
+    shards = sorted(p.name for p in dst.glob("*-[0-9]*.parquet"))
     assert shards == ["test-00000.parquet", "test-00001.parquet",
                       "train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
     rows = {}
-    for p in dst.glob("*.parquet"):
+    for p in dst.glob("*-[0-9]*.parquet"):
         t = pq.read_table(p)
         meta = json.loads(t.schema.metadata[b"elastic_nas"])
         assert meta["class_names"] == CLASSES
@@ -68,22 +68,22 @@ def test_convert_roundtrip_corrupt_and_resume(tmp_path):
     assert len({v[1] for v in rows.values()}) == len(rows)
 
     broken = str(src / "train" / "bee" / "broken.jpg")
-    corrupt = json.loads((dst / "corrupt.json").read_text())
+    corrupt = json.loads((dst / "_corrupt.json").read_text())
     assert [c["path"] for c in corrupt] == [broken]
     assert any(broken in line for line in _quiet.lines)
 
     # Resume: nothing rewritten, finished shards skipped, corrupt still reported.
-    mtimes = {p: p.stat().st_mtime_ns for p in dst.glob("*.parquet")}
+    mtimes = {p: p.stat().st_mtime_ns for p in dst.glob("*-[0-9]*.parquet")}
     _quiet.lines.clear()
-    again = convert(src, dst, shard_size=5, workers=2, log=_quiet)
+    again = convert(src, dst, shard_size=5, workers=2, log=_quiet, row_group_size=2)
     assert again.written == 0 and again.skipped == 5
     assert again.images == 18 and [c["path"] for c in again.corrupt] == [broken]
-    assert {p: p.stat().st_mtime_ns for p in dst.glob("*.parquet")} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in dst.glob("*-[0-9]*.parquet")} == mtimes
     assert any("skipped" in line for line in _quiet.lines)
 
     # A deleted shard is rebuilt alone.
     (dst / "train-00001.parquet").unlink()
-    third = convert(src, dst, shard_size=5, workers=1, log=_quiet)
+    third = convert(src, dst, shard_size=5, workers=1, log=_quiet, row_group_size=2)
     assert third.written == 1 and third.skipped == 4
 
     # Read back through the dataset interface.
@@ -95,6 +95,46 @@ def test_convert_roundtrip_corrupt_and_resume(tmp_path):
     assert x.shape == (4, 3, 16, 16)
     x, y, ids = data.test.get_batch(np.arange(6))
     assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_converted_folder_is_a_plain_parquet_dataset_with_an_index(tmp_path):
+    """Shards shuffled (not class-sorted) in row groups; _index.parquet locates every sample;
+    pandas, pyarrow and Ray Data read the folder as it is (metadata files start with _)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _make_folder(src, per_class=8)
+    convert(src, dst, shard_size=10, workers=1, log=_quiet, row_group_size=3)
+    frame = pd.read_parquet(dst)
+    assert len(frame) == 24 + 6 and set(frame.columns) >= {"id", "label", "image", "path"}
+    assert ds.dataset(dst).count_rows() == 30
+    first = pq.read_table(dst / "train-00000.parquet")
+    assert len(set(first.column("label").to_pylist())) > 1  # shuffled: not one class per shard
+    assert pq.ParquetFile(dst / "train-00000.parquet").metadata.num_row_groups == 4  # 10 rows in 3s
+
+    index = pq.read_table(dst / "_index.parquet").to_pandas()
+    assert len(index) == 30 and index["id"].is_unique
+    for _, r in index.sample(8, random_state=0).iterrows():  # every sample where the index says
+        group = pq.ParquetFile(dst / r["file"]).read_row_group(int(r["row_group"]), columns=["id", "label"])
+        assert group.column("id")[int(r["row"])].as_py() == r["id"]
+        assert group.column("label")[int(r["row"])].as_py() == r["label"]
+    assert json.loads((dst / "_dataset.json").read_text())["row_group_size"] == 3
+    again = convert(src, dst, shard_size=10, workers=1, log=_quiet, row_group_size=3)
+    assert again.written == 0  # the same seed: the same shards
+
+
+def test_ray_data_reads_a_converted_folder(tmp_path):
+    import ray
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _make_folder(src)
+    convert(src, dst, shard_size=10, workers=1, log=_quiet)
+    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        assert ray.data.read_parquet(str(dst)).count() == 18
+    finally:
+        ray.shutdown()
 
 
 def test_imagefolder_source_reads_in_place(tmp_path):

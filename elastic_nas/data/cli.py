@@ -28,7 +28,8 @@ def convert(args: argparse.Namespace) -> int:
     from elastic_nas.data.convert import CORRUPT_FILE
     from elastic_nas.data.convert import convert as run
 
-    report = run(args.src, args.dst, shard_size=args.shard_size, workers=args.workers)
+    report = run(args.src, args.dst, shard_size=args.shard_size, workers=args.workers,
+                 row_group_size=args.row_group_size, seed=args.seed)
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
     print(f"converted {report.images} images ({counts}) into {args.dst}: "
           f"{report.written} shards written, {report.skipped} skipped, {len(report.corrupt)} corrupt"

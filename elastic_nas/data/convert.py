@@ -2,11 +2,17 @@
 
 Each shard ``DST/<split>-<k>.parquet`` holds the original encoded bytes (no
 re-encoding), label, sample id and relative path, with the class names and a
-fingerprint of its file list in the schema metadata. Shard ``k`` of a split is files
-``[k*shard_size, (k+1)*shard_size)`` of the sorted list, so a rerun rebuilds the same
-assignment and skips every shard already written with the same fingerprint (each
-shard is written to a temp file and renamed). Corrupt images are skipped and listed,
-by path, on stderr and in ``DST/corrupt.json``.
+fingerprint of its file list in the schema metadata, in row groups of
+``row_group_size`` rows (the unit a streaming reader fetches). A split's files are
+shuffled with ``seed`` before sharding (a sorted list would give class-sorted shards),
+and shard ``k`` takes files ``[k*shard_size, (k+1)*shard_size)`` of that order, so a
+rerun rebuilds the same assignment and skips every shard already written with the same
+fingerprint (each shard is written to a temp file and renamed). Corrupt images are
+skipped and listed, by path, on stderr and in ``DST/_corrupt.json``.
+
+``DST/_index.parquet`` has one row per sample (id, label, split, file, row group, row),
+small enough to hold in memory at ImageNet scale. Metadata files start with ``_`` so the
+folder stays a plain parquet dataset (pandas, pyarrow and Ray Data skip them).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,10 +35,13 @@ from elastic_nas.data.imagefolder import ImageFile, scan
 from elastic_nas.errors import DatasetError
 from elastic_nas.io import atomic_write, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shuffled shards in row groups, _index.parquet, "_" metadata names
 META_KEY = b"elastic_nas"
-CORRUPT_FILE = "corrupt.json"
-INDEX_FILE = "dataset.json"
+CORRUPT_FILE = "_corrupt.json"
+SUMMARY_FILE = "_dataset.json"
+INDEX_FILE = "_index.parquet"
+OLD_METADATA = ("dataset.json", "corrupt.json")  # version 1's names: they made the folder unreadable as parquet
+ROW_GROUP_SIZE = 256
 PROGRESS_EVERY_S = 2.0
 
 
@@ -43,6 +53,7 @@ class _Task:
     out: Path
     class_names: list[str]
     fingerprint: str
+    row_group_size: int = ROW_GROUP_SIZE
 
 
 @dataclass
@@ -62,8 +73,8 @@ def _shard_counts(found, shard_size: int) -> dict[str, int]:
     return {split: -(-len(files) // shard_size) for split, files in found.splits.items()}
 
 
-def _fingerprint(files: list[ImageFile]) -> str:
-    h = hashlib.sha256()
+def _fingerprint(files: list[ImageFile], row_group_size: int) -> str:
+    h = hashlib.sha256(f"v{FORMAT_VERSION} rows {row_group_size}\n".encode())
     for f in files:
         h.update(f"{f.rel}\0{f.label}\0{f.id}\0{f.path.stat().st_size}\n".encode())
     return h.hexdigest()[:16]
@@ -106,16 +117,24 @@ def _convert_shard(task: _Task) -> tuple[str, int, list[dict]]:
     table = pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
                       "image": pa.array(blobs, pa.binary()), "path": pa.array(rels, pa.string())})
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    atomic_write(task.out, lambda tmp: pq.write_table(table, tmp, compression="none"))  # JPEG/PNG do not compress
+    atomic_write(task.out, lambda tmp: pq.write_table(table, tmp, compression="none",  # JPEG/PNG do not compress
+                                                      row_group_size=task.row_group_size))
     return task.split, len(ids), corrupt
 
 
+def shuffled(files: list[ImageFile], seed: int) -> list[ImageFile]:
+    """``files`` (sorted) in the order shards take them: fixed by ``seed``."""
+    return [files[i] for i in np.random.default_rng([seed, len(files)]).permutation(len(files))]
+
+
 def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: int = 0,
-            log=None) -> ConvertReport:
+            log=None, row_group_size: int = ROW_GROUP_SIZE, seed: int = 0) -> ConvertReport:
     """Convert ``src`` into shards under ``dst``; resumable; see the module docstring."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if shard_size < 1:
         raise DatasetError(f"--shard-size must be >= 1, got {shard_size}")
+    if row_group_size < 1:
+        raise DatasetError(f"--row-group-size must be >= 1, got {row_group_size}")
     found = scan(src)
     dst = Path(dst).expanduser()
     try:
@@ -126,9 +145,11 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
     report = ConvertReport(counts={s: 0 for s in found.splits})
     todo: list[_Task] = []
     for split, files in found.splits.items():
-        for k, start in enumerate(range(0, len(files), shard_size)):
-            chunk = files[start:start + shard_size]
-            task = _Task(split, k, chunk, dst / shard_name(split, k), found.class_names, _fingerprint(chunk))
+        order = shuffled(files, seed)
+        for k, start in enumerate(range(0, len(order), shard_size)):
+            chunk = order[start:start + shard_size]
+            task = _Task(split, k, chunk, dst / shard_name(split, k), found.class_names,
+                         _fingerprint(chunk, row_group_size), row_group_size)
             meta = read_shard_meta(task.out) if task.out.exists() else None
             if meta is not None and meta.get("fingerprint") == task.fingerprint:
                 report.skipped += 1
@@ -175,10 +196,36 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
 
     report.images = sum(report.counts.values())
     report.corrupt.sort(key=lambda r: r["path"])
+    shards = [dst / shard_name(s, k) for s, n in _shard_counts(found, shard_size).items() for k in range(n)]
+    index = build_index(shards)
+    atomic_write(dst / INDEX_FILE, lambda tmp: pq.write_table(index, tmp))
     write_json(dst / CORRUPT_FILE, report.corrupt, indent=2)
-    write_json(dst / INDEX_FILE, indent=2, data={
+    write_json(dst / SUMMARY_FILE, indent=2, data={
         "version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
-        "class_names": found.class_names, "shard_size": shard_size,
-        "images": report.counts, "corrupt": len(report.corrupt),
+        "class_names": found.class_names, "shard_size": shard_size, "row_group_size": row_group_size,
+        "seed": seed, "images": report.counts, "corrupt": len(report.corrupt),
     })
+    for old in OLD_METADATA:  # a version-1 folder converted again becomes a plain parquet dataset
+        (dst / old).unlink(missing_ok=True)
     return report
+
+
+def build_index(shards: list[Path]) -> pa.Table:
+    """One row per sample of ``shards``: id, label, split, file, row_group, row (within the group).
+    Reads the id and label columns and the footers only, never the images."""
+    parts = []
+    for path in shards:
+        f = pq.ParquetFile(path)
+        table = f.read(columns=["id", "label"])
+        sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+        n = len(table)
+        parts.append(pa.table({
+            "id": table.column("id"), "label": table.column("label"),
+            "split": pa.array([path.name.split("-")[0]] * n, pa.string()),
+            "file": pa.array([path.name] * n, pa.string()),
+            "row_group": pa.array(np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)),
+            "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in sizes] or [np.empty(0, np.int32)])),
+        }))
+    return pa.concat_tables(parts) if parts else pa.table(
+        {"id": pa.array([], pa.int64()), "label": pa.array([], pa.int64()), "split": pa.array([], pa.string()),
+         "file": pa.array([], pa.string()), "row_group": pa.array([], pa.int32()), "row": pa.array([], pa.int32())})
