@@ -49,12 +49,20 @@ class DataConfig:
     augment: bool = True  # random crop + flip on the train split
     num_workers: int = 0  # DataLoader processes per training worker (0 = in-process)
     download: bool = True  # cifar10: fetch when the files are absent (off: fail fast offline)
+    # parquet: stream row groups instead of loading the encoded dataset into every worker;
+    # auto = stream when the train shards exceed 2 GiB
+    stream: bool | Literal["auto"] = "auto"
+    stream_window: int = 16  # row groups dealt to the ranks at once (reads <= (1 + world/window) x data per epoch)
+    stream_cache_groups: int = 24  # row groups held in memory per worker (in use and prefetched)
+    stream_threads: int = 4  # parallel row-group reads per worker
 
     def validate(self, prefix: str) -> None:
         _positive(self.num_train, f"{prefix}.num_train")
         _positive(self.num_test, f"{prefix}.num_test")
         _non_negative(self.search_val_size, f"{prefix}.search_val_size")
         _non_negative(self.num_workers, f"{prefix}.num_workers")
+        for key in ("stream_window", "stream_cache_groups", "stream_threads"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
         if self.source in ("imagefolder", "parquet") and not self.path:
             raise ConfigError(f"{prefix}.path", f"source {self.source!r} needs a path")
         if self.source == "synthetic" and self.search_val_size >= self.num_train:
@@ -538,6 +546,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

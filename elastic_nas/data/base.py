@@ -60,29 +60,34 @@ class EncodedStore:
         return out
 
     def _decode(self, row: int, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
-        from PIL import Image
-
         blob = self.blobs[row]
-        blob = blob.as_py() if hasattr(blob, "as_py") else blob
-        try:
-            img = Image.open(io.BytesIO(blob)).convert("RGB")
-        except Exception as e:  # PIL raises many types for bad data
-            where = self.describe[row] if self.describe is not None else f"row {row}"
-            raise DatasetError(f"cannot decode image {where}: {e}") from None
-        w, h = img.size
-        if augment:
-            x0, y0, cw, ch = _random_resized_box(w, h, rng)
-            img = img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-            if rng.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        else:
-            short = max(size, round(size / EVAL_CROP))
-            scale = short / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        return np.asarray(img, dtype=np.uint8)
+        where = self.describe[row] if self.describe is not None else f"row {row}"
+        return decode_image(blob.as_py() if hasattr(blob, "as_py") else blob, size, augment, rng, where)
+
+
+def decode_image(blob: bytes, size: int, augment: bool, rng: np.random.Generator, where: str) -> np.ndarray:
+    """One encoded image as ``size`` x ``size`` uint8 RGB: a random-resized crop and flip
+    (``augment``), else the short side resized to ``size / EVAL_CROP`` and a centre crop."""
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(blob)).convert("RGB")
+    except Exception as e:  # PIL raises many types for bad data
+        raise DatasetError(f"cannot decode image {where}: {e}") from None
+    w, h = img.size
+    if augment:
+        x0, y0, cw, ch = _random_resized_box(w, h, rng)
+        img = img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    else:
+        short = max(size, round(size / EVAL_CROP))
+        scale = short / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
 
 
 class Split(torch.utils.data.Dataset):

@@ -2,8 +2,9 @@
 
 ``path`` may be ``/local/dir``, ``s3://bucket/prefix`` or ``gs://bucket/prefix``
 (``pyarrow.fs.FileSystem.from_uri``), so every worker of a cluster can read the same
-shards. Shards are read whole into memory as encoded bytes and decoded per batch; a
-dataset must fit in a worker's RAM in encoded form.
+shards. Small datasets are read whole into memory as encoded bytes and decoded per
+batch; large ones (``data.stream``) are streamed by row group (:mod:`.stream`), with
+labels and ids from the folder's index, so nothing but the index is read up front.
 """
 
 from __future__ import annotations
@@ -69,14 +70,52 @@ def _read_split(fs: pafs.FileSystem, files: list[str], image_size: int, name: st
     return split, class_names
 
 
+STREAM_AUTO_BYTES = 2 << 30  # data.stream: auto streams a folder whose train shards are larger
+
+
 def load_parquet(cfg: DataConfig, image_size: int) -> tuple[Split, Split, list[str]]:
     fs, base = filesystem(cfg.path, DatasetError)
     shards = list_shards(fs, base, cfg.path)
-    train, class_names = _read_split(fs, shards["train"], image_size, "train", None)
-    test, _ = _read_split(fs, shards["test"], image_size, "test", class_names)
+    if _streamed(cfg, fs, shards):
+        train, test, class_names = _stream_splits(cfg, fs, base, shards, image_size)
+    else:
+        train, class_names = _read_split(fs, shards["train"], image_size, "train", None)
+        test, _ = _read_split(fs, shards["test"], image_size, "test", class_names)
     if len(train) and labels_out_of_range(train.labels, len(class_names)):
         raise DatasetError(f"labels in {cfg.path} exceed its {len(class_names)} class names")
     return train, test, class_names
+
+
+def _streamed(cfg: DataConfig, fs: pafs.FileSystem, shards: dict[str, list[str]]) -> bool:
+    if cfg.stream == "auto":
+        return sum(i.size for i in fs.get_file_info(shards["train"])) > STREAM_AUTO_BYTES
+    return bool(cfg.stream)
+
+
+def _stream_splits(cfg: DataConfig, fs: pafs.FileSystem, base: str, shards: dict[str, list[str]],
+                   image_size: int) -> tuple[Split, Split, list[str]]:
+    """Train and test as views onto a :class:`RowGroupStore`; labels and ids from the index."""
+    from elastic_nas.data.stream import RowGroupStore, read_index
+
+    index = read_index(fs, base, cfg.path)
+    if index is None:
+        raise DatasetError(f"{cfg.path} was converted before streaming existed (no _index.parquet): run "
+                           "`elastic-nas data convert SRC DST` again, or set data.stream: false")
+    meta = json.loads((pq.read_schema(fs.open_input_file(shards["train"][0])).metadata or {})[META_KEY])
+    class_names = list(meta["class_names"])
+    cols = {k: index.column(k).to_numpy(zero_copy_only=False) for k in ("id", "label", "row_group", "row")}
+    files = np.asarray(index.column("file").to_pylist())
+    split_of = np.asarray(index.column("split").to_pylist())
+    store = RowGroupStore(fs, base, files, cols["row_group"], cols["row"], window=cfg.stream_window,
+                          cache_groups=cfg.stream_cache_groups, threads=cfg.stream_threads)
+    splits = []
+    for name in ("train", "test"):
+        rows = np.flatnonzero(split_of == name)  # index order: shards by name, then row: the in-memory order
+        splits.append(Split(store, rows, cols["id"][rows], cols["label"][rows], image_size, IMAGENET_MEAN,
+                            IMAGENET_STD, name=name))
+    if len(np.unique(cols["id"])) != len(cols["id"]):
+        raise DatasetError(f"duplicate sample ids in the index of {cfg.path}")
+    return splits[0], splits[1], class_names
 
 
 def labels_out_of_range(labels: np.ndarray, num_classes: int) -> bool:

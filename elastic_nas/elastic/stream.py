@@ -119,6 +119,12 @@ class StreamSampler:
         self.redeals += 1
         self._reset_deal(world, leftover, self.next_window + begun - int(has_leftover))
 
+    def upcoming(self, rank: int, count: int) -> np.ndarray:
+        """The next ``count`` samples of ``rank``'s stream as dealt now: what to read ahead."""
+        if not 0 <= rank < self.world:
+            return np.empty(0, np.int64)
+        return self._take(rank, count)
+
     def _take(self, rank: int, count: int) -> np.ndarray:
         flat, _ = self._stream(rank)
         return flat[self.consumed[rank]:self.consumed[rank] + count]

@@ -18,6 +18,7 @@ import torch
 from elastic_nas.elastic.checkpoint import LoadedCheckpoint, partial_checkpoints, resolve_checkpoint
 from elastic_nas.elastic.policy import ElasticLRPolicy, LRSettings
 from elastic_nas.elastic.sampler import ElasticSampler, StepPlan
+from elastic_nas.elastic.stream import StreamSampler
 from elastic_nas.spaces.precision import Precision, plain_state_dict
 from elastic_nas.train import distributed
 from elastic_nas.train.step import make_optimizer
@@ -33,7 +34,11 @@ class TrainState:
         self.model = self.precision.model(task.model.to(device))
         self.optimizer = make_optimizer(self.model, optim)
         num_train = len(task.train_split)
-        self.sampler = ElasticSampler(num_train, seed=seed)
+        store = getattr(task.train_split, "store", None)
+        if getattr(store, "groups", None) is not None:  # streamed by row group: windows dealt to the ranks
+            self.sampler = StreamSampler(store.groups[task.train_split.rows], seed, store.window)
+        else:
+            self.sampler = ElasticSampler(num_train, seed=seed)
         self.policy = ElasticLRPolicy(LRSettings.from_config(optim, elastic, num_train))
         self.total_samples = self.policy.settings.total_samples  # the LR schedule's end is the run's
         self.step = 0
@@ -73,6 +78,12 @@ class TrainState:
         self.skipped_steps, self.rollbacks, self.lr_scale = kept
         self.bad_in_a_row = 0
         return loaded
+
+    def read_ahead(self, rank: int, samples: int = 4096) -> None:
+        """Streamed data: start reading the row groups of this rank's next samples."""
+        prefetch = getattr(self.task.train_split.store, "prefetch", None)
+        if prefetch is not None:
+            prefetch(self.task.train_split.rows[self.sampler.upcoming(rank, samples)])
 
     def advance(self, plan: StepPlan) -> None:
         """Count one optimizer step over ``plan``'s samples."""
