@@ -47,7 +47,7 @@ class DataConfig:
     num_test: int = 10000  # synthetic only: test images generated
     search_val_size: int = 5000  # images held out from train for search (SPOS holds out 50k on ImageNet)
     augment: bool = True  # random crop + flip on the train split
-    num_workers: int = 0  # DataLoader processes per training worker (0 = in-process)
+    num_workers: int = 0  # decode processes per training worker for JPEG/PNG sources (0 = in-process)
     download: bool = True  # cifar10: fetch when the files are absent (off: fail fast offline)
     # parquet: stream row groups instead of loading the encoded dataset into every worker;
     # auto = stream when the train shards exceed 2 GiB

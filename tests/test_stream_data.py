@@ -54,6 +54,12 @@ def test_streamed_splits_equal_the_in_memory_ones(tmp_path):
             xa, ya, _ = a.get_batch(idx, augment=augment, rng=np.random.default_rng(2))
             xb, yb, _ = b.get_batch(idx, augment=augment, rng=np.random.default_rng(2))
             assert torch.equal(xa, xb) and torch.equal(ya, yb), (name, augment)
+    # Decode processes (data.num_workers) give the same batch: each image has its own seed.
+    idx = np.arange(0, len(mem.train), 2)
+    want = mem.train.get_batch(idx, augment=True, rng=np.random.default_rng(3))[0]
+    for stream in (False, True):
+        pooled = splits(str(dst), stream, num_workers=2).train
+        assert torch.equal(pooled.get_batch(idx, augment=True, rng=np.random.default_rng(3))[0], want)
     # auto: a small folder stays in memory
     assert type(splits(str(dst), "auto").train.store).__name__ == "EncodedStore"
 

@@ -8,8 +8,10 @@ memory (synthetic, cifar10; vectorised batches) and encoded JPEG/PNG bytes
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import math
+import multiprocessing as mp
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,22 +49,47 @@ class ArrayStore:
 
 
 class EncodedStore:
-    """Encoded JPEG/PNG bytes, one per row, decoded with PIL on demand."""
+    """Encoded JPEG/PNG bytes, one per row, decoded with PIL on demand (in ``workers`` decode
+    processes when > 0)."""
 
-    def __init__(self, blobs: Sequence[bytes], describe: Sequence[str] | None = None):
+    def __init__(self, blobs: Sequence[bytes], describe: Sequence[str] | None = None, workers: int = 0):
         self.blobs = blobs  # list of bytes or a pyarrow BinaryArray
         self.describe = describe  # optional per-row origin (path) for error messages
+        self.workers = workers
 
     def load(self, rows: np.ndarray, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
-        out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        for i, row in enumerate(rows):
-            out[i] = self._decode(int(row), size, augment, rng)
-        return out
+        blobs = [self.blobs[int(r)] for r in rows]
+        blobs = [b.as_py() if hasattr(b, "as_py") else b for b in blobs]
+        wheres = [self.describe[int(r)] if self.describe is not None else f"row {r}" for r in rows]
+        return decode_batch(blobs, wheres, size, augment, rng, self.workers)
 
-    def _decode(self, row: int, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
-        blob = self.blobs[row]
-        where = self.describe[row] if self.describe is not None else f"row {row}"
-        return decode_image(blob.as_py() if hasattr(blob, "as_py") else blob, size, augment, rng, where)
+
+_POOLS: dict[int, cf.ProcessPoolExecutor] = {}  # decode processes of this process, by size
+
+
+def decode_batch(blobs: list[bytes], wheres: list[str], size: int, augment: bool, rng: np.random.Generator,
+                 workers: int = 0) -> np.ndarray:
+    """Decode (and augment) a batch of encoded images into ``[N, size, size, 3]`` uint8. Each
+    image draws from its own seed taken from ``rng``, so the batch is the same whether it is
+    decoded here or in ``workers`` processes (``data.num_workers``)."""
+    seeds = rng.integers(0, 2 ** 63 - 1, size=len(blobs)).tolist() if augment else [0] * len(blobs)
+    jobs = [(b, size, augment, s, w) for b, s, w in zip(blobs, seeds, wheres)]
+    out = np.empty((len(jobs), size, size, 3), dtype=np.uint8)
+    if workers > 0 and len(jobs) > 1:
+        pool = _POOLS.get(workers)
+        if pool is None:  # spawned: a training worker is multi-threaded, so no fork
+            pool = _POOLS[workers] = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        images = pool.map(_decode_seeded, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
+    else:
+        images = map(_decode_seeded, jobs)
+    for i, img in enumerate(images):
+        out[i] = img
+    return out
+
+
+def _decode_seeded(job: tuple) -> np.ndarray:
+    blob, size, augment, seed, where = job
+    return decode_image(blob, size, augment, np.random.default_rng(seed), where)
 
 
 def decode_image(blob: bytes, size: int, augment: bool, rng: np.random.Generator, where: str) -> np.ndarray:

@@ -97,10 +97,11 @@ class _LazyFiles:
             raise DatasetError(f"cannot read {self.paths[i]}: {e}") from None
 
 
-def _split(files: list[ImageFile], image_size: int, name: str):
+def _split(files: list[ImageFile], image_size: int, name: str, decode_workers: int = 0):
     from elastic_nas.data.base import IMAGENET_MEAN, IMAGENET_STD, EncodedStore, Split
 
-    store = EncodedStore(_LazyFiles([f.path for f in files]), describe=[str(f.path) for f in files])
+    store = EncodedStore(_LazyFiles([f.path for f in files]), describe=[str(f.path) for f in files],
+                         workers=decode_workers)
     return Split(store, np.arange(len(files)), np.array([f.id for f in files], dtype=np.int64),
                  np.array([f.label for f in files], dtype=np.int64), image_size,
                  IMAGENET_MEAN, IMAGENET_STD, name=name)
@@ -109,5 +110,5 @@ def _split(files: list[ImageFile], image_size: int, name: str):
 def load_imagefolder(cfg: DataConfig, image_size: int):
     """Reads files in place (no corrupt-image check: run ``data convert`` for that)."""
     found = scan(cfg.path)
-    return (_split(found.splits["train"], image_size, "train"),
-            _split(found.splits["test"], image_size, "test"), found.class_names)
+    return (_split(found.splits["train"], image_size, "train", cfg.num_workers),
+            _split(found.splits["test"], image_size, "test", cfg.num_workers), found.class_names)

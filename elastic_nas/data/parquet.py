@@ -45,7 +45,7 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> dict[str, list[st
 
 
 def _read_split(fs: pafs.FileSystem, files: list[str], image_size: int, name: str,
-                class_names: list[str] | None) -> tuple[Split, list[str] | None]:
+                class_names: list[str] | None, decode_workers: int = 0) -> tuple[Split, list[str] | None]:
     ids, labels, blobs, paths = [], [], [], []
     for f in files:
         try:
@@ -65,7 +65,7 @@ def _read_split(fs: pafs.FileSystem, files: list[str], image_size: int, name: st
     labels_a = np.concatenate(labels).astype(np.int64) if labels else np.empty(0, np.int64)
     if len(np.unique(ids_a)) != len(ids_a):
         raise DatasetError(f"duplicate sample ids in the {name} shards")
-    split = Split(EncodedStore(blobs, describe=paths), np.arange(len(ids_a)), ids_a, labels_a,
+    split = Split(EncodedStore(blobs, describe=paths, workers=decode_workers), np.arange(len(ids_a)), ids_a, labels_a,
                   image_size, IMAGENET_MEAN, IMAGENET_STD, name=name)
     return split, class_names
 
@@ -79,8 +79,8 @@ def load_parquet(cfg: DataConfig, image_size: int) -> tuple[Split, Split, list[s
     if _streamed(cfg, fs, shards):
         train, test, class_names = _stream_splits(cfg, fs, base, shards, image_size)
     else:
-        train, class_names = _read_split(fs, shards["train"], image_size, "train", None)
-        test, _ = _read_split(fs, shards["test"], image_size, "test", class_names)
+        train, class_names = _read_split(fs, shards["train"], image_size, "train", None, cfg.num_workers)
+        test, _ = _read_split(fs, shards["test"], image_size, "test", class_names, cfg.num_workers)
     if len(train) and labels_out_of_range(train.labels, len(class_names)):
         raise DatasetError(f"labels in {cfg.path} exceed its {len(class_names)} class names")
     return train, test, class_names
@@ -107,7 +107,8 @@ def _stream_splits(cfg: DataConfig, fs: pafs.FileSystem, base: str, shards: dict
     files = np.asarray(index.column("file").to_pylist())
     split_of = np.asarray(index.column("split").to_pylist())
     store = RowGroupStore(fs, base, files, cols["row_group"], cols["row"], window=cfg.stream_window,
-                          cache_groups=cfg.stream_cache_groups, threads=cfg.stream_threads)
+                          cache_groups=cfg.stream_cache_groups, threads=cfg.stream_threads,
+                          decode_workers=cfg.num_workers)
     splits = []
     for name in ("train", "test"):
         rows = np.flatnonzero(split_of == name)  # index order: shards by name, then row: the in-memory order

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from elastic_nas.data.base import decode_image
+from elastic_nas.data.base import decode_batch
 from elastic_nas.errors import DatasetError
 
 
@@ -33,7 +33,8 @@ class RowGroupStore:
     """
 
     def __init__(self, fs: pafs.FileSystem, base: str, files: np.ndarray, row_groups: np.ndarray,
-                 rows_in_group: np.ndarray, window: int = 16, cache_groups: int = 24, threads: int = 4):
+                 rows_in_group: np.ndarray, window: int = 16, cache_groups: int = 24, threads: int = 4,
+                 decode_workers: int = 0):
         self.fs, self.base = fs, base
         self.files = np.asarray(files)  # shard file name per row
         self.row_groups = np.asarray(row_groups, np.int64)
@@ -42,6 +43,7 @@ class RowGroupStore:
         self.file_names = list(names)
         self.groups = (file_idx.astype(np.int64) << 32) | self.row_groups  # one id per (file, row group)
         self.window, self.cache_groups, self.threads = window, max(2, cache_groups), threads
+        self.decode_workers = decode_workers
         self.bytes_read = 0  # image-column bytes fetched (benchmarks read it)
         self._cache: collections.OrderedDict[int, pa.BinaryArray] = collections.OrderedDict()
         self._pending: dict[int, cf.Future] = {}
@@ -107,12 +109,9 @@ class RowGroupStore:
     def load(self, rows: np.ndarray, size: int, augment: bool, rng: np.random.Generator) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         self.prefetch(rows)  # every group of the batch in flight at once
-        out = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-        for i, row in enumerate(rows):
-            blob = self._get(int(self.groups[row]))[int(self.rows_in_group[row])].as_py()
-            out[i] = decode_image(blob, size, augment, rng, f"{self.files[row]} row group "
-                                  f"{self.row_groups[row]} row {self.rows_in_group[row]}")
-        return out
+        blobs = [self._get(int(self.groups[r]))[int(self.rows_in_group[r])].as_py() for r in rows]
+        wheres = [f"{self.files[r]} row group {self.row_groups[r]} row {self.rows_in_group[r]}" for r in rows]
+        return decode_batch(blobs, wheres, size, augment, rng, self.decode_workers)
 
 
 def read_index(fs: pafs.FileSystem, base: str, where: str):
