@@ -8,6 +8,7 @@ memory (synthetic, cifar10; vectorised batches) and encoded JPEG/PNG bytes
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import io
 import math
@@ -78,6 +79,8 @@ def decode_batch(blobs: list[bytes], wheres: list[str], size: int, augment: bool
     if workers > 0 and len(jobs) > 1:
         pool = _POOLS.get(workers)
         if pool is None:  # spawned: a training worker is multi-threaded, so no fork
+            if not _POOLS:
+                atexit.register(_close_pools)  # before interpreter teardown, which would warn
             pool = _POOLS[workers] = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
         images = pool.map(_decode_seeded, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
     else:
@@ -85,6 +88,12 @@ def decode_batch(blobs: list[bytes], wheres: list[str], size: int, augment: bool
     for i, img in enumerate(images):
         out[i] = img
     return out
+
+
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=True, cancel_futures=True)
+    _POOLS.clear()
 
 
 def _decode_seeded(job: tuple) -> np.ndarray:

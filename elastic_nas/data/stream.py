@@ -32,16 +32,16 @@ class RowGroupStore:
     ``cache_groups``: row groups kept decoded-ready in memory; ``threads``: parallel reads.
     """
 
-    def __init__(self, fs: pafs.FileSystem, base: str, files: np.ndarray, row_groups: np.ndarray,
-                 rows_in_group: np.ndarray, window: int = 16, cache_groups: int = 24, threads: int = 4,
-                 decode_workers: int = 0):
+    def __init__(self, fs: pafs.FileSystem, base: str, file_names: list[str], file_codes: np.ndarray,
+                 row_groups: np.ndarray, rows_in_group: np.ndarray, window: int = 16, cache_groups: int = 24,
+                 threads: int = 4, decode_workers: int = 0):
         self.fs, self.base = fs, base
-        self.files = np.asarray(files)  # shard file name per row
+        self.file_names = list(file_names)
+        self.file_codes = np.asarray(file_codes, np.int64)  # shard of each row: file_names[code]
         self.row_groups = np.asarray(row_groups, np.int64)
         self.rows_in_group = np.asarray(rows_in_group, np.int64)
-        names, file_idx = np.unique(self.files, return_inverse=True)
-        self.file_names = list(names)
-        self.groups = (file_idx.astype(np.int64) << 32) | self.row_groups  # one id per (file, row group)
+        self.groups = (self.file_codes << 32) | self.row_groups  # one id per (file, row group)
+        self.group_rows = int(self.rows_in_group.max()) + 1 if len(self.rows_in_group) else 1
         self.window, self.cache_groups, self.threads = window, max(2, cache_groups), threads
         self.decode_workers = decode_workers
         self.bytes_read = 0  # image-column bytes fetched (benchmarks read it)
@@ -110,7 +110,8 @@ class RowGroupStore:
         rows = np.asarray(rows, np.int64)
         self.prefetch(rows)  # every group of the batch in flight at once
         blobs = [self._get(int(self.groups[r]))[int(self.rows_in_group[r])].as_py() for r in rows]
-        wheres = [f"{self.files[r]} row group {self.row_groups[r]} row {self.rows_in_group[r]}" for r in rows]
+        wheres = [f"{self.file_names[self.file_codes[r]]} row group {self.row_groups[r]} row {self.rows_in_group[r]}"
+                  for r in rows]
         return decode_batch(blobs, wheres, size, augment, rng, self.decode_workers)
 
 

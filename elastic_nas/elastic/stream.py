@@ -61,10 +61,6 @@ class StreamSampler:
     def _group_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.group_ids))
 
-    def _window_samples(self, epoch: int, w: int) -> np.ndarray:
-        order = self._group_order(epoch)[w * self.window:(w + 1) * self.window]
-        return np.concatenate([self.by_group[self.starts[g]:self.starts[g + 1]] for g in order])
-
     def _position_key(self, epoch: int) -> np.ndarray:
         """Each sample's position in the epoch's unshuffled read order (windows, groups, rows)."""
         key = np.empty(self.num_samples, np.int64)
@@ -80,11 +76,18 @@ class StreamSampler:
         self.next_window = next_window  # first window of this deal sequence after the leftover
         self.consumed = [0] * world  # samples each rank took from its stream since the deal
         self._streams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._deal_list: list[np.ndarray] | None = None
 
     def _deals(self) -> list[np.ndarray]:
         """The deals of the current sequence, in order: the leftover (if any), then the windows."""
-        deals = [self.leftover] if len(self.leftover) else []
-        return deals + [self._window_samples(self.epoch, w) for w in range(self.next_window, self.num_windows)]
+        if self._deal_list is None:
+            deals = [self.leftover] if len(self.leftover) else []
+            order = self._group_order(self.epoch)
+            for w in range(self.next_window, self.num_windows):
+                groups = order[w * self.window:(w + 1) * self.window]
+                deals.append(np.concatenate([self.by_group[self.starts[g]:self.starts[g + 1]] for g in groups]))
+            self._deal_list = deals
+        return self._deal_list
 
     def _stream(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """Rank ``rank``'s stream (its shuffled share of every deal, one after another) and
@@ -119,11 +122,16 @@ class StreamSampler:
         self.redeals += 1
         self._reset_deal(world, leftover, self.next_window + begun - int(has_leftover))
 
-    def upcoming(self, rank: int, count: int) -> np.ndarray:
-        """The next ``count`` samples of ``rank``'s stream as dealt now: what to read ahead."""
+    def upcoming(self, rank: int, ahead: int) -> np.ndarray:
+        """What ``rank`` should read ahead: the rest of its share of the current deal (its
+        order is shuffled, so it needs all of it) and the next ``ahead`` samples after it.
+        Reading further ahead is wasted when a resize deals the rest again."""
         if not 0 <= rank < self.world:
             return np.empty(0, np.int64)
-        return self._take(rank, count)
+        flat, offsets = self._stream(rank)
+        start = self.consumed[rank]
+        end = offsets[min(len(offsets) - 1, int(np.searchsorted(offsets, start, side="right")))]
+        return flat[start:end + ahead]
 
     def _take(self, rank: int, count: int) -> np.ndarray:
         flat, _ = self._stream(rank)

@@ -79,11 +79,12 @@ class TrainState:
         self.bad_in_a_row = 0
         return loaded
 
-    def read_ahead(self, rank: int, samples: int = 4096) -> None:
-        """Streamed data: start reading the row groups of this rank's next samples."""
-        prefetch = getattr(self.task.train_split.store, "prefetch", None)
-        if prefetch is not None:
-            prefetch(self.task.train_split.rows[self.sampler.upcoming(rank, samples)])
+    def read_ahead(self, rank: int) -> None:
+        """Streamed data: start reading the row groups of this rank's next samples (the rest
+        of its share of the current window and two row groups beyond)."""
+        store = self.task.train_split.store
+        if getattr(store, "prefetch", None) is not None:
+            store.prefetch(self.task.train_split.rows[self.sampler.upcoming(rank, 2 * store.group_rows)])
 
     def advance(self, plan: StepPlan) -> None:
         """Count one optimizer step over ``plan``'s samples."""
