@@ -83,6 +83,7 @@ class SpaceConfig:
     # Cream: max blocks per choice stage; the default fits every published model (cream-604),
     # Cream's own supernet used [4, 4, 5, 4, 4]
     max_depths: list[int] = field(default_factory=lambda: [5, 5, 5, 6, 6])
+    stage_repeats: list[int] = field(default_factory=list)  # SPOS: blocks per stage ([] = published 4, 4, 8, 4)
     # How a supernet stores its choices: independent weights per op (SPOS, Cream as published),
     # or entangled (Once-for-All/BigNAS): smaller kernels are the centre of the largest, smaller
     # expansions its leading channels, so every arch trains the same tensors
@@ -98,6 +99,9 @@ class SpaceConfig:
             raise ConfigError(f"{prefix}.width_mult", f"must be > 0, got {self.width_mult}")
         if len(self.max_depths) != 5 or any(d < 1 for d in self.max_depths):
             raise ConfigError(f"{prefix}.max_depths", f"must be 5 depths >= 1, got {self.max_depths}")
+        if self.stage_repeats and (self.name != "spos" or len(self.stage_repeats) != 4
+                                   or any(r < 1 for r in self.stage_repeats)):
+            raise ConfigError(f"{prefix}.stage_repeats", f"spos only: 4 block counts >= 1, got {self.stage_repeats}")
         if self.kernel_transform and (self.name != "cream" or self.weight_sharing != "entangled"):
             raise ConfigError(f"{prefix}.kernel_transform", "needs space.name: cream and weight_sharing: entangled")
 
@@ -401,6 +405,52 @@ class RetrainConfig:
 
 
 @dataclass
+class ScaleGridConfig:
+    """``elastic-nas scale --grid``: EfficientNet's step 1, a grid over (alpha, beta) at phi = 1
+    with gamma from ``alpha * beta^2 * gamma^2 = flops_factor``; each point a short stand-alone
+    training of the scaled base net, scored on search_val, as parallel Tune trials."""
+
+    alphas: list[float] = field(default_factory=lambda: [1.1, 1.2, 1.3])
+    betas: list[float] = field(default_factory=lambda: [1.0, 1.1, 1.2])
+    flops_factor: float = 2.0
+    steps: int = 400  # SGD steps per point (batch below, cosine LR)
+    batch: int = 64
+    lr: float = 0.1
+    val_images: int = 1000  # class-balanced search_val images scoring each point
+    cpus_per_trial: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        if not self.alphas or not self.betas or min(self.alphas + self.betas) < 1:
+            raise ConfigError(f"{prefix}.alphas", "alphas and betas must be non-empty lists of numbers >= 1")
+        for key in ("flops_factor", "steps", "batch", "lr", "val_images", "cpus_per_trial"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
+        if not any(self.flops_factor / (a * b * b) >= 1 for a in self.alphas for b in self.betas):
+            raise ConfigError(f"{prefix}.flops_factor", f"{self.flops_factor} leaves no grid point with gamma >= 1")
+
+
+@dataclass
+class ScaleConfig:
+    """``elastic-nas scale``: EfficientNet's compound scaling of a found architecture."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="scale"))  # outputs: <storage_path>/<name>/
+    arch: ArchSelectConfig = field(default_factory=ArchSelectConfig)  # the base arch, as retrain selects it
+    space: SpaceConfig = field(default_factory=SpaceConfig)  # for arch.value; a search result carries its own
+    phi_max: int = 3  # the family: phi = 0..phi_max
+    alpha: float = 1.2  # depth per step of phi (EfficientNet's)
+    beta: float = 1.1  # width
+    gamma: float = 1.15  # resolution
+    retrain: str = "retrain"  # the job config each member's retrain config starts from
+    data: DataConfig = field(default_factory=DataConfig)  # --grid: the points' training data
+    grid: ScaleGridConfig = field(default_factory=ScaleGridConfig)
+
+    def validate(self, prefix: str = "") -> None:
+        _non_negative(self.phi_max, "phi_max")
+        for key in ("alpha", "beta", "gamma"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
 class TestConfig:
     """``elastic-nas test``: evaluate a retrained checkpoint on the test split and export it."""
 
@@ -633,6 +683,8 @@ __all__ = [
     "SupernetConfig",
     "ArchSelectConfig",
     "RetrainConfig",
+    "ScaleConfig",
+    "ScaleGridConfig",
     "TestConfig",
     "PipelineConfig",
     "find_config",

@@ -69,6 +69,10 @@ class SearchSpace(abc.ABC):
         return arch_to_json(self.validate(arch))
 
     @abc.abstractmethod
+    def deepen(self, arch: Any, factor: float) -> tuple[dict, Arch]:
+        """The arch with every stage about ``factor`` times deeper: (space-config changes, arch)."""
+
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator) -> Arch:
         """A uniformly random architecture."""
 

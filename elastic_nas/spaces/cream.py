@@ -29,6 +29,7 @@ Architectures, two accepted formats:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -383,6 +384,14 @@ class CreamSpace(SearchSpace):
                     f"(always {STAGE_DEFAULT_OPS[i]}), so op {ops[0]} cannot be written as INPUT_ARCH"
                 )
         return [[0], *([*ops] for ops in arch), [0]]
+
+    def deepen(self, arch: Any, factor: float) -> tuple[dict, Arch]:
+        """Each stage ``ceil(factor x)`` blocks deep, the new blocks repeating the stage's ops in
+        order (its mix of ops stays); EfficientNet's depth scaling. Returns the space-config
+        changes and the arch."""
+        stages = tuple(tuple(ops[j % len(ops)] for j in range(math.ceil(len(ops) * factor - 1e-9)))
+                       for ops in self.validate(arch))
+        return {"max_depths": [max(d, len(s)) for d, s in zip(self.max_depths, stages)]}, stages
 
     def sample(self, rng: np.random.Generator) -> Arch:
         """Depth uniform in 1..max_depth per stage, then each op uniform (per-gene uniform)."""

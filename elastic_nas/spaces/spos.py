@@ -24,6 +24,7 @@ Architectures:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -257,7 +258,8 @@ class _Layout:
         self.h_stem = (cfg.input_size - 1) // cfg.stem_stride + 1  # conv3x3, pad 1
         self.blocks: list[_BlockSpec] = []
         in_chs, h = self.stem_chs, self.h_stem
-        for repeats, out_chs in zip(STAGE_REPEATS, self.stage_chs):
+        self.repeats = tuple(cfg.stage_repeats or STAGE_REPEATS)
+        for repeats, out_chs in zip(self.repeats, self.stage_chs):
             if out_chs <= in_chs:
                 raise ArchError(
                     f"spos: width_mult {wm} makes a stage {out_chs} channels wide after {in_chs}; "
@@ -329,6 +331,20 @@ class SposSpace(SearchSpace):
 
     def _join(self, ops: tuple[int, ...], scales: tuple[int, ...]) -> Arch:
         return (ops, scales) if self.cfg.channel_search else ops
+
+    def deepen(self, arch: Any, factor: float) -> tuple[dict, Arch]:
+        """Each stage ``ceil(factor x)`` blocks deep, the new blocks repeating the stage's choices
+        in order (so its mix of ops, and its MACs per block, stay as they were); EfficientNet's
+        depth scaling. Returns the space-config changes and the arch."""
+        ops, scales = self.split(self.validate(arch))
+        repeats = [math.ceil(r * factor - 1e-9) for r in self.layout.repeats]
+        new_ops, new_scales, start = [], [], 0
+        for r, n in zip(self.layout.repeats, repeats):
+            stage_ops, stage_scales = ops[start:start + r], scales[start:start + r]
+            new_ops += [stage_ops[j % r] for j in range(n)]
+            new_scales += [stage_scales[j % r] for j in range(n)]
+            start += r
+        return {"stage_repeats": repeats}, self._join(tuple(new_ops), tuple(new_scales))
 
     def sample(self, rng: np.random.Generator) -> Arch:
         ops = tuple(int(v) for v in rng.integers(NUM_OPS, size=self.num_blocks))

@@ -29,3 +29,11 @@ def test(args: argparse.Namespace) -> int:
 
     run_test(load_config(TestConfig, args.config, args.overrides))
     return 0
+
+
+def scale(args: argparse.Namespace) -> int:
+    from elastic_nas.config import ScaleConfig
+    from elastic_nas.train.scale import run_scale
+
+    run_scale(load_config(ScaleConfig, args.config, args.overrides), grid=args.grid)
+    return 0
