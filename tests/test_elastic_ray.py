@@ -83,6 +83,19 @@ def wait_checkpoint(run_dir: Path, min_count: int, timeout: float) -> list[Path]
     raise AssertionError(f"fewer than {min_count} checkpoints in {run_dir} after {timeout}s")
 
 
+def finish_after_losing_a_node(cluster, node, run: CliRun, run_dir: Path) -> None:
+    """Once ``run`` has trained on 2 workers and written a checkpoint, remove ``node``; the run
+    must resume on 1 worker and finish."""
+    try:
+        run.wait_for(r"started with 2 worker", 240)
+        wait_checkpoint(run_dir, 1, 240)
+        cluster.remove_node(node)
+        run.wait_for(r"resumed at step \d+ with 1 worker", 240)
+        assert run.finish(600) == 0, run.output()[-4000:]
+    finally:
+        run.kill()
+
+
 def history(tmp_path: Path, name: str) -> list[dict]:
     return json.loads((tmp_path / "runs" / name / "history.json").read_text())
 
@@ -153,14 +166,7 @@ def test_sandwich_on_entangled_weights_survives_a_node_loss(cluster, tmp_path, d
                 "optim.precision": "bf16", "optim.channels_last": "true"}
     run = CliRun(supernet_args(tmp_path, data_dir, "sandwich", epochs, **sandwich),
                  env={"RAY_ADDRESS": cluster.address})
-    try:
-        run.wait_for(r"started with 2 worker", 240)
-        wait_checkpoint(tmp_path / "runs" / "sandwich", 1, 240)
-        cluster.remove_node(second)
-        run.wait_for(r"resumed at step \d+ with 1 worker", 240)
-        assert run.finish(600) == 0, run.output()[-4000:]
-    finally:
-        run.kill()
+    finish_after_losing_a_node(cluster, second, run, tmp_path / "runs" / "sandwich")
     assert "sandwich supernet cream" in run.output()
     assert_exactly_once(tmp_path, data_dir, epochs)
     starts = [e["world_size"] for e in history(tmp_path, "sandwich") if e["event"] == "start"]

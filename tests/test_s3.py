@@ -68,6 +68,18 @@ class Endpoint:
         return (f"s3://{KEY}:{SECRET}@{bucket}/{path}"
                 f"?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1")
 
+    def upload(self, folder: Path, prefix: str) -> None:
+        """``folder``'s files into the bucket under ``prefix``, with boto3: pyarrow's own writes
+        to moto are unreliable for large objects."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+                          aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+        if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+            s3.create_bucket(Bucket=BUCKET)
+        for f in folder.iterdir():
+            s3.upload_file(str(f), BUCKET, f"{prefix}/{f.name}")
+
     def read(self, path: str) -> bytes:
         with self.fs.open_input_stream(f"{BUCKET}/{path}") as f:
             return f.read()

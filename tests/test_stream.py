@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from elastic_nas.elastic.sampler import ElasticSampler
 from elastic_nas.elastic.stream import StreamSampler
 
 
@@ -133,4 +134,6 @@ def test_a_state_for_another_dataset_is_refused():
     with pytest.raises(CheckpointError, match="num_samples"):
         StreamSampler(np.repeat(np.arange(6), 4), seed=0, window=2).load_state_dict(state)
     with pytest.raises(CheckpointError, match="in-memory"):
-        StreamSampler(np.repeat(np.arange(5), 4)).load_state_dict({"epoch": 0, "cursor": 0})
+        StreamSampler(np.repeat(np.arange(5), 4)).load_state_dict(ElasticSampler(20).state_dict())
+    with pytest.raises(CheckpointError, match="data.stream: true"):
+        ElasticSampler(20).load_state_dict(StreamSampler(np.repeat(np.arange(5), 4)).state_dict())

@@ -101,19 +101,12 @@ def test_an_old_folder_is_refused_for_streaming_in_one_line(tmp_path):
 
 
 def test_streaming_from_a_local_s3_endpoint_gives_the_same_batches(tmp_path):
-    import boto3
-
-    from tests.test_s3 import BUCKET, KEY, SECRET, Endpoint
+    from tests.test_s3 import Endpoint
 
     dst = converted(tmp_path)
     endpoint = Endpoint()
     try:
-        # Fixtures go up with boto3 (the issue's advice: pyarrow's writes to moto are unreliable).
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{endpoint.port}", region_name="us-east-1",
-                          aws_access_key_id=KEY, aws_secret_access_key=SECRET)
-        s3.create_bucket(Bucket=BUCKET)
-        for f in dst.iterdir():
-            s3.upload_file(str(f), BUCKET, f"data/{f.name}")
+        endpoint.upload(dst, "data")
         local, remote = splits(str(dst), True), splits(endpoint.uri("data"), True)
         idx = np.arange(0, len(local.train), 3)
         xa, ya, ia = local.train.get_batch(idx, augment=True, rng=np.random.default_rng(5))
@@ -130,22 +123,16 @@ def test_supernet_streams_from_s3_and_survives_a_node_loss(cluster, tmp_path):
     """Real Ray Train streaming a converted folder from the local S3 endpoint: a node removed
     mid-run, the run re-deals the unread rest of its windows to one worker, and every train
     sample of every epoch is trained exactly once; the URI's credentials stay off the console."""
-    import boto3
-
     from tests.ray_utils import CliRun, add_worker_node, effective_samples
-    from tests.test_elastic_ray import supernet_args, wait_checkpoint
-    from tests.test_s3 import BUCKET, KEY, SECRET, Endpoint
+    from tests.test_elastic_ray import finish_after_losing_a_node, supernet_args
+    from tests.test_s3 import KEY, SECRET, Endpoint
 
     src = image_folder(tmp_path / "src", train_per_class=60, val_per_class=4)
     dst = tmp_path / "parquet"
     convert(src, dst, shard_size=100, workers=1, log=lambda m: None, row_group_size=16)
     endpoint = Endpoint()
     try:
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{endpoint.port}", region_name="us-east-1",
-                          aws_access_key_id=KEY, aws_secret_access_key=SECRET)
-        s3.create_bucket(Bucket=BUCKET)
-        for f in dst.iterdir():
-            s3.upload_file(str(f), BUCKET, f"data/{f.name}")
+        endpoint.upload(dst, "data")
         add_worker_node(cluster)
         second = add_worker_node(cluster)
         epochs = 2
@@ -154,14 +141,7 @@ def test_supernet_streams_from_s3_and_survives_a_node_loss(cluster, tmp_path):
             "data.stream": "true", "data.stream_window": 4, "space.input_size": 16,
             "elastic.checkpoint_every_steps": 3})
         run = CliRun(args, env={"RAY_ADDRESS": cluster.address})
-        try:
-            run.wait_for(r"started with 2 worker", 240)
-            wait_checkpoint(tmp_path / "runs" / "stream", 1, 240)
-            cluster.remove_node(second)
-            run.wait_for(r"resumed at step \d+ with 1 worker", 240)
-            assert run.finish(600) == 0, run.output()[-4000:]
-        finally:
-            run.kill()
+        finish_after_losing_a_node(cluster, second, run, tmp_path / "runs" / "stream")
         data = build_dataset(DataConfig(source="parquet", path=str(dst), search_val_size=20, stream=False), 16)
         train = np.sort(data.train.ids)
         per_epoch = effective_samples(tmp_path / "samples")

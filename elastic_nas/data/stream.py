@@ -29,7 +29,8 @@ class RowGroupStore:
     """Encoded images of a converted folder's row groups; ``rows`` index the folder's index.
 
     ``window``: row groups the stream deals at once (the sampler reads it from here);
-    ``cache_groups``: row groups kept decoded-ready in memory; ``threads``: parallel reads.
+    ``cache_groups``: row groups whose image column is kept in memory; ``threads``: parallel
+    reads; ``decode_workers``: decode processes (``data.num_workers``).
     """
 
     def __init__(self, fs: pafs.FileSystem, base: str, file_names: list[str], file_codes: np.ndarray,
@@ -49,28 +50,30 @@ class RowGroupStore:
         self._pending: dict[int, cf.Future] = {}
         self._lock = threading.Lock()
         self._pool: cf.ThreadPoolExecutor | None = None
-        self._handles: dict[str, pq.ParquetFile] = {}
+        self._local = threading.local()  # open files per reading thread: a reader is not shared
 
     def __getstate__(self):  # workers rebuild the pool and the open files
         state = dict(self.__dict__)
-        state.update(_cache=collections.OrderedDict(), _pending={}, _lock=None, _pool=None, _handles={})
+        state.update(_cache=collections.OrderedDict(), _pending={}, _lock=None, _pool=None, _local=None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock, self._local = threading.Lock(), threading.local()
 
     # -- reading -----------------------------------------------------------------------
     def _read(self, group: int) -> pa.BinaryArray:
         name = self.file_names[group >> 32]
-        handle = self._handles.get(name)
+        handles = self._local.__dict__.setdefault("handles", {})
+        handle = handles.get(name)
         try:
             if handle is None:
-                handle = self._handles[name] = pq.ParquetFile(self.fs.open_input_file(f"{self.base}/{name}"))
+                handle = handles[name] = pq.ParquetFile(self.fs.open_input_file(f"{self.base}/{name}"))
             column = handle.read_row_group(group & 0xFFFFFFFF, columns=["image"]).column("image").combine_chunks()
         except (OSError, pa.ArrowException) as e:
             raise DatasetError(f"cannot read row group {group & 0xFFFFFFFF} of {name}: {str(e).splitlines()[0]}") from None
-        self.bytes_read += column.nbytes
+        with self._lock:
+            self.bytes_read += column.nbytes
         return column
 
     def _submit(self, group: int) -> None:

@@ -59,7 +59,25 @@ class StepPlan:
             raise ValueError(f"rank {rank} out of range for world_size {self.world_size}")
 
 
-class ElasticSampler:
+class EpochCursor:
+    """Where a sampler is: ``epoch`` and ``cursor`` (samples of it consumed) of ``num_samples``."""
+
+    num_samples: int
+    epoch: int
+    cursor: int
+
+    @property
+    def remaining(self) -> int:
+        """Samples left in the current epoch."""
+        return self.num_samples - self.cursor
+
+    @property
+    def samples_seen(self) -> int:
+        """Real samples consumed since the start, over all epochs."""
+        return self.epoch * self.num_samples + self.cursor
+
+
+class ElasticSampler(EpochCursor):
     """Deterministic, resumable, world-size-independent sample order.
 
     ``plan`` is pure; ``advance`` commits a plan. An epoch boundary ends a step early
@@ -79,16 +97,6 @@ class ElasticSampler:
         self.padded_total = 0  # padding items ever issued (for accounting)
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
-
-    @property
-    def remaining(self) -> int:
-        """Samples left in the current epoch."""
-        return self.num_samples - self.cursor
-
-    @property
-    def samples_seen(self) -> int:
-        """Real samples consumed since the start, over all epochs."""
-        return self.epoch * self.num_samples + self.cursor
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The dataset order of ``epoch`` (cached for the current one)."""
@@ -145,6 +153,8 @@ class ElasticSampler:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("kind") == "stream":
+            raise CheckpointError("the checkpoint's data order is a stream of row groups; resume with data.stream: true")
         missing = {"num_samples", "seed", "shuffle", "epoch", "cursor"} - set(state)
         if missing:
             raise CheckpointError(f"sampler state is missing {sorted(missing)}")
@@ -164,4 +174,4 @@ class ElasticSampler:
         self.padded_total = int(state.get("padded_total", 0))
 
 
-__all__ = ["ElasticSampler", "StepPlan"]
+__all__ = ["ElasticSampler", "EpochCursor", "StepPlan"]

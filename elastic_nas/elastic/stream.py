@@ -29,13 +29,13 @@ import math
 
 import numpy as np
 
-from elastic_nas.elastic.sampler import StepPlan
+from elastic_nas.elastic.sampler import EpochCursor, StepPlan
 from elastic_nas.errors import CheckpointError
 
 _STATE_VERSION = 1
 
 
-class StreamSampler:
+class StreamSampler(EpochCursor):
     """``groups[i]``: the row group of sample ``i`` (samples numbered in read order: by
     row group, then row). ``window``: row groups dealt at once."""
 
@@ -138,14 +138,6 @@ class StreamSampler:
         return flat[self.consumed[rank]:self.consumed[rank] + count]
 
     # -- the ElasticSampler interface ----------------------------------------------------
-    @property
-    def remaining(self) -> int:
-        return self.num_samples - self.cursor
-
-    @property
-    def samples_seen(self) -> int:
-        return self.epoch * self.num_samples + self.cursor
-
     def plan(self, world_size: int, global_batch: int) -> StepPlan:
         """The next step for ``world_size`` ranks. A new world size re-deals the remainder
         first (deterministic, so planning again gives the same plan)."""
