@@ -196,18 +196,21 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
 
     report.images = sum(report.counts.values())
     report.corrupt.sort(key=lambda r: r["path"])
-    shards = [dst / shard_name(s, k) for s, n in _shard_counts(found, shard_size).items() for k in range(n)]
+    _write_metadata(dst, report, {"version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
+                                  "class_names": found.class_names, "shard_size": shard_size,
+                                  "row_group_size": row_group_size, "seed": seed},
+                    [dst / shard_name(s, k) for s, n in _shard_counts(found, shard_size).items() for k in range(n)])
+    return report
+
+
+def _write_metadata(dst: Path, report: ConvertReport, summary: dict, shards: list[Path]) -> None:
+    """The index, the corrupt list and the summary, once every shard is in place."""
     index = build_index(shards)
     atomic_write(dst / INDEX_FILE, lambda tmp: pq.write_table(index, tmp))
     write_json(dst / CORRUPT_FILE, report.corrupt, indent=2)
-    write_json(dst / SUMMARY_FILE, indent=2, data={
-        "version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
-        "class_names": found.class_names, "shard_size": shard_size, "row_group_size": row_group_size,
-        "seed": seed, "images": report.counts, "corrupt": len(report.corrupt),
-    })
+    write_json(dst / SUMMARY_FILE, {**summary, "images": report.counts, "corrupt": len(report.corrupt)}, indent=2)
     for old in OLD_METADATA:  # a version-1 folder converted again becomes a plain parquet dataset
         (dst / old).unlink(missing_ok=True)
-    return report
 
 
 def build_index(shards: list[Path]) -> pa.Table:
