@@ -96,26 +96,26 @@ def measure(path: str, stream: bool, steps: int, batch: int, size: int, search_v
     order (world 1). RSS, open time and samples/s."""
     import torch
 
+    from elastic_nas.config import ElasticConfig, OptimConfig
     from elastic_nas.data import build_dataset
-    from elastic_nas.elastic.sampler import ElasticSampler
-    from elastic_nas.elastic.stream import StreamSampler
+    from elastic_nas.train.state import TrainState
+    from elastic_nas.train.task import TrainTask
 
     torch.set_num_threads(1)
     before = _rss_mib()
     t0 = time.perf_counter()
     data = build_dataset(DataConfig(source="parquet", path=path, stream=stream, search_val_size=search_val), size)
     train = data.train
-    store = train.store
-    sampler = (StreamSampler(store.groups[train.rows], 0, store.window) if stream
-               else ElasticSampler(len(train), seed=0))
+    # The training state picks the data order and reads ahead, as in a worker (no model to train).
+    state = TrainState(TrainTask(torch.nn.Linear(1, 1), None, train, {}), OptimConfig(), ElasticConfig(), 0)
+    sampler = state.sampler
     opened = time.perf_counter() - t0
     t1 = time.perf_counter()
     first = None
     for step in range(steps):
         plan = sampler.plan(1, batch)
         train.get_batch(plan.indices(0), augment=True, rng=np.random.default_rng(step))
-        if stream:
-            store.prefetch(train.rows[sampler.upcoming(0, 2 * store.group_rows)])  # as TrainState.read_ahead
+        state.read_ahead(0)
         sampler.advance(plan)
         if first is None:
             first = time.perf_counter() - t0

@@ -27,7 +27,8 @@ _SHARD = re.compile(r"^(train|test)-(\d{5})\.parquet$")
 META_KEY = b"elastic_nas"
 
 
-def list_shards(fs: pafs.FileSystem, base: str, where: str) -> dict[str, list[str]]:
+def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Shard paths and their total bytes, per split, from one listing."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=False))
     except FileNotFoundError:
@@ -35,13 +36,15 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> dict[str, list[st
     except (OSError, pa.ArrowException) as e:
         raise DatasetError(f"cannot list {where}: {str(e).splitlines()[0]}") from None
     shards: dict[str, list[str]] = {"train": [], "test": []}
+    sizes = {"train": 0, "test": 0}
     for info in sorted(infos, key=lambda i: i.base_name):
         m = _SHARD.match(info.base_name)
         if m and info.type == pafs.FileType.File:
             shards[m.group(1)].append(posixpath.join(base, info.base_name))
+            sizes[m.group(1)] += info.size or 0
     if not shards["train"]:
         raise DatasetError(f"no train-NNNNN.parquet shards in {where} (make them with `elastic-nas data convert`)")
-    return shards
+    return shards, sizes
 
 
 def _read_split(fs: pafs.FileSystem, files: list[str], image_size: int, name: str,
@@ -75,8 +78,8 @@ STREAM_AUTO_BYTES = 2 << 30  # data.stream: auto streams a folder whose train sh
 
 def load_parquet(cfg: DataConfig, image_size: int) -> tuple[Split, Split, list[str]]:
     fs, base = filesystem(cfg.path, DatasetError)
-    shards = list_shards(fs, base, cfg.path)
-    if _streamed(cfg, fs, shards):
+    shards, sizes = list_shards(fs, base, cfg.path)
+    if sizes["train"] > STREAM_AUTO_BYTES if cfg.stream == "auto" else cfg.stream:
         train, test, class_names = _stream_splits(cfg, fs, base, shards, image_size)
     else:
         train, class_names = _read_split(fs, shards["train"], image_size, "train", None, cfg.num_workers)
@@ -84,12 +87,6 @@ def load_parquet(cfg: DataConfig, image_size: int) -> tuple[Split, Split, list[s
     if len(train) and labels_out_of_range(train.labels, len(class_names)):
         raise DatasetError(f"labels in {cfg.path} exceed its {len(class_names)} class names")
     return train, test, class_names
-
-
-def _streamed(cfg: DataConfig, fs: pafs.FileSystem, shards: dict[str, list[str]]) -> bool:
-    if cfg.stream == "auto":
-        return sum(i.size for i in fs.get_file_info(shards["train"])) > STREAM_AUTO_BYTES
-    return bool(cfg.stream)
 
 
 def _stream_splits(cfg: DataConfig, fs: pafs.FileSystem, base: str, shards: dict[str, list[str]],

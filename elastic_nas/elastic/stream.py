@@ -61,12 +61,14 @@ class StreamSampler(EpochCursor):
     def _group_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.group_ids))
 
+    def _samples(self, groups: np.ndarray) -> np.ndarray:
+        """The samples of ``groups``, in that order, each group's in read order."""
+        return np.concatenate([self.by_group[self.starts[g]:self.starts[g + 1]] for g in groups])
+
     def _position_key(self, epoch: int) -> np.ndarray:
         """Each sample's position in the epoch's unshuffled read order (windows, groups, rows)."""
         key = np.empty(self.num_samples, np.int64)
-        order = self._group_order(epoch)
-        sequence = np.concatenate([self.by_group[self.starts[g]:self.starts[g + 1]] for g in order])
-        key[sequence] = np.arange(self.num_samples)
+        key[self._samples(self._group_order(epoch))] = np.arange(self.num_samples)
         return key
 
     # -- deals -------------------------------------------------------------------------
@@ -84,8 +86,7 @@ class StreamSampler(EpochCursor):
             deals = [self.leftover] if len(self.leftover) else []
             order = self._group_order(self.epoch)
             for w in range(self.next_window, self.num_windows):
-                groups = order[w * self.window:(w + 1) * self.window]
-                deals.append(np.concatenate([self.by_group[self.starts[g]:self.starts[g + 1]] for g in groups]))
+                deals.append(self._samples(order[w * self.window:(w + 1) * self.window]))
             self._deal_list = deals
         return self._deal_list
 

@@ -11,6 +11,7 @@ so a run resumes, is searched and exports whatever either setting was.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -27,9 +28,13 @@ class Precision:
             raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
         self.name, self.channels_last = precision, channels_last
         self.device_type = torch.device(device).type
-        # fp16's range is narrow: gradients are scaled up (and back before clipping) so that
-        # small ones do not flush to zero; bf16 has fp32's range and needs no scaler.
-        self.scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
+
+    @functools.cached_property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """fp16's range is narrow: gradients are scaled up (and back before clipping) so that
+        small ones do not flush to zero; bf16 has fp32's range and needs none. Made on first
+        use, so evaluation never makes one."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
     @classmethod
     def of(cls, section, device: Any = "cpu") -> Precision:
