@@ -89,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="supernet -> search -> retrain -> test, in order")
     _add_config_args(p, "pipeline")
     p.set_defaults(func=_lazy("elastic_nas.pipeline:pipeline_command"))
+
+    # cluster
+    cluster = sub.add_parser("cluster", help="Ray clusters for elastic-nas")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    p = cluster_sub.add_parser("local", help="an autoscaling Ray cluster on 127.0.0.1 (Ray's fake node "
+                                             "provider), in the foreground until Ctrl-C")
+    p.add_argument("--max-workers", type=int, default=3, help="worker nodes the autoscaler may launch (default 3)")
+    p.add_argument("--worker-cpus", type=int, default=1, help="CPUs (and slots) per worker node (default 1)")
+    p.add_argument("--idle-timeout-s", type=float, default=20.0,
+                   help="an idle worker node is released after this long (default 20)")
+    p.add_argument("--boot-s", type=float, default=5.0,
+                   help="each worker node boots this long, one at a time, as cloud instances do (default 5)")
+    p.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard and job server (default 8265)")
+    p.add_argument("--temp-dir", default="", help="Ray's session directory (default: Ray's)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    p.set_defaults(func=_lazy("elastic_nas.cluster.local:local_command"))
     return parser
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -154,3 +159,109 @@ def attempts(log_dir: Path) -> list[dict]:
                     "t_first": recs[0]["t"], "t_last": recs[-1]["t"],
                     "redone": max(0, prev["last_step"] - recs[0]["step"] + 1) if prev else 0})
     return out
+
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    """A free loopback port outside Ray's worker-port range (10002-19999)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not 10002 <= port <= 19999:
+            return port
+
+
+class Head:
+    """A loopback head run in the foreground (`--block`), so stopping it touches no other
+    Ray cluster on the machine. It gets its own auth token (Ray 2.60 clusters use token
+    auth), and every client here is a `ray job` subprocess given that token: nothing in
+    this test process talks to Ray, so no Ray state leaks into other tests.
+
+    ``autoscaling``: ``elastic-nas cluster local`` with these options instead, a head without
+    CPUs whose worker nodes the autoscaler launches and releases (same process group)."""
+
+    def __init__(self, autoscaling: dict | None = None):
+        self.temp = tempfile.mkdtemp(prefix="rayj")  # short: unix socket paths are limited
+        token = Path(self.temp) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        port, dash = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{dash}"
+        # As with an activated venv: the job's `python` is this interpreter.
+        self.env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+                        RAY_AUTH_TOKEN_PATH=str(token),
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        self.gcs = f"127.0.0.1:{port}"
+        if autoscaling is None:
+            cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                   "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+                   "--include-dashboard", "true", "--temp-dir", self.temp, "--disable-usage-stats"]
+        else:
+            cmd = [sys.executable, "-m", "elastic_nas", "cluster", "local", "--port", str(port),
+                   "--dashboard-port", str(dash), "--temp-dir", self.temp,
+                   *[a for k, v in autoscaling.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([RAY, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env=self.env)
+
+    def job(self, verb: str, *args: str) -> subprocess.CompletedProcess:
+        return self.ray("job", verb, "--address", self.address, *args)
+
+    def status(self, job_id: str) -> str:
+        out = self.job("status", job_id)
+        text = out.stdout + out.stderr
+        # Running: "Status for job 'X': RUNNING"; finished: "Job 'X' succeeded" (or failed, stopped).
+        m = re.search(r"Status for job '[^']+': (\w+)", text) or re.search(
+            r"Job '[^']+' (?:was |has )?(succeeded|failed|stopped)", text)
+        return m.group(1).upper() if m else "UNKNOWN"
+
+    def logs(self, job_id: str) -> str:
+        return self.job("logs", job_id).stdout
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def start_head(autoscaling: dict | None = None) -> Head:
+    """A :class:`Head` whose job server answers."""
+    import pytest
+
+    h = Head(autoscaling)
+    end = time.monotonic() + 180
+    while h.job("list").returncode != 0:
+        if time.monotonic() > end or h.proc.poll() is not None:
+            h.stop()
+            pytest.fail("the local Ray head did not come up")
+        time.sleep(2)
+    return h
+
+
+def submit(head: Head, args: list[str]) -> str:
+    out = head.job("submit", "--working-dir", str(REPO), "--no-wait", "--",
+                   "python", "-m", "elastic_nas", *args)
+    assert out.returncode == 0, out.stderr + out.stdout
+    m = re.search(r"raysubmit_\w+", out.stdout + out.stderr)
+    assert m, out.stdout
+    return m.group(0)
+
+
+def wait_status(head: Head, job_id: str, statuses: set[str], timeout: float) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status = head.status(job_id)
+        if status in statuses:
+            return status
+        if status in {"FAILED", "STOPPED"}:
+            raise AssertionError(f"job {job_id} {status}:\n{head.logs(job_id)[-5000:]}")
+        time.sleep(3)
+    raise AssertionError(f"job {job_id} not {statuses} after {timeout}s:\n{head.logs(job_id)[-5000:]}")

@@ -49,3 +49,26 @@ def test_worker_nodes_preload_the_training_imports():
     (key, value), = preload_env().items()
     assert f"{key}={value} ray start" in " ".join(cfg["worker_start_ray_commands"])
     assert key not in " ".join(cfg["head_start_ray_commands"])  # head actors need no torch
+
+
+def test_local_autoscaling_config_passes_the_schema_and_bad_options_exit_2():
+    """`elastic-nas cluster local`'s config is what Ray's autoscaler accepts; a bad option or
+    a port inside Ray's worker-port range is one line and exit 2, before Ray starts."""
+    import subprocess
+    import sys
+
+    from ray.autoscaler._private.util import validate_config
+
+    from elastic_nas.cluster.local import WORKER_TYPE, autoscaling_config
+
+    cfg = autoscaling_config(port=6390, max_workers=3, idle_timeout_s=15, boot_s=2)
+    validate_config(cfg)
+    worker = cfg["available_node_types"][WORKER_TYPE]
+    assert worker["resources"]["slot"] == worker["resources"]["CPU"] == 1
+    assert worker["min_workers"] == 0 and worker["max_workers"] == 3
+    assert cfg["available_node_types"][cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    assert cfg["idle_timeout_minutes"] == 0.25 and cfg["provider"]["gcs_address"] == "127.0.0.1:6390"
+    for bad in (["--max-workers", "0"], ["--port", "12000"]):
+        out = subprocess.run([sys.executable, "-m", "elastic_nas", "cluster", "local", *bad],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -6,6 +6,9 @@ see a new node, asks the running workers for a checkpoint and waits for it.
 
 The driver puts a fresh token under ``<run>/join-ckpt-request`` and waits until rank 0
 writes the same token under ``<run>/join-ckpt-done``, after its checkpoint is reported.
+Rank 0 stamps ``<run>/join-ckpt-polled`` with the time of each look; without a recent stamp
+no group is stepping (before the first start, between attempts) and the driver does not
+wait: an autoscaler's nodes joining one by one before training starts cost no time.
 Ray's KV store is a private API (:mod:`elastic_nas.cluster.private`): without it a join
 just redoes the steps since the last checkpoint.
 """
@@ -43,10 +46,16 @@ class JoinCheckpoint:
     def __init__(self, run_name: str):
         self.request_key = f"{run_name}/join-ckpt-request"
         self.done_key = f"{run_name}/join-ckpt-done"
+        self.polled_key = f"{run_name}/join-ckpt-polled"
 
     # driver
     def request(self, timeout_s: float, poll_s: float = 0.1) -> bool:
-        """Ask for a checkpoint; True once rank 0 has reported it, False on timeout."""
+        """Ask for a checkpoint; True once rank 0 has reported it, False on timeout or at
+        once when rank 0 has not looked for requests within ``timeout_s`` (it would not
+        answer in time: no group is stepping, or its steps are longer than the wait)."""
+        polled = kv_get(self.polled_key)
+        if not polled or time.time() - float(polled) > timeout_s:
+            return False
         token = str(time.time_ns())
         if not kv_put(self.request_key, token):
             return False
@@ -72,6 +81,7 @@ class JoinCheckpoint:
     # rank 0
     def pending(self) -> str:
         """The token of an unanswered request, or ""."""
+        kv_put(self.polled_key, str(time.time()))
         token = kv_get(self.request_key)
         return token if token and token != kv_get(self.done_key) else ""
 

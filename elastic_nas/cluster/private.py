@@ -6,6 +6,8 @@ private module inside itself, and when the API is gone or has changed shape (an
 ``ImportError``, ``AttributeError`` or ``TypeError`` after a Ray upgrade) it logs one
 warning naming what is lost and returns :data:`UNAVAILABLE` from then on. Failures of the
 call itself (a node going away, a timeout) still raise: the caller decides about those.
+(``elastic-nas cluster local``'s node provider, :mod:`~elastic_nas.cluster.local_provider`,
+extends Ray's private fake provider: a tool for trying autoscaling here, never part of a run.)
 """
 
 from __future__ import annotations

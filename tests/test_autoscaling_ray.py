@@ -1,0 +1,154 @@
+"""The autoscaler in the loop: `elastic-nas cluster local` (Ray's fake node provider on
+127.0.0.1) starts with no worker nodes; jobs submitted with `ray job submit` make it launch
+nodes, and it releases them after the idle timeout.
+
+What a user of an autoscaling spot cluster relies on: a supernet run grows from 1 to 3
+workers as the launched nodes arrive (Dynamic SGD rescaling each time); a node the provider
+takes away mid-run (a spot reclaim) is replaced and the run grows back, each sample trained
+exactly once; the nodes go once the job ends, with no resource request left behind; a
+search's queued evaluators make the autoscaler add nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ray_utils import start_head, submit, wait_status
+from tests.test_elastic_ray import BASE_LR, REF_BATCH, WORKER_BATCH, assert_exactly_once, history, supernet_args
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+IDLE_TIMEOUT_S = 10
+# Each node boots this long (cloud instances take a minute or more): longer than a lost
+# node takes to be seen plus a worker group to start here (about 25 s on 2 cores), so the
+# run trains at each size before the next node arrives.
+BOOT_S = 40
+
+
+@pytest.fixture(scope="module")
+def head():
+    h = start_head({"max_workers": 3, "idle_timeout_s": IDLE_TIMEOUT_S, "boot_s": BOOT_S})
+    yield h
+    h.stop()
+
+
+def worker_nodes(head, launching: bool = False) -> int:
+    """Active ``cpu_slot`` nodes in ``ray status`` (``launching``: plus those being launched)."""
+    end = time.monotonic() + 60
+    while "Active:" not in (out := head.ray("status", "--address", head.gcs).stdout):
+        assert time.monotonic() < end, f"no autoscaler status: {out}"  # its first report comes seconds after start
+        time.sleep(1)
+    active, pending = out.split("Active:", 1)[1].split("Pending:", 1)
+    m = re.search(r"(\d+) cpu_slot", active)
+    n = re.search(r"cpu_slot, (\d+) launching", pending.split("Recent failures:", 1)[0])
+    return (int(m.group(1)) if m else 0) + (int(n.group(1)) if n and launching else 0)
+
+
+def wait_nodes(head, count: int, timeout: float) -> float:
+    """Seconds until exactly ``count`` worker nodes are active."""
+    t0 = time.monotonic()
+    while (n := worker_nodes(head)) != count:
+        assert time.monotonic() - t0 < timeout, f"{n} worker nodes, not {count}, after {timeout}s"
+        time.sleep(1)
+    return time.monotonic() - t0
+
+
+def reclaim_one_node() -> str:
+    """Kill every process of one launched node (raylet, workers, agents), as a cloud
+    provider ends a spot instance. The fake provider names each node by the node id it
+    gives it in ``RAY_OVERRIDE_NODE_ID_FOR_TESTING``; the head's id ends in 00000."""
+    by_node: dict[str, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(b"RAY_OVERRIDE_NODE_ID_FOR_TESTING="):
+                node = item.split(b"=", 1)[1].decode()
+                if not node.endswith("00000"):
+                    by_node.setdefault(node, []).append(int(proc.name))
+    assert by_node, "no launched node found"
+    node = max(by_node)  # the newest node
+    for pid in by_node[node]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return node
+
+
+def test_supernet_grows_with_launched_nodes_survives_a_reclaim_and_releases_them(head, tmp_path, data_dir):
+    """One run on a spot cluster with no worker nodes at submission: it starts once one node
+    is up and grows to 3 as the autoscaler launches the rest, each size with its scaled batch
+    and LR; the provider then ends a node (no notice), the run goes on with 2 workers, the
+    autoscaler launches a replacement and the run grows back to 3; every sample of every
+    epoch is trained exactly once. After the job every worker node is released within the
+    idle timeout and no resource request of the job is left."""
+    assert worker_nodes(head) == 0
+    epochs = 16  # outlasts three boots, a reclaim and a fourth boot
+    args = supernet_args(tmp_path, data_dir, "spot", epochs, **{"elastic.max_workers": 3})
+    job = submit(head, args)
+    end = time.monotonic() + 400
+    while not re.search(r" world 3 ", head.logs(job)):  # a progress line trained at 3 workers
+        assert time.monotonic() < end, head.logs(job)[-4000:]
+        assert head.status(job) in {"PENDING", "RUNNING"}, head.logs(job)[-4000:]
+        time.sleep(1)
+    reclaim_one_node()
+    wait_status(head, job, {"SUCCEEDED"}, 600)
+    logs = head.logs(job)
+    h = history(tmp_path, "spot")
+    starts = [e["world_size"] for e in h if e["event"] == "start"]
+    assert starts[:3] == [1, 2, 3] and 2 in starts[3:] and starts[-1] == 3, (starts, logs[-3000:])
+    # Dynamic mini-batch SGD: the global batch follows the world size at once; the LR ramps
+    # between the linearly scaled values (0.05 per worker here) and ends at 3 workers' value.
+    reports = [e for e in h if e["event"] == "report"]
+    lr_per_worker = BASE_LR * WORKER_BATCH / REF_BATCH
+    for e in reports:
+        assert e["global_batch"] == WORKER_BATCH * e["world_size"]
+        assert lr_per_worker - 1e-9 <= e["lr"] <= 3 * lr_per_worker + 1e-9
+    assert [e["lr"] for e in reports if e["world_size"] == 1][-1] == pytest.approx(lr_per_worker)
+    assert reports[-1]["lr"] == pytest.approx(3 * lr_per_worker)
+    assert_exactly_once(tmp_path, data_dir, epochs)
+
+    released = wait_nodes(head, 0, IDLE_TIMEOUT_S + 60)
+    status = head.ray("status", "--address", head.gcs).stdout
+    assert re.search(r"From request_resources:\s+\(none\)", status), status
+    assert "(no resource demands)" in status, status
+    print(f"worker nodes released {released:.0f}s after the job ended")
+
+
+def test_search_evaluators_make_the_autoscaler_add_nodes(head, tmp_path, data_dir):
+    """A search queues more evaluator trials than the cluster has CPUs for (the head has
+    none): the autoscaler launches nodes for them and the search finishes."""
+    wait_nodes(head, 0, IDLE_TIMEOUT_S + 60)
+    runs = tmp_path / "runs"
+    common = [f"run.storage_path={runs}", f"data.path={data_dir}", "data.num_train=1280", "data.num_test=128",
+              "data.search_val_size=128"]
+    sn = submit(head, ["supernet", "--config", "jobs/supernet.yaml",
+                       *[a for s in [*common, "run.name=sn", "space.width_mult=0.25", "optim.epochs=1", "elastic.max_workers=1",
+                                     "elastic.resources_per_worker={CPU: 1, slot: 1}"] for a in ("--set", s)]])
+    wait_status(head, sn, {"SUCCEEDED"}, 600)
+    search = submit(head, ["search", "--config", "jobs/search.yaml",
+                           *[a for s in [*common, "run.name=search", f"snapshot={runs / 'sn'}",
+                                         "evolution.population=6", "evolution.top_k=2", "evolution.generations=1",
+                                         "evolution.mutation_children=2", "evolution.crossover_children=2",
+                                         "evaluator.calib_images=64", "evaluator.val_images=64",
+                                         "evaluator.candidates_per_trial=1"] for a in ("--set", s)]])
+    # Nodes boot one at a time here, and the small search may end before the second is up:
+    # what counts is that the autoscaler set out to launch them.
+    before = most = worker_nodes(head, launching=True)  # the supernet's node, until it is idle long enough
+    while (status := head.status(search)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+        most = max(most, worker_nodes(head, launching=True))
+        time.sleep(1)
+    assert status == "SUCCEEDED", head.logs(search)[-4000:]
+    assert most >= 2 and most > before, f"{before} worker node(s) at submission, at most {most} up or launching"
+    assert (runs / "search" / "chosen_arch.json").exists()
