@@ -29,17 +29,9 @@ import time
 from pathlib import Path
 
 from _common import SPOS_WORKLOAD, write_result
-from tests.ray_utils import start_head, submit, wait_status
+from tests.ray_utils import start_head, submit, wait_nodes, wait_status, worker_nodes
 
 DATA = {"data.num_train": 2560, "data.num_test": 256, "data.search_val_size": 256}
-
-
-def active_nodes(head) -> int:
-    out = head.ray("status", "--address", head.gcs).stdout
-    if "Active:" not in out:
-        return -1
-    m = re.search(r"(\d+) cpu_slot", out.split("Active:", 1)[1].split("Pending:", 1)[0])
-    return int(m.group(1)) if m else 0
 
 
 def job_times(head, job: str) -> tuple[float, float]:
@@ -58,7 +50,7 @@ def one_run(head, tmp: Path, name: str, epochs: int) -> dict:
     sets = {"run.name": name, "run.storage_path": str(tmp / "runs"), "data.path": str(tmp / "data"), **DATA,
             **SPOS_WORKLOAD, "optim.epochs": epochs, "elastic.min_workers": 1, "elastic.max_workers": 3,
             "elastic.resources_per_worker": "{CPU: 1, slot: 1}", "elastic.per_worker_batch": 32}
-    nodes_before = active_nodes(head)
+    nodes_before = worker_nodes(head)
     job = submit(head, ["supernet", "--config", "jobs/supernet.yaml", *[a for k, v in sets.items()
                                                                           for a in ("--set", f"{k}={v}")]])
     wait_status(head, job, {"SUCCEEDED"}, 1200)
@@ -71,12 +63,9 @@ def one_run(head, tmp: Path, name: str, epochs: int) -> dict:
             "job_end": end}
 
 
-def release_s(head, job_end: float, timeout: float = 300) -> float:
-    t0 = time.monotonic()
-    while active_nodes(head) != 0:
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError("worker nodes not released")
-        time.sleep(0.5)
+def release_s(head, job_end: float) -> float:
+    """Seconds from the job's end to its last worker node gone."""
+    wait_nodes(head, 0, 300)
     return round(time.time() - job_end, 1)
 
 
@@ -93,8 +82,7 @@ def main() -> None:
         head = start_head({"max_workers": 3, "idle_timeout_s": a.idle_timeout_s, "boot_s": a.boot_s})
         try:
             for r in range(a.repeats):
-                while active_nodes(head) != 0:  # a cycle starts with no worker nodes
-                    time.sleep(1)
+                wait_nodes(head, 0, 600)  # a cycle starts with no worker nodes
                 launched = one_run(head, tmp, f"launched{r}", a.epochs)
                 print("launched", launched, flush=True)
                 up = one_run(head, tmp, f"up{r}", a.epochs)

@@ -265,3 +265,27 @@ def wait_status(head: Head, job_id: str, statuses: set[str], timeout: float) -> 
             raise AssertionError(f"job {job_id} {status}:\n{head.logs(job_id)[-5000:]}")
         time.sleep(3)
     raise AssertionError(f"job {job_id} not {statuses} after {timeout}s:\n{head.logs(job_id)[-5000:]}")
+
+
+def worker_nodes(head: Head, launching: bool = False) -> int:
+    """Active worker nodes of ``elastic-nas cluster local`` in ``ray status`` (``launching``:
+    plus those being launched)."""
+    end = time.monotonic() + 60
+    while "Active:" not in (out := head.ray("status", "--address", head.gcs).stdout):
+        assert time.monotonic() < end, f"no autoscaler status: {out}"  # its first report comes seconds after start
+        time.sleep(1)
+    from elastic_nas.cluster.local import WORKER_TYPE
+
+    active, pending = out.split("Active:", 1)[1].split("Pending:", 1)
+    m = re.search(rf"(\d+) {WORKER_TYPE}", active)
+    n = re.search(rf"{WORKER_TYPE}, (\d+) launching", pending.split("Recent failures:", 1)[0])
+    return (int(m.group(1)) if m else 0) + (int(n.group(1)) if n and launching else 0)
+
+
+def wait_nodes(head: Head, count: int, timeout: float) -> float:
+    """Seconds until exactly ``count`` worker nodes are active."""
+    t0 = time.monotonic()
+    while (n := worker_nodes(head)) != count:
+        assert time.monotonic() - t0 < timeout, f"{n} worker nodes, not {count}, after {timeout}s"
+        time.sleep(1)
+    return time.monotonic() - t0

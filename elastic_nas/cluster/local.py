@@ -66,11 +66,11 @@ def autoscaling_config(port: int, max_workers: int = 3, worker_cpus: int = 1, he
     }
 
 
-def head_env(base: dict[str, str] | None = None, heartbeat_timeout_s: int = 10) -> dict[str, str]:
+def head_env(heartbeat_timeout_s: int = 10) -> dict[str, str]:
     """The environment of ``ray start``: the fake provider, a 1 s autoscaler tick (5 s by
     default), loopback addresses, and a node that stops reporting (a hung raylet; a dead
     one the provider reports at once) replaced after ``heartbeat_timeout_s`` (30 s by default)."""
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
                AUTOSCALER_HEARTBEAT_TIMEOUT_S=str(heartbeat_timeout_s), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     return env
@@ -85,7 +85,6 @@ def check_ports(*ports: int) -> None:
 def head_command(config_path: Path, port: int, dashboard_port: int, temp_dir: Path | None = None) -> list[str]:
     """``ray start --head --block`` for the config: in the foreground, so stopping this one
     process group stops the head and every node the autoscaler launched."""
-    check_ports(port, dashboard_port)
     ray = str(Path(sys.executable).parent / "ray")
     cmd = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
