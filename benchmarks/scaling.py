@@ -9,8 +9,11 @@ The synthetic images are 32x32: a larger input is an upsampled one, so resolutio
 no detail here, only compute.
 
     python benchmarks/scaling.py --steps 1500 --seeds 2
+    python benchmarks/scaling.py --macs-only     # the published archs' families, seconds
 
-Writes ``benchmarks/results/scaling.json``.
+Writes ``benchmarks/results/scaling.json``. ``--macs-only`` trains nothing: for every
+published arch at its size, the family's MACs over the base at phi = 1..3 with EfficientNet's
+gamma and with gamma fitted on the cost model (``fit_gamma``), into ``results/scaling_macs.json``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import statistics
 
 from _common import run_jobs, write_result
 from elastic_nas.config import DataConfig, SpaceConfig
-from elastic_nas.spaces.scaling import family
+from elastic_nas.spaces.scaling import ALPHA, BETA, family, fit_gamma
 
 LAPTOP = SpaceConfig(name="cream", input_size=32, stem_stride=2, width_mult=0.5, max_depths=[2, 3, 3, 3, 2])
 PICK = [[2], [3, 0], [2, 0, 0], [5, 4], [1, 0]]  # the README's pipeline run: 1.41M MACs, 61.04 % test top-1
@@ -48,6 +51,27 @@ def member_top1(space: dict, arch, steps: int, seed: int, data_path: str) -> flo
     return top1
 
 
+def published_families() -> dict:
+    """MACs growth per phi of every published arch's family, paper gamma and fitted gamma."""
+    from elastic_nas.spaces import PUBLISHED
+
+    out = {}
+    for name, (space, arch, size) in PUBLISHED.items():
+        cfg = SpaceConfig(name=space, input_size=size, stem_stride=2)
+        if space == "cream":  # room for the arch's deepest stages
+            cfg.max_depths = [max(d, len(s)) for d, s in zip(cfg.max_depths, arch[1:6])]
+        fitted = fit_gamma(cfg, arch, ALPHA, BETA)
+        out[name] = {"input_size": size}
+        for key, gamma in (("paper", 1.15), ("fitted", fitted)):
+            rows = family(cfg, arch, range(4), gamma=gamma)
+            growth = [round(r["macs"] / rows[0]["macs"], 3) for r in rows[1:]]
+            out[name][key] = {"gamma": gamma, "macs_over_base": growth,
+                              "worst_vs_2_pow_phi": round(max(abs(g / 2 ** (i + 1) - 1) for i, g in enumerate(growth)), 3)}
+        print(f"scaling: {name:>10} at {size}: paper {out[name]['paper']['macs_over_base']}, fitted gamma {fitted} "
+              f"{out[name]['fitted']['macs_over_base']}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default=json.dumps(PICK))
@@ -56,7 +80,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--data", default="", help="synthetic cache dir (default: the shared one)")
+    ap.add_argument("--macs-only", action="store_true", help="the published archs' MACs growth; no training")
     a = ap.parse_args()
+    if a.macs_only:
+        write_result("scaling_macs", {"alpha": ALPHA, "beta": BETA, "families": published_families()})
+        return
     rows = family(LAPTOP, json.loads(a.arch), range(a.phi_max + 1))
     # Longest jobs first, so the pool ends together.
     jobs = sorted([(r["space"], r["arch"], a.steps, s, a.data) for r in rows for s in range(a.seeds)],

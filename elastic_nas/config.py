@@ -407,8 +407,10 @@ class RetrainConfig:
 @dataclass
 class ScaleGridConfig:
     """``elastic-nas scale --grid``: EfficientNet's step 1, a grid over (alpha, beta) at phi = 1
-    with gamma from ``alpha * beta^2 * gamma^2 = flops_factor``; each point a short stand-alone
-    training of the scaled base net, scored on search_val, as parallel Tune trials."""
+    with gamma fitted so each step of phi multiplies the base's MACs by ``flops_factor`` (the
+    cost model's MACs; EfficientNet's ``alpha * beta^2 * gamma^2`` approximates them); each point
+    a short stand-alone training of the scaled base net, scored on search_val, as parallel Tune
+    trials."""
 
     alphas: list[float] = field(default_factory=lambda: [1.1, 1.2, 1.3])
     betas: list[float] = field(default_factory=lambda: [1.0, 1.1, 1.2])
@@ -424,8 +426,8 @@ class ScaleGridConfig:
             raise ConfigError(f"{prefix}.alphas", "alphas and betas must be non-empty lists of numbers >= 1")
         for key in ("flops_factor", "steps", "batch", "lr", "val_images", "cpus_per_trial"):
             _positive(getattr(self, key), f"{prefix}.{key}")
-        if not any(self.flops_factor / (a * b * b) >= 1 for a in self.alphas for b in self.betas):
-            raise ConfigError(f"{prefix}.flops_factor", f"{self.flops_factor} leaves no grid point with gamma >= 1")
+        if self.flops_factor <= 1:
+            raise ConfigError(f"{prefix}.flops_factor", f"must be > 1 (the MACs growth per phi), got {self.flops_factor}")
 
 
 @dataclass
@@ -439,6 +441,7 @@ class ScaleConfig:
     alpha: float = 1.2  # depth per step of phi (EfficientNet's)
     beta: float = 1.1  # width
     gamma: float = 1.15  # resolution
+    fit_gamma: bool = False  # true: gamma from the cost model so each phi doubles the MACs (grid.flops_factor)
     retrain: str = "retrain"  # the job config each member's retrain config starts from
     data: DataConfig = field(default_factory=DataConfig)  # --grid: the points' training data
     grid: ScaleGridConfig = field(default_factory=ScaleGridConfig)

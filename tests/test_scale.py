@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from elastic_nas.config import RetrainConfig, SpaceConfig, load_config
+from elastic_nas.config import RetrainConfig, SpaceConfig, from_dict, load_config
 from elastic_nas.spaces import PUBLISHED, build_space
-from elastic_nas.spaces.scaling import Scaling, family, scale_arch
+from elastic_nas.spaces.scaling import Scaling, family, fit_gamma, scale_arch
 from elastic_nas.train.evaluate import export_model, load_exported
 from elastic_nas.train.step import Batch, TrainStep, make_optimizer
 from elastic_nas.train.strategies import Strategy
@@ -29,16 +29,31 @@ def published(name: str) -> tuple[SpaceConfig, tuple]:
     return cfg, arch
 
 
-@pytest.mark.parametrize("name,phis", [("cream-287", (1, 2, 3)), ("spos-323m", (1, 2))])
-def test_family_macs_about_double_per_step(name, phis):
+@pytest.mark.parametrize("name,fit", [("cream-287", False), ("cream-287", True), ("spos-323m", True)])
+def test_family_macs_about_double_per_step(name, fit):
     cfg, arch = published(name)
-    rows = family(cfg, arch, range(4))
+    gamma = fit_gamma(cfg, arch, 1.2, 1.1, 2.0) if fit else 1.15
+    rows = family(cfg, arch, range(4), gamma=gamma)
     assert rows[0]["macs"] == build_space(cfg).macs(build_space(cfg).validate(arch))  # phi 0 is the base
-    for phi in phis:
+    for phi in (1, 2, 3):
         ratio = rows[phi]["macs"] / rows[0]["macs"] / 2 ** phi
         assert 0.85 <= ratio <= 1.15, (name, phi, ratio)
-    assert [r["input_size"] for r in rows] == [224, 256, 296, 344]  # x 1.15^phi, to multiples of 8
     assert all(r["params"] > p["params"] for r, p in zip(rows[1:], rows))
+    if not fit:
+        assert [r["input_size"] for r in rows] == [224, 256, 296, 344]  # x 1.15^phi, to multiples of 8
+
+
+def test_paper_coefficients_undershoot_on_shufflenet_stages_and_the_fit_corrects_them():
+    # ShuffleNetV2's added blocks are stride-1 blocks, cheaper than a stage's first: depth x1.73
+    # buys less than x1.73 MACs, so EfficientNet's gamma leaves SPOS-323M's phi = 3 short of 8x.
+    cfg, arch = published("spos-323m")
+    paper = family(cfg, arch, range(4))[3]["macs"] / family(cfg, arch, range(1))[0]["macs"]
+    gamma = fit_gamma(cfg, arch, 1.2, 1.1, 2.0)
+    assert paper < 0.85 * 8 and gamma > 1.15
+    fitted = family(cfg, arch, range(4), gamma=gamma)
+    assert abs(np.log(fitted[3]["macs"] / fitted[0]["macs"] / 8)) < abs(np.log(paper / 8))
+    # where depth and width alone grow faster than the factor, no gamma >= 1 is left
+    assert fit_gamma(cfg, arch, 2.0, 1.5, 2.0) < 1
 
 
 @pytest.mark.parametrize("name", ["spos-323m", "cream-43"])
@@ -89,6 +104,20 @@ def test_scale_command_writes_a_family_that_retrain_reads(tmp_path):
         assert space.macs(space.validate(arch)) == m["macs"]
     bad = CliRun(["scale", "--set", "alpha=0.5"])
     assert bad.finish(60) == 2 and "alpha" in bad.output()
+    fitted = CliRun(["scale", "--set", f"run.storage_path={tmp_path / 'fit'}", "--set", "arch.search=",
+                     "--set", "arch.value=spos-323m", "--set", "space.name=spos", "--set", "space.input_size=224",
+                     "--set", "space.width_mult=1.0", "--set", "fit_gamma=true"])
+    assert fitted.finish(120) == 0, fitted.output()[-3000:]
+    fam = json.loads((tmp_path / "fit" / "scale" / "family.json").read_text())
+    base = fam["members"][0]
+    assert fam["gamma"] == fit_gamma(from_dict(SpaceConfig, base["space"]), base["arch"], 1.2, 1.1) > 1.15
+    for m in fam["members"][1:]:
+        assert 0.85 <= m["macs"] / base["macs"] / 2 ** m["phi"] <= 1.15, m
+    too_fast = CliRun(["scale", "--set", "arch.search=", "--set", "arch.value=spos-323m", "--set", "space.name=spos",
+                       "--set", "space.input_size=224", "--set", "fit_gamma=true", "--set", "alpha=2.0",
+                       "--set", "beta=1.5", "--set", f"run.storage_path={tmp_path / 'bad'}"])
+    assert too_fast.finish(60) == 2 and "fit_gamma" in too_fast.output()
+    assert not (tmp_path / "bad" / "scale" / "family.json").exists()
 
 
 @pytest.mark.ray
@@ -103,8 +132,10 @@ def test_scale_grid_runs_points_as_parallel_tune_trials(tmp_path):
     assert run.finish(500) == 0, run.output()[-4000:]
     grid = json.loads((tmp_path / "scale" / "grid.json").read_text())
     assert [(p["alpha"], p["beta"]) for p in grid["points"]] == [(1.1, 1.0), (1.3, 1.0)]
-    for p in grid["points"]:
-        assert p["alpha"] * p["beta"] ** 2 * p["gamma"] ** 2 == pytest.approx(2.0, rel=1e-3)
+    space_cfg = SpaceConfig(name="cream", input_size=32, stem_stride=2, width_mult=0.5, max_depths=[2, 3, 3, 3, 2])
+    for p in grid["points"]:  # gamma fitted on the cost model to double the MACs per phi
+        assert p["gamma"] == fit_gamma(space_cfg, [[1], [2, 3], [0, 4], [5], [1, 2]], p["alpha"], p["beta"],
+                                       2.0, range(1, 2))
     spans = [(p["started"], p["ended"]) for p in grid["points"]]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # the two trials overlapped
     best = max(grid["points"], key=lambda p: p["top1"])

@@ -7,10 +7,16 @@ A scaled architecture is a base arch plus ``(phi, alpha, beta, gamma)``: every s
 ``alpha * beta^2 * gamma^2 ~= 2`` each step of ``phi`` about doubles the MACs. It works
 for every space through :meth:`SearchSpace.deepen`; the cost model then prices the
 scaled net like any other arch.
+
+``alpha * beta^2 * gamma^2`` is EfficientNet's stand-in for the MACs growth, true where MACs
+grow with the block count (MBConv stages). A ShuffleNetV2 stage's added blocks are stride-1
+blocks, cheaper than its first, so depth buys less there; :func:`fit_gamma` takes the
+growth of depth and width from the cost model instead and leaves resolution the rest.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -54,6 +60,24 @@ def scale_arch(space_cfg: SpaceConfig, arch: Any, s: Scaling) -> tuple[SpaceConf
     return cfg, build_space(cfg).validate(deeper)
 
 
+def fit_gamma(space_cfg: SpaceConfig, arch: Any, alpha: float, beta: float, flops_factor: float = 2.0,
+              phis: range = range(1, 4)) -> float:
+    """The resolution coefficient under which each step of phi multiplies the MACs by
+    ``flops_factor``: depth and width priced by the cost model on this arch at each phi in
+    ``phis``, resolution as the input's area (every conv's MACs grow with it), fitted in log
+    space over ``phis`` (ceil makes depth's growth uneven over phi). At least 1."""
+    from elastic_nas.spaces import build_space
+
+    space = build_space(space_cfg)
+    base = space.macs(space.validate(arch))
+    num = den = 0.0
+    for phi in phis:  # least squares of log(MACs_phi / base) = phi * log(flops_factor)
+        cfg, scaled = scale_arch(space_cfg, arch, Scaling(phi, alpha, beta, 1.0))
+        rest = phi * math.log(flops_factor) - math.log(build_space(cfg).macs(scaled) / base)
+        num, den = num + 2 * phi * rest, den + (2 * phi) ** 2
+    return round(math.exp(num / den), 4)
+
+
 def family(space_cfg: SpaceConfig, arch: Any, phis: range, alpha: float = ALPHA, beta: float = BETA,
            gamma: float = GAMMA) -> list[dict]:
     """One row per phi: the scaled arch and space, its input size, MACs and params."""
@@ -70,4 +94,4 @@ def family(space_cfg: SpaceConfig, arch: Any, phis: range, alpha: float = ALPHA,
     return rows
 
 
-__all__ = ["ALPHA", "BETA", "GAMMA", "Scaling", "family", "round8", "scale_arch"]
+__all__ = ["ALPHA", "BETA", "GAMMA", "Scaling", "family", "fit_gamma", "round8", "scale_arch"]

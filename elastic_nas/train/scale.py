@@ -5,10 +5,12 @@ Scaling itself is data (:mod:`elastic_nas.spaces.scaling`). This step picks the 
 as ``retrain`` does (a search result by budget, an explicit arch or a published name),
 writes the family for phi = 0..``phi_max`` (arch, input size, MACs, params) and, for each
 member, a retrain config that ``elastic-nas retrain --config`` reads as it is. With
-``--grid`` it first runs EfficientNet's step 1 on Ray Tune: each (alpha, beta, gamma) of a
-small grid under ``alpha * beta^2 * gamma^2 = flops_factor`` scales the base once (phi = 1)
-and trains it stand-alone for a few hundred steps with the trainer's own step, in parallel
-trials; the best search_val top-1 gives the coefficients.
+``--grid`` it first runs EfficientNet's step 1 on Ray Tune: each (alpha, beta) of a small
+grid, with gamma fitted on the cost model so each step of phi multiplies the MACs by
+``flops_factor`` (EfficientNet's ``alpha * beta^2 * gamma^2 = 2`` holds for MBConv stages,
+not for ShuffleNetV2's), scales the base once (phi = 1) and trains it stand-alone for a few
+hundred steps with the trainer's own step, in parallel trials; the best search_val top-1
+gives the coefficients.
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ from elastic_nas.config import (
     from_dict,
     load_config,
 )
+from elastic_nas.errors import ConfigError
 from elastic_nas.io import RunFolder, atomic_write, print_outputs, write_json
-from elastic_nas.spaces.scaling import Scaling, family, scale_arch
+from elastic_nas.spaces.scaling import Scaling, family, fit_gamma, scale_arch
 
 
-def grid_points(grid: ScaleGridConfig) -> list[dict]:
-    """(alpha, beta, gamma) with gamma from the FLOPs constraint, gamma >= 1."""
-    points = []
-    for a in grid.alphas:
-        for b in grid.betas:
-            g = math.sqrt(grid.flops_factor / (a * b * b))
-            if g >= 1:
-                points.append({"alpha": a, "beta": b, "gamma": round(g, 4)})
+def family_phis(cfg: ScaleConfig) -> range:
+    return range(1, max(1, cfg.phi_max) + 1)
+
+
+def grid_points(cfg: ScaleConfig, space_cfg: SpaceConfig, arch) -> list[dict]:
+    """(alpha, beta, gamma) with gamma fitted to the MACs growth on this arch, gamma >= 1."""
+    points = [{"alpha": a, "beta": b, "gamma": fit_gamma(space_cfg, arch, a, b, cfg.grid.flops_factor,
+                                                         family_phis(cfg))}
+              for a in cfg.grid.alphas for b in cfg.grid.betas]
+    points = [p for p in points if p["gamma"] >= 1]
+    if not points:
+        raise ConfigError("grid.flops_factor", f"{cfg.grid.flops_factor}: every (alpha, beta) of the grid alone "
+                                               "grows this arch's MACs faster; lower grid.alphas or grid.betas")
     return points
 
 
@@ -98,8 +106,8 @@ def run_grid(cfg: ScaleConfig, space_cfg: SpaceConfig, arch, folder: RunFolder) 
     from ray.tune import Callback
     from ray.tune.logger import JsonLoggerCallback
 
-    points = grid_points(cfg.grid)
-    print(f"elastic-nas: scale grid: {len(points)} points (alpha, beta; gamma from alpha*beta^2*gamma^2 = "
+    points = grid_points(cfg, space_cfg, arch)
+    print(f"elastic-nas: scale grid: {len(points)} points (alpha, beta; gamma so each phi multiplies the MACs by "
           f"{cfg.grid.flops_factor}), {cfg.grid.steps} steps each", flush=True)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # one line per point below, not Tune's tables
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the JSON logger below is enough
@@ -139,6 +147,12 @@ def run_scale(cfg: ScaleConfig, grid: bool = False) -> dict:
     space_cfg, arch = select_arch(RetrainConfig(arch=cfg.arch, space=cfg.space))
     folder.local.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, str] = {}
+    if cfg.fit_gamma and not grid:
+        gamma = fit_gamma(space_cfg, arch, cfg.alpha, cfg.beta, cfg.grid.flops_factor, family_phis(cfg))
+        if gamma < 1:
+            raise ConfigError("fit_gamma", f"alpha {cfg.alpha} and beta {cfg.beta} alone grow this arch's MACs more "
+                                           f"than {cfg.grid.flops_factor}x per phi; lower them")
+        cfg = replace(cfg, gamma=gamma)
     if grid:
         best, points = run_grid(cfg, space_cfg, arch, folder)
         cfg = replace(cfg, alpha=best["alpha"], beta=best["beta"], gamma=best["gamma"])
@@ -167,4 +181,4 @@ def run_scale(cfg: ScaleConfig, grid: bool = False) -> dict:
     return {"members": rows, "alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma}
 
 
-__all__ = ["grid_points", "run_grid", "run_scale", "train_point"]
+__all__ = ["family_phis", "grid_points", "run_grid", "run_scale", "train_point"]
