@@ -188,21 +188,22 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
     train_task(task, splits.train, steps, BATCH, a.supernet_lr, seed, weight_decay=a.supernet_wd,
                warmup=steps // 20)
     seconds = time.perf_counter() - t0
-    torch.save(task.model.state_dict(), Path(a.work) / f"supernet_{variant}_{seed}.pt")
+    torch.save(task.model.state_dict(), Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt")
     data = eval_data(splits, a.calib_images, a.val_images, 0)
     space = build_space(cfg.space)
-    scores = [evaluate_arch(task.model, space.validate(arch), data)["accuracy"] for arch in archs]
-    return {"steps": steps, "train_seconds": round(seconds, 1), "scores": scores}
+    evals = [evaluate_arch(task.model, space.validate(arch), data) for arch in archs]
+    return {"steps": steps, "train_seconds": round(seconds, 1), "scores": [e["accuracy"] for e in evals],
+            "val_losses": [round(e["loss"], 5) for e in evals]}
 
 
-def searched(a, variant: str, method: str, budget: float) -> dict:
-    """The pick of ``method`` on ``variant``'s seed-0 supernet under ``budget`` MACs."""
+def searched(a, variant: str, steps: int, method: str, budget: float) -> dict:
+    """The pick of ``method`` on ``variant``'s seed-0 supernet (``steps``) under ``budget`` MACs."""
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, variant, 0)
     space = build_space(cfg.space)
     model = space.build_supernet()
-    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_0.pt", weights_only=True))
+    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_0_{steps}.pt", weights_only=True))
     splits = build_dataset(cfg.data, cfg.space.input_size)
     data = eval_data(splits, a.calib_images, a.val_images, 0)
     settings = EvolutionSettings(population=a.population, top_k=a.population // 4, mutation_children=a.population // 2,
@@ -248,7 +249,8 @@ def run(a) -> dict:
         partial = {"subnets_with_truth": len(keep), "of": len(archs)}
         print(f"ranking: interim report on the {len(keep)} of {len(archs)} subnets with both truth seeds", flush=True)
         results = {(f"sa_{keep.index(int(k.split('_')[1]))}_{k.split('_', 2)[2]}" if k.startswith("sa_") else k):
-                   (dict(r, scores=[r["scores"][i] for i in keep]) if k.startswith("sn_") else r)
+                   ({**r, **{f: [r[f][i] for i in keep] for f in ("scores", "val_losses") if f in r}}
+                    if k.startswith("sn_") else r)
                    for k, r in results.items() if not k.startswith("sa_") or int(k.split("_")[1]) in keep}
         archs, groups, check = [archs[i] for i in keep], [groups[i] for i in keep], []
     truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in (0, 1)]
@@ -304,6 +306,9 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
         per_seed = [dict(rank_report(r["scores"], target), **subset_taus(r["scores"], target, subsets),
                          mean_score=round(float(np.mean(r["scores"])), 2), train_seconds=r["train_seconds"])
                     for r in runs]
+        for r, p in zip(runs, per_seed):  # the search_val loss as the score instead of top-1 (lower is better)
+            if "val_losses" in r:
+                p["loss_as_score_kendall_tau"] = round(kendall_tau([-x for x in r["val_losses"]], target), 4)
         taus = [p["kendall_tau"] for p in per_seed]
         band_taus = [p["band_kendall_tau"] for p in per_seed]
         strat_taus = [p["stratified_kendall_tau"] for p in per_seed]
@@ -319,8 +324,9 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
 def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -> dict:
     best = max(out["variants"], key=lambda v: out["variants"][v]["kendall_tau_mean"])
     space = build_space(from_dict(SpaceConfig, SPACE))
-    picks = {m: cached(work, f"search_{best}_{m}_{a.population}_{a.generations}", searched, a, best, m, budget)
-             for m in ("evolution", "random")}
+    steps = out["variants"][best]["steps"]
+    picks = {m: cached(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}", searched, a, best, steps,
+                       m, budget) for m in ("evolution", "random")}
     largest = space.to_json(space.extreme_arch(True, 0, budget))
     archs = {"evolution": picks["evolution"]["arch"], "random": picks["random"]["arch"], "largest_macs": largest}
     jobs = [(work, f"pick_{name}_{hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
