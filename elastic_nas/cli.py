@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a JSON list, or a published name (spos-323m, cream-14 ... cream-604)")
     p.add_argument("--input-size", type=int, default=None, help="input resolution (default: published or 224)")
     p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--latency-table", default="",
+                   help="a table from `latency build`: cost the arch in its space and add its predicted latency")
     p.set_defaults(func=_lazy("elastic_nas.spaces.cli:arch_info"))
+
+    _add_latency(sub)
 
     p = sub.add_parser("configs", help="list the shipped job configs, or print one (--config NAME finds them)")
     p.add_argument("name", nargs="?", help="print this config")
@@ -90,6 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, "pipeline")
     p.set_defaults(func=_lazy("elastic_nas.pipeline:pipeline_command"))
 
+    _add_cluster(sub)
+    return parser
+
+
+def _add_latency(sub) -> None:
+    # latency
+    latency = sub.add_parser("latency", help="latency lookup tables for hardware-aware search")
+    latency_sub = latency.add_subparsers(dest="latency_command", metavar="ACTION", required=True)
+    p = latency_sub.add_parser("build", help="time every choice of every block of the config's space on this "
+                                             "machine (or a Ray node) and write a latency table")
+    _add_config_args(p, "supernet")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the device to time on (default cpu)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward (default 1: one request)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true", help="NHWC inputs and weights")
+    p.add_argument("--warmup", type=int, default=10, help="untimed forwards per part (default 10)")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats per part; the median is kept (default 30)")
+    p.add_argument("--out", default="latency.json", help="the table's path (default latency.json)")
+    p.add_argument("--ray-resources", default="",
+                   help='measure in one Ray task that needs these resources, e.g. \'{"GPU": 1}\' or a node '
+                        "type's custom resource: the table is that node's")
+    p.set_defaults(func=_lazy("elastic_nas.search.cli:latency_build"))
+
+
+def _add_cluster(sub) -> None:
     # cluster
     cluster = sub.add_parser("cluster", help="Ray clusters for elastic-nas")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
@@ -106,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temp-dir", default="", help="Ray's session directory (default: Ray's)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
     p.set_defaults(func=_lazy("elastic_nas.cluster.local:local_command"))
-    return parser
 
 
 def configs(args: argparse.Namespace) -> int:

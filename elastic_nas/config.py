@@ -315,17 +315,19 @@ class EvolutionConfig:
     macs_max: float = 0.0  # MACs upper bound, in millions (0 = none; SPOS: 330)
     params_min: float = 0.0  # parameter lower bound, in millions (0 = none)
     params_max: float = 0.0  # parameter upper bound, in millions (0 = none)
+    latency_min_ms: float = 0.0  # predicted latency bounds, ms (0 = none); they need search.latency_table
+    latency_max_ms: float = 0.0
     max_tries: int = 500  # draws per child before falling back to a random legal candidate
 
     def validate(self, prefix: str) -> None:
         for key in ("population", "top_k", "max_tries"):
             _positive(getattr(self, key), f"{prefix}.{key}")
         for key in ("mutation_children", "crossover_children", "generations",
-                    "macs_min", "macs_max", "params_min", "params_max"):
+                    "macs_min", "macs_max", "params_min", "params_max", "latency_min_ms", "latency_max_ms"):
             _non_negative(getattr(self, key), f"{prefix}.{key}")
         if not 0 < self.mutation_prob <= 1:
             raise ConfigError(f"{prefix}.mutation_prob", f"must be in (0, 1], got {self.mutation_prob}")
-        for lo, hi in (("macs_min", "macs_max"), ("params_min", "params_max")):
+        for lo, hi in (("macs_min", "macs_max"), ("params_min", "params_max"), ("latency_min_ms", "latency_max_ms")):
             if getattr(self, hi) and getattr(self, lo) > getattr(self, hi):
                 raise ConfigError(f"{prefix}.{lo}", f"{lo} ({getattr(self, lo)}) > {hi} ({getattr(self, hi)})")
 
@@ -365,10 +367,15 @@ class SearchConfig:
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     budgets: list[float] = field(default_factory=lambda: [14.0, 43.0, 114.0, 287.0, 481.0, 604.0])  # MACs, millions: best arch under each
+    # a table from `elastic-nas latency build` (local path): every candidate's predicted latency
+    # is recorded, and evolution.latency_min_ms / latency_max_ms bound it
+    latency_table: str = ""
 
     def validate(self, prefix: str = "") -> None:
         if not self.snapshot:
             raise ConfigError("snapshot", "must name a supernet run or checkpoint directory")
+        if (self.evolution.latency_min_ms or self.evolution.latency_max_ms) and not self.latency_table:
+            raise ConfigError("evolution.latency_max_ms", "latency bounds need latency_table (elastic-nas latency build)")
         if any(b <= 0 for b in self.budgets):
             raise ConfigError("budgets", f"every budget must be > 0 (millions of MACs), got {self.budgets}")
 

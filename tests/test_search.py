@@ -270,5 +270,10 @@ def test_search_config_checks_name_the_key():
         load_config(SearchConfig, "jobs/search.yaml", ["evolution.macs_min=5", "evolution.macs_max=2"])
     with pytest.raises(ConfigError, match="budgets"):
         load_config(SearchConfig, "jobs/search.yaml", ["budgets=[0]"])
+    with pytest.raises(ConfigError, match="latency bounds need latency_table"):
+        load_config(SearchConfig, "jobs/search.yaml", ["evolution.latency_max_ms=3"])
+    with pytest.raises(ConfigError, match="evolution.latency_min_ms"):
+        load_config(SearchConfig, "jobs/search.yaml", ["evolution.latency_min_ms=5", "evolution.latency_max_ms=2",
+                                                       "latency_table=t.json"])
     cfg = load_config(SearchConfig, "jobs/search.yaml", [])
     assert cfg.space is None and cfg.evolution.population == 32 and cfg.evaluator.candidates_per_trial == 0

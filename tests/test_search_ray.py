@@ -117,13 +117,40 @@ def check_outputs(out: Path, budget: int, exactly_once: bool = True) -> pd.DataF
     return table
 
 
-def test_small_search_completes(cluster, tmp_path, data_dir, snapshot_run):
+def test_small_search_completes_under_a_latency_bound(cluster, tmp_path, data_dir, snapshot_run):
+    """With a latency table of the snapshot's space: every candidate's predicted latency is
+    recorded and within evolution.latency_max_ms, with a latency Pareto front beside the MACs one."""
+    import numpy as np
+
+    from elastic_nas.spaces import build_space
+    from elastic_nas.spaces.latency import build_table
+
+    space = build_space(SpaceConfig(width_mult=0.25))
+    table = build_table(space, warmup=1, repeats=2, max_copies=2)
+    table.save(tmp_path / "latency.json")
+    rng = np.random.default_rng(0)
+    bound = round(float(np.median([table.predict_ms(space, space.sample(rng)) for _ in range(200)])), 4)
     t0 = time.monotonic()
-    run = CliRun(search_args(tmp_path, data_dir, snapshot_run), env={"RAY_ADDRESS": cluster.address})
+    run = CliRun(search_args(tmp_path, data_dir, snapshot_run, latency_table=tmp_path / "latency.json",
+                             **{"evolution.latency_max_ms": bound}), env={"RAY_ADDRESS": cluster.address})
     assert run.finish(240) == 0, run.output()[-4000:]
-    check_outputs(tmp_path / "out" / "s", BUDGET)
-    assert "chosen arch" in run.output()
+    out = tmp_path / "out" / "s"
+    results = check_outputs(out, BUDGET)
+    assert "chosen arch" in run.output() and "pareto front (latency)" in run.output()
+    for arch, latency in zip(results["arch"], results["latency_ms"]):
+        assert 0 < latency <= bound and latency == round(table.predict_ms(space, json.loads(arch)), 4)
+    front = pd.read_csv(out / "pareto_front_latency.csv")
+    assert list(front["latency_ms"]) == sorted(front["latency_ms"]) and front["accuracy"].is_monotonic_increasing
+    assert (out / "search_latency.png").stat().st_size > 0
+    chosen = json.loads((out / "chosen_arch.json").read_text())
+    assert chosen["latency_ms"] == results.loc[results["accuracy"].idxmax(), "latency_ms"]
+    assert all("latency_ms" in b for b in json.loads((out / "best_per_budget.json").read_text()))
     print(f"small search: {time.monotonic() - t0:.1f}s")
+    (tmp_path / "other.json").write_text((tmp_path / "latency.json").read_text().replace('"width_mult": 0.25',
+                                                                                         '"width_mult": 0.5'))
+    refused = CliRun(search_args(tmp_path / "r", data_dir, snapshot_run, latency_table=tmp_path / "other.json",
+                                 **{"evolution.latency_max_ms": bound}), env={"RAY_ADDRESS": cluster.address})
+    assert refused.finish(120) == 2 and "measured for another space (width_mult" in refused.output()
 
 
 def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir, snapshot_run):

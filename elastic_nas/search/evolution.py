@@ -47,25 +47,29 @@ class ArchEncoder(Protocol):
     def validate(self, arch: Any) -> Any: ...
 
 
-CostFn = Callable[[Any], tuple[int, int]]  # arch -> (macs, params)
+CostFn = Callable[[Any], tuple]  # arch -> (macs, params) or (macs, params, latency in ms)
 
 
 @dataclass(frozen=True)
 class Constraints:
-    """Closed intervals on MACs and parameters; 0 means unbounded on that side."""
+    """Closed intervals on MACs, parameters and predicted latency (ms); 0 means unbounded on that side."""
 
     macs_min: float = 0.0
     macs_max: float = 0.0
     params_min: float = 0.0
     params_max: float = 0.0
+    latency_min_ms: float = 0.0
+    latency_max_ms: float = 0.0
 
-    def admits(self, macs: float, params: float) -> bool:
+    def admits(self, macs: float, params: float, latency_ms: float = 0.0) -> bool:
         """A pure yes/no check: never evaluates or records anything."""
         return (
             macs >= self.macs_min
             and (not self.macs_max or macs <= self.macs_max)
             and params >= self.params_min
             and (not self.params_max or params <= self.params_max)
+            and latency_ms >= self.latency_min_ms
+            and (not self.latency_max_ms or latency_ms <= self.latency_max_ms)
         )
 
 
@@ -98,6 +102,7 @@ class Candidate:
     params: int
     generation: int
     score: float | None = None  # None: pending; -inf: its evaluation failed
+    latency_ms: float = 0.0  # predicted from a latency table (0: none)
 
     @property
     def evaluated(self) -> bool:
@@ -173,10 +178,11 @@ class _Generator:
         key = arch_key(self.encoder, arch)
         if key in self.candidates:
             return False
-        macs, params = self.cost_fn(arch)
-        if not self.constraints.admits(macs, params):
+        macs, params, *latency = self.cost_fn(arch)
+        latency_ms = float(latency[0]) if latency else 0.0
+        if not self.constraints.admits(macs, params, latency_ms):
             return False
-        cand = Candidate(key, arch, int(macs), int(params), generation)
+        cand = Candidate(key, arch, int(macs), int(params), generation, latency_ms=latency_ms)
         self.candidates[key] = cand
         batch.append(cand)
         return True
@@ -211,7 +217,7 @@ class _Generator:
             "shortfall": self.shortfall,
             "exhausted": self.exhausted,
             "candidates": [
-                {"arch": json.loads(c.key), "macs": c.macs, "params": c.params,
+                {"arch": json.loads(c.key), "macs": c.macs, "params": c.params, "latency_ms": c.latency_ms,
                  "generation": c.generation,
                  "score": None if c.score is None else (c.score if c.score != -math.inf else "failed")}
                 for c in self.candidates.values()
@@ -233,7 +239,7 @@ class _Generator:
             score = row["score"]
             score = -math.inf if score == "failed" else (None if score is None else float(score))
             cand = Candidate(arch_key(self.encoder, arch), arch, int(row["macs"]), int(row["params"]),
-                             int(row["generation"]), score)
+                             int(row["generation"]), score, float(row.get("latency_ms", 0.0)))
             self.candidates[cand.key] = cand
 
 

@@ -22,12 +22,15 @@ RESULTS_CSV = "results.csv"
 PARETO_CSV = "pareto_front.csv"
 BEST_PER_BUDGET = "best_per_budget.json"
 PLOT = "search.png"
+PARETO_LATENCY_CSV = "pareto_front_latency.csv"
+PLOT_LATENCY = "search_latency.png"
 CHOSEN = "chosen_arch.json"
 
 
-def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows no other row beats on both accuracy (higher) and MACs (lower), by MACs ascending."""
-    ok = table[table["accuracy"].notna()].sort_values(["macs", "accuracy"], ascending=[True, False])
+def pareto_front(table: pd.DataFrame, cost: str = "macs") -> pd.DataFrame:
+    """Rows no other row beats on both accuracy (higher) and ``cost`` (lower: MACs, or
+    predicted latency), by cost ascending."""
+    ok = table[table["accuracy"].notna()].sort_values([cost, "accuracy"], ascending=[True, False])
     rows, best = [], -math.inf
     for idx, row in ok.iterrows():
         if row["accuracy"] > best:
@@ -44,12 +47,21 @@ def best_per_budget(table: pd.DataFrame, budgets_m: list[float]) -> list[dict[st
         under = ok[ok["macs"] <= b * 1e6]
         entry: dict[str, Any] = {"budget_macs": int(round(b * 1e6)), "arch": None, "macs": None,
                                  "params": None, "accuracy": None}
+        if has_latency(table):
+            entry["latency_ms"] = None
         if len(under):
             row = under.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
             entry.update(arch=json.loads(row["arch"]), macs=int(row["macs"]), params=int(row["params"]),
                          accuracy=float(row["accuracy"]))
+            if has_latency(table):
+                entry["latency_ms"] = float(row["latency_ms"])
         out.append(entry)
     return out
+
+
+def has_latency(table: pd.DataFrame) -> bool:
+    """Whether the candidates carry predicted latencies (a search with a latency table)."""
+    return "latency_ms" in table and bool((table["latency_ms"] > 0).any())
 
 
 def choose(table: pd.DataFrame) -> pd.Series | None:
@@ -61,28 +73,29 @@ def choose(table: pd.DataFrame) -> pd.Series | None:
 
 
 def plot_search(table: pd.DataFrame, front: pd.DataFrame, budgets_m: list[float], chosen, path: Path,
-                title: str) -> Path:
+                title: str, cost: str = "macs") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = table[table["accuracy"].notna()]
+    scale = 1e6 if cost == "macs" else 1.0  # MACs in millions, latency in ms
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sc = ax.scatter(ok["macs"] / 1e6, ok["accuracy"], c=ok["generation"], cmap="viridis", s=14, alpha=0.8,
+    sc = ax.scatter(ok[cost] / scale, ok["accuracy"], c=ok["generation"], cmap="viridis", s=14, alpha=0.8,
                     label="candidates")
     if len(ok):
         fig.colorbar(sc, ax=ax, label="generation")
-    ax.step(front["macs"] / 1e6, front["accuracy"], where="post", color="crimson", lw=1.5, label="Pareto front")
-    ax.scatter(front["macs"] / 1e6, front["accuracy"], color="crimson", s=24, zorder=3)
+    ax.step(front[cost] / scale, front["accuracy"], where="post", color="crimson", lw=1.5, label="Pareto front")
+    ax.scatter(front[cost] / scale, front["accuracy"], color="crimson", s=24, zorder=3)
     lo, hi = (ok["macs"].min() / 1e6, ok["macs"].max() / 1e6) if len(ok) else (0, 0)
-    for b in budgets_m:
+    for b in budgets_m if cost == "macs" else []:
         if lo <= b <= hi * 1.05:
             ax.axvline(b, color="grey", ls=":", lw=1)
     if chosen is not None:
-        ax.scatter([chosen["macs"] / 1e6], [chosen["accuracy"]], marker="*", s=180, color="gold",
+        ax.scatter([chosen[cost] / scale], [chosen["accuracy"]], marker="*", s=180, color="gold",
                    edgecolor="black", zorder=4, label="chosen")
-    ax.set_xlabel("MACs (millions)")
+    ax.set_xlabel("MACs (millions)" if cost == "macs" else "predicted latency (ms, latency table)")
     ax.set_ylabel("top-1 on search_val subset (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -107,12 +120,19 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, space_cfg: dict, budgets_m
     outputs = {"results": str(out_dir / RESULTS_PARQUET), "results (csv)": str(out_dir / RESULTS_CSV),
                "pareto front": str(out_dir / PARETO_CSV), "best per budget": str(out_dir / BEST_PER_BUDGET)}
     if chosen is not None:
+        latency = {"latency_ms": float(chosen["latency_ms"])} if has_latency(table) else {}
         write_json(out_dir / CHOSEN, dict(
             space=space_cfg, arch=json.loads(chosen["arch"]), macs=int(chosen["macs"]),
             params=int(chosen["params"]), accuracy=float(chosen["accuracy"]), loss=float(chosen["loss"]),
-            generation=int(chosen["generation"]), **extra))
+            generation=int(chosen["generation"]), **latency, **extra))
         outputs["chosen arch"] = str(out_dir / CHOSEN)
     outputs["plot"] = str(plot_search(table, front, budgets_m, chosen, out_dir / PLOT, title))
+    if has_latency(table):  # the latency Pareto front beside the MACs one
+        front = pareto_front(table, "latency_ms")
+        atomic_write(out_dir / PARETO_LATENCY_CSV, lambda tmp: front.to_csv(tmp, index=False))
+        outputs["pareto front (latency)"] = str(out_dir / PARETO_LATENCY_CSV)
+        outputs["plot (latency)"] = str(plot_search(table, front, budgets_m, chosen, out_dir / PLOT_LATENCY, title,
+                                                    "latency_ms"))
     return outputs
 
 
@@ -138,5 +158,6 @@ def _read_json(path: str) -> Any:
         raise UserError(f"arch.search: {path} not found (run `elastic-nas search` first)") from None
 
 
-__all__ = ["BEST_PER_BUDGET", "CHOSEN", "PARETO_CSV", "PLOT", "RESULTS_CSV", "RESULTS_PARQUET",
-           "best_per_budget", "choose", "pareto_front", "read_choice", "write_outputs"]
+__all__ = ["BEST_PER_BUDGET", "CHOSEN", "PARETO_CSV", "PARETO_LATENCY_CSV", "PLOT", "PLOT_LATENCY", "RESULTS_CSV",
+           "RESULTS_PARQUET", "best_per_budget", "choose", "has_latency", "pareto_front", "read_choice",
+           "write_outputs"]

@@ -32,6 +32,7 @@ from elastic_nas.search.outputs import write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
 from elastic_nas.search.snapshot import pin_snapshot, to_snapshot
 from elastic_nas.spaces import build_space
+from elastic_nas.spaces.latency import LatencyTable
 
 TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
 TRIAL_SECONDS = 5.0  # evaluator.candidates_per_trial 0: a trial's batch lasts about this long
@@ -79,13 +80,15 @@ def build_eval_data(cfg: SearchConfig, space_cfg: SpaceConfig, num_train_expecte
 
 
 class SpaceCost:
-    """``arch -> (macs, params)`` of a space; a class, not a lambda, so Tune can pickle the searcher."""
+    """``arch -> (macs, params, latency ms)`` of a space (latency 0 without a table); a class,
+    not a lambda, so Tune can pickle the searcher."""
 
-    def __init__(self, space):
-        self.space = space
+    def __init__(self, space, table: LatencyTable | None = None):
+        self.space, self.table = space, table
 
-    def __call__(self, arch) -> tuple[int, int]:
-        return self.space.macs(arch), self.space.params(arch)
+    def __call__(self, arch) -> tuple[int, int, float]:
+        latency = self.table.predict_ms(self.space, arch) if self.table is not None else 0.0
+        return self.space.macs(arch), self.space.params(arch), round(latency, 4)
 
 
 def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
@@ -99,8 +102,13 @@ def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
         population=evo.population, top_k=evo.top_k, mutation_children=evo.mutation_children,
         crossover_children=evo.crossover_children, mutation_prob=evo.mutation_prob,
         generations=evo.generations, max_tries=evo.max_tries)
-    constraints = Constraints(evo.macs_min * 1e6, evo.macs_max * 1e6, evo.params_min * 1e6, evo.params_max * 1e6)
-    generator = make_generator(evo.method, space, SpaceCost(space), constraints, settings, cfg.run.seed)
+    table = None
+    if cfg.latency_table:
+        table = LatencyTable.load(cfg.latency_table)
+        table.check(space.cfg)
+    constraints = Constraints(evo.macs_min * 1e6, evo.macs_max * 1e6, evo.params_min * 1e6, evo.params_max * 1e6,
+                              evo.latency_min_ms, evo.latency_max_ms)
+    generator = make_generator(evo.method, space, SpaceCost(space, table), constraints, settings, cfg.run.seed)
     return GenerationSearcher(generator)
 
 
@@ -118,7 +126,7 @@ def results_table(grid) -> pd.DataFrame:
             rows.setdefault(_key(cand["arch"]), _row(cand, {}, result.metrics or {}))
         for report in _reports(result.path):
             rows[_key(report["arch"])] = _row(report, report, report)
-    columns = ["arch", "macs", "params", "accuracy", "loss", "generation", "trial_id", "eval_s"]
+    columns = ["arch", "macs", "params", "latency_ms", "accuracy", "loss", "generation", "trial_id", "eval_s"]
     return pd.DataFrame(list(rows.values()), columns=columns)
 
 
@@ -135,7 +143,7 @@ def _reports(trial_dir: str) -> list[dict]:
 
 def _row(cand: dict, scores: dict, meta: dict) -> dict:
     return {"arch": _key(cand["arch"]), "macs": int(cand["macs"]), "params": int(cand["params"]),
-            "accuracy": float(scores.get("accuracy", math.nan)), "loss": float(scores.get("loss", math.nan)),
+            "latency_ms": float(cand.get("latency_ms", 0.0)), "accuracy": float(scores.get("accuracy", math.nan)), "loss": float(scores.get("loss", math.nan)),
             "generation": int(cand["generation"]), "trial_id": meta.get("trial_id", ""),
             "eval_s": float(scores.get("eval_s", math.nan))}
 
@@ -237,8 +245,9 @@ class CandidateBoard(Callback):
 
             self.writer = SummaryWriter(self.log_dir)
         self.count += 1
-        for key in ("accuracy", "loss", "macs", "generation"):
-            self.writer.add_scalar(f"candidate/{key}", result[key], self.count)
+        for key in ("accuracy", "loss", "macs", "generation", "latency_ms"):
+            if key != "latency_ms" or result.get(key):
+                self.writer.add_scalar(f"candidate/{key}", result[key], self.count)
 
     def on_experiment_end(self, trials, **info):
         if self.writer is not None:

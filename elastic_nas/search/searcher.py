@@ -91,7 +91,8 @@ class GenerationSearcher(Searcher):
 
     def _candidate(self, key: str) -> dict:
         cand = self.generator.candidates[key]
-        return {"arch": json.loads(key), "macs": cand.macs, "params": cand.params, "generation": cand.generation}
+        return {"arch": json.loads(key), "macs": cand.macs, "params": cand.params, "latency_ms": cand.latency_ms,
+                "generation": cand.generation}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """One candidate of the trial's batch is scored: tell the generator at once."""

@@ -19,6 +19,7 @@ from torch import nn
 
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
+from elastic_nas.spaces.latency import LatencyParts
 from elastic_nas.spaces.layers import centre_kernel
 
 # Nested tuples of ints, e.g. (2, 1, 0, ...) or ((3,), (3, 3), ...).
@@ -209,6 +210,15 @@ class SearchSpace(abc.ABC):
                 return None
             arch, gap = best, best_gap
         return arch if gap == 0.0 else None
+
+    # -- latency (timed by spaces/latency.py) -------------------------------------------
+    @abc.abstractmethod
+    def latency_parts(self) -> LatencyParts:
+        """The standalone subnet's parts: fixed ones, and per block position one per choice."""
+
+    @abc.abstractmethod
+    def latency_keys(self, arch: Any) -> list[tuple[str, str]]:
+        """(position, choice) of every block the arch runs, as :meth:`latency_parts` names them."""
 
     # -- networks ------------------------------------------------------------------
     @abc.abstractmethod

@@ -9,6 +9,7 @@ from typing import Any
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces import PUBLISHED, build_space
+from elastic_nas.spaces.latency import LatencyTable
 
 
 def arch_info(args: argparse.Namespace) -> int:
@@ -17,12 +18,22 @@ def arch_info(args: argparse.Namespace) -> int:
     The published layout is used (``stem_stride`` 2, ``width_mult`` 1.0). Cream stage depths
     are not capped here: ``max_depths`` only bounds a supernet, not the cost of an arch.
     """
-    info = describe(args.arch, args.space, args.input_size, args.num_classes)
+    info = describe(args.arch, args.space, args.input_size, args.num_classes, args.latency_table)
     print(json.dumps(info, indent=2))
     return 0
 
 
-def describe(arch_text: str, space: str | None, input_size: int | None, num_classes: int) -> dict[str, Any]:
+def describe(arch_text: str, space: str | None, input_size: int | None, num_classes: int,
+             latency_table: str = "") -> dict[str, Any]:
+    """With ``latency_table``, the arch is costed in the table's space (its tags) and its
+    predicted latency is added."""
+    table = LatencyTable.load(latency_table, "--latency-table") if latency_table else None
+    if table is not None:
+        cfg = SpaceConfig(**table.tags["space"])
+        if space not in (None, cfg.name) or input_size not in (None, cfg.input_size):
+            raise ArchError(f"--latency-table {latency_table} is of the {cfg.name} space at {cfg.input_size} px; "
+                            "leave --space and --input-size out or make them match")
+        space, input_size, num_classes = cfg.name, cfg.input_size, cfg.num_classes
     name = None
     if arch_text in PUBLISHED:
         name = arch_text
@@ -43,7 +54,9 @@ def describe(arch_text: str, space: str | None, input_size: int | None, num_clas
     if input_size <= 0 or num_classes <= 0:
         raise ArchError(f"--input-size and --num-classes must be > 0, got {input_size} and {num_classes}")
     cfg = SpaceConfig(name=space, input_size=input_size, num_classes=num_classes, stem_stride=2)
-    if space == "spos":
+    if table is not None:
+        cfg = SpaceConfig(**table.tags["space"])
+    elif space == "spos":
         # [[ops], [scale ids]] is the block+channel format.
         cfg.channel_search = isinstance(raw, (list, tuple)) and len(raw) == 2
     elif space == "cream":
@@ -65,6 +78,9 @@ def describe(arch_text: str, space: str | None, input_size: int | None, num_clas
     )
     if space == "spos":
         info["channel_search"] = cfg.channel_search
+    if table is not None:
+        info["latency_ms"] = round(table.predict_ms(search_space, arch), 4)
+        info["latency_device"] = table.describe()
     return info
 
 

@@ -40,6 +40,7 @@ from torch import nn
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces.base import Arch, SearchSpace, Supernet, as_int, as_list, inherit_weights
+from elastic_nas.spaces.latency import LatencyParts, Part
 from elastic_nas.spaces.layers import (
     SqueezeExcite,
     centre_kernel,
@@ -480,6 +481,25 @@ class CreamSpace(SearchSpace):
     def smallest_arch(self) -> Arch:
         """Block costs are non-negative and additive: one cheapest block per stage."""
         return tuple((int(np.argmin(t[0])),) for t in self._macs_table)
+
+    # -- latency -------------------------------------------------------------------
+    def latency_parts(self) -> LatencyParts:
+        lay, cfg = self.layout, self.cfg
+        fixed = {
+            "stem": Part(lambda: nn.Sequential(ConvBnAct(3, lay.stem_chs, 3, cfg.stem_stride),
+                                               DepthwiseSeparable(lay.stem_chs)), 3, cfg.input_size),
+            "head": Part(lambda: nn.Sequential(ConvBnAct(lay.stage_chs[-1], lay.final_chs, 1),
+                                               _Head(lay.final_chs, lay.head_chs, cfg.num_classes)),
+                         lay.stage_chs[-1], lay.h_last),
+        }
+        choices = {f"s{s}.b{j}": {str(op): Part(lambda b=b, op=op: InvertedResidual(b.in_chs, b.out_chs, *OPS[op],
+                                                                                      b.stride), b.in_chs, b.h_in)
+                                  for op in range(NUM_OPS)}
+                   for s, stage in enumerate(lay.stages) for j, b in enumerate(stage)}
+        return LatencyParts(fixed, choices)
+
+    def latency_keys(self, arch: Any) -> list[tuple[str, str]]:
+        return [(f"s{s}.b{j}", str(op)) for s, ops in enumerate(self.validate(arch)) for j, op in enumerate(ops)]
 
     # -- networks ------------------------------------------------------------------
     def build_supernet(self) -> CreamSupernet:

@@ -34,6 +34,7 @@ from torch import nn
 from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces.base import Arch, SearchSpace, Supernet, as_int, as_list, inherit_weights
+from elastic_nas.spaces.latency import LatencyParts, Part
 from elastic_nas.spaces.layers import channel_shuffle, conv_bn, make_divisible, sliced_bn, sliced_conv
 
 STAGE_REPEATS = (4, 4, 8, 4)
@@ -434,6 +435,24 @@ class SposSpace(SearchSpace):
         genes = [pick(((op, sc) for op in range(NUM_OPS) for sc in scale_range), key=lambda g, t=t: t[g[0]][g[1]])
                  for t in self._macs_table]
         return self._join(tuple(op for op, _ in genes), tuple(sc for _, sc in genes))
+
+    # -- latency -------------------------------------------------------------------
+    def latency_parts(self) -> LatencyParts:
+        lay, cfg = self.layout, self.cfg
+        fixed = {"stem": Part(lambda: _stem(lay.stem_chs, cfg.stem_stride, True), 3, cfg.input_size),
+                 "head": Part(lambda: _Head(lay.last_chs, lay.head_chs, cfg.num_classes, True), lay.last_chs, lay.h_last)}
+        scales = range(len(SCALE_LIST)) if cfg.channel_search else (BLOCK_SCALE_ID,)
+        choices = {f"b{i}": {self._choice_key(op, sc): Part(
+            lambda b=b, op=op, sc=sc: make_block(op, b.in_chs, b.out_chs, b.mid_chs_list[sc], b.stride, True),
+            b.in_chs, b.h_in) for op in range(NUM_OPS) for sc in scales} for i, b in enumerate(lay.blocks)}
+        return LatencyParts(fixed, choices)
+
+    def latency_keys(self, arch: Any) -> list[tuple[str, str]]:
+        ops, scales = self.split(self.validate(arch))
+        return [(f"b{i}", self._choice_key(op, sc)) for i, (op, sc) in enumerate(zip(ops, scales))]
+
+    def _choice_key(self, op: int, scale_id: int) -> str:
+        return f"{op}@{scale_id}" if self.cfg.channel_search else str(op)
 
     # -- networks ------------------------------------------------------------------
     def build_supernet(self) -> SposSupernet:
