@@ -66,6 +66,7 @@ def _build_on_ray(space_cfg, options: dict, resources: dict):
     import ray
 
     from elastic_nas.cluster.launcher import init_ray
+    from elastic_nas.spaces.latency import LatencyTable
 
     def measure(space_cfg, options: dict) -> dict:
         from elastic_nas.spaces import build_space
@@ -79,7 +80,5 @@ def _build_on_ray(space_cfg, options: dict, resources: dict):
     resources = dict(resources)
     num_cpus, num_gpus = resources.pop("CPU", options["threads"]), resources.pop("GPU", 0)
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None)(measure)
-    from elastic_nas.spaces.latency import LatencyTable
-
     data = ray.get(task.remote(space_cfg, options))
     return LatencyTable(data["tags"], data["fixed_ms"], data["choices_ms"], data["settings"])

@@ -132,7 +132,8 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
         # 3. report it: the searcher tells the generator at once
         ray.tune.report(dict(
             metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
-            latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index, eval_s=time.perf_counter() - t1,
+            latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
+            eval_s=time.perf_counter() - t1,
             setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
 
 

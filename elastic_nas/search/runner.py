@@ -143,7 +143,8 @@ def _reports(trial_dir: str) -> list[dict]:
 
 def _row(cand: dict, scores: dict, meta: dict) -> dict:
     return {"arch": _key(cand["arch"]), "macs": int(cand["macs"]), "params": int(cand["params"]),
-            "latency_ms": float(cand.get("latency_ms", 0.0)), "accuracy": float(scores.get("accuracy", math.nan)), "loss": float(scores.get("loss", math.nan)),
+            "latency_ms": float(cand.get("latency_ms", 0.0)), "accuracy": float(scores.get("accuracy", math.nan)),
+            "loss": float(scores.get("loss", math.nan)),
             "generation": int(cand["generation"]), "trial_id": meta.get("trial_id", ""),
             "eval_s": float(scores.get("eval_s", math.nan))}
 

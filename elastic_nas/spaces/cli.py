@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from elastic_nas.config import SpaceConfig
+from elastic_nas.config import SpaceConfig, from_dict
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces import PUBLISHED, build_space
 from elastic_nas.spaces.latency import LatencyTable
@@ -29,11 +29,11 @@ def describe(arch_text: str, space: str | None, input_size: int | None, num_clas
     predicted latency is added."""
     table = LatencyTable.load(latency_table, "--latency-table") if latency_table else None
     if table is not None:
-        cfg = SpaceConfig(**table.tags["space"])
-        if space not in (None, cfg.name) or input_size not in (None, cfg.input_size):
-            raise ArchError(f"--latency-table {latency_table} is of the {cfg.name} space at {cfg.input_size} px; "
-                            "leave --space and --input-size out or make them match")
-        space, input_size, num_classes = cfg.name, cfg.input_size, cfg.num_classes
+        table_cfg = from_dict(SpaceConfig, table.tags["space"])
+        if space not in (None, table_cfg.name) or input_size not in (None, table_cfg.input_size):
+            raise ArchError(f"--latency-table {latency_table} is of the {table_cfg.name} space at "
+                            f"{table_cfg.input_size} px; leave --space and --input-size out or make them match")
+        space, input_size, num_classes = table_cfg.name, table_cfg.input_size, table_cfg.num_classes
     name = None
     if arch_text in PUBLISHED:
         name = arch_text
@@ -55,7 +55,7 @@ def describe(arch_text: str, space: str | None, input_size: int | None, num_clas
         raise ArchError(f"--input-size and --num-classes must be > 0, got {input_size} and {num_classes}")
     cfg = SpaceConfig(name=space, input_size=input_size, num_classes=num_classes, stem_stride=2)
     if table is not None:
-        cfg = SpaceConfig(**table.tags["space"])
+        cfg = table_cfg
     elif space == "spos":
         # [[ops], [scale ids]] is the block+channel format.
         cfg.channel_search = isinstance(raw, (list, tuple)) and len(raw) == 2

@@ -5,8 +5,9 @@ A space lists its parts (:meth:`SearchSpace.latency_parts`): the fixed ones ever
 (stem, head) and, per block position, one standalone block per choice at that position's
 input size, width and stride (the modules the standalone subnet is built from). Each part is
 timed alone (warm-up, then the median of repeated runs, cycling through copies so its weights
-are as cold as in a whole net); an arch's predicted latency is the sum of its parts. A table is tagged with what decides the figures (device, torch version,
-batch, threads, precision, memory format and the space) and is refused where the tags differ.
+are as cold as in a whole net); an arch's predicted latency is the sum of its parts. A table
+is tagged with what decides the figures (device, torch version, batch, threads, precision,
+memory format and the space); a search refuses a table of another space.
 No Ray in here: ``elastic-nas latency build`` may run it as a Ray task on a chosen node type.
 """
 
