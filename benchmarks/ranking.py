@@ -234,6 +234,8 @@ def run(a) -> dict:
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
              for v in a.variants for s in range(a.supernet_seeds)]
     jobs += [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
+    if a.supernets_first:  # a new supernet variant's figures before the last truth jobs (an interim report)
+        jobs.sort(key=lambda j: not j[1].startswith("sn_"))
     if a.report_only:  # the figures of the finished jobs; the rest are listed as missing
         results = {j[1]: json.loads((work / f"{j[1]}.json").read_text()) for j in jobs
                    if (work / f"{j[1]}.json").exists()}
@@ -399,6 +401,8 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
+    ap.add_argument("--supernets-first", action="store_true",
+                    help="train the supernets before the truth jobs not done yet (the report is interim until they are)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
