@@ -42,18 +42,19 @@ def pareto_front(table: pd.DataFrame, cost: str = "macs") -> pd.DataFrame:
 def best_per_budget(table: pd.DataFrame, budgets_m: list[float]) -> list[dict[str, Any]]:
     """For each MACs budget (millions): the most accurate candidate at or under it (null if none)."""
     ok = table[table["accuracy"].notna()]
+    latency = has_latency(table)
     out = []
     for b in sorted(budgets_m):
         under = ok[ok["macs"] <= b * 1e6]
         entry: dict[str, Any] = {"budget_macs": int(round(b * 1e6)), "arch": None, "macs": None,
                                  "params": None, "accuracy": None}
-        if has_latency(table):
+        if latency:
             entry["latency_ms"] = None
         if len(under):
             row = under.sort_values(["accuracy", "macs"], ascending=[False, True]).iloc[0]
             entry.update(arch=json.loads(row["arch"]), macs=int(row["macs"]), params=int(row["params"]),
                          accuracy=float(row["accuracy"]))
-            if has_latency(table):
+            if latency:
                 entry["latency_ms"] = float(row["latency_ms"])
         out.append(entry)
     return out
@@ -117,17 +118,18 @@ def write_outputs(table: pd.DataFrame, out_dir: Path, space_cfg: dict, budgets_m
     atomic_write(out_dir / PARETO_CSV, lambda tmp: front.to_csv(tmp, index=False))
     write_json(out_dir / BEST_PER_BUDGET, best_per_budget(table, budgets_m))
     chosen = choose(table)
+    latency = has_latency(table)
     outputs = {"results": str(out_dir / RESULTS_PARQUET), "results (csv)": str(out_dir / RESULTS_CSV),
                "pareto front": str(out_dir / PARETO_CSV), "best per budget": str(out_dir / BEST_PER_BUDGET)}
     if chosen is not None:
-        latency = {"latency_ms": float(chosen["latency_ms"])} if has_latency(table) else {}
+        chosen_latency = {"latency_ms": float(chosen["latency_ms"])} if latency else {}
         write_json(out_dir / CHOSEN, dict(
             space=space_cfg, arch=json.loads(chosen["arch"]), macs=int(chosen["macs"]),
             params=int(chosen["params"]), accuracy=float(chosen["accuracy"]), loss=float(chosen["loss"]),
-            generation=int(chosen["generation"]), **latency, **extra))
+            generation=int(chosen["generation"]), **chosen_latency, **extra))
         outputs["chosen arch"] = str(out_dir / CHOSEN)
     outputs["plot"] = str(plot_search(table, front, budgets_m, chosen, out_dir / PLOT, title))
-    if has_latency(table):  # the latency Pareto front beside the MACs one
+    if latency:  # the latency Pareto front beside the MACs one
         front = pareto_front(table, "latency_ms")
         atomic_write(out_dir / PARETO_LATENCY_CSV, lambda tmp: front.to_csv(tmp, index=False))
         outputs["pareto front (latency)"] = str(out_dir / PARETO_LATENCY_CSV)

@@ -30,6 +30,7 @@ from elastic_nas.errors import ArchError, ConfigError
 from elastic_nas.spaces.precision import Precision
 
 FORMAT = "elastic-nas latency table 1"
+TAGS = ("device", "device_type", "torch", "batch", "threads", "precision", "channels_last", "space")
 # The space keys that decide a part's shape (weight sharing only changes the supernet).
 SPACE_KEYS = ("name", "input_size", "num_classes", "stem_stride", "width_mult", "channel_search", "max_depths",
               "stage_repeats")
@@ -156,10 +157,12 @@ class LatencyTable:
             raise ConfigError(where, f"{path} is not an elastic-nas latency table ({FORMAT!r})")
         try:
             table = cls(data["tags"], data["fixed_ms"], data["choices_ms"], data.get("settings", {}))
-            for key in ("device", "device_type", "torch", "batch", "threads", "precision", "channels_last", "space"):
-                table.tags[key]  # noqa: B018 - every tag must be there
+            complete = all(key in table.tags for key in TAGS)
         except (KeyError, TypeError):
-            raise ConfigError(where, f"{path}: a latency table needs tags, fixed_ms and choices_ms") from None
+            complete = False
+        if not complete:
+            raise ConfigError(where, f"{path}: a latency table needs tags ({', '.join(TAGS)}), fixed_ms and "
+                                     "choices_ms")
         return table
 
 

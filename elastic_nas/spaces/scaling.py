@@ -65,7 +65,8 @@ def fit_gamma(space_cfg: SpaceConfig, arch: Any, alpha: float, beta: float, flop
     """The resolution coefficient under which each step of phi multiplies the MACs by
     ``flops_factor``: depth and width priced by the cost model on this arch at each phi in
     ``phis``, resolution as the input's area (every conv's MACs grow with it), fitted in log
-    space over ``phis`` (ceil makes depth's growth uneven over phi). At least 1."""
+    space over ``phis`` (ceil makes depth's growth uneven over phi). Below 1 where depth and
+    width alone grow the MACs faster: no gamma >= 1 keeps the factor."""
     from elastic_nas.spaces import build_space
 
     space = build_space(space_cfg)
