@@ -1,6 +1,6 @@
 """Search throughput: Tune with N evaluator slots vs a sequential single-process loop.
 
-Both sides do the same work per candidate (exact BN recalibration on the calibration
+Every side does the same work per candidate (exact BN recalibration on the calibration
 images, then top-1 on the validation images) with one torch thread, on the same
 snapshot and the same random legal candidates. Reports
 
@@ -11,7 +11,10 @@ snapshot and the same random legal candidates. Reports
   time, where slot-seconds = fit wall time x slots / candidates (target <= 3%);
 * supernet builds per evaluator process (the snapshot is deserialised once per process);
 * the machine's ceiling: the same candidates split over N plain processes (no Ray), and
-  Tune's candidates/s as a fraction of it.
+  Tune's candidates/s as a fraction of it;
+* where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
+  controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
+  share left to the evaluators bounds Tune's fraction of the ceiling on this machine.
 
     python benchmarks/search_speed.py --candidates 24 --evaluators 2
 
@@ -68,19 +71,10 @@ def generator(space, n: int):
 
 
 def sequential(space, snapshot, data, n: int) -> dict:
-    from elastic_nas.search.evaluator import get_supernet
-
-    torch.set_num_threads(1)
-    archs = [c.arch for c in generator(space, n).next_generation()]
-    t0 = time.perf_counter()
-    _, model = get_supernet(snapshot)
-    evals = []
-    for arch in archs:
-        t = time.perf_counter()
-        evaluate_arch(model, arch, data)
-        evals.append(time.perf_counter() - t)
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals)}
+    """The candidates one after another in one plain process, spawned like the parallel
+    ones (a loop in this process, which has built the data and imported Ray, ran each
+    candidate up to 20 % slower than a fresh process did: a baseline that flattered Tune)."""
+    return plain_parallel(space, snapshot, data, n, 1)
 
 
 def _plain_worker(args) -> tuple[float, float, list[float]]:
@@ -98,8 +92,9 @@ def _plain_worker(args) -> tuple[float, float, list[float]]:
 
 
 def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
-    """The same candidates split over ``procs`` plain processes (no Ray): what this machine
-    gives for parallel evaluation at best, the ceiling for Tune's speed-up."""
+    """The same candidates split over ``procs`` plain processes (no Ray), timed from the first
+    one's first candidate (process start and supernet build left out): what this machine gives
+    for parallel evaluation at best, the ceiling for Tune's speed-up."""
     import multiprocessing as mp
 
     archs = [c.arch for c in generator(space, n).next_generation()]
@@ -109,6 +104,54 @@ def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
     wall = max(end for _, end, _ in out) - min(start for start, _, _ in out)
     evals = [e for *_, es in out for e in es]
     return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals)}
+
+
+class CpuAccount:
+    """CPU-seconds of this process and its descendants (Ray's processes and workers, all
+    started by this driver's ``ray.init``), sampled from /proc until :meth:`stop`: processes
+    that exit keep their last sample."""
+
+    def __init__(self, period: float = 0.5):
+        import threading
+
+        self.period, self.last, self.base = period, {}, self._sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _sample() -> dict[int, tuple[int, str, float]]:
+        """pid -> (parent pid, command, CPU-seconds) of every process readable in /proc."""
+        tick, out = os.sysconf("SC_CLK_TCK"), {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            out[int(pid)] = (int(fields[1]), cmd.strip(), (int(fields[11]) + int(fields[12])) / tick)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._record()
+
+    def _record(self) -> None:
+        snap = self._sample()
+        mine = {os.getpid()}
+        for _ in range(4):  # driver -> Ray daemons -> raylet's workers and agents
+            mine |= {pid for pid, (ppid, _, _) in snap.items() if ppid in mine}
+        self.last.update({pid: snap[pid] for pid in mine})
+
+    def stop(self, evaluator_pids: set[int]) -> dict[str, float]:
+        self._record()
+        self._stop.set()
+        self._thread.join()
+        used = {pid: cpu - self.base.get(pid, (0, "", 0.0))[2] for pid, (_, _, cpu) in self.last.items()}
+        evaluators = sum(cpu for pid, cpu in used.items() if pid in evaluator_pids)
+        driver = used.get(os.getpid(), 0.0)
+        return {"evaluators": evaluators, "driver": driver, "ray": sum(used.values()) - evaluators - driver}
 
 
 def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -> dict:
@@ -125,13 +168,15 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     try:
         per_trial, slots = trial_batching(cfg, space, snapshot, data)
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
+        account = CpuAccount()
         t0 = time.perf_counter()
         grid = run_tune(cfg, searcher, snapshot, data, Path(tmp) / f"tune{per_trial}")
         wall = time.perf_counter() - t0
+        reports = [json.loads(line) for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
+                   if line.strip()]
+        cpu = account.stop({m["pid"] for m in reports})  # before shutdown: Ray's processes still listed
     finally:
         ray.shutdown()
-    reports = [json.loads(line) for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
-               if line.strip()]
     evals = [m["eval_s"] for m in reports]
     builds: dict[int, int] = {}
     for m in reports:
@@ -145,6 +190,10 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         "overhead_per_candidate": (slot_s_per_cand - eval_mean) / eval_mean,
         "evaluator_processes": len(builds), "builds_per_process": builds,
         "max_builds_per_process": max(builds.values()),
+        # CPU-seconds during the run (the machine had wall x cpu_count); what Ray's processes
+        # and the driver take is not available to the evaluators
+        "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
+        "machine_share": {k: round(v / (wall * os.cpu_count()), 4) for k, v in cpu.items()},
     }
 
 
@@ -180,7 +229,9 @@ def main() -> int:
                   f"{tun['candidates_per_s'] / seq['candidates_per_s']:.2f}x sequential, "
                   f"{tun['candidates_per_s'] / par['candidates_per_s']:.2f} of the ceiling; overhead per "
                   f"candidate {100 * tun['overhead_per_candidate']:.1f}%; builds per process "
-                  f"{tun['builds_per_process']}", flush=True)
+                  f"{tun['builds_per_process']}; CPU share of the machine: evaluators "
+                  f"{100 * tun['machine_share']['evaluators']:.1f}%, driver {100 * tun['machine_share']['driver']:.1f}%, "
+                  f"Ray's processes {100 * tun['machine_share']['ray']:.1f}%", flush=True)
     tun = runs["batched"]
     speedup = tun["candidates_per_s"] / seq["candidates_per_s"]
     result = {
@@ -199,6 +250,8 @@ def main() -> int:
             "one_per_trial_overhead_per_candidate": runs["one_per_trial"]["overhead_per_candidate"],
             "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
             "max_supernet_builds_per_process": tun["max_builds_per_process"],
+            # the most of the ceiling Tune could reach here with no per-trial cost at all
+            "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
         },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

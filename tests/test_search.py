@@ -161,9 +161,11 @@ def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_a
                                  generations=1, max_tries=50)
     s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
                            candidates_per_trial=4, slots=2)
-    batches = [s.suggest("a"), s.suggest("b"), s.suggest("c")]
-    assert [len(b["candidates"]) for b in batches] == [4, 4, 2]  # 10 candidates, at most 4 a trial
-    assert s.suggest("d") is None
+    batches = [s.suggest(t) for t in "abcd"]
+    # 10 candidates, at most 4 a trial, shrinking as the generation drains: the last two
+    # trials end close together instead of one slot idling through a full batch
+    assert [len(b["candidates"]) for b in batches] == [4, 3, 2, 1]
+    assert s.suggest("x") is None
     first = batches[0]
     s.on_trial_result("a", _report(first, 70.0, 0))
     key = arch_key(SPACE, first["candidates"][0]["arch"])
@@ -172,7 +174,7 @@ def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_a
     s.on_trial_complete("a", _report(first, 60.0, 1))  # died after its second candidate
     told = [s.generator.candidates[arch_key(SPACE, c["arch"])].score for c in first["candidates"]]
     assert told == [70.0, 60.0, -math.inf, -math.inf]  # never reported: failed
-    for trial, batch in (("b", batches[1]), ("c", batches[2])):
+    for trial, batch in zip("bcd", batches[1:]):
         for i in range(len(batch["candidates"])):
             s.on_trial_result(trial, _report(batch, 50.0 + i, i))
         s.on_trial_complete(trial, _report(batch, 50.0 + i, i))

@@ -159,7 +159,9 @@ def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir,
     again; only the batches that were running when the driver died are redone."""
     args = search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.calib_images": 600,
                                                             "evaluator.candidates_per_trial": 3})
-    first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    # State saved on every step (not Tune's 10 s default), so the kill lands between two
+    # trials' ends of this short search.
+    first = CliRun(args, env={"RAY_ADDRESS": cluster.address, "TUNE_GLOBAL_CHECKPOINT_S": "0"})
     tune_dir = tmp_path / "out" / "s" / "tune"
     end = time.monotonic() + 180
     # Kill once a trial has finished and the saved experiment state knows it.

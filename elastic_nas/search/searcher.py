@@ -6,8 +6,8 @@ generation's candidates, a batch per trial, returns ``None`` ("not now") while a
 is still running, asks the generator for the next generation once all are scored, and
 returns ``Searcher.FINISHED`` when the generator is done.
 
-A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer when that would
-leave evaluator slots idle within a generation) and reports each one as it is scored, so
+A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
+drains, so no evaluator slot idles through another's last full batch) and reports each one as it is scored, so
 Tune's per-trial bookkeeping (trial start, result handling, state saves) is paid once per
 batch. Each candidate is told to the generator as its result arrives; a killed evaluator's
 trial is retried by Tune and re-reports its batch (same scores: the evaluation is
@@ -84,7 +84,9 @@ class GenerationSearcher(Searcher):
             if fresh is None:
                 return Searcher.FINISHED
             self.current = _Generation([c.key for c in fresh])
-        per_trial = min(self.candidates_per_trial, math.ceil(self.current.size / self.slots))
+        # Batches shrink as the generation drains (guided self-scheduling), so the evaluators
+        # reach the generation barrier nearly together instead of one waiting out a full batch.
+        per_trial = min(self.candidates_per_trial, math.ceil(len(self.current.unsuggested) / self.slots))
         batch, self.current.unsuggested = self.current.unsuggested[:per_trial], self.current.unsuggested[per_trial:]
         self.current.running[trial_id] = batch
         return {"candidates": [self._candidate(key) for key in batch]}
