@@ -120,17 +120,16 @@ class CpuAccount:
         self._thread.start()
 
     @staticmethod
-    def _sample() -> dict[int, tuple[int, str, float]]:
-        """pid -> (parent pid, command, CPU-seconds) of every process readable in /proc."""
+    def _sample() -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU-seconds) of every process readable in /proc."""
         tick, out = os.sysconf("SC_CLK_TCK"), {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            out[int(pid)] = (int(fields[1]), cmd.strip(), (int(fields[11]) + int(fields[12])) / tick)
+            fields = stat[stat.rfind(")") + 2:].split()  # after the command, which may hold spaces
+            out[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
         return out
 
     def _run(self) -> None:
@@ -141,14 +140,14 @@ class CpuAccount:
         snap = self._sample()
         mine = {os.getpid()}
         for _ in range(4):  # driver -> Ray daemons -> raylet's workers and agents
-            mine |= {pid for pid, (ppid, _, _) in snap.items() if ppid in mine}
+            mine |= {pid for pid, (ppid, _) in snap.items() if ppid in mine}
         self.last.update({pid: snap[pid] for pid in mine})
 
     def stop(self, evaluator_pids: set[int]) -> dict[str, float]:
         self._record()
         self._stop.set()
         self._thread.join()
-        used = {pid: cpu - self.base.get(pid, (0, "", 0.0))[2] for pid, (_, _, cpu) in self.last.items()}
+        used = {pid: cpu - self.base.get(pid, (0, 0.0))[1] for pid, (_, cpu) in self.last.items()}
         evaluators = sum(cpu for pid, cpu in used.items() if pid in evaluator_pids)
         driver = used.get(os.getpid(), 0.0)
         return {"evaluators": evaluators, "driver": driver, "ray": sum(used.values()) - evaluators - driver}
