@@ -7,9 +7,9 @@ is still running, asks the generator for the next generation once all are scored
 returns ``Searcher.FINISHED`` when the generator is done.
 
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
-drains, so no evaluator slot idles through another's last full batch) and reports each one as it is scored, so
-Tune's per-trial bookkeeping (trial start, result handling, state saves) is paid once per
-batch. Each candidate is told to the generator as its result arrives; a killed evaluator's
+drains, so no evaluator slot idles through another's last full batch) and reports each one
+as it is scored, so Tune's per-trial bookkeeping (trial start, result handling, state
+saves) is paid once per batch. Each candidate is told to the generator as its result arrives; a killed evaluator's
 trial is retried by Tune and re-reports its batch (same scores: the evaluation is
 deterministic), and a candidate its trial never reported counts as failed.
 
