@@ -55,11 +55,16 @@ def eval_data(splits, n: int, seed: int) -> EvalData:
 
 
 def search(method: str, space, model, data: EvalData, macs_max: float, settings: EvolutionSettings,
-           seed: int) -> dict:
-    """Evolution or random search on ``model`` under ``macs_max``, scoring candidates as the
-    Tune evaluators do; the best candidate and the best score after each generation."""
-    gen = make_generator(method, space, lambda arch: (space.macs(arch), space.params(arch)),
-                         Constraints(macs_max=macs_max), settings, seed)
+           seed: int, latency_table=None, latency_max_ms: float = 0.0) -> dict:
+    """Evolution or random search on ``model`` under ``macs_max`` (and, with a latency table,
+    ``latency_max_ms``), scoring candidates as the Tune evaluators do; the best candidate and
+    the best score after each generation."""
+    def cost(arch) -> tuple:
+        macs, params = space.macs(arch), space.params(arch)
+        return (macs, params) if latency_table is None else (macs, params, latency_table.predict_ms(space, arch))
+
+    gen = make_generator(method, space, cost, Constraints(macs_max=macs_max, latency_max_ms=latency_max_ms),
+                         settings, seed)
     best_by_gen = []
     while (batch := gen.next_generation()) is not None:
         for c in batch:

@@ -226,6 +226,8 @@ def run(a) -> dict:
     check = sorted(range(len(archs)), key=lambda i: space.macs(archs[i]))[:: max(1, len(archs) // a.check)][:a.check]
     jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps)
             for i in range(len(archs)) for s in (0, 1)]
+    if a.truth_from:
+        seed_work_dir(a, work, archs, check)
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
     steps = {v: max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
@@ -236,12 +238,13 @@ def run(a) -> dict:
     jobs += [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
     if a.supernets_first:  # a new supernet variant's figures before the last truth jobs (an interim report)
         jobs.sort(key=lambda j: not j[1].startswith("sn_"))
-    if a.report_only:  # the figures of the finished jobs; the rest are listed as missing
-        results = {j[1]: json.loads((work / f"{j[1]}.json").read_text()) for j in jobs
-                   if (work / f"{j[1]}.json").exists()}
-    else:
-        results = dict(zip([j[1] for j in jobs], run_jobs(cached, jobs, a.procs)))
-    missing = [j[1] for j in jobs if j[1] not in results]
+    checks = [j for j in jobs if j[1].endswith(f"_{2 * a.truth_steps}")]  # the budget check runs last
+    results = {j[1]: json.loads((work / f"{j[1]}.json").read_text()) for j in jobs
+               if (work / f"{j[1]}.json").exists()}
+    if not a.report_only:
+        first = [j for j in jobs if j not in checks]
+        results.update(zip([j[1] for j in first], run_jobs(cached, first, a.procs)))
+    missing = [j[1] for j in jobs if j[1] not in results and j not in checks]
     partial = None
     if any(key.startswith("sa_") and key.endswith(f"_{a.truth_steps}") for key in missing):
         # An interim report on the subnets whose two truth seeds are done (no budget check):
@@ -263,25 +266,32 @@ def run(a) -> dict:
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
            "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),
            "missing_jobs": missing, "interim": partial}
-    twice = [results[key]["test_top1"] for key in (f"sa_{i}_s0_{2 * a.truth_steps}" for i in check) if key in results]
-    out["budget_check"] = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps],
-                           "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice}
-    if len(twice) == len(check):
-        out["budget_check"]["kendall_tau"] = round(kendall_tau(truth[check, 0], twice), 4)
-        out["budget_check"]["stable"] = out["budget_check"]["kendall_tau"] >= 0.8
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
-    if len(twice) == len(check):  # the same rankers against the longer truth, on its few subnets
-        rankers = {"macs": [space.macs(archs[i]) for i in check]}
-        rankers.update({f"{v}_s{s}": [results[f"sn_{v}_s{s}_{steps[v]}"]["scores"][i] for i in check]
-                        for v in done for s in range(a.supernet_seeds)})
-        out["budget_check"]["kendall_tau_vs_twice"] = {k: round(kendall_tau(p, twice), 4) for k, p in rankers.items()}
-        out["budget_check"]["kendall_tau_vs_budget"] = {k: round(kendall_tau(p, truth[check, 0]), 4)
-                                                        for k, p in rankers.items()}
-    if not missing and done and not a.report_only:  # the search and its retrains are training
+    if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
+    if partial is None and not a.report_only:
+        results.update(zip([j[1] for j in checks], run_jobs(cached, checks, a.procs)))
+    out["missing_jobs"] += [j[1] for j in checks if j[1] not in results]
+    out["budget_check"] = budget_check(a, space, archs, check, truth, results, done, steps)
     return out
 
+
+def budget_check(a, space, archs, check, truth, results, done, steps) -> dict:
+    """Stand-alone top-1 of the check subnets at the budget and twice it, and how the rankers rank both."""
+    twice = [results[key]["test_top1"] for key in (f"sa_{i}_s0_{2 * a.truth_steps}" for i in check) if key in results]
+    out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps],
+           "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice}
+    if len(twice) < len(check) or not check:
+        return out
+    out["kendall_tau"] = round(kendall_tau(truth[check, 0], twice), 4)
+    out["stable"] = out["kendall_tau"] >= 0.8
+    rankers = {"macs": [space.macs(archs[i]) for i in check]}  # the same rankers against the longer truth
+    rankers.update({f"{v}_s{s}": [results[f"sn_{v}_s{s}_{steps[v]}"]["scores"][i] for i in check]
+                    for v in done for s in range(a.supernet_seeds)})
+    out["kendall_tau_vs_twice"] = {k: round(kendall_tau(p, twice), 4) for k, p in rankers.items()}
+    out["kendall_tau_vs_budget"] = {k: round(kendall_tau(p, truth[check, 0]), 4) for k, p in rankers.items()}
+    return out
 
 def subset_taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict:
     """Kendall tau on each subset of the subnets (the stratified ones with a bootstrap CI)."""
@@ -327,13 +337,18 @@ def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -
     best = max(out["variants"], key=lambda v: out["variants"][v]["kendall_tau_mean"])
     space = build_space(from_dict(SpaceConfig, SPACE))
     steps = out["variants"][best]["steps"]
-    picks = {m: cached(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}", searched, a, best, steps,
-                       m, budget) for m in ("evolution", "random")}
+    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}", searched, a, best, steps, m,
+                 budget) for m in ("evolution", "random")]
+    picks = dict(zip(("evolution", "random"), finished(a, work, searches)))
+    if None in picks.values():
+        return {"variant": best, "missing": [j[1] for j in searches]}
     largest = space.to_json(space.extreme_arch(True, 0, budget))
     archs = {"evolution": picks["evolution"]["arch"], "random": picks["random"]["arch"], "largest_macs": largest}
     jobs = [(work, f"pick_{name}_{hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
              standalone, a, arch, s, a.truth_steps) for name, arch in archs.items() for s in range(3)]
-    results = run_jobs(cached, jobs, a.procs)
+    results = finished(a, work, jobs)
+    if None in results:
+        return {"variant": best, "missing": [j[1] for j, r in zip(jobs, results) if r is None]}
     retrained = {name: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, name in enumerate(archs)}
     spread = float(np.std(truth[:, 0] - truth[:, 1], ddof=1) / np.sqrt(2))  # one run's seed SD
     return {"variant": best, "budget_macs": budget, "evaluations": picks["evolution"]["evaluated"],
@@ -343,6 +358,34 @@ def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -
                       for name, arch in archs.items()},
             "standalone_seed_sd": round(spread, 2)}
 
+
+def finished(a, work: Path, jobs: list[tuple]) -> list:
+    """The jobs' results: run where missing, or (``--report-only``) None where not cached."""
+    if not a.report_only:
+        return run_jobs(cached, jobs, a.procs)
+    return [json.loads((work / f"{j[1]}.json").read_text()) if (work / f"{j[1]}.json").exists() else None
+            for j in jobs]
+
+
+def seed_work_dir(a, work: Path, archs: list, check: list[int]) -> None:
+    """Cache the stand-alone results and step times of an earlier run's JSON (``--truth-from``) for the jobs
+    they are: same space, data, truth steps and subnets, or exit 2."""
+    old = json.loads(Path(a.truth_from).read_text())
+    same = (old["space"] == SPACE and old["data"] == DATA and old["truth_steps"] == a.truth_steps
+            and [s["arch"] for s in old["subnets"]] == archs and old["budget_check"]["subnets"] == check)
+    if not same:
+        print(f"ranking: {a.truth_from} holds another space, data, truth budget or subnets", file=sys.stderr)
+        raise SystemExit(2)
+    seeded = {f"sa_{i}_s{s}_{a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
+              for i, sub in enumerate(old["subnets"]) for s, top1 in enumerate(sub["test_top1_seeds"])}
+    seeded.update({f"sa_{i}_s0_{2 * a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
+                   for i, top1 in zip(check, old["budget_check"]["top1_at_twice"])})
+    # the step times that set each variant's steps at equal time, so its supernets are the same jobs
+    seeded.update({f"step_{v}": r["step_seconds"] for v, r in old["variants"].items() if v in a.variants})
+    for key, value in seeded.items():
+        if not (work / f"{key}.json").exists():
+            atomic_write(work / f"{key}.json", json.dumps(value))
+    print(f"ranking: {len(seeded)} results taken from {a.truth_from}", flush=True)
 
 def plot(out: dict, path: Path) -> None:
     import matplotlib
@@ -403,6 +446,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
                     help="train the supernets before the truth jobs not done yet (the report is interim until they are)")
+    ap.add_argument("--truth-from", default="",
+                    help="an earlier run's results JSON: its stand-alone results and step times are cached, not rerun")
     ap.add_argument("--report-only", action="store_true",
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()

@@ -282,6 +282,49 @@ class SandwichConfig:
 
 
 @dataclass
+class ProxylessConfig:
+    """``strategy: proxyless``: architecture parameters learnt by binary gates (Cai et al., ICLR 2019)."""
+
+    warmup_fraction: float = 0.33  # share of the training samples before alpha learns (ProxylessNAS: 40 of 120 epochs)
+    update_every: int = 5  # weight steps per alpha step (ProxylessNAS's grad_update_arch_param_every)
+    arch_lr: float = 1e-3  # Adam on alpha, betas (0, 0.999), eps 1e-8, no weight decay (ProxylessNAS)
+    arch_batch: int = 64  # search_val images per alpha step (the global batch, split over the ranks)
+    latency_table: str = ""  # a table from `elastic-nas latency build` (path inside the job's working dir); "" = no latency term
+    target_ms: float = 0.0  # the latency target T of the loss, ms
+    latency_loss: Literal["mul_log", "add_linear"] = "mul_log"  # CE * a * (log LAT / log T)^b, or CE + lambda (LAT - T) / T
+    loss_alpha: float = 0.2  # a of mul_log (ProxylessNAS's grad_reg_loss_alpha)
+    loss_beta: float = 0.3  # b of mul_log (grad_reg_loss_beta)
+    loss_lambda: float = 0.1  # lambda of add_linear (grad_reg_loss_lambda)
+    eval_images: int = 500  # results: the derived arch rescored on this many search_val images after BN recalibration
+    alpha_log_dir: str = ""  # audit: each rank appends its alpha digest per alpha step and checkpoint load ("" = off)
+
+    def validate(self, prefix: str) -> None:
+        for key in ("update_every", "arch_lr", "arch_batch", "eval_images"):
+            _positive(getattr(self, key), f"{prefix}.{key}")
+        for key in ("warmup_fraction", "target_ms", "loss_alpha", "loss_beta", "loss_lambda"):
+            _non_negative(getattr(self, key), f"{prefix}.{key}")
+        if bool(self.latency_table) != bool(self.target_ms):
+            raise ConfigError(f"{prefix}.target_ms", "set both latency_table and target_ms (or neither)")
+        if self.latency_loss == "mul_log" and self.latency_table and self.target_ms <= 1.0:
+            raise ConfigError(f"{prefix}.target_ms", f"mul_log divides by log(target_ms): it needs a target above "
+                                                     f"1 ms, got {self.target_ms}; use latency_loss: add_linear")
+
+    def validate_job(self, job: SupernetConfig) -> None:
+        if job.space.name != "cream":
+            raise ConfigError("strategy", "strategy 'proxyless' needs space.name: cream")
+        val = job.data.search_val_size
+        for key in ("arch_batch", "eval_images"):
+            if getattr(self, key) > val:
+                raise ConfigError(f"proxyless.{key}", f"{getattr(self, key)} > data.search_val_size ({val})")
+        if job.sampling.method != "uniform" or job.sampling.flops_min or job.sampling.flops_max:
+            raise ConfigError("sampling", "strategy 'proxyless' draws its paths from alpha, not from sampling; "
+                                          "bound latency with proxyless.target_ms")
+        if self.arch_batch < job.elastic.max_workers:
+            raise ConfigError("proxyless.arch_batch", f"{self.arch_batch} < elastic.max_workers "
+                                                      f"({job.elastic.max_workers}): every rank needs an image")
+
+
+@dataclass
 class SupernetConfig:
     """``elastic-nas supernet``: weight-sharing supernet training."""
 
@@ -291,9 +334,10 @@ class SupernetConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
-    strategy: Literal["spos", "cream", "sandwich"] = "spos"
+    strategy: Literal["spos", "cream", "sandwich", "proxyless"] = "spos"
     cream: CreamConfig = field(default_factory=CreamConfig)  # strategy: cream only
     sandwich: SandwichConfig = field(default_factory=SandwichConfig)  # strategy: sandwich only
+    proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)  # strategy: proxyless only
 
     def validate(self, prefix: str = "") -> None:
         # The strategy's own section, where it has one, checks itself against the rest of the job.

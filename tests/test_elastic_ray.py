@@ -173,6 +173,50 @@ def test_sandwich_on_entangled_weights_survives_a_node_loss(cluster, tmp_path, d
     assert starts[0] == 2 and starts[-1] == 1, starts
 
 
+def test_proxyless_alpha_is_the_same_on_every_rank_through_a_node_loss(cluster, tmp_path, data_dir):
+    """ProxylessNAS (alpha steps on search_val between weight steps, a latency term) through the
+    same elastic loop: a node lost mid-run, the run resumes with one worker from its checkpoint,
+    every rank holds the same alpha at every alpha step, every sample is trained exactly once,
+    and the derived arch is written as search results with its predicted latency."""
+    from elastic_nas.config import SupernetConfig, load_config
+    from elastic_nas.spaces import build_space
+    from elastic_nas.spaces.latency import LatencyTable, build_table
+
+    space_sets = {"space.name": "cream", "space.stem_stride": 2, "space.weight_sharing": "entangled",
+                  "space.max_depths": "[1, 2, 2, 2, 1]"}
+    sets = [f"{k}={v}" for k, v in {"space.width_mult": 0.25, **space_sets}.items()]  # supernet_args' space
+    space = build_space(load_config(SupernetConfig, "jobs/supernet.yaml", sets).space)
+    table = build_table(space, warmup=1, repeats=3, max_copies=2)
+    table.save(tmp_path / "latency.json")
+    target = float(np.median([table.predict_ms(space, space.sample(np.random.default_rng(i))) for i in range(50)]))
+    add_worker_node(cluster)
+    second = add_worker_node(cluster)
+    epochs = 2
+    proxyless = {"strategy": "proxyless", **space_sets, "proxyless.warmup_fraction": 0, "proxyless.update_every": 2,
+                 "proxyless.arch_batch": 32, "proxyless.eval_images": 64,
+                 "proxyless.latency_table": str(tmp_path / "latency.json"), "proxyless.target_ms": target,
+                 "proxyless.latency_loss": "add_linear", "proxyless.alpha_log_dir": str(tmp_path / "alpha")}
+    run = CliRun(supernet_args(tmp_path, data_dir, "proxyless", epochs, **proxyless),
+                 env={"RAY_ADDRESS": cluster.address})
+    finish_after_losing_a_node(cluster, second, run, tmp_path / "runs" / "proxyless")
+    assert "proxyless supernet cream" in run.output()
+    assert_exactly_once(tmp_path, data_dir, epochs)
+    records = [json.loads(line) for f in sorted((tmp_path / "alpha").glob("rank*.jsonl")) for line in f.open()]
+    updates: dict[tuple, dict] = {}
+    for r in records:
+        if r["event"] == "update":
+            updates.setdefault((r["world"], r["step"]), {})[r["rank"]] = r["digest"]
+    pairs = [by_rank for (world, _), by_rank in updates.items() if world == 2]
+    assert pairs and all(len(set(by_rank.values())) == 1 and len(by_rank) == 2 for by_rank in pairs), pairs
+    assert any(world == 1 for world, _ in updates), "no alpha step after the resize"
+    loads = [r for r in records if r["event"] == "load" and r["world"] == 1]
+    assert loads  # the one remaining worker took alpha from the checkpoint
+    chosen = json.loads((tmp_path / "runs" / "proxyless" / "proxyless" / "chosen_arch.json").read_text())
+    arch = space.validate(chosen["arch"])
+    assert chosen["strategy"] == "proxyless" and chosen["macs"] == space.macs(arch)
+    assert chosen["latency_ms"] == pytest.approx(LatencyTable.load(tmp_path / "latency.json").predict_ms(space, arch))
+
+
 def test_drained_node_checkpoints_before_it_goes(cluster, tmp_path, data_dir):
     """A spot notice (drain with a deadline): a checkpoint is written before the node
     goes, and no step is trained twice."""

@@ -16,7 +16,8 @@ from elastic_nas.train.supernet import build_supernet_task
 
 BASE = ["space.name=cream", "space.width_mult=0.25", "space.stem_stride=2", "space.max_depths=[1,2,2,2,1]",
         "space.weight_sharing=entangled", "data.num_train=300", "data.num_test=50", "data.search_val_size=60",
-        "cream.meta_val_images=20", "cream.eval_images=20", "cream.warmup_epochs=0"]
+        "cream.meta_val_images=20", "cream.eval_images=20", "cream.warmup_epochs=0", "proxyless.arch_batch=16",
+        "proxyless.eval_images=20"]
 
 
 def cfg(tmp_path, *extra: str) -> SupernetConfig:

@@ -36,13 +36,7 @@ def board_table(cfg: SupernetConfig, state: dict, splits=None):
     n = cfg.cream.eval_images
     scores: list[dict] = [{"accuracy": float(e["accuracy"]), "loss": math.nan} for e in entries]
     if n > 0 and entries:
-        from elastic_nas.data import build_dataset
-
-        splits = splits or build_dataset(cfg.data, cfg.space.input_size)
-        data = eval_data(splits, min(n, len(splits.train)), min(n, len(splits.search_val)), cfg.run.seed)
-        model = space.build_supernet()
-        model.load_state_dict(state["model"])
-        scores = [evaluate_arch(model, space.validate(e["arch"]), data) for e in entries]
+        scores = rescore(cfg, state, [e["arch"] for e in entries], n, splits)
     rows = []
     for e, s in zip(entries, scores):
         arch = space.validate(e["arch"])
@@ -51,6 +45,19 @@ def board_table(cfg: SupernetConfig, state: dict, splits=None):
                      "generation": int(e["step"]), "board_accuracy": float(e["accuracy"])})
     return pd.DataFrame(rows, columns=["arch", "macs", "params", "accuracy", "loss", "generation",
                                        "board_accuracy"])
+
+
+def rescore(cfg, state: dict, archs: list, n: int, splits=None) -> list[dict]:
+    """Each arch scored on the checkpoint's supernet as a search candidate: exact BN recalibration
+    on ``n`` train images, then top-1 and loss on ``n`` class-balanced search_val images."""
+    from elastic_nas.data import build_dataset
+
+    space = build_space(cfg.space)
+    splits = splits or build_dataset(cfg.data, cfg.space.input_size)
+    data = eval_data(splits, min(n, len(splits.train)), min(n, len(splits.search_val)), cfg.run.seed)
+    model = space.build_supernet()
+    model.load_state_dict(state["model"])
+    return [evaluate_arch(model, space.validate(arch), data) for arch in archs]
 
 
 def write_board_results(cfg: SupernetConfig, checkpoint_path: str, out_dir: Path) -> dict[str, str]:
@@ -67,4 +74,4 @@ def write_board_results(cfg: SupernetConfig, checkpoint_path: str, out_dir: Path
     return write_outputs(table, out_dir, to_dict(cfg.space), cfg.cream.budgets, extra, title)
 
 
-__all__ = ["board_table", "write_board_results"]
+__all__ = ["board_table", "rescore", "write_board_results"]
