@@ -259,29 +259,41 @@ class ProxylessStrategy(SupernetStrategy):
         if self.latency is not None:
             lat = self.alpha.expected_latency(*self.latency)
             loss = self.latency_loss(ce, lat, rank)
-        gates = [g for stage in op_gates for g in stage] + [g for g in depth_gates if g is not None]
-        grads = torch.autograd.grad(loss, gates + self.alpha.tensors(), allow_unused=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        for t, g in zip(self.alpha.tensors(), grads[len(gates):]):  # the latency term's own gradient
-            t.grad = torch.zeros_like(t) if g is None else g.clone()
-        it = iter(grads[:len(gates)])
-        op_grads = [[next(it) for _ in stage] for stage in op_gates]
-        depth_grads = [None if g is None else next(it) for g in depth_gates]
-        self.alpha.binary_connect_(plan, op_grads, depth_grads)
-        flat = torch.cat([t.grad.flatten() for t in self.alpha.tensors()])
+        self._set_alpha_grads(loss, plan, op_gates, depth_gates)
         lat_ms = 0.0 if lat is None else float(lat.detach())
-        totals = distributed.allreduce_sum([*flat.tolist(), float(ce.detach()), lat_ms], device)
-        flat = torch.tensor(totals[:-2], dtype=flat.dtype, device=device)
-        for t, g in zip(self.alpha.tensors(), flat.split([t.numel() for t in self.alpha.tensors()])):
-            t.grad = g.view_as(t).masked_fill(~self.alpha.valid, 0.0) if t is self.alpha.depths else g.view_as(t)
+        totals = self._sum_alpha_grads_over_ranks([float(ce.detach()), lat_ms])
         kept = self.alpha.pair_logsumexp(plan)
         self.optimizer.step()
         with torch.no_grad():  # the pair keeps its total probability: the others' do not move
             for t, row, cols, before in kept:
                 t[row, cols] -= torch.logsumexp(t[row, cols], 0) - before
         self.arch_updates += 1
-        self.last = {"alpha_ce": round(totals[-2], 5), "expected_latency_ms": round(totals[-1] / world, 4)}
+        self.last = {"alpha_ce": round(totals[0], 5), "expected_latency_ms": round(totals[1] / world, 4)}
         self._log("update", step)
+
+    def _set_alpha_grads(self, loss: torch.Tensor, plan: GatePlan, op_gates: list, depth_gates: list) -> None:
+        """alpha.grad on this rank: the latency term's own gradient plus the BinaryConnect
+        estimate from the gates' gradients (weights get none: they are frozen here)."""
+        gates = [g for stage in op_gates for g in stage] + [g for g in depth_gates if g is not None]
+        grads = torch.autograd.grad(loss, gates + self.alpha.tensors(), allow_unused=True)
+        for t, g in zip(self.alpha.tensors(), grads[len(gates):]):
+            t.grad = torch.zeros_like(t) if g is None else g.clone()
+        it = iter(grads[:len(gates)])
+        op_grads = [[next(it) for _ in stage] for stage in op_gates]
+        depth_grads = [None if g is None else next(it) for g in depth_gates]
+        self.alpha.binary_connect_(plan, op_grads, depth_grads)
+
+    def _sum_alpha_grads_over_ranks(self, extra: list[float]) -> list[float]:
+        """alpha.grad summed over the ranks (one small collective, ``extra`` summed with it);
+        returns the sums of ``extra``."""
+        tensors = self.alpha.tensors()
+        flat = torch.cat([t.grad.flatten() for t in tensors])
+        totals = distributed.allreduce_sum([*flat.tolist(), *extra], self.device)
+        flat = torch.tensor(totals[:flat.numel()], dtype=flat.dtype, device=flat.device)
+        for t, g in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.grad = g.view_as(t)
+        self.alpha.depths.grad.masked_fill_(~self.alpha.valid, 0.0)  # depths a stage cannot take
+        return totals[flat.numel():]
 
     def draws(self, step: int) -> tuple[np.ndarray, GatePlan]:
         """The alpha step's search_val rows (the global batch) and gate plan: a function of
