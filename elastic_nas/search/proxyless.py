@@ -37,6 +37,8 @@ def write_proxyless_results(cfg: SupernetConfig, checkpoint_path: str, out_dir: 
     """The derived arch in the search's results format (``chosen_arch.json``, tables, plot)."""
     state = read_checkpoint(checkpoint_path).state
     extra = state["extra"]
+    if not extra["arch_updates"]:
+        return {"proxyless": "no alpha step (training ended before proxyless.warmup_fraction): no derived arch"}
     space = build_space(cfg.space)
     arch = space.validate(derived_arch(extra["alpha_ops"], extra["alpha_depths"], list(cfg.space.max_depths)))
     (score,) = rescore(cfg, state, [arch], cfg.proxyless.eval_images)
