@@ -31,7 +31,11 @@ Writes ``results/ranking.json`` and ``results/ranking.png``.
     python benchmarks/ranking.py --report-only            # the figures of the jobs done so far
     python benchmarks/ranking.py --quick --work /tmp/rq   # a few minutes, end to end
 
-Jobs run in the order truth, supernets, budget check, search, so an interrupted run's
+``--truth-from <results JSON>`` caches an earlier run's stand-alone results and step times
+in a new work dir (same space, data, truth budget and subnets, or exit 2), so a machine
+without the old work dir retrains only the supernets, the search and what was missing.
+
+Jobs run in the order truth, supernets, search, budget check, so an interrupted run's
 ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
 """
 
