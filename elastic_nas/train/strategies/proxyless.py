@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from elastic_nas.io import RunFolder
-from elastic_nas.search.proxyless import derived_arch
 from elastic_nas.spaces.base import Arch, SearchSpace
 from elastic_nas.spaces.bn import frozen_bn_stats
 from elastic_nas.spaces.cream import NUM_OPS
@@ -101,6 +100,8 @@ class ArchParams:
 
     def derived(self) -> Arch:
         """The likeliest depth per stage and the likeliest op per block."""
+        from elastic_nas.search.proxyless import derived_arch  # lazily: the results side imports pandas
+
         return derived_arch(self.ops.detach(), self.depths.detach(), list(self.max_depths))
 
     def plan(self, rng: np.random.Generator) -> GatePlan:
