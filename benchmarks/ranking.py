@@ -239,16 +239,12 @@ def run(a) -> dict:
                                                        for v in a.variants), flush=True)
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
              for v in a.variants for s in range(a.supernet_seeds)]
-    jobs += [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
+    # the budget check runs last, after the search
+    checks = [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
     if a.supernets_first:  # a new supernet variant's figures before the last truth jobs (an interim report)
         jobs.sort(key=lambda j: not j[1].startswith("sn_"))
-    checks = [j for j in jobs if j[1].endswith(f"_{2 * a.truth_steps}")]  # the budget check runs last
-    results = {j[1]: json.loads((work / f"{j[1]}.json").read_text()) for j in jobs
-               if (work / f"{j[1]}.json").exists()}
-    if not a.report_only:
-        first = [j for j in jobs if j not in checks]
-        results.update(zip([j[1] for j in first], run_jobs(cached, first, a.procs)))
-    missing = [j[1] for j in jobs if j[1] not in results and j not in checks]
+    results = {j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None}
+    missing = [j[1] for j in jobs if j[1] not in results]
     partial = None
     if any(key.startswith("sa_") and key.endswith(f"_{a.truth_steps}") for key in missing):
         # An interim report on the subnets whose two truth seeds are done (no budget check):
@@ -274,8 +270,8 @@ def run(a) -> dict:
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
-    if partial is None and not a.report_only:
-        results.update(zip([j[1] for j in checks], run_jobs(cached, checks, a.procs)))
+    if partial is None:
+        results.update({j[1]: r for j, r in zip(checks, finished(a, work, checks)) if r is not None})
     out["missing_jobs"] += [j[1] for j in checks if j[1] not in results]
     out["budget_check"] = budget_check(a, space, archs, check, truth, results, done, steps)
     return out
@@ -296,6 +292,7 @@ def budget_check(a, space, archs, check, truth, results, done, steps) -> dict:
     out["kendall_tau_vs_twice"] = {k: round(kendall_tau(p, twice), 4) for k, p in rankers.items()}
     out["kendall_tau_vs_budget"] = {k: round(kendall_tau(p, truth[check, 0]), 4) for k, p in rankers.items()}
     return out
+
 
 def subset_taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict:
     """Kendall tau on each subset of the subnets (the stratified ones with a bootstrap CI)."""
@@ -390,6 +387,7 @@ def seed_work_dir(a, work: Path, archs: list, check: list[int]) -> None:
         if not (work / f"{key}.json").exists():
             atomic_write(work / f"{key}.json", json.dumps(value))
     print(f"ranking: {len(seeded)} results taken from {a.truth_from}", flush=True)
+
 
 def plot(out: dict, path: Path) -> None:
     import matplotlib
