@@ -54,6 +54,7 @@ class StepStats:
     correct: float = 0.0
     count: float = 0.0
     skipped: bool = False  # the gradients were not finite: nothing was updated
+    global_count: int = 0  # real samples in the step's global batch (every rank's), known without a collective
 
 
 def make_optimizer(model: nn.Module, optim) -> torch.optim.SGD:
@@ -107,7 +108,7 @@ class TrainStep:
         # this is the exact global mean, padding included at weight 0.
         denom = float(num_real) / self.loss_scale
         micro = batch.split(accum_steps)
-        stats = StepStats()
+        stats = StepStats(global_count=int(num_real))
         saved = [b.clone() for b in self.buffers] if self.guard or self.precision.scaler is not None else []
         prec = self.precision
         for m, part in enumerate(micro):

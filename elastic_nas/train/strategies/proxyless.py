@@ -207,7 +207,7 @@ class ProxylessStrategy(SupernetStrategy):
         self.val = splits.search_val
         self.latency = latency_tensor(cfg, space) if self.p.latency_table else None
         self.total_samples = cfg.optim.epochs * len(splits.train)
-        self.samples_seen = 0  # all-reduced: the same on every rank
+        self.samples_seen = 0  # of the global batches: the same on every rank
         self.arch_updates = 0
         self.last: dict = {}  # the last alpha step's figures (cross-entropy, expected latency)
         self._device: torch.device | None = None
@@ -241,8 +241,7 @@ class ProxylessStrategy(SupernetStrategy):
         return [self.alpha.sample(self.arch_sampler.rng(step))]
 
     def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
-        (count,) = distributed.allreduce_sum([stats.count], self.device)
-        self.samples_seen += int(round(count))
+        self.samples_seen += stats.global_count  # the same on every rank: no collective per step
         if self.samples_seen > self.p.warmup_fraction * self.total_samples and (step + 1) % self.p.update_every == 0:
             self.arch_step(step)
 
