@@ -133,7 +133,7 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
         ray.tune.report(dict(
             metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
             latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
-            eval_s=time.perf_counter() - t1,
+            eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
             setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
 
 

@@ -35,7 +35,7 @@ from elastic_nas.spaces import build_space
 from elastic_nas.spaces.latency import LatencyTable
 
 TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
-TRIAL_SECONDS = 5.0  # evaluator.candidates_per_trial 0: a trial's batch lasts about this long
+TRIAL_SECONDS = 10.0  # candidates_per_trial 0: a batch this long; a trial switch costs ~30 ms (search_speed.py)
 
 
 def search_folder(cfg: SearchConfig) -> RunFolder:
