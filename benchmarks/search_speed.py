@@ -8,10 +8,15 @@ snapshot and the same random legal candidates. Reports
   runner's batched trials (targets with 2 evaluators on 2 cores: >= 1.9x sequential and
   >= 0.93 of the plain-process ceiling);
 * Tune's overhead per candidate: (slot-seconds per candidate - evaluation time) / evaluation
-  time, where slot-seconds = fit wall time x slots / candidates (target <= 3%);
+  time, where slot-seconds = fit wall time x slots / candidates (target <= 3%), and where the
+  slot-seconds outside evaluations went (each evaluator's start, reports within a trial, the
+  switch between trials, the tail), from each candidate's wall-clock end and evaluation time;
 * supernet builds per evaluator process (the snapshot is deserialised once per process);
 * the machine's ceiling: the same candidates split over N plain processes (no Ray), and
-  Tune's candidates/s as a fraction of it;
+  Tune's candidates/s as a fraction of it; between the two, the same loop as N Ray tasks
+  (no Tune), which splits the gap into what Ray's presence costs and what Tune adds;
+* each evaluation's wall and main-thread CPU seconds in plain processes and Ray tasks (an
+  evaluation slower on its own thread ran slower, one slower only in wall time waited);
 * where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine.
@@ -77,18 +82,31 @@ def sequential(space, snapshot, data, n: int) -> dict:
     return plain_parallel(space, snapshot, data, n, 1)
 
 
-def _plain_worker(args) -> tuple[float, float, list[float]]:
-    snapshot, data, archs = args
+def _plain_worker(args) -> tuple[float, float, list[float], list[float]]:
+    return _plain_loop(*args)
+
+
+def _plain_loop(snapshot, data, archs) -> tuple[float, float, list[float], list[float]]:
+    """Wall-clock start and end, and each candidate's wall and main-thread CPU seconds (their
+    gap: time the evaluation waited for a core while other threads or processes ran)."""
     from elastic_nas.search.evaluator import get_supernet
 
     torch.set_num_threads(1)
     _, model = get_supernet(snapshot)
-    t0, evals = time.time(), []
+    t0, evals, cpu = time.time(), [], []
     for arch in archs:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         evaluate_arch(model, arch, data)
         evals.append(time.perf_counter() - t)
-    return t0, time.time(), evals
+        cpu.append(time.thread_time() - c)
+    return t0, time.time(), evals, cpu
+
+
+def _summary(out: list[tuple], n: int) -> dict:
+    wall = max(end for _, end, *_ in out) - min(start for start, *_ in out)
+    evals = [e for _, _, es, _ in out for e in es]
+    return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals),
+            "eval_thread_cpu_s_mean": statistics.mean(c for *_, cs in out for c in cs)}
 
 
 def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
@@ -100,10 +118,29 @@ def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
     archs = [c.arch for c in generator(space, n).next_generation()]
     shares = [(snapshot, data, archs[i::procs]) for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
-        out = pool.map(_plain_worker, shares)
-    wall = max(end for _, end, _ in out) - min(start for start, _, _ in out)
-    evals = [e for *_, es in out for e in es]
-    return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals)}
+        return _summary(pool.map(_plain_worker, shares), n)
+
+
+def start_ray(slots: int) -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=slots, include_dashboard=False, log_to_driver=False)
+
+
+def ray_tasks(space, snapshot, data, n: int, procs: int) -> dict:
+    """The plain processes' loop as ``procs`` Ray tasks (no Tune), the snapshot and images
+    read from the object store as Tune's evaluators read them: what Ray's own processes
+    and a worker process cost before any Tune bookkeeping."""
+    import ray
+
+    archs = [c.arch for c in generator(space, n).next_generation()]
+    start_ray(procs)
+    try:
+        task = ray.remote(num_cpus=1)(_plain_loop)
+        snapshot_ref, data_ref = ray.put(snapshot), ray.put(data)
+        return _summary(ray.get([task.remote(snapshot_ref, data_ref, archs[i::procs]) for i in range(procs)]), n)
+    finally:
+        ray.shutdown()
 
 
 class CpuAccount:
@@ -153,6 +190,21 @@ class CpuAccount:
         return {"evaluators": evaluators, "driver": driver, "ray": sum(used.values()) - evaluators - driver}
 
 
+def idle_slot_seconds(reports: list[dict], started: float, ended: float) -> dict[str, float]:
+    """Where each evaluator's time outside evaluations went, summed over evaluators: before its
+    first candidate (Tune's start, the worker's imports, the supernet build), between candidates
+    of one trial (reporting), between trials (ending one, the searcher's next, the actor's reset),
+    after its last candidate (the other evaluators' tail, Tune's shutdown)."""
+    out = dict.fromkeys(("start", "within_trials", "between_trials", "tail"), 0.0)
+    for pid in {m["pid"] for m in reports}:
+        mine = sorted((m["ended_at"] - m["eval_s"], m["ended_at"], m["index"]) for m in reports if m["pid"] == pid)
+        out["start"] += mine[0][0] - started
+        out["tail"] += ended - mine[-1][1]
+        for (_, end, _), (begin, _, index) in zip(mine, mine[1:]):
+            out["between_trials" if index == 0 else "within_trials"] += begin - end
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -> dict:
     """The product's Tune run (``search.runner.run_tune``) on the same candidates, ``per_trial``
     candidates a trial (0: the runner's automatic batch)."""
@@ -163,12 +215,14 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
 
     cfg = SearchConfig()
     cfg.evaluator.candidates_per_trial = per_trial
-    ray.init(address="local", num_cpus=slots, include_dashboard=False, log_to_driver=False)
+    start_ray(slots)
     try:
+        t_sizing = time.perf_counter()
         per_trial, slots = trial_batching(cfg, space, snapshot, data)
+        sizing_s = time.perf_counter() - t_sizing
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         grid = run_tune(cfg, searcher, snapshot, data, Path(tmp) / f"tune{per_trial}")
         wall = time.perf_counter() - t0
         reports = [json.loads(line) for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
@@ -184,6 +238,8 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     eval_mean = statistics.mean(evals)
     return {
         "candidates_per_trial": per_trial, "trials": len(grid),
+        "batch_sizing_s": round(sizing_s, 2),  # one candidate timed on the driver, before the fit
+        "slot_seconds_not_evaluating": idle_slot_seconds(reports, started, started + wall),
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
         "eval_s_mean": eval_mean,
         "overhead_per_candidate": (slot_s_per_cand - eval_mean) / eval_mean,
@@ -219,6 +275,11 @@ def main() -> int:
     ceiling = par["candidates_per_s"] / seq["candidates_per_s"]
     print(f"{args.evaluators} plain processes: {par['candidates_per_s']:.3f} candidates/s "
           f"({par['eval_s_mean']:.2f}s each) -> {ceiling:.2f}x, the machine's ceiling", flush=True)
+    tasks = ray_tasks(space, snapshot, data, args.candidates, args.evaluators)
+    print(f"{args.evaluators} Ray tasks (no Tune): {tasks['candidates_per_s']:.3f} candidates/s "
+          f"({tasks['eval_s_mean']:.2f}s each, {tasks['eval_thread_cpu_s_mean']:.2f}s on the thread; plain "
+          f"{par['eval_thread_cpu_s_mean']:.2f}s) -> {tasks['candidates_per_s'] / par['candidates_per_s']:.2f} "
+          "of the ceiling", flush=True)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, per_trial in (("one_per_trial", 1), ("batched", 0)):
@@ -230,7 +291,8 @@ def main() -> int:
                   f"candidate {100 * tun['overhead_per_candidate']:.1f}%; builds per process "
                   f"{tun['builds_per_process']}; CPU share of the machine: evaluators "
                   f"{100 * tun['machine_share']['evaluators']:.1f}%, driver {100 * tun['machine_share']['driver']:.1f}%, "
-                  f"Ray's processes {100 * tun['machine_share']['ray']:.1f}%", flush=True)
+                  f"Ray's processes {100 * tun['machine_share']['ray']:.1f}%; slot-seconds not evaluating "
+                  f"{tun['slot_seconds_not_evaluating']}", flush=True)
     tun = runs["batched"]
     speedup = tun["candidates_per_s"] / seq["candidates_per_s"]
     result = {
@@ -238,7 +300,7 @@ def main() -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__},
         "settings": vars(args),
-        "sequential": seq, "plain_parallel": par, "tune": runs,
+        "sequential": seq, "plain_parallel": par, "ray_tasks": tasks, "tune": runs,
         "figures": {
             "speedup_vs_sequential": speedup, "speedup_target": SPEEDUP_TARGET,
             "plain_parallel_speedup_vs_sequential": ceiling,
@@ -248,6 +310,11 @@ def main() -> int:
             "one_per_trial_speedup_vs_sequential": runs["one_per_trial"]["candidates_per_s"] / seq["candidates_per_s"],
             "one_per_trial_overhead_per_candidate": runs["one_per_trial"]["overhead_per_candidate"],
             "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
+            # Ray's share of the gap to the ceiling, before any Tune bookkeeping
+            "ray_tasks_vs_plain_parallel": tasks["candidates_per_s"] / par["candidates_per_s"],
+            "eval_time_ratio_ray_tasks_vs_plain": tasks["eval_s_mean"] / par["eval_s_mean"],
+            "eval_thread_cpu_ratio_ray_tasks_vs_plain": tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"],
+            "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
             "max_supernet_builds_per_process": tun["max_builds_per_process"],
             # the most of the ceiling Tune could reach here with no per-trial cost at all
             "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
