@@ -82,10 +82,6 @@ def sequential(space, snapshot, data, n: int) -> dict:
     return plain_parallel(space, snapshot, data, n, 1)
 
 
-def _plain_worker(args) -> tuple[float, float, list[float], list[float]]:
-    return _plain_loop(*args)
-
-
 def _plain_loop(snapshot, data, archs) -> tuple[float, float, list[float], list[float]]:
     """Wall-clock start and end, and each candidate's wall and main-thread CPU seconds (their
     gap: time the evaluation waited for a core while other threads or processes ran)."""
@@ -118,7 +114,7 @@ def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
     archs = [c.arch for c in generator(space, n).next_generation()]
     shares = [(snapshot, data, archs[i::procs]) for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
-        return _summary(pool.map(_plain_worker, shares), n)
+        return _summary(pool.starmap(_plain_loop, shares), n)
 
 
 def start_ray(slots: int) -> None:
