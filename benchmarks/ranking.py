@@ -24,7 +24,9 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. The
-work dir records the settings that decide its jobs and refuses a run with other ones.
+work dir records the settings that decide its jobs and refuses a run with other ones; the truth
+budget is not one of them (its jobs carry their steps), so ``--truth-steps 4000`` on a work dir
+of 2,000-step truths adds the longer truth beside the same supernets.
 Writes ``results/ranking.json`` and ``results/ranking.png``.
 
     python benchmarks/ranking.py --procs 2                # every figure (hours on 2 cores)
@@ -133,7 +135,9 @@ def cached(work: Path, key: str, fn, *args):
 
 
 # What decides a cached job's result (the keys name the job, not these): a work dir holds one set.
-JOB_SETTINGS = ("stratified", "band", "budget", "truth_steps", "truth_lr", "supernet_lr", "supernet_wd",
+# The truth budget is not among them: every job it decides has its steps in its key, so one work
+# dir holds truths of several budgets beside the same supernets and searches.
+JOB_SETTINGS = ("stratified", "band", "budget", "truth_lr", "supernet_lr", "supernet_wd",
                 "num_random", "calib_images", "val_images", "population", "generations")
 
 
@@ -145,8 +149,8 @@ def check_work_dir(a) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(ours, indent=1))
         return
-    theirs = json.loads(path.read_text())
-    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    theirs = json.loads(path.read_text())  # a key ours lacks (an older work dir's truth_steps) decides nothing
+    differ = sorted(k for k in ours if ours[k] != theirs.get(k))
     if differ:
         print(f"ranking: {a.work} holds jobs of other settings ({', '.join(differ)}); pass another --work",
               file=sys.stderr)
@@ -228,10 +232,13 @@ def run(a) -> dict:
 
     # Ground truth: 2 seeds at the chosen budget; 8 subnets spread over MACs at twice it.
     check = sorted(range(len(archs)), key=lambda i: space.macs(archs[i]))[:: max(1, len(archs) // a.check)][:a.check]
-    jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps)
-            for i in range(len(archs)) for s in (0, 1)]
     if a.truth_from:
         seed_work_dir(a, work, archs, check)
+    # A subnet whose other seed is cached (a budget check's run at these steps) first: an
+    # interrupted run's interim report then covers the most subnets.
+    pairs = sorted(((i, s) for i in range(len(archs)) for s in (0, 1)),
+                   key=lambda p: not (work / f"sa_{p[0]}_s{1 - p[1]}_{a.truth_steps}.json").exists())
+    jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps) for i, s in pairs]
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
     steps = {v: max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}

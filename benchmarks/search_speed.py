@@ -21,6 +21,11 @@ snapshot and the same random legal candidates. Reports
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine.
 
+Every phase runs once per round (``--rounds``, default 3), in reverse order every other round,
+and each ratio is taken within one round: this machine's speed drifts by up to a quarter over
+tens of minutes, which phases run far apart would read as Tune's cost or gain. The figures are
+each ratio's median, min and max over the rounds.
+
     python benchmarks/search_speed.py --candidates 24 --evaluators 2
 
 Writes ``benchmarks/results/search_speed.json`` (command, machine, figures).
@@ -248,10 +253,66 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     }
 
 
+PHASES = ("sequential", "plain_parallel", "ray_tasks", "tune_one_per_trial", "tune_batched")
+
+
+def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
+    n, slots = args.candidates, args.evaluators
+    if name == "sequential":
+        return sequential(space, snapshot, data, n)
+    if name == "plain_parallel":
+        return plain_parallel(space, snapshot, data, n, slots)
+    if name == "ray_tasks":
+        return ray_tasks(space, snapshot, data, n, slots)
+    return tuned(space, snapshot, data, n, slots, tmp, 1 if name == "tune_one_per_trial" else 0)
+
+
+def phase_line(name: str, r: dict) -> str:
+    line = f"{name}: {r['candidates_per_s']:.3f} candidates/s ({r['eval_s_mean']:.2f}s each"
+    if "eval_thread_cpu_s_mean" in r:
+        return line + f", {r['eval_thread_cpu_s_mean']:.2f}s on the thread)"
+    return line + (f"); {r['candidates_per_trial']} candidate(s) per trial, overhead per candidate "
+                   f"{100 * r['overhead_per_candidate']:.1f}%, builds per process {r['builds_per_process']}; CPU "
+                   f"share: evaluators {100 * r['machine_share']['evaluators']:.1f}%, driver "
+                   f"{100 * r['machine_share']['driver']:.1f}%, Ray's processes {100 * r['machine_share']['ray']:.1f}%; "
+                   f"slot-seconds not evaluating {r['slot_seconds_not_evaluating']}")
+
+
+def round_figures(r: dict) -> dict:
+    """One round's ratios: every phase of it ran within minutes of the others."""
+    seq, par, tasks, tun, one = (r[k] for k in ("sequential", "plain_parallel", "ray_tasks", "tune_batched",
+                                                 "tune_one_per_trial"))
+    return {
+        "speedup_vs_sequential": tun["candidates_per_s"] / seq["candidates_per_s"],
+        "plain_parallel_speedup_vs_sequential": par["candidates_per_s"] / seq["candidates_per_s"],
+        "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
+        "tune_overhead_per_candidate": tun["overhead_per_candidate"],
+        "one_per_trial_speedup_vs_sequential": one["candidates_per_s"] / seq["candidates_per_s"],
+        "one_per_trial_overhead_per_candidate": one["overhead_per_candidate"],
+        "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
+        # Ray's share of the gap to the ceiling, before any Tune bookkeeping
+        "ray_tasks_vs_plain_parallel": tasks["candidates_per_s"] / par["candidates_per_s"],
+        "eval_time_ratio_ray_tasks_vs_plain": tasks["eval_s_mean"] / par["eval_s_mean"],
+        "eval_thread_cpu_ratio_ray_tasks_vs_plain": tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"],
+        "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
+        "sequential_eval_s": seq["eval_s_mean"],
+        "max_supernet_builds_per_process": tun["max_builds_per_process"],
+        # the most of the ceiling Tune could reach here with no per-trial cost at all
+        "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
+    }
+
+
+def across_rounds(per_round: list[dict]) -> dict:
+    """Each figure's median, min and max over the rounds."""
+    return {k: {"median": statistics.median(f[k] for f in per_round), "min": min(f[k] for f in per_round),
+                "max": max(f[k] for f in per_round)} for k in per_round[0]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--candidates", type=int, default=24)
     p.add_argument("--evaluators", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="every phase once per round, the order reversed each round")
     p.add_argument("--calib", type=int, default=1000)
     p.add_argument("--val", type=int, default=1000)
     p.add_argument("--batch", type=int, default=200)
@@ -259,65 +320,45 @@ def main() -> int:
     p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
+    if args.rounds < 1 or args.candidates < args.evaluators:
+        p.error("--rounds must be >= 1 and --candidates >= --evaluators")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import tempfile
 
     import ray
 
     space, snapshot, data = setup(args)
-    seq = sequential(space, snapshot, data, args.candidates)
-    print(f"sequential: {seq['candidates_per_s']:.3f} candidates/s ({seq['eval_s_mean']:.2f}s each)", flush=True)
-    par = plain_parallel(space, snapshot, data, args.candidates, args.evaluators)
-    ceiling = par["candidates_per_s"] / seq["candidates_per_s"]
-    print(f"{args.evaluators} plain processes: {par['candidates_per_s']:.3f} candidates/s "
-          f"({par['eval_s_mean']:.2f}s each) -> {ceiling:.2f}x, the machine's ceiling", flush=True)
-    tasks = ray_tasks(space, snapshot, data, args.candidates, args.evaluators)
-    print(f"{args.evaluators} Ray tasks (no Tune): {tasks['candidates_per_s']:.3f} candidates/s "
-          f"({tasks['eval_s_mean']:.2f}s each, {tasks['eval_thread_cpu_s_mean']:.2f}s on the thread; plain "
-          f"{par['eval_thread_cpu_s_mean']:.2f}s) -> {tasks['candidates_per_s'] / par['candidates_per_s']:.2f} "
-          "of the ceiling", flush=True)
-    runs = {}
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, per_trial in (("one_per_trial", 1), ("batched", 0)):
-            tun = runs[name] = tuned(space, snapshot, data, args.candidates, args.evaluators, tmp, per_trial)
-            print(f"tune x{args.evaluators}, {tun['candidates_per_trial']} candidate(s) per trial: "
-                  f"{tun['candidates_per_s']:.3f} candidates/s -> "
-                  f"{tun['candidates_per_s'] / seq['candidates_per_s']:.2f}x sequential, "
-                  f"{tun['candidates_per_s'] / par['candidates_per_s']:.2f} of the ceiling; overhead per "
-                  f"candidate {100 * tun['overhead_per_candidate']:.1f}%; builds per process "
-                  f"{tun['builds_per_process']}; CPU share of the machine: evaluators "
-                  f"{100 * tun['machine_share']['evaluators']:.1f}%, driver {100 * tun['machine_share']['driver']:.1f}%, "
-                  f"Ray's processes {100 * tun['machine_share']['ray']:.1f}%; slot-seconds not evaluating "
-                  f"{tun['slot_seconds_not_evaluating']}", flush=True)
-    tun = runs["batched"]
-    speedup = tun["candidates_per_s"] / seq["candidates_per_s"]
+        for i in range(args.rounds):
+            phases = {}
+            for name in (PHASES if i % 2 == 0 else PHASES[::-1]):  # drift over a run cancels in the median
+                phases[name] = run_phase(name, space, snapshot, data, args, f"{tmp}/round{i}")  # a fresh search
+                print(f"round {i + 1}/{args.rounds} {phase_line(name, phases[name])}", flush=True)
+            rounds.append({"phases": phases, "figures": round_figures(phases)})
+            f = rounds[-1]["figures"]
+            print(f"round {i + 1}/{args.rounds}: tune x{args.evaluators} batched {f['speedup_vs_sequential']:.2f}x "
+                  f"sequential (target {SPEEDUP_TARGET}), {f['tune_vs_plain_parallel']:.2f} of the ceiling (target "
+                  f"{CEILING_TARGET}), overhead {100 * f['tune_overhead_per_candidate']:.1f}% (target "
+                  f"{100 * OVERHEAD_TARGET:.0f}%); Ray tasks {f['ray_tasks_vs_plain_parallel']:.2f} of the ceiling",
+                  flush=True)
     result = {
         "command": "python " + shlex.join(sys.argv),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__},
         "settings": vars(args),
-        "sequential": seq, "plain_parallel": par, "ray_tasks": tasks, "tune": runs,
-        "figures": {
-            "speedup_vs_sequential": speedup, "speedup_target": SPEEDUP_TARGET,
-            "plain_parallel_speedup_vs_sequential": ceiling,
-            "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
-            "ceiling_fraction_target": CEILING_TARGET,
-            "tune_overhead_per_candidate": tun["overhead_per_candidate"], "overhead_target": OVERHEAD_TARGET,
-            "one_per_trial_speedup_vs_sequential": runs["one_per_trial"]["candidates_per_s"] / seq["candidates_per_s"],
-            "one_per_trial_overhead_per_candidate": runs["one_per_trial"]["overhead_per_candidate"],
-            "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
-            # Ray's share of the gap to the ceiling, before any Tune bookkeeping
-            "ray_tasks_vs_plain_parallel": tasks["candidates_per_s"] / par["candidates_per_s"],
-            "eval_time_ratio_ray_tasks_vs_plain": tasks["eval_s_mean"] / par["eval_s_mean"],
-            "eval_thread_cpu_ratio_ray_tasks_vs_plain": tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"],
-            "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
-            "max_supernet_builds_per_process": tun["max_builds_per_process"],
-            # the most of the ceiling Tune could reach here with no per-trial cost at all
-            "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
-        },
+        "targets": {"speedup_vs_sequential": SPEEDUP_TARGET, "tune_vs_plain_parallel": CEILING_TARGET,
+                    "tune_overhead_per_candidate": OVERHEAD_TARGET},
+        "figures": across_rounds([r["figures"] for r in rounds]),
+        "rounds": rounds,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    fig = result["figures"]
+    print("median (min-max) of " + f"{args.rounds} rounds: " + "; ".join(
+        f"{k} {fig[k]['median']:.3f} ({fig[k]['min']:.3f}-{fig[k]['max']:.3f})"
+        for k in ("speedup_vs_sequential", "tune_vs_plain_parallel", "tune_overhead_per_candidate",
+                  "ray_tasks_vs_plain_parallel")))
     print(f"wrote {args.out}")
     return 0
 
