@@ -21,6 +21,8 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
 5. **Search quality.** On the best variant's seed-0 supernet, under ``--budget``:
    evolution's pick, random search's pick at equal evaluations, and the largest-MACs arch
    under the budget, each retrained stand-alone with 3 seeds.
+6. **bf16 scores** (``--bf16``). Each trained supernet scores the subnets again in bf16
+   autocast + channels_last (the evaluator's fast setting), ranked beside the fp32 scores.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. The
@@ -62,6 +64,7 @@ from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
 from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, rank_report
 from elastic_nas.spaces import build_space
+from elastic_nas.spaces.precision import Precision
 
 SPACE = {"name": "cream", "input_size": 32, "num_classes": 10, "stem_stride": 2, "width_mult": 0.5,
          "max_depths": [2, 3, 3, 3, 2]}
@@ -204,6 +207,42 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
             "val_losses": [round(e["loss"], 5) for e in evals]}
 
 
+def rescored(a, variant: str, seed: int, steps: int, archs: list) -> dict:
+    """Every subnet scored again on a trained supernet in bf16 autocast + channels_last (the
+    evaluator's fast setting on AMX CPUs and GPUs; BN statistics stay fp32)."""
+    from elastic_nas.data import build_dataset
+
+    cfg = supernet_cfg(a, variant, seed)
+    space = build_space(cfg.space)
+    model = space.build_supernet()
+    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt", weights_only=True))
+    Precision(channels_last=True).model(model)
+    data = eval_data(build_dataset(cfg.data, cfg.space.input_size), a.calib_images, a.val_images, 0,
+                     precision="bf16", channels_last=True)
+    evals = [evaluate_arch(model, space.validate(arch), data) for arch in archs]
+    return {"scores": [e["accuracy"] for e in evals], "val_losses": [round(e["loss"], 5) for e in evals]}
+
+
+def bf16_figures(a, variants, archs, groups, budget, truth, results, steps, space) -> dict:
+    """How the bf16 + channels_last scores rank beside the fp32 ones of the same supernets."""
+    target = truth.mean(1)
+    band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
+    subsets = {"band": band, "stratified": [i for i, g in enumerate(groups) if g == "stratified"]}
+    out = {}
+    for v in variants:
+        seeds = []
+        for s in range(a.supernet_seeds):
+            fp32, bf16 = (np.array(results[f"{k}_{v}_s{s}_{steps[v]}"]["scores"]) for k in ("sn", "bf16"))
+            seeds.append(dict(rank_report(bf16, target), **subset_taus(bf16, target, subsets),
+                              kendall_tau_bf16_vs_fp32=round(kendall_tau(bf16, fp32), 4),
+                              score_diff_points_mean=round(float(np.mean(bf16 - fp32)), 3),
+                              score_diff_points_max_abs=round(float(np.max(np.abs(bf16 - fp32))), 3)))
+        out[v] = {"seeds": seeds, **{f"{k}_mean": round(float(np.mean([p[k] for p in seeds])), 4)
+                                     for k in ("kendall_tau", "stratified_kendall_tau", "band_kendall_tau",
+                                               "kendall_tau_bf16_vs_fp32")}}
+    return out
+
+
 def searched(a, variant: str, steps: int, method: str, budget: float) -> dict:
     """The pick of ``method`` on ``variant``'s seed-0 supernet (``steps``) under ``budget`` MACs."""
     from elastic_nas.data import build_dataset
@@ -275,6 +314,13 @@ def run(a) -> dict:
            "missing_jobs": missing, "interim": partial}
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
+    if a.bf16 and partial is None:
+        rescores = [(work, f"bf16_{v}_s{s}_{steps[v]}", rescored, a, v, s, steps[v], archs)
+                    for v in done for s in range(a.supernet_seeds)]
+        results.update({j[1]: r for j, r in zip(rescores, finished(a, work, rescores)) if r is not None})
+        out["missing_jobs"] += [j[1] for j in rescores if j[1] not in results]
+        scored = [v for v in done if all(f"bf16_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
+        out["bf16_channels_last"] = bf16_figures(a, scored, archs, groups, budget, truth, results, steps, space)
     if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     if partial is None:
@@ -451,6 +497,8 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true",
+                    help="also score every subnet on each trained supernet in bf16 + channels_last, beside fp32")
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
