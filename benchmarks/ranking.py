@@ -21,8 +21,10 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
 5. **Search quality.** On the best variant's seed-0 supernet, under ``--budget``:
    evolution's pick, random search's pick at equal evaluations, and the largest-MACs arch
    under the budget, each retrained stand-alone with 3 seeds.
-6. **bf16 scores** (``--bf16``). Each trained supernet scores the subnets again in bf16
-   autocast + channels_last (the evaluator's fast setting), ranked beside the fp32 scores.
+6. **bf16 scores** (``--bf16 [CALIB,...]``). Each trained supernet scores the subnets again
+   in bf16 autocast + channels_last (the evaluator's fast setting), ranked beside the fp32
+   scores; with BN recalibrated on each given number of train images (the recalibration
+   size as a setting of the score, at a third of fp32's cost).
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. The
@@ -207,9 +209,10 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
             "val_losses": [round(e["loss"], 5) for e in evals]}
 
 
-def rescored(a, variant: str, seed: int, steps: int, archs: list) -> dict:
+def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: int) -> dict:
     """Every subnet scored again on a trained supernet in bf16 autocast + channels_last (the
-    evaluator's fast setting on AMX CPUs and GPUs; BN statistics stay fp32)."""
+    evaluator's fast setting on AMX CPUs and GPUs; BN statistics stay fp32), its BN statistics
+    recalibrated on ``calib_images`` train images."""
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, variant, seed)
@@ -217,13 +220,18 @@ def rescored(a, variant: str, seed: int, steps: int, archs: list) -> dict:
     model = space.build_supernet()
     model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt", weights_only=True))
     Precision(channels_last=True).model(model)
-    data = eval_data(build_dataset(cfg.data, cfg.space.input_size), a.calib_images, a.val_images, 0,
+    data = eval_data(build_dataset(cfg.data, cfg.space.input_size), calib_images, a.val_images, 0,
                      precision="bf16", channels_last=True)
     evals = [evaluate_arch(model, space.validate(arch), data) for arch in archs]
     return {"scores": [e["accuracy"] for e in evals], "val_losses": [round(e["loss"], 5) for e in evals]}
 
 
-def bf16_figures(a, variants, archs, groups, budget, truth, results, steps, space) -> dict:
+def bf16_key(a, variant: str, seed: int, steps: int, calib_images: int) -> str:
+    calib = "" if calib_images == a.calib_images else f"c{calib_images}_"
+    return f"bf16_{calib}{variant}_s{seed}_{steps}"
+
+
+def bf16_figures(a, variants, archs, groups, budget, truth, results, steps, space, calib_images: int) -> dict:
     """How the bf16 + channels_last scores rank beside the fp32 ones of the same supernets."""
     target = truth.mean(1)
     band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
@@ -232,7 +240,8 @@ def bf16_figures(a, variants, archs, groups, budget, truth, results, steps, spac
     for v in variants:
         seeds = []
         for s in range(a.supernet_seeds):
-            fp32, bf16 = (np.array(results[f"{k}_{v}_s{s}_{steps[v]}"]["scores"]) for k in ("sn", "bf16"))
+            fp32, bf16 = (np.array(results[k]["scores"])
+                          for k in (f"sn_{v}_s{s}_{steps[v]}", bf16_key(a, v, s, steps[v], calib_images)))
             seeds.append(dict(rank_report(bf16, target), **subset_taus(bf16, target, subsets),
                               kendall_tau_bf16_vs_fp32=round(kendall_tau(bf16, fp32), 4),
                               score_diff_points_mean=round(float(np.mean(bf16 - fp32)), 3),
@@ -314,13 +323,17 @@ def run(a) -> dict:
            "missing_jobs": missing, "interim": partial}
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
-    if a.bf16 and partial is None:
-        rescores = [(work, f"bf16_{v}_s{s}_{steps[v]}", rescored, a, v, s, steps[v], archs)
-                    for v in done for s in range(a.supernet_seeds)]
-        results.update({j[1]: r for j, r in zip(rescores, finished(a, work, rescores)) if r is not None})
-        out["missing_jobs"] += [j[1] for j in rescores if j[1] not in results]
-        scored = [v for v in done if all(f"bf16_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
-        out["bf16_channels_last"] = bf16_figures(a, scored, archs, groups, budget, truth, results, steps, space)
+    if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
+        out["bf16_channels_last"] = {}
+        for n in a.bf16:
+            rescores = [(work, bf16_key(a, v, s, steps[v], n), rescored, a, v, s, steps[v], archs, n)
+                        for v in done for s in range(a.supernet_seeds)]
+            results.update({j[1]: r for j, r in zip(rescores, finished(a, work, rescores)) if r is not None})
+            out["missing_jobs"] += [j[1] for j in rescores if j[1] not in results]
+            scored = [v for v in done if all(bf16_key(a, v, s, steps[v], n) in results
+                                             for s in range(a.supernet_seeds))]
+            out["bf16_channels_last"][str(n)] = bf16_figures(a, scored, archs, groups, budget, truth, results,
+                                                             steps, space, n)
     if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     if partial is None:
@@ -497,8 +510,9 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=3)
-    ap.add_argument("--bf16", action="store_true",
-                    help="also score every subnet on each trained supernet in bf16 + channels_last, beside fp32")
+    ap.add_argument("--bf16", nargs="?", const="", default=None, metavar="CALIB,...",
+                    help="also score every subnet on each trained supernet in bf16 + channels_last, beside fp32, "
+                         "with BN recalibrated on each of these image counts (default: --calib-images)")
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
@@ -509,6 +523,8 @@ def main() -> None:
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
+    if a.bf16 is not None:
+        a.bf16 = [int(n) for n in a.bf16.split(",") if n] or [a.calib_images]
     if a.quick:
         a.stratified, a.band, a.check, a.truth_steps, a.supernet_minutes = 6, 3, 4, 30, 0.2
         a.population, a.generations, a.val_images, a.calib_images, a.name = 8, 1, 200, 200, a.name + "_quick"
