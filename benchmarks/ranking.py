@@ -233,9 +233,7 @@ def bf16_key(a, variant: str, seed: int, steps: int, calib_images: int) -> str:
 
 def bf16_figures(a, variants, archs, groups, budget, truth, results, steps, space, calib_images: int) -> dict:
     """How the bf16 + channels_last scores rank beside the fp32 ones of the same supernets."""
-    target = truth.mean(1)
-    band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
-    subsets = {"band": band, "stratified": [i for i, g in enumerate(groups) if g == "stratified"]}
+    target, subsets = truth.mean(1), subsets_of(archs, groups, budget, space)
     out = {}
     for v in variants:
         seeds = []
@@ -369,10 +367,15 @@ def subset_taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict
     return out
 
 
-def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_step, space) -> dict:
-    target = truth.mean(1)
+def subsets_of(archs, groups, budget, space) -> dict[str, list[int]]:
+    """The subnets inside the search's MACs band, and the stratified ones."""
     band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
-    subsets = {"band": band, "stratified": [i for i, g in enumerate(groups) if g == "stratified"]}
+    return {"band": band, "stratified": [i for i, g in enumerate(groups) if g == "stratified"]}
+
+
+def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_step, space) -> dict:
+    target, subsets = truth.mean(1), subsets_of(archs, groups, budget, space)
+    band = subsets["band"]
     macs = [space.macs(arch) for arch in archs]
     params = [space.params(arch) for arch in archs]
     rng = np.random.default_rng(7)
@@ -523,11 +526,11 @@ def main() -> None:
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
-    if a.bf16 is not None:
-        a.bf16 = [int(n) for n in a.bf16.split(",") if n] or [a.calib_images]
     if a.quick:
         a.stratified, a.band, a.check, a.truth_steps, a.supernet_minutes = 6, 3, 4, 30, 0.2
         a.population, a.generations, a.val_images, a.calib_images, a.name = 8, 1, 200, 200, a.name + "_quick"
+    if a.bf16 is not None:
+        a.bf16 = [int(n) for n in a.bf16.split(",") if n] or [a.calib_images]
     t0 = time.time()
     out = run(a)
     out["wall_seconds"] = round(time.time() - t0, 1)
