@@ -22,9 +22,9 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    evolution's pick, random search's pick at equal evaluations, and the largest-MACs arch
    under the budget, each retrained stand-alone with 3 seeds.
 6. **bf16 scores** (``--bf16 [CALIB,...]``). Each trained supernet scores the subnets again
-   in bf16 autocast + channels_last (the evaluator's fast setting), ranked beside the fp32
-   scores; with BN recalibrated on each given number of train images (the recalibration
-   size as a setting of the score, at a third of fp32's cost).
+   in bf16 autocast + channels_last (the evaluator's fast setting: 3.2x fp32 on an AMX CPU,
+   ``gpu_check.py``), ranked beside the fp32 scores; with BN recalibrated on each given
+   number of train images, so the recalibration size is measured at bf16's cost.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. The
@@ -41,8 +41,8 @@ Writes ``results/ranking.json`` and ``results/ranking.png``.
 in a new work dir (same space, data, truth budget and subnets, or exit 2), so a machine
 without the old work dir retrains only the supernets, the search and what was missing.
 
-Jobs run in the order truth, supernets, search, budget check, so an interrupted run's
-``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
+Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an interrupted
+run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
 """
 
 from __future__ import annotations
@@ -154,12 +154,14 @@ def check_work_dir(a) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(ours, indent=1))
         return
-    theirs = json.loads(path.read_text())  # a key ours lacks (an older work dir's truth_steps) decides nothing
+    theirs = json.loads(path.read_text())
     differ = sorted(k for k in ours if ours[k] != theirs.get(k))
     if differ:
         print(f"ranking: {a.work} holds jobs of other settings ({', '.join(differ)}); pass another --work",
               file=sys.stderr)
         raise SystemExit(2)
+    if theirs.keys() - ours.keys():  # an older work dir's truth_steps: it holds several truth budgets now
+        atomic_write(path, json.dumps(ours, indent=1))
 
 
 def standalone(a, arch, seed: int, steps: int) -> dict:
@@ -209,6 +211,14 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
             "val_losses": [round(e["loss"], 5) for e in evals]}
 
 
+def trained_supernet(a, variant: str, seed: int, steps: int):
+    """``(space, supernet)`` of a supernet job's kept weights."""
+    space = build_space(supernet_cfg(a, variant, seed).space)
+    model = space.build_supernet()
+    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt", weights_only=True))
+    return space, model
+
+
 def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: int) -> dict:
     """Every subnet scored again on a trained supernet in bf16 autocast + channels_last (the
     evaluator's fast setting on AMX CPUs and GPUs; BN statistics stay fp32), its BN statistics
@@ -216,9 +226,7 @@ def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: 
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, variant, seed)
-    space = build_space(cfg.space)
-    model = space.build_supernet()
-    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt", weights_only=True))
+    space, model = trained_supernet(a, variant, seed, steps)
     Precision(channels_last=True).model(model)
     data = eval_data(build_dataset(cfg.data, cfg.space.input_size), calib_images, a.val_images, 0,
                      precision="bf16", channels_last=True)
@@ -231,22 +239,35 @@ def bf16_key(a, variant: str, seed: int, steps: int, calib_images: int) -> str:
     return f"bf16_{calib}{variant}_s{seed}_{steps}"
 
 
-def bf16_figures(a, variants, archs, groups, budget, truth, results, steps, space, calib_images: int) -> dict:
-    """How the bf16 + channels_last scores rank beside the fp32 ones of the same supernets."""
-    target, subsets = truth.mean(1), subsets_of(archs, groups, budget, space)
-    out = {}
+def bf16_figures(a, variants, target, subsets, results, steps, calib_images: int) -> dict:
+    """How the bf16 + channels_last scores rank beside the fp32 ones of the same supernets
+    (those recalibrated on ``--calib-images``: at another count the comparison mixes both)."""
+    out = {"calib_images": calib_images, "fp32_calib_images": a.calib_images}
     for v in variants:
         seeds = []
         for s in range(a.supernet_seeds):
             fp32, bf16 = (np.array(results[k]["scores"])
                           for k in (f"sn_{v}_s{s}_{steps[v]}", bf16_key(a, v, s, steps[v], calib_images)))
-            seeds.append(dict(rank_report(bf16, target), **subset_taus(bf16, target, subsets),
-                              kendall_tau_bf16_vs_fp32=round(kendall_tau(bf16, fp32), 4),
+            seeds.append(dict(seed_report(bf16, target, subsets), mean_score=round(float(np.mean(bf16)), 2),
+                              bf16_scores=bf16.tolist(),
+                              kendall_tau_vs_fp32_scores=round(kendall_tau(bf16, fp32), 4),
                               score_diff_points_mean=round(float(np.mean(bf16 - fp32)), 3),
                               score_diff_points_max_abs=round(float(np.max(np.abs(bf16 - fp32))), 3)))
-        out[v] = {"seeds": seeds, **{f"{k}_mean": round(float(np.mean([p[k] for p in seeds])), 4)
-                                     for k in ("kendall_tau", "stratified_kendall_tau", "band_kendall_tau",
-                                               "kendall_tau_bf16_vs_fp32")}}
+        out[v] = {"seeds": seeds, **means(seeds, ("kendall_tau", "stratified_kendall_tau", "band_kendall_tau",
+                                                  "kendall_tau_vs_fp32_scores"))}
+    return out
+
+
+def bf16_rescores(a, work: Path, variants, archs, target, subsets, results, steps) -> dict:
+    """Every trained supernet's subnets scored again in bf16, once per calibration image count."""
+    out = {}
+    for n in a.bf16:
+        jobs = [(work, bf16_key(a, v, s, steps[v], n), rescored, a, v, s, steps[v], archs, n)
+                for v in variants for s in range(a.supernet_seeds)]
+        results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
+        scored = [v for v in variants if all(bf16_key(a, v, s, steps[v], n) in results
+                                             for s in range(a.supernet_seeds))]
+        out[str(n)] = bf16_figures(a, scored, target, subsets, results, steps, n)
     return out
 
 
@@ -255,9 +276,7 @@ def searched(a, variant: str, steps: int, method: str, budget: float) -> dict:
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, variant, 0)
-    space = build_space(cfg.space)
-    model = space.build_supernet()
-    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_0_{steps}.pt", weights_only=True))
+    space, model = trained_supernet(a, variant, 0, steps)
     splits = build_dataset(cfg.data, cfg.space.input_size)
     data = eval_data(splits, a.calib_images, a.val_images, 0)
     settings = EvolutionSettings(population=a.population, top_k=a.population // 4, mutation_children=a.population // 2,
@@ -322,16 +341,10 @@ def run(a) -> dict:
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
-        out["bf16_channels_last"] = {}
-        for n in a.bf16:
-            rescores = [(work, bf16_key(a, v, s, steps[v], n), rescored, a, v, s, steps[v], archs, n)
-                        for v in done for s in range(a.supernet_seeds)]
-            results.update({j[1]: r for j, r in zip(rescores, finished(a, work, rescores)) if r is not None})
-            out["missing_jobs"] += [j[1] for j in rescores if j[1] not in results]
-            scored = [v for v in done if all(bf16_key(a, v, s, steps[v], n) in results
-                                             for s in range(a.supernet_seeds))]
-            out["bf16_channels_last"][str(n)] = bf16_figures(a, scored, archs, groups, budget, truth, results,
-                                                             steps, space, n)
+        out["bf16_channels_last"] = bf16_rescores(a, work, done, archs, truth.mean(1),
+                                                  subsets_of(archs, groups, budget, space), results, steps)
+        out["missing_jobs"] += [bf16_key(a, v, s, steps[v], n) for n in a.bf16 for v in done
+                                for s in range(a.supernet_seeds) if bf16_key(a, v, s, steps[v], n) not in results]
     if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     if partial is None:
@@ -367,6 +380,15 @@ def subset_taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict
     return out
 
 
+def seed_report(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict:
+    """One ranker's figures against the truth: tau, rho, their CIs, precision@5, tau per subset."""
+    return dict(rank_report(pred, target), **subset_taus(pred, target, subsets))
+
+
+def means(reports: list[dict], keys) -> dict:
+    return {f"{k}_mean": round(float(np.mean([r[k] for r in reports])), 4) for k in keys}
+
+
 def subsets_of(archs, groups, budget, space) -> dict[str, list[int]]:
     """The subnets inside the search's MACs band, and the stratified ones."""
     band = [i for i, arch in enumerate(archs) if 0.85 * budget <= space.macs(arch) <= 1.15 * budget]
@@ -382,24 +404,19 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
     baselines = {"macs": macs, "params": params, "random_order": rng.permutation(len(archs)).tolist()}
     out = {"band_subnets": band, "baselines": {}, "variants": {}}
     for name, pred in baselines.items():
-        out["baselines"][name] = dict(rank_report(pred, target), **subset_taus(pred, target, subsets))
+        out["baselines"][name] = seed_report(pred, target, subsets)
     for v in variants:
         runs = [results[f"sn_{v}_s{s}_{steps[v]}"] for s in range(a.supernet_seeds)]
-        per_seed = [dict(rank_report(r["scores"], target), **subset_taus(r["scores"], target, subsets),
-                         mean_score=round(float(np.mean(r["scores"])), 2), train_seconds=r["train_seconds"])
-                    for r in runs]
+        per_seed = [dict(seed_report(r["scores"], target, subsets), mean_score=round(float(np.mean(r["scores"])), 2),
+                         train_seconds=r["train_seconds"]) for r in runs]
         for r, p in zip(runs, per_seed):  # the search_val loss as the score instead of top-1 (lower is better)
             if "val_losses" in r:
                 p["loss_as_score_kendall_tau"] = round(kendall_tau([-x for x in r["val_losses"]], target), 4)
         taus = [p["kendall_tau"] for p in per_seed]
-        band_taus = [p["band_kendall_tau"] for p in per_seed]
-        strat_taus = [p["stratified_kendall_tau"] for p in per_seed]
         out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "seeds": per_seed,
                               "scores": [r["scores"] for r in runs],
-                              "kendall_tau_mean": round(float(np.mean(taus)), 4),
-                              "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4),
-                              "band_kendall_tau_mean": round(float(np.mean(band_taus)), 4),
-                              "stratified_kendall_tau_mean": round(float(np.mean(strat_taus)), 4)}
+                              **means(per_seed, ("kendall_tau", "band_kendall_tau", "stratified_kendall_tau")),
+                              "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4)}
     return out
 
 
@@ -442,9 +459,11 @@ def seed_work_dir(a, work: Path, archs: list, check: list[int]) -> None:
     they are: same space, data, truth steps and subnets, or exit 2."""
     old = json.loads(Path(a.truth_from).read_text())
     same = (old["space"] == SPACE and old["data"] == DATA and old["truth_steps"] == a.truth_steps
+            and old.get("settings", {}).get("truth_lr", 0.1) == a.truth_lr
             and [s["arch"] for s in old["subnets"]] == archs and old["budget_check"]["subnets"] == check)
     if not same:
-        print(f"ranking: {a.truth_from} holds another space, data, truth budget or subnets", file=sys.stderr)
+        print(f"ranking: {a.truth_from} holds another space, data, truth budget, truth LR or subnets",
+              file=sys.stderr)
         raise SystemExit(2)
     seeded = {f"sa_{i}_s{s}_{a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
               for i, sub in enumerate(old["subnets"]) for s, top1 in enumerate(sub["test_top1_seeds"])}

@@ -23,8 +23,9 @@ snapshot and the same random legal candidates. Reports
 
 Every phase runs once per round (``--rounds``, default 3), in reverse order every other round,
 and each ratio is taken within one round: this machine's speed drifts by up to a quarter over
-tens of minutes, which phases run far apart would read as Tune's cost or gain. The figures are
-each ratio's median, min and max over the rounds.
+tens of minutes, which phases run far apart would read as Tune's cost or gain. Within a round
+the phases compared still run up to ~15 minutes apart, so the rounds' spread is reported with
+each ratio: its median, min and max over the rounds.
 
     python benchmarks/search_speed.py --candidates 24 --evaluators 2
 
@@ -216,6 +217,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
 
     cfg = SearchConfig()
     cfg.evaluator.candidates_per_trial = per_trial
+    tune_path = Path(tmp) / ("tune_batched" if per_trial == 0 else f"tune{per_trial}")  # a fresh search each
     start_ray(slots)
     try:
         t_sizing = time.perf_counter()
@@ -224,7 +226,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
         t0, started = time.perf_counter(), time.time()
-        grid = run_tune(cfg, searcher, snapshot, data, Path(tmp) / f"tune{per_trial}")
+        grid = run_tune(cfg, searcher, snapshot, data, tune_path)
         wall = time.perf_counter() - t0
         reports = [json.loads(line) for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
                    if line.strip()]
@@ -332,8 +334,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
-            for name in (PHASES if i % 2 == 0 else PHASES[::-1]):  # drift over a run cancels in the median
-                phases[name] = run_phase(name, space, snapshot, data, args, f"{tmp}/round{i}")  # a fresh search
+            # reversed every other round: a drift in one direction does not favour the same side each round
+            for name in (PHASES if i % 2 == 0 else PHASES[::-1]):
+                phases[name] = run_phase(name, space, snapshot, data, args, f"{tmp}/round{i}")
                 print(f"round {i + 1}/{args.rounds} {phase_line(name, phases[name])}", flush=True)
             rounds.append({"phases": phases, "figures": round_figures(phases)})
             f = rounds[-1]["figures"]
