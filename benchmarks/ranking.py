@@ -38,7 +38,7 @@ Writes ``results/ranking.json`` and ``results/ranking.png``.
     python benchmarks/ranking.py --quick --work /tmp/rq   # a few minutes, end to end
 
 ``--truth-from <results JSON>`` caches an earlier run's stand-alone results and step times
-in a new work dir (same space, data, truth budget and subnets, or exit 2), so a machine
+in a new work dir (same space, data, truth budget, truth LR and subnets, or exit 2), so a machine
 without the old work dir retrains only the supernets, the search and what was missing.
 
 Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an interrupted
