@@ -43,6 +43,8 @@ without the old work dir retrains only the supernets, the search and what was mi
 
 Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an interrupted
 run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
+``--check-first`` runs the budget check first: whether a new truth budget is stable is known
+before hours go into it.
 """
 
 from __future__ import annotations
@@ -315,12 +317,18 @@ def run(a) -> dict:
     checks = [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
     if a.supernets_first:  # a new supernet variant's figures before the last truth jobs (an interim report)
         jobs.sort(key=lambda j: not j[1].startswith("sn_"))
+    if a.check_first:  # whether a new truth budget is stable, before the hours of truth at it
+        finished(a, work, sorted(checks, key=lambda j: -space.macs(j[4])))  # the longest first: the soonest end
     results = {j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None}
     missing = [j[1] for j in jobs if j[1] not in results]
-    partial = None
+    done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
+    partial = checked = None
     if any(key.startswith("sa_") and key.endswith(f"_{a.truth_steps}") for key in missing):
-        # An interim report on the subnets whose two truth seeds are done (no budget check):
-        # every figure of it is over fewer subnets, and says so.
+        # An interim report on the subnets whose two truth seeds are done: every figure of it
+        # is over fewer subnets, and says so; the budget check needs seed 0 of its 8 only.
+        results.update({j[1]: r for j, r in zip(checks, finished(a, work, checks)) if r is not None})
+        checked = budget_check(a, space, archs, check, results, done, steps)
+        missing += [j[1] for j in checks if j[1] not in results]
         keep = [i for i in range(len(archs))
                 if all(f"sa_{i}_s{s}_{a.truth_steps}" in results for s in (0, 1))]
         partial = {"subnets_with_truth": len(keep), "of": len(archs)}
@@ -329,7 +337,7 @@ def run(a) -> dict:
                    ({**r, **{f: [r[f][i] for i in keep] for f in ("scores", "val_losses") if f in r}}
                     if k.startswith("sn_") else r)
                    for k, r in results.items() if not k.startswith("sa_") or int(k.split("_")[1]) in keep}
-        archs, groups, check = [archs[i] for i in keep], [groups[i] for i in keep], []
+        archs, groups = [archs[i] for i in keep], [groups[i] for i in keep]
     truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in (0, 1)]
                       for i in range(len(archs))])
     out = {"space": SPACE, "data": DATA, "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
@@ -338,7 +346,6 @@ def run(a) -> dict:
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
            "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),
            "missing_jobs": missing, "interim": partial}
-    done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
         out["bf16_channels_last"] = bf16_rescores(a, work, done, archs, truth.mean(1),
@@ -349,25 +356,27 @@ def run(a) -> dict:
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     if partial is None:
         results.update({j[1]: r for j, r in zip(checks, finished(a, work, checks)) if r is not None})
-    out["missing_jobs"] += [j[1] for j in checks if j[1] not in results]
-    out["budget_check"] = budget_check(a, space, archs, check, truth, results, done, steps)
+        out["missing_jobs"] += [j[1] for j in checks if j[1] not in results]
+        checked = budget_check(a, space, archs, check, results, done, steps)
+    out["budget_check"] = checked
     return out
 
 
-def budget_check(a, space, archs, check, truth, results, done, steps) -> dict:
-    """Stand-alone top-1 of the check subnets at the budget and twice it, and how the rankers rank both."""
-    twice = [results[key]["test_top1"] for key in (f"sa_{i}_s0_{2 * a.truth_steps}" for i in check) if key in results]
-    out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps],
-           "top1_at_budget": truth[check, 0].tolist(), "top1_at_twice": twice}
-    if len(twice) < len(check) or not check:
+def budget_check(a, space, archs, check, results, done, steps) -> dict:
+    """Stand-alone top-1 (seed 0) of the check subnets at the budget and twice it, and how the
+    rankers rank both."""
+    at, twice = ([results[key]["test_top1"] for key in (f"sa_{i}_s0_{n}" for i in check) if key in results]
+                 for n in (a.truth_steps, 2 * a.truth_steps))
+    out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps], "top1_at_budget": at, "top1_at_twice": twice}
+    if len(twice) < len(check) or len(at) < len(check) or not check:
         return out
-    out["kendall_tau"] = round(kendall_tau(truth[check, 0], twice), 4)
+    out["kendall_tau"] = round(kendall_tau(at, twice), 4)
     out["stable"] = out["kendall_tau"] >= 0.8
     rankers = {"macs": [space.macs(archs[i]) for i in check]}  # the same rankers against the longer truth
     rankers.update({f"{v}_s{s}": [results[f"sn_{v}_s{s}_{steps[v]}"]["scores"][i] for i in check]
                     for v in done for s in range(a.supernet_seeds)})
     out["kendall_tau_vs_twice"] = {k: round(kendall_tau(p, twice), 4) for k, p in rankers.items()}
-    out["kendall_tau_vs_budget"] = {k: round(kendall_tau(p, truth[check, 0]), 4) for k, p in rankers.items()}
+    out["kendall_tau_vs_budget"] = {k: round(kendall_tau(p, at), 4) for k, p in rankers.items()}
     return out
 
 
@@ -539,6 +548,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
                     help="train the supernets before the truth jobs not done yet (the report is interim until they are)")
+    ap.add_argument("--check-first", action="store_true",
+                    help="run the budget check (8 subnets at twice the truth steps) before the truth jobs")
     ap.add_argument("--truth-from", default="",
                     help="an earlier run's results JSON: its stand-alone results and step times are cached, not rerun")
     ap.add_argument("--report-only", action="store_true",
