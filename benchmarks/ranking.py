@@ -260,17 +260,19 @@ def bf16_figures(a, variants, target, subsets, results, steps, calib_images: int
     return out
 
 
-def bf16_rescores(a, work: Path, variants, archs, target, subsets, results, steps) -> dict:
-    """Every trained supernet's subnets scored again in bf16, once per calibration image count."""
-    out = {}
+def bf16_rescores(a, work: Path, variants, archs, target, subsets, results, steps) -> tuple[dict, list[str]]:
+    """Every trained supernet's subnets scored again in bf16, once per calibration image count;
+    and the rescoring jobs not done."""
+    out, missing = {}, []
     for n in a.bf16:
         jobs = [(work, bf16_key(a, v, s, steps[v], n), rescored, a, v, s, steps[v], archs, n)
                 for v in variants for s in range(a.supernet_seeds)]
         results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
+        missing += [j[1] for j in jobs if j[1] not in results]
         scored = [v for v in variants if all(bf16_key(a, v, s, steps[v], n) in results
                                              for s in range(a.supernet_seeds))]
         out[str(n)] = bf16_figures(a, scored, target, subsets, results, steps, n)
-    return out
+    return out, missing
 
 
 def searched(a, variant: str, steps: int, method: str, budget: float) -> dict:
@@ -322,13 +324,18 @@ def run(a) -> dict:
     results = {j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None}
     missing = [j[1] for j in jobs if j[1] not in results]
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
+
+    def checked_budget() -> tuple[dict, list[str]]:  # the check's jobs run (or read), their figures, what is missing
+        results.update({j[1]: r for j, r in zip(checks, finished(a, work, checks)) if r is not None})
+        return budget_check(a, space, archs, check, results, done, steps), [j[1] for j in checks if j[1] not in results]
+
     partial = checked = None
     if any(key.startswith("sa_") and key.endswith(f"_{a.truth_steps}") for key in missing):
         # An interim report on the subnets whose two truth seeds are done: every figure of it
-        # is over fewer subnets, and says so; the budget check needs seed 0 of its 8 only.
-        results.update({j[1]: r for j, r in zip(checks, finished(a, work, checks)) if r is not None})
-        checked = budget_check(a, space, archs, check, results, done, steps)
-        missing += [j[1] for j in checks if j[1] not in results]
+        # is over fewer subnets, and says so; the budget check needs seed 0 of its 8 only, so
+        # it is taken before the subnets are cut.
+        checked, unchecked = checked_budget()
+        missing += unchecked
         keep = [i for i in range(len(archs))
                 if all(f"sa_{i}_s{s}_{a.truth_steps}" in results for s in (0, 1))]
         partial = {"subnets_with_truth": len(keep), "of": len(archs)}
@@ -348,16 +355,14 @@ def run(a) -> dict:
            "missing_jobs": missing, "interim": partial}
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
-        out["bf16_channels_last"] = bf16_rescores(a, work, done, archs, truth.mean(1),
-                                                  subsets_of(archs, groups, budget, space), results, steps)
-        out["missing_jobs"] += [bf16_key(a, v, s, steps[v], n) for n in a.bf16 for v in done
-                                for s in range(a.supernet_seeds) if bf16_key(a, v, s, steps[v], n) not in results]
+        out["bf16_channels_last"], not_scored = bf16_rescores(a, work, done, archs, truth.mean(1),
+                                                              subsets_of(archs, groups, budget, space), results, steps)
+        out["missing_jobs"] += not_scored
     if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
-    if partial is None:
-        results.update({j[1]: r for j, r in zip(checks, finished(a, work, checks)) if r is not None})
-        out["missing_jobs"] += [j[1] for j in checks if j[1] not in results]
-        checked = budget_check(a, space, archs, check, results, done, steps)
+    if partial is None:  # last: after the search
+        checked, unchecked = checked_budget()
+        out["missing_jobs"] += unchecked
     out["budget_check"] = checked
     return out
 

@@ -217,7 +217,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
 
     cfg = SearchConfig()
     cfg.evaluator.candidates_per_trial = per_trial
-    tune_path = Path(tmp) / ("tune_batched" if per_trial == 0 else f"tune{per_trial}")  # a fresh search each
+    tune_path = Path(tmp) / f"tune{per_trial}"  # named before batching sets per_trial: a fresh search each
     start_ray(slots)
     try:
         t_sizing = time.perf_counter()
