@@ -44,7 +44,10 @@ without the old work dir retrains only the supernets, the search and what was mi
 Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an interrupted
 run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
 ``--check-first`` runs the budget check first: whether a new truth budget is stable is known
-before hours go into it.
+before hours go into it; ``--check-only`` runs and reports the check alone. ``--num-train``
+sets the synthetic images generated (the truth, supernets and search all train on them): on
+fewer images every subnet converges within the truth budget instead of racing to the last
+points of an easy set.
 """
 
 from __future__ import annotations
@@ -88,8 +91,13 @@ BATCH = 64
 # -- configs and subnets --------------------------------------------------------------
 
 
+def data_cfg(a) -> dict:
+    """DATA with ``--num-train``: fewer images let every subnet converge within the truth budget."""
+    return {**DATA, "num_train": a.num_train}
+
+
 def supernet_cfg(a, variant: str, seed: int) -> SupernetConfig:
-    sets = [f"space.{k}={json.dumps(v)}" for k, v in SPACE.items()] + [f"data.{k}={v}" for k, v in DATA.items()]
+    sets = [f"space.{k}={json.dumps(v)}" for k, v in SPACE.items()] + [f"data.{k}={v}" for k, v in data_cfg(a).items()]
     sets += [f"data.path={a.data}", f"run.seed={seed}", f"sandwich.num_random={a.num_random}", *VARIANTS[variant]]
     return load_config(SupernetConfig, None, sets)
 
@@ -151,7 +159,7 @@ JOB_SETTINGS = ("stratified", "band", "budget", "truth_lr", "supernet_lr", "supe
 def check_work_dir(a) -> None:
     """Record the job settings in a new work dir; exit 2 on a work dir of other settings."""
     path = Path(a.work) / "settings.json"
-    ours = {"space": SPACE, "data": DATA, "recipe": RECIPE, **{k: getattr(a, k) for k in JOB_SETTINGS}}
+    ours = {"space": SPACE, "data": data_cfg(a), "recipe": RECIPE, **{k: getattr(a, k) for k in JOB_SETTINGS}}
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(ours, indent=1))
@@ -308,6 +316,16 @@ def run(a) -> dict:
     pairs = sorted(((i, s) for i in range(len(archs)) for s in (0, 1)),
                    key=lambda p: not (work / f"sa_{p[0]}_s{1 - p[1]}_{a.truth_steps}.json").exists())
     jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps) for i, s in pairs]
+    # the budget check: last (after the search) unless --check-first or --check-only
+    checks = [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
+    if a.check_first or a.check_only:  # whether a truth budget is stable, before the hours of truth at it
+        at_budget = [j for j in jobs if j[1] in {f"sa_{i}_s0_{a.truth_steps}" for i in check}]
+        mine = sorted(checks + at_budget, key=lambda j: -j[6] * space.macs(j[4]))  # the longest first: soonest end
+        results = {j[1]: r for j, r in zip(mine, finished(a, work, mine)) if r is not None}
+        if a.check_only:
+            return {"space": SPACE, "data": data_cfg(a), "truth_steps": a.truth_steps, "batch": BATCH,
+                    "missing_jobs": [j[1] for j in mine if j[1] not in results],
+                    "budget_check": budget_check(a, space, archs, check, results, [], {})}
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
     steps = {v: max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
@@ -315,12 +333,8 @@ def run(a) -> dict:
                                                        for v in a.variants), flush=True)
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
              for v in a.variants for s in range(a.supernet_seeds)]
-    # the budget check runs last, after the search
-    checks = [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
     if a.supernets_first:  # a new supernet variant's figures before the last truth jobs (an interim report)
         jobs.sort(key=lambda j: not j[1].startswith("sn_"))
-    if a.check_first:  # whether a new truth budget is stable, before the hours of truth at it
-        finished(a, work, sorted(checks, key=lambda j: -space.macs(j[4])))  # the longest first: the soonest end
     results = {j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None}
     missing = [j[1] for j in jobs if j[1] not in results]
     done = [v for v in a.variants if all(f"sn_{v}_s{s}_{steps[v]}" in results for s in range(a.supernet_seeds))]
@@ -347,7 +361,7 @@ def run(a) -> dict:
         archs, groups = [archs[i] for i in keep], [groups[i] for i in keep]
     truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in (0, 1)]
                       for i in range(len(archs))])
-    out = {"space": SPACE, "data": DATA, "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
+    out = {"space": SPACE, "data": data_cfg(a), "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
            "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
                         "test_top1_seeds": truth[i].tolist()} for i, (arch, g) in enumerate(zip(archs, groups))],
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
@@ -472,7 +486,7 @@ def seed_work_dir(a, work: Path, archs: list, check: list[int]) -> None:
     """Cache the stand-alone results and step times of an earlier run's JSON (``--truth-from``) for the jobs
     they are: same space, data, truth steps and subnets, or exit 2."""
     old = json.loads(Path(a.truth_from).read_text())
-    same = (old["space"] == SPACE and old["data"] == DATA and old["truth_steps"] == a.truth_steps
+    same = (old["space"] == SPACE and old["data"] == data_cfg(a) and old["truth_steps"] == a.truth_steps
             and old.get("settings", {}).get("truth_lr", 0.1) == a.truth_lr
             and [s["arch"] for s in old["subnets"]] == archs and old["budget_check"]["subnets"] == check)
     if not same:
@@ -529,6 +543,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / f"ranking-v{RECIPE}"))
     ap.add_argument("--data", default="", help="synthetic cache dir (default: the shared one)")
+    ap.add_argument("--num-train", type=int, default=DATA["num_train"],
+                    help="synthetic train images generated (search_val's 2,000 carved from them)")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--stratified", type=int, default=24)
     ap.add_argument("--band", type=int, default=12)
@@ -555,6 +571,8 @@ def main() -> None:
                     help="train the supernets before the truth jobs not done yet (the report is interim until they are)")
     ap.add_argument("--check-first", action="store_true",
                     help="run the budget check (8 subnets at twice the truth steps) before the truth jobs")
+    ap.add_argument("--check-only", action="store_true",
+                    help="run and report the budget check alone: whether --truth-steps is stable on this data")
     ap.add_argument("--truth-from", default="",
                     help="an earlier run's results JSON: its stand-alone results and step times are cached, not rerun")
     ap.add_argument("--report-only", action="store_true",
@@ -570,7 +588,8 @@ def main() -> None:
     out = run(a)
     out["wall_seconds"] = round(time.time() - t0, 1)
     out["settings"] = {k: v for k, v in vars(a).items() if k not in ("work", "data")}
-    plot(out, RESULTS / f"{a.name}.png")
+    if not a.check_only:
+        plot(out, RESULTS / f"{a.name}.png")
     write_result(a.name, out)
 
 

@@ -159,8 +159,8 @@ class CpuAccount:
         self._thread.start()
 
     @staticmethod
-    def _sample() -> dict[int, tuple[int, float]]:
-        """pid -> (parent pid, CPU-seconds) of every process readable in /proc."""
+    def _sample() -> dict[int, tuple[int, float, int]]:
+        """pid -> (parent pid, CPU-seconds, niceness) of every process readable in /proc."""
         tick, out = os.sysconf("SC_CLK_TCK"), {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
@@ -168,7 +168,7 @@ class CpuAccount:
             except OSError:
                 continue
             fields = stat[stat.rfind(")") + 2:].split()  # after the command, which may hold spaces
-            out[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+            out[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, int(fields[16]))
         return out
 
     def _run(self) -> None:
@@ -179,17 +179,19 @@ class CpuAccount:
         snap = self._sample()
         mine = {os.getpid()}
         for _ in range(4):  # driver -> Ray daemons -> raylet's workers and agents
-            mine |= {pid for pid, (ppid, _) in snap.items() if ppid in mine}
+            mine |= {pid for pid, (ppid, *_) in snap.items() if ppid in mine}
         self.last.update({pid: snap[pid] for pid in mine})
 
-    def stop(self, evaluator_pids: set[int]) -> dict[str, float]:
+    def stop(self, evaluator_pids: set[int]) -> dict:
         self._record()
         self._stop.set()
         self._thread.join()
-        used = {pid: cpu - self.base.get(pid, (0, 0.0))[1] for pid, (_, cpu) in self.last.items()}
+        used = {pid: cpu - self.base.get(pid, (0, 0.0))[1] for pid, (_, cpu, _) in self.last.items()}
         evaluators = sum(cpu for pid, cpu in used.items() if pid in evaluator_pids)
         driver = used.get(os.getpid(), 0.0)
-        return {"evaluators": evaluators, "driver": driver, "ray": sum(used.values()) - evaluators - driver}
+        nice = sorted({self.last[pid][2] for pid in evaluator_pids if pid in self.last})
+        return {"evaluators": evaluators, "driver": driver, "ray": sum(used.values()) - evaluators - driver,
+                "evaluator_niceness": nice}
 
 
 def idle_slot_seconds(reports: list[dict], started: float, ended: float) -> dict[str, float]:
@@ -239,6 +241,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         builds[m["pid"]] = max(builds.get(m["pid"], 0), m["builds_in_process"])
     slot_s_per_cand = wall * slots / len(reports)
     eval_mean = statistics.mean(evals)
+    niceness = cpu.pop("evaluator_niceness")
     return {
         "candidates_per_trial": per_trial, "trials": len(grid),
         "batch_sizing_s": round(sizing_s, 2),  # one candidate timed on the driver, before the fit
@@ -252,6 +255,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         # and the driver take is not available to the evaluators
         "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
         "machine_share": {k: round(v / (wall * os.cpu_count()), 4) for k, v in cpu.items()},
+        "evaluator_niceness": niceness,
     }
 
 
@@ -320,11 +324,15 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=200)
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
+    p.add_argument("--worker-niceness", type=int, default=None,
+                   help="niceness of Ray's worker processes (Ray's default 15 yields to every nice-0 process)")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < args.evaluators:
         p.error("--rounds must be >= 1 and --candidates >= --evaluators")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if args.worker_niceness is not None:  # read by the raylet this driver starts
+        os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
     import tempfile
 
     import ray
