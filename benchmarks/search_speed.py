@@ -35,6 +35,7 @@ Writes ``benchmarks/results/search_speed.json`` (command, machine, figures).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -270,7 +271,24 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
         return plain_parallel(space, snapshot, data, n, slots)
     if name == "ray_tasks":
         return ray_tasks(space, snapshot, data, n, slots)
+    if name == "tune_batched_niceness":  # the batched run again, Ray's workers at --compare-niceness
+        with worker_niceness(args.compare_niceness):
+            return tuned(space, snapshot, data, n, slots, f"{tmp}/niceness", 0)  # its own search dir
     return tuned(space, snapshot, data, n, slots, tmp, 1 if name == "tune_one_per_trial" else 0)
+
+
+@contextlib.contextmanager
+def worker_niceness(value: int):
+    """``RAY_worker_niceness`` for the raylets started inside (each Tune phase starts its own)."""
+    old = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = str(value)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_worker_niceness")
+        else:
+            os.environ["RAY_worker_niceness"] = old
 
 
 def phase_line(name: str, r: dict) -> str:
@@ -288,7 +306,14 @@ def round_figures(r: dict) -> dict:
     """One round's ratios: every phase of it ran within minutes of the others."""
     seq, par, tasks, tun, one = (r[k] for k in ("sequential", "plain_parallel", "ray_tasks", "tune_batched",
                                                  "tune_one_per_trial"))
-    return {
+    other = r.get("tune_batched_niceness")  # --compare-niceness: the same run, the workers at another niceness
+    compared = {} if other is None else {
+        "niceness_compared_vs_plain_parallel": other["candidates_per_s"] / par["candidates_per_s"],
+        "niceness_compared_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
+        "niceness_compared_overhead_per_candidate": other["overhead_per_candidate"],
+        "niceness_compared_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
+    }
+    return {**compared,
         "speedup_vs_sequential": tun["candidates_per_s"] / seq["candidates_per_s"],
         "plain_parallel_speedup_vs_sequential": par["candidates_per_s"] / seq["candidates_per_s"],
         "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
@@ -326,6 +351,8 @@ def main() -> int:
     p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="niceness of Ray's worker processes (Ray's default 15 yields to every nice-0 process)")
+    p.add_argument("--compare-niceness", type=int, default=None,
+                   help="also run batched Tune with Ray's workers at this niceness, in every round")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < args.evaluators:
@@ -343,7 +370,8 @@ def main() -> int:
         for i in range(args.rounds):
             phases = {}
             # reversed every other round: a drift in one direction does not favour the same side each round
-            for name in (PHASES if i % 2 == 0 else PHASES[::-1]):
+            phases_run = PHASES + (("tune_batched_niceness",) if args.compare_niceness is not None else ())
+            for name in (phases_run if i % 2 == 0 else phases_run[::-1]):
                 phases[name] = run_phase(name, space, snapshot, data, args, f"{tmp}/round{i}")
                 print(f"round {i + 1}/{args.rounds} {phase_line(name, phases[name])}", flush=True)
             rounds.append({"phases": phases, "figures": round_figures(phases)})
