@@ -19,7 +19,9 @@ snapshot and the same random legal candidates. Reports
   evaluation slower on its own thread ran slower, one slower only in wall time waited);
 * where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
-  share left to the evaluators bounds Tune's fraction of the ceiling on this machine.
+  share left to the evaluators bounds Tune's fraction of the ceiling on this machine;
+* Ray's worker niceness (default 15): ``--worker-niceness N`` runs every Ray phase at N,
+  ``--compare-niceness N`` adds batched Tune at N to every round beside the default's.
 
 Every phase runs once per round (``--rounds``, default 3), in reverse order every other round,
 and each ratio is taken within one round: this machine's speed drifts by up to a quarter over
