@@ -263,6 +263,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
 
 
 PHASES = ("sequential", "plain_parallel", "ray_tasks", "tune_one_per_trial", "tune_batched")
+NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -282,15 +283,15 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
 @contextlib.contextmanager
 def worker_niceness(value: int):
     """``RAY_worker_niceness`` for the raylets started inside (each Tune phase starts its own)."""
-    old = os.environ.get("RAY_worker_niceness")
-    os.environ["RAY_worker_niceness"] = str(value)
+    old = os.environ.get(NICENESS_ENV)
+    os.environ[NICENESS_ENV] = str(value)
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("RAY_worker_niceness")
+            os.environ.pop(NICENESS_ENV)
         else:
-            os.environ["RAY_worker_niceness"] = old
+            os.environ[NICENESS_ENV] = old
 
 
 def phase_line(name: str, r: dict) -> str:
@@ -360,19 +361,19 @@ def main() -> int:
     if args.rounds < 1 or args.candidates < args.evaluators:
         p.error("--rounds must be >= 1 and --candidates >= --evaluators")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if args.worker_niceness is not None:  # read by the raylet this driver starts
-        os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
+    if args.worker_niceness is not None:  # every phase's raylet
+        os.environ[NICENESS_ENV] = str(args.worker_niceness)
     import tempfile
 
     import ray
 
     space, snapshot, data = setup(args)
     rounds = []
+    phases_run = PHASES + (("tune_batched_niceness",) if args.compare_niceness is not None else ())
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
             # reversed every other round: a drift in one direction does not favour the same side each round
-            phases_run = PHASES + (("tune_batched_niceness",) if args.compare_niceness is not None else ())
             for name in (phases_run if i % 2 == 0 else phases_run[::-1]):
                 phases[name] = run_phase(name, space, snapshot, data, args, f"{tmp}/round{i}")
                 print(f"round {i + 1}/{args.rounds} {phase_line(name, phases[name])}", flush=True)
