@@ -11,6 +11,8 @@ snapshot and the same random legal candidates. Reports
   time, where slot-seconds = fit wall time x slots / candidates (target <= 3%), and where the
   slot-seconds outside evaluations went (each evaluator's start, reports within a trial, the
   switch between trials, the tail), from each candidate's wall-clock end and evaluation time;
+* the batched run's three figures again with the runner's batch sizing counted (one candidate
+  timed on the driver before the fit, no search candidate scored meanwhile): ``with_sizing_*``;
 * supernet builds per evaluator process (the snapshot is deserialised once per process);
 * the machine's ceiling: the same candidates split over N plain processes (no Ray), and
   Tune's candidates/s as a fraction of it; between the two, the same loop as N Ray tasks
@@ -21,7 +23,8 @@ snapshot and the same random legal candidates. Reports
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine;
 * Ray's worker niceness (default 15): ``--worker-niceness N`` runs every Ray phase at N,
-  ``--compare-niceness N`` adds batched Tune at N to every round beside the default's.
+  ``--compare-niceness N[,N...]`` adds batched Tune at each N to every round beside the
+  default's.
 
 Every phase runs once per round (``--rounds``, default 3), in reverse order every other round,
 and each ratio is taken within one round: this machine's speed drifts by up to a quarter over
@@ -252,6 +255,9 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
         "eval_s_mean": eval_mean,
         "overhead_per_candidate": (slot_s_per_cand - eval_mean) / eval_mean,
+        # the same with the batch sizing (before the fit, no search candidate scored): what a user waits for
+        "candidates_per_s_with_sizing": len(reports) / (wall + sizing_s),
+        "overhead_with_sizing": ((wall + sizing_s) * slots / len(reports) - eval_mean) / eval_mean,
         "evaluator_processes": len(builds), "builds_per_process": builds,
         "max_builds_per_process": max(builds.values()),
         # CPU-seconds during the run (the machine had wall x cpu_count); what Ray's processes
@@ -264,6 +270,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
 
 PHASES = ("sequential", "plain_parallel", "ray_tasks", "tune_one_per_trial", "tune_batched")
 NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
+NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -274,9 +281,9 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
         return plain_parallel(space, snapshot, data, n, slots)
     if name == "ray_tasks":
         return ray_tasks(space, snapshot, data, n, slots)
-    if name == "tune_batched_niceness":  # the batched run again, Ray's workers at --compare-niceness
-        with worker_niceness(args.compare_niceness):
-            return tuned(space, snapshot, data, n, slots, f"{tmp}/niceness", 0)  # its own search dir
+    if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
+        with worker_niceness(int(name[len(NICE_PHASE):])):
+            return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)  # its own search dir
     return tuned(space, snapshot, data, n, slots, tmp, 1 if name == "tune_one_per_trial" else 0)
 
 
@@ -309,18 +316,25 @@ def round_figures(r: dict) -> dict:
     """One round's ratios: every phase of it ran within minutes of the others."""
     seq, par, tasks, tun, one = (r[k] for k in ("sequential", "plain_parallel", "ray_tasks", "tune_batched",
                                                  "tune_one_per_trial"))
-    other = r.get("tune_batched_niceness")  # --compare-niceness: the same run, the workers at another niceness
-    compared = {} if other is None else {
-        "niceness_compared_vs_plain_parallel": other["candidates_per_s"] / par["candidates_per_s"],
-        "niceness_compared_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
-        "niceness_compared_overhead_per_candidate": other["overhead_per_candidate"],
-        "niceness_compared_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
-    }
+    compared = {}  # --compare-niceness: the same batched run, the workers at another niceness
+    for name in (k for k in r if k.startswith(NICE_PHASE)):
+        other, tag = r[name], "nice" + name[len(NICE_PHASE):]
+        compared.update({
+            f"{tag}_vs_plain_parallel": other["candidates_per_s"] / par["candidates_per_s"],
+            f"{tag}_speedup_vs_sequential": other["candidates_per_s"] / seq["candidates_per_s"],
+            f"{tag}_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
+            f"{tag}_overhead_per_candidate": other["overhead_per_candidate"],
+            f"{tag}_with_sizing_overhead_per_candidate": other["overhead_with_sizing"],
+            f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
+        })
     return {**compared,
         "speedup_vs_sequential": tun["candidates_per_s"] / seq["candidates_per_s"],
         "plain_parallel_speedup_vs_sequential": par["candidates_per_s"] / seq["candidates_per_s"],
         "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
         "tune_overhead_per_candidate": tun["overhead_per_candidate"],
+        "with_sizing_speedup_vs_sequential": tun["candidates_per_s_with_sizing"] / seq["candidates_per_s"],
+        "with_sizing_vs_plain_parallel": tun["candidates_per_s_with_sizing"] / par["candidates_per_s"],
+        "with_sizing_overhead_per_candidate": tun["overhead_with_sizing"],
         "one_per_trial_speedup_vs_sequential": one["candidates_per_s"] / seq["candidates_per_s"],
         "one_per_trial_overhead_per_candidate": one["overhead_per_candidate"],
         "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
@@ -354,8 +368,9 @@ def main() -> int:
     p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="niceness of Ray's worker processes (Ray's default 15 yields to every nice-0 process)")
-    p.add_argument("--compare-niceness", type=int, default=None,
-                   help="also run batched Tune with Ray's workers at this niceness, in every round")
+    p.add_argument("--compare-niceness", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                   metavar="N[,N...]", help="also run batched Tune with Ray's workers at each of these "
+                   "nicenesses, in every round (figures nice<N>_*)")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < args.evaluators:
@@ -369,7 +384,7 @@ def main() -> int:
 
     space, snapshot, data = setup(args)
     rounds = []
-    phases_run = PHASES + (("tune_batched_niceness",) if args.compare_niceness is not None else ())
+    phases_run = PHASES + tuple(f"{NICE_PHASE}{v}" for v in args.compare_niceness)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
