@@ -11,8 +11,9 @@ snapshot and the same random legal candidates. Reports
   time, where slot-seconds = fit wall time x slots / candidates (target <= 3%), and where the
   slot-seconds outside evaluations went (each evaluator's start, reports within a trial, the
   switch between trials, the tail), from each candidate's wall-clock end and evaluation time;
-* the batched run's three figures again with the runner's batch sizing counted (one candidate
-  timed on the driver before the fit, no search candidate scored meanwhile): ``with_sizing_*``;
+* the batched run's three figures again with the runner's work before the fit counted (its
+  batch sizing; until the evaluators reported their own times, one candidate timed on the
+  driver, no search candidate scored meanwhile): ``with_sizing_*``;
 * supernet builds per evaluator process (the snapshot is deserialised once per process);
 * the machine's ceiling: the same candidates split over N plain processes (no Ray), and
   Tune's candidates/s as a fraction of it; between the two, the same loop as N Ray tasks
@@ -229,7 +230,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     start_ray(slots)
     try:
         t_sizing = time.perf_counter()
-        per_trial, slots = trial_batching(cfg, space, snapshot, data)
+        per_trial, slots = trial_batching(cfg)
         sizing_s = time.perf_counter() - t_sizing
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
@@ -249,13 +250,13 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     eval_mean = statistics.mean(evals)
     niceness = cpu.pop("evaluator_niceness")
     return {
-        "candidates_per_trial": per_trial, "trials": len(grid),
-        "batch_sizing_s": round(sizing_s, 2),  # one candidate timed on the driver, before the fit
+        "candidates_per_trial": searcher.candidates_per_trial, "trials": len(grid),
+        "batch_sizing_s": round(sizing_s, 2),  # the runner's work before the fit
         "slot_seconds_not_evaluating": idle_slot_seconds(reports, started, started + wall),
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
         "eval_s_mean": eval_mean,
         "overhead_per_candidate": (slot_s_per_cand - eval_mean) / eval_mean,
-        # the same with the batch sizing (before the fit, no search candidate scored): what a user waits for
+        # the same with the runner's batch sizing before the fit: what a user waits for
         "candidates_per_s_with_sizing": len(reports) / (wall + sizing_s),
         "overhead_with_sizing": ((wall + sizing_s) * slots / len(reports) - eval_mean) / eval_mean,
         "evaluator_processes": len(builds), "builds_per_process": builds,

@@ -385,7 +385,8 @@ class EvaluatorConfig:
     gpus_per_trial: float = 0.0  # GPUs per evaluator slot; fractions share a GPU (0.5 = two per GPU)
     max_failures: int = 3  # retries of a trial whose evaluator died (Tune FailureConfig); it redoes its batch
     # candidates a Tune trial evaluates: Tune's per-trial bookkeeping is paid once per batch.
-    # 0 = enough for a trial of about 10 s, from one candidate timed on the driver; 1 = one per trial
+    # 0 = enough for a trial of about 10 s, from the first evaluation times the evaluators report
+    # (one candidate per slot until then; on GPUs a generation's share per slot); 1 = one per trial
     candidates_per_trial: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of recalibration and scoring (statistics stay fp32)
     channels_last: bool = False  # NHWC supernet and images

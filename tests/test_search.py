@@ -184,6 +184,28 @@ def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_a
                                                                       for c in small_gen["candidates"]]}
 
 
+def test_auto_batches_are_sized_from_the_evaluators_first_reported_time_and_survive_a_restore():
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    settings = EvolutionSettings(population=20, top_k=2, mutation_children=3, crossover_children=3,
+                                 generations=1, max_tries=50)
+    s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
+                           candidates_per_trial=0, slots=2, trial_seconds=10.0)
+    probes = [s.suggest("a"), s.suggest("b")]
+    # unsized: one candidate per evaluator slot, and no more trials until a time is reported
+    assert [len(p["candidates"]) for p in probes] == [1, 1] and s.suggest("c") is None
+    s.on_trial_complete("a", None, error=True)  # a probe that died before reporting sizes nothing
+    assert s.candidates_per_trial == 0 and len(s.suggest("a2")["candidates"]) == 1
+    s.on_trial_result("b", {**_report(probes[1], 50.0), "eval_s": 2.4})
+    assert s.candidates_per_trial == 4  # 10 s of work at 2.4 s a candidate
+    assert len(s.suggest("c")["candidates"]) == 4
+    s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=7),
+                            candidates_per_trial=0, slots=2)
+    s2.set_state(json.loads(json.dumps(s.get_state())))
+    assert s2.candidates_per_trial == 4  # a resumed search does not size again
+    assert len(s2.suggest("d")["candidates"]) == 4
+
+
 def test_a_driver_killed_between_tunes_two_saves_resumes_without_waiting_forever(tmp_path):
     """Tune writes its trial table, then the searcher: a kill in between must not leave a
     trial the table calls finished running in the searcher (the barrier would never lift)."""

@@ -137,6 +137,9 @@ def test_small_search_completes_under_a_latency_bound(cluster, tmp_path, data_di
     out = tmp_path / "out" / "s"
     results = check_outputs(out, BUDGET)
     assert "chosen arch" in run.output() and "pareto front (latency)" in run.output()
+    # candidates_per_trial 0: one candidate per evaluator until one reported its time, then batches
+    assert "sized from the first candidates' times" in run.output()
+    assert max(len(t["config"]["candidates"]) for t, _ in saved_trials(out / "tune")) > 1
     for arch, latency in zip(results["arch"], results["latency_ms"]):
         assert 0 < latency <= bound and latency == round(table.predict_ms(space, json.loads(arch)), 4)
     front = pd.read_csv(out / "pareto_front_latency.csv")

@@ -137,19 +137,4 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
             setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
 
 
-def time_candidate(snapshot: Snapshot, data: EvalData, arch) -> float:
-    """Seconds one candidate takes on one thread, as in an evaluator (the supernet built
-    first): sizes a trial's batch."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        space, model = get_supernet(snapshot, channels_last=data.channels_last)
-        t0 = time.perf_counter()
-        evaluate_arch(model, space.validate(arch), data)
-        return time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-
-
-__all__ = ["BUILDS", "EvalData", "Snapshot", "eval_data", "evaluate_arch", "evaluate_candidate", "get_supernet",
-           "time_candidate"]
+__all__ = ["BUILDS", "EvalData", "Snapshot", "eval_data", "evaluate_arch", "evaluate_candidate", "get_supernet"]

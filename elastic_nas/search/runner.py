@@ -18,7 +18,6 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from ray.tune import Callback
 
@@ -26,7 +25,7 @@ from elastic_nas.cluster.launcher import init_ray, resolve_storage
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact
-from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate, time_candidate
+from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
@@ -35,7 +34,6 @@ from elastic_nas.spaces import build_space
 from elastic_nas.spaces.latency import LatencyTable
 
 TUNE_DIR = "tune"  # Tune's experiment dir inside the search dir
-TRIAL_SECONDS = 10.0  # candidates_per_trial 0: a batch this long; a trial switch costs ~30 ms (search_speed.py)
 
 
 def search_folder(cfg: SearchConfig) -> RunFolder:
@@ -193,14 +191,14 @@ def run_search(cfg: SearchConfig) -> dict:
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
     snapshot = to_snapshot(ckpt)
     init_ray()
-    # A resumed search keeps the batching its searcher was saved with: no candidate to time.
+    # A resumed search keeps the batching its searcher was saved with.
     restoring = tune_can_restore(out_dir / TUNE_DIR)
     if not restoring:
-        per_trial, slots = trial_batching(cfg, space, snapshot, data)
-        searcher.candidates_per_trial, searcher.slots = per_trial, slots
+        searcher.candidates_per_trial, searcher.slots = trial_batching(cfg)
     budget = searcher.generator.settings.budget
-    batching = ("batches as saved" if restoring else
-                f"up to {searcher.candidates_per_trial} candidates per trial on {searcher.slots} evaluator(s)")
+    per_trial = (f"up to {searcher.candidates_per_trial} candidates" if searcher.candidates_per_trial else
+                 f"batches of about {searcher.trial_seconds:.0f}s (sized from the first candidates' times)")
+    batching = "batches as saved" if restoring else f"{per_trial} per trial on {searcher.slots} evaluator(s)"
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
           f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, {batching}; "
@@ -258,9 +256,10 @@ class CandidateBoard(Callback):
         return {"log_dir": self.log_dir, "writer": None, "count": self.count}
 
 
-def trial_batching(cfg: SearchConfig, space, snapshot: Snapshot, data: EvalData) -> tuple[int, int]:
-    """(candidates per trial, evaluator slots): the configured batch, or one that keeps a trial
-    about TRIAL_SECONDS long at the speed of one candidate timed here."""
+def trial_batching(cfg: SearchConfig) -> tuple[int, int]:
+    """(candidates per trial, evaluator slots): the configured batch, or on CPUs 0, which the
+    searcher sizes from the first evaluation times the evaluators report (where the
+    candidates run, not on this driver's machine)."""
     import ray
 
     ev = cfg.evaluator
@@ -270,8 +269,7 @@ def trial_batching(cfg: SearchConfig, space, snapshot: Snapshot, data: EvalData)
         return ev.candidates_per_trial, slots
     if ev.gpus_per_trial:  # a GPU scores a candidate in milliseconds: one batch per evaluator per generation
         return max(1, math.ceil(cfg.evolution.population / slots)), slots
-    seconds = time_candidate(snapshot, data, space.sample(np.random.default_rng(cfg.run.seed)))
-    return max(1, round(TRIAL_SECONDS / max(seconds, 1e-3))), slots
+    return 0, slots
 
 
 def tune_can_restore(tune_path: Path) -> bool:

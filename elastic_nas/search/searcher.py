@@ -9,7 +9,9 @@ returns ``Searcher.FINISHED`` when the generator is done.
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
 drains, so no evaluator slot idles through another's last full batch) and reports each one
 as it is scored, so Tune's per-trial bookkeeping (trial start, result handling, state
-saves) is paid once per batch. Each candidate is told to the generator as its result arrives; a killed evaluator's
+saves) is paid once per batch. With ``candidates_per_trial`` 0 the batch is sized where the
+candidates run: the first trials score one candidate per evaluator slot, and the first
+reported evaluation time sets a batch of about ``trial_seconds``; it is saved with the state. Each candidate is told to the generator as its result arrives; a killed evaluator's
 trial is retried by Tune and re-reports its batch (same scores: the evaluation is
 deterministic), and a candidate its trial never reported counts as failed.
 
@@ -39,6 +41,7 @@ from elastic_nas.io import atomic_write
 from elastic_nas.search.evolution import _Generator, arch_key
 
 STATE_VERSION = 2
+TRIAL_SECONDS = 10.0  # a sized batch lasts about this long; a trial switch costs ~30 ms (search_speed.py)
 
 
 class _Generation:
@@ -57,18 +60,20 @@ class _Generation:
 class GenerationSearcher(Searcher):
     """Tune searcher for :class:`~elastic_nas.search.evolution.EvolutionSearch` or ``RandomSearch``.
 
-    ``candidates_per_trial``: the batch a trial evaluates at most; ``slots``: the evaluators
-    that run at once, so a generation is split into at least that many batches.
+    ``candidates_per_trial``: the batch a trial evaluates at most (0: sized from the first
+    reported evaluation time to last about ``trial_seconds``); ``slots``: the evaluators that
+    run at once, so a generation is split into at least that many batches.
     """
 
     def __init__(self, generator: _Generator, metric: str = "accuracy", mode: str = "max",
-                 candidates_per_trial: int = 1, slots: int = 1):
+                 candidates_per_trial: int = 1, slots: int = 1, trial_seconds: float = TRIAL_SECONDS):
         if mode != "max":
             raise ValueError("the generators maximise their score; pass mode='max'")
         super().__init__(metric=metric, mode=mode)
         self.generator = generator
-        self.candidates_per_trial = max(1, candidates_per_trial)
+        self.candidates_per_trial = max(0, candidates_per_trial)
         self.slots = max(1, slots)
+        self.trial_seconds = trial_seconds
         self.current = _Generation()
         self._state_path = ""  # where Tune last saved this searcher
         # on_generation(generator, candidates, seconds): a generation of that many candidates
@@ -84,9 +89,14 @@ class GenerationSearcher(Searcher):
             if fresh is None:
                 return Searcher.FINISHED
             self.current = _Generation([c.key for c in fresh])
+        per_trial = self.candidates_per_trial
+        if not per_trial:  # not sized yet: one candidate per slot until the first evaluation time arrives
+            if len(self.current.running) >= self.slots:
+                return None
+            per_trial = 1
         # Batches shrink as the generation drains (guided self-scheduling), so the evaluators
         # reach the generation barrier nearly together instead of one waiting out a full batch.
-        per_trial = min(self.candidates_per_trial, math.ceil(len(self.current.unsuggested) / self.slots))
+        per_trial = min(per_trial, math.ceil(len(self.current.unsuggested) / self.slots))
         batch, self.current.unsuggested = self.current.unsuggested[:per_trial], self.current.unsuggested[per_trial:]
         self.current.running[trial_id] = batch
         return {"candidates": [self._candidate(key) for key in batch]}
@@ -101,6 +111,8 @@ class GenerationSearcher(Searcher):
         key = self._key(result)
         if key is not None:
             self.generator.tell(key, _score(result.get(self.metric)))
+        if not self.candidates_per_trial and (result or {}).get("eval_s"):
+            self.candidates_per_trial = max(1, round(self.trial_seconds / result["eval_s"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         batch = self.current.running.pop(trial_id, None)
@@ -131,12 +143,14 @@ class GenerationSearcher(Searcher):
             "generator": self.generator.get_state(),
             "unsuggested": list(self.current.unsuggested),
             "running": {trial: list(batch) for trial, batch in self.current.running.items()},
+            "candidates_per_trial": self.candidates_per_trial,  # a sized batch survives a restore
         }
 
     def set_state(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"searcher state version {state.get('version')}, expected {STATE_VERSION}")
         self.generator.set_state(state["generator"])
+        self.candidates_per_trial = state.get("candidates_per_trial", self.candidates_per_trial)
         scored = {key for key, cand in self.generator.candidates.items() if cand.evaluated}
         running = {trial: batch for trial, batch in state["running"].items() if not set(batch) <= scored}
         self.current = _Generation(state["unsuggested"], running)
