@@ -9,11 +9,13 @@ returns ``Searcher.FINISHED`` when the generator is done.
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
 drains, so no evaluator slot idles through another's last full batch) and reports each one
 as it is scored, so Tune's per-trial bookkeeping (trial start, result handling, state
-saves) is paid once per batch. With ``candidates_per_trial`` 0 the batch is sized where the
-candidates run: the first trials score one candidate per evaluator slot, and the first
-reported evaluation time sets a batch of about ``trial_seconds``; it is saved with the state. Each candidate is told to the generator as its result arrives; a killed evaluator's
-trial is retried by Tune and re-reports its batch (same scores: the evaluation is
-deterministic), and a candidate its trial never reported counts as failed.
+saves) is paid once per batch. Each candidate is told to the generator as its result
+arrives; a killed evaluator's trial is retried by Tune and re-reports its batch (same scores:
+the evaluation is deterministic), and a candidate its trial never reported counts as failed.
+
+With ``candidates_per_trial`` 0 the batch is sized where the candidates run, not on the
+driver's machine: the first trials score one candidate per evaluator slot, and the first
+evaluation time reported sets a batch of about ``trial_seconds`` (saved with the state).
 
 State (``get_state``/``save``) is built by hand: the generator's state (RNG, every
 candidate with its score) plus which candidates are not yet suggested and which trial
