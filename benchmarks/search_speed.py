@@ -23,6 +23,8 @@ snapshot and the same random legal candidates. Reports
 * where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine;
+* ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
+  their figures) when only the targets are measured;
 * Ray's worker niceness (default 15): ``--worker-niceness N`` runs every Ray phase at N,
   ``--compare-niceness N[,N...]`` adds batched Tune at each N to every round beside the
   default's.
@@ -222,6 +224,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     import ray
 
     from elastic_nas.config import SearchConfig
+    from elastic_nas.search.evaluator import candidate_results
     from elastic_nas.search.runner import run_tune, trial_batching
 
     cfg = SearchConfig()
@@ -237,8 +240,8 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         t0, started = time.perf_counter(), time.time()
         grid = run_tune(cfg, searcher, snapshot, data, tune_path)
         wall = time.perf_counter() - t0
-        reports = [json.loads(line) for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
-                   if line.strip()]
+        reports = [c for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
+                   if line.strip() for c in candidate_results(json.loads(line))]
         cpu = account.stop({m["pid"] for m in reports})  # before shutdown: Ray's processes still listed
     finally:
         ray.shutdown()
@@ -270,6 +273,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
 
 
 PHASES = ("sequential", "plain_parallel", "ray_tasks", "tune_one_per_trial", "tune_batched")
+OPTIONAL_PHASES = ("ray_tasks", "tune_one_per_trial")  # explain the gaps; the targets need the others
 NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
 NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
 
@@ -314,21 +318,10 @@ def phase_line(name: str, r: dict) -> str:
 
 
 def round_figures(r: dict) -> dict:
-    """One round's ratios: every phase of it ran within minutes of the others."""
-    seq, par, tasks, tun, one = (r[k] for k in ("sequential", "plain_parallel", "ray_tasks", "tune_batched",
-                                                 "tune_one_per_trial"))
-    compared = {}  # --compare-niceness: the same batched run, the workers at another niceness
-    for name in (k for k in r if k.startswith(NICE_PHASE)):
-        other, tag = r[name], "nice" + name[len(NICE_PHASE):]
-        compared.update({
-            f"{tag}_vs_plain_parallel": other["candidates_per_s"] / par["candidates_per_s"],
-            f"{tag}_speedup_vs_sequential": other["candidates_per_s"] / seq["candidates_per_s"],
-            f"{tag}_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
-            f"{tag}_overhead_per_candidate": other["overhead_per_candidate"],
-            f"{tag}_with_sizing_overhead_per_candidate": other["overhead_with_sizing"],
-            f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
-        })
-    return {**compared,
+    """One round's ratios: every phase of it ran within minutes of the others (the figures of a
+    phase left out with --skip are left out too)."""
+    seq, par, tun = r["sequential"], r["plain_parallel"], r["tune_batched"]
+    out = {
         "speedup_vs_sequential": tun["candidates_per_s"] / seq["candidates_per_s"],
         "plain_parallel_speedup_vs_sequential": par["candidates_per_s"] / seq["candidates_per_s"],
         "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
@@ -336,19 +329,33 @@ def round_figures(r: dict) -> dict:
         "with_sizing_speedup_vs_sequential": tun["candidates_per_s_with_sizing"] / seq["candidates_per_s"],
         "with_sizing_vs_plain_parallel": tun["candidates_per_s_with_sizing"] / par["candidates_per_s"],
         "with_sizing_overhead_per_candidate": tun["overhead_with_sizing"],
-        "one_per_trial_speedup_vs_sequential": one["candidates_per_s"] / seq["candidates_per_s"],
-        "one_per_trial_overhead_per_candidate": one["overhead_per_candidate"],
         "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
-        # Ray's share of the gap to the ceiling, before any Tune bookkeeping
-        "ray_tasks_vs_plain_parallel": tasks["candidates_per_s"] / par["candidates_per_s"],
-        "eval_time_ratio_ray_tasks_vs_plain": tasks["eval_s_mean"] / par["eval_s_mean"],
-        "eval_thread_cpu_ratio_ray_tasks_vs_plain": tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"],
         "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
         "sequential_eval_s": seq["eval_s_mean"],
         "max_supernet_builds_per_process": tun["max_builds_per_process"],
         # the most of the ceiling Tune could reach here with no per-trial cost at all
         "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
     }
+    if "tune_one_per_trial" in r:
+        one = r["tune_one_per_trial"]
+        out["one_per_trial_speedup_vs_sequential"] = one["candidates_per_s"] / seq["candidates_per_s"]
+        out["one_per_trial_overhead_per_candidate"] = one["overhead_per_candidate"]
+    if "ray_tasks" in r:  # Ray's share of the gap to the ceiling, before any Tune bookkeeping
+        tasks = r["ray_tasks"]
+        out["ray_tasks_vs_plain_parallel"] = tasks["candidates_per_s"] / par["candidates_per_s"]
+        out["eval_time_ratio_ray_tasks_vs_plain"] = tasks["eval_s_mean"] / par["eval_s_mean"]
+        out["eval_thread_cpu_ratio_ray_tasks_vs_plain"] = tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"]
+    for name in (k for k in r if k.startswith(NICE_PHASE)):  # the batched run, the workers at another niceness
+        other, tag = r[name], "nice" + name[len(NICE_PHASE):]
+        out.update({
+            f"{tag}_vs_plain_parallel": other["candidates_per_s"] / par["candidates_per_s"],
+            f"{tag}_speedup_vs_sequential": other["candidates_per_s"] / seq["candidates_per_s"],
+            f"{tag}_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
+            f"{tag}_overhead_per_candidate": other["overhead_per_candidate"],
+            f"{tag}_with_sizing_overhead_per_candidate": other["overhead_with_sizing"],
+            f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
+        })
+    return out
 
 
 def across_rounds(per_round: list[dict]) -> dict:
@@ -372,10 +379,14 @@ def main() -> int:
     p.add_argument("--compare-niceness", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                    metavar="N[,N...]", help="also run batched Tune with Ray's workers at each of these "
                    "nicenesses, in every round (figures nice<N>_*)")
+    p.add_argument("--skip", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="PHASE[,PHASE...]",
+                   help=f"leave out these of the optional phases {', '.join(OPTIONAL_PHASES)}")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < args.evaluators:
         p.error("--rounds must be >= 1 and --candidates >= --evaluators")
+    if set(args.skip) - set(OPTIONAL_PHASES):
+        p.error(f"--skip takes only {', '.join(OPTIONAL_PHASES)}")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if args.worker_niceness is not None:  # every phase's raylet
         os.environ[NICENESS_ENV] = str(args.worker_niceness)
@@ -385,7 +396,8 @@ def main() -> int:
 
     space, snapshot, data = setup(args)
     rounds = []
-    phases_run = PHASES + tuple(f"{NICE_PHASE}{v}" for v in args.compare_niceness)
+    phases_run = tuple(p for p in PHASES if p not in args.skip) + tuple(f"{NICE_PHASE}{v}"
+                                                                       for v in args.compare_niceness)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
@@ -398,7 +410,8 @@ def main() -> int:
             print(f"round {i + 1}/{args.rounds}: tune x{args.evaluators} batched {f['speedup_vs_sequential']:.2f}x "
                   f"sequential (target {SPEEDUP_TARGET}), {f['tune_vs_plain_parallel']:.2f} of the ceiling (target "
                   f"{CEILING_TARGET}), overhead {100 * f['tune_overhead_per_candidate']:.1f}% (target "
-                  f"{100 * OVERHEAD_TARGET:.0f}%); Ray tasks {f['ray_tasks_vs_plain_parallel']:.2f} of the ceiling",
+                  f"{100 * OVERHEAD_TARGET:.0f}%)" + (f"; Ray tasks {f['ray_tasks_vs_plain_parallel']:.2f} of the "
+                                                       "ceiling" if "ray_tasks_vs_plain_parallel" in f else ""),
                   flush=True)
     result = {
         "command": "python " + shlex.join(sys.argv),
@@ -416,7 +429,7 @@ def main() -> int:
     print("median (min-max) of " + f"{args.rounds} rounds: " + "; ".join(
         f"{k} {fig[k]['median']:.3f} ({fig[k]['min']:.3f}-{fig[k]['max']:.3f})"
         for k in ("speedup_vs_sequential", "tune_vs_plain_parallel", "tune_overhead_per_candidate",
-                  "ray_tasks_vs_plain_parallel")))
+                  "ray_tasks_vs_plain_parallel") if k in fig))
     print(f"wrote {args.out}")
     return 0
 

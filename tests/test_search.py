@@ -118,8 +118,15 @@ def test_state_round_trip_mid_search_continues_identically():
 
 
 def _report(config: dict, accuracy: float, index: int = 0) -> dict:
-    """What the evaluator reports for the ``index``-th candidate of a trial's batch."""
+    """The ``index``-th candidate of a trial's batch reported alone (as a search started before
+    batches were reported whole did)."""
     return {"accuracy": accuracy, **config["candidates"][index]}
+
+
+def _batch_report(config: dict, accuracies: list[float]) -> dict:
+    """What the evaluator reports for a trial: its batch, a result per candidate."""
+    scored = [{"accuracy": acc, "eval_s": 1.0, **cand} for acc, cand in zip(accuracies, config["candidates"])]
+    return {"accuracy": max(accuracies), "scored": scored}
 
 
 def test_searcher_barrier_and_state_without_tune_running():
@@ -174,10 +181,10 @@ def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_a
     s.on_trial_complete("a", _report(first, 60.0, 1))  # died after its second candidate
     told = [s.generator.candidates[arch_key(SPACE, c["arch"])].score for c in first["candidates"]]
     assert told == [70.0, 60.0, -math.inf, -math.inf]  # never reported: failed
-    for trial, batch in zip("bcd", batches[1:]):
-        for i in range(len(batch["candidates"])):
-            s.on_trial_result(trial, _report(batch, 50.0 + i, i))
-        s.on_trial_complete(trial, _report(batch, 50.0 + i, i))
+    for trial, batch in zip("bcd", batches[1:]):  # the whole batch in one report
+        s.on_trial_complete(trial, _batch_report(batch, [50.0 + i for i in range(len(batch["candidates"]))]))
+    assert [s.generator.candidates[arch_key(SPACE, c["arch"])].score for c in batches[1]["candidates"]] == [
+        50.0, 51.0, 52.0]
     small_gen = s.suggest("e")
     assert len(small_gen["candidates"]) == 3  # 6 children over 2 slots: never one trial for all
     assert json.loads(json.dumps(s.get_state()))["running"] == {"e": [arch_key(SPACE, c["arch"])
@@ -196,7 +203,7 @@ def test_auto_batches_are_sized_from_the_evaluators_first_reported_time_and_surv
     assert [len(p["candidates"]) for p in probes] == [1, 1] and s.suggest("c") is None
     s.on_trial_complete("a", None, error=True)  # a probe that died before reporting sizes nothing
     assert s.candidates_per_trial == 0 and len(s.suggest("a2")["candidates"]) == 1
-    s.on_trial_result("b", {**_report(probes[1], 50.0), "eval_s": 2.4})
+    s.on_trial_result("b", {"accuracy": 50.0, "scored": [{**_report(probes[1], 50.0), "eval_s": 2.4}]})
     assert s.candidates_per_trial == 4  # 10 s of work at 2.4 s a candidate
     assert len(s.suggest("c")["candidates"]) == 4
     s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=7),

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from elastic_nas.config import DataConfig, SpaceConfig
+from elastic_nas.search.evaluator import candidate_results
 from tests.ray_utils import CliRun
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -73,7 +74,8 @@ def reports(tune_dir: Path) -> Counter:
     for f in tune_dir.glob("trial_*/result.json"):
         for line in f.read_text().splitlines():
             if line.strip():
-                counts[json.dumps(json.loads(line)["arch"])] += 1
+                for cand in candidate_results(json.loads(line)):
+                    counts[json.dumps(cand["arch"])] += 1
     return counts
 
 

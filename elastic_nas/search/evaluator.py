@@ -45,6 +45,7 @@ class Snapshot:
     state: dict[str, np.ndarray]
 
 
+SCORED = "scored"  # an evaluator's report: its batch's results, one per candidate
 # snapshot id -> (space, supernet); ``BUILDS`` counts constructions in this process (the benchmark reads it).
 _SUPERNETS: dict[str, tuple[Any, torch.nn.Module]] = {}
 BUILDS: list[str] = []
@@ -115,8 +116,8 @@ def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu
 
 
 def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None:
-    """Tune function trainable: score each candidate of ``config["candidates"]`` (a batch)
-    and report each one as it is scored."""
+    """Tune function trainable: score each candidate of ``config["candidates"]`` (a batch),
+    then report the batch once (``SCORED``: one result per candidate, in order)."""
     import ray.tune
 
     t0 = time.perf_counter()
@@ -125,16 +126,27 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     # 1. the supernet of this snapshot, built once per process
     space, model = get_supernet(snapshot, device, data.channels_last)
     setup_s = time.perf_counter() - t0
+    scored = []
     for index, cand in enumerate(config["candidates"]):
         # 2. recalibrate BN for this arch and score it on the fixed validation subset
         t1 = time.perf_counter()
         metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)
-        # 3. report it: the searcher tells the generator at once
-        ray.tune.report(dict(
+        scored.append(dict(
             metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
             latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
             eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
             setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
+    # 3. one report per batch: each tune.report waits for the driver's next call, a round trip
+    # that per candidate cost ~1 % of a search's slot time (benchmarks/search_speed.py)
+    ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), SCORED: scored})
 
 
-__all__ = ["BUILDS", "EvalData", "Snapshot", "eval_data", "evaluate_arch", "evaluate_candidate", "get_supernet"]
+def candidate_results(result: dict | None) -> list[dict]:
+    """The per-candidate results in one of an evaluator's Tune results (a search started
+    before batches were reported whole has one candidate per result)."""
+    result = result or {}
+    return result.get(SCORED) or ([result] if "arch" in result else [])
+
+
+__all__ = ["BUILDS", "SCORED", "EvalData", "Snapshot", "candidate_results", "eval_data", "evaluate_arch",
+           "evaluate_candidate", "get_supernet"]

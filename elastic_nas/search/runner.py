@@ -25,7 +25,7 @@ from elastic_nas.cluster.launcher import init_ray, resolve_storage
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact
-from elastic_nas.search.evaluator import EvalData, Snapshot, eval_data, evaluate_candidate
+from elastic_nas.search.evaluator import EvalData, Snapshot, candidate_results, eval_data, evaluate_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
@@ -116,8 +116,8 @@ def trial_dirname(trial) -> str:
 
 
 def results_table(grid) -> pd.DataFrame:
-    """One row per candidate from the trials' reports (a trial reports each candidate of its
-    batch; a retried trial's repeat counts once); candidates never reported have NaN accuracy."""
+    """One row per candidate from the trials' reports (a trial reports its batch; a retried
+    trial's repeat counts once); candidates never reported have NaN accuracy."""
     rows: dict[str, dict] = {}
     for result in grid:
         for cand in (result.config or {}).get("candidates") or []:
@@ -133,10 +133,11 @@ def _key(arch) -> str:
 
 
 def _reports(trial_dir: str) -> list[dict]:
-    """Every result a trial reported (Tune's result.json, one JSON line each)."""
+    """Every candidate's result a trial reported (Tune's result.json, one JSON line per report)."""
     path = Path(trial_dir) / "result.json"
     lines = path.read_text().splitlines() if path.is_file() else []
-    return [r for r in (json.loads(line) for line in lines if line.strip()) if "arch" in r]
+    return [{"trial_id": r.get("trial_id", ""), **c} for r in (json.loads(line) for line in lines if line.strip())
+            for c in candidate_results(r)]
 
 
 def _row(cand: dict, scores: dict, meta: dict) -> dict:
@@ -237,16 +238,15 @@ class CandidateBoard(Callback):
         self.log_dir, self.writer, self.count = log_dir, None, 0
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "accuracy" not in result:
-            return
-        if self.writer is None:
-            from tensorboardX import SummaryWriter  # comes with ray[tune]
+        for cand in candidate_results(result):
+            if self.writer is None:
+                from tensorboardX import SummaryWriter  # comes with ray[tune]
 
-            self.writer = SummaryWriter(self.log_dir)
-        self.count += 1
-        for key in ("accuracy", "loss", "macs", "generation", "latency_ms"):
-            if key != "latency_ms" or result.get(key):
-                self.writer.add_scalar(f"candidate/{key}", result[key], self.count)
+                self.writer = SummaryWriter(self.log_dir)
+            self.count += 1
+            for key in ("accuracy", "loss", "macs", "generation", "latency_ms"):
+                if key != "latency_ms" or cand.get(key):
+                    self.writer.add_scalar(f"candidate/{key}", cand[key], self.count)
 
     def on_experiment_end(self, trials, **info):
         if self.writer is not None:

@@ -7,11 +7,12 @@ is still running, asks the generator for the next generation once all are scored
 returns ``Searcher.FINISHED`` when the generator is done.
 
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
-drains, so no evaluator slot idles through another's last full batch) and reports each one
-as it is scored, so Tune's per-trial bookkeeping (trial start, result handling, state
-saves) is paid once per batch. Each candidate is told to the generator as its result
-arrives; a killed evaluator's trial is retried by Tune and re-reports its batch (same scores:
-the evaluation is deterministic), and a candidate its trial never reported counts as failed.
+drains, so no evaluator slot idles through another's last full batch) and reports the batch
+once, every candidate's result in it, so Tune's per-trial bookkeeping (trial start, result
+handling, state saves, the evaluator's wait for the driver after a report) is paid once per
+batch. Each candidate is told to the generator as the batch arrives; a killed evaluator's
+trial is retried by Tune and redoes its batch (same scores: the evaluation is deterministic),
+and a candidate its trial never reported counts as failed.
 
 With ``candidates_per_trial`` 0 the batch is sized where the candidates run, not on the
 driver's machine: the first trials score one candidate per evaluator slot, and the first
@@ -40,6 +41,7 @@ import time
 from ray.tune.search import Searcher
 
 from elastic_nas.io import atomic_write
+from elastic_nas.search.evaluator import candidate_results
 from elastic_nas.search.evolution import _Generator, arch_key
 
 STATE_VERSION = 2
@@ -109,12 +111,14 @@ class GenerationSearcher(Searcher):
                 "generation": cand.generation}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """One candidate of the trial's batch is scored: tell the generator at once."""
-        key = self._key(result)
-        if key is not None:
-            self.generator.tell(key, _score(result.get(self.metric)))
-        if not self.candidates_per_trial and (result or {}).get("eval_s"):
-            self.candidates_per_trial = max(1, round(self.trial_seconds / result["eval_s"]))
+        """The trial's batch is scored: tell the generator each candidate's score."""
+        scored = candidate_results(result)
+        for cand in scored:
+            key = self._key(cand)
+            if key is not None:
+                self.generator.tell(key, _score(cand.get(self.metric)))
+        if not self.candidates_per_trial and scored and scored[0].get("eval_s"):
+            self.candidates_per_trial = max(1, round(self.trial_seconds / scored[0]["eval_s"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         batch = self.current.running.pop(trial_id, None)
