@@ -11,9 +11,9 @@ snapshot and the same random legal candidates. Reports
   time, where slot-seconds = fit wall time x slots / candidates (target <= 3%), and where the
   slot-seconds outside evaluations went (each evaluator's start, reports within a trial, the
   switch between trials, the tail), from each candidate's wall-clock end and evaluation time;
-* the batched run's three figures again with the runner's work before the fit counted (its
-  batch sizing; until the evaluators reported their own times, one candidate timed on the
-  driver, no search candidate scored meanwhile): ``with_sizing_*``;
+* the batched run's three figures again with the runner's work before the fit counted
+  (``with_sizing_*``; it timed one candidate on the driver to size the batches until the
+  evaluators' own first times did, so today they equal the figures);
 * supernet builds per evaluator process (the snapshot is deserialised once per process);
 * the machine's ceiling: the same candidates split over N plain processes (no Ray), and
   Tune's candidates/s as a fraction of it; between the two, the same loop as N Ray tasks
@@ -206,7 +206,8 @@ class CpuAccount:
 def idle_slot_seconds(reports: list[dict], started: float, ended: float) -> dict[str, float]:
     """Where each evaluator's time outside evaluations went, summed over evaluators: before its
     first candidate (Tune's start, the worker's imports, the supernet build), between candidates
-    of one trial (reporting), between trials (ending one, the searcher's next, the actor's reset),
+    of one trial (reporting, while evaluators reported each candidate), between trials (the
+    batch's report, ending the trial, the searcher's next, the actor's reset),
     after its last candidate (the other evaluators' tail, Tune's shutdown)."""
     out = dict.fromkeys(("start", "within_trials", "between_trials", "tail"), 0.0)
     for pid in {m["pid"] for m in reports}:

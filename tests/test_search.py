@@ -284,6 +284,32 @@ def test_recalibrate_bn_on_supernet_path_is_deterministic_and_path_specific():
         torch.testing.assert_close(s1[k], s2[k])
 
 
+def test_results_table_has_a_row_per_candidate_from_batch_and_older_per_candidate_reports(tmp_path):
+    """A trial's one report lists its batch; a search started before that has a line per
+    candidate; a candidate its trial never reported has no score."""
+    from types import SimpleNamespace
+
+    from elastic_nas.search.runner import results_table
+
+    archs = [SPACE.sample(np.random.default_rng(i)) for i in range(4)]
+    cands = [{"arch": a, "macs": SPACE.macs(a), "params": SPACE.params(a), "generation": 0} for a in archs]
+    batch = {"trial_id": "a", "accuracy": 61.0,
+             "scored": [{**cands[0], "accuracy": 60.0, "loss": 1.2, "eval_s": 1.5},
+                        {**cands[1], "accuracy": 61.0, "loss": 1.1, "eval_s": 1.4}]}
+    older = {**cands[2], "trial_id": "b", "accuracy": 55.0, "loss": 1.4, "eval_s": 1.3}
+    grid = []
+    for trial, lines, batch_cands in (("a", [batch, batch], cands[:2]), ("b", [older], cands[2:3]),
+                                      ("c", [], cands[3:])):
+        (tmp_path / trial).mkdir()
+        (tmp_path / trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        grid.append(SimpleNamespace(config={"candidates": batch_cands}, path=str(tmp_path / trial),
+                                    metrics={"trial_id": trial}))
+    table = results_table(grid)
+    assert len(table) == 4 and list(table["trial_id"]) == ["a", "a", "b", "c"]  # a retried report counts once
+    assert list(table["accuracy"][:3]) == [60.0, 61.0, 55.0] and math.isnan(table["accuracy"][3])
+    assert list(table["eval_s"][:3]) == [1.5, 1.4, 1.3]
+
+
 def test_pareto_front_and_budgets():
     t = pd.DataFrame({"arch": ["[0]", "[1]", "[2]", "[3]", "[4]"], "macs": [1e6, 2e6, 2e6, 3e6, 4e6],
                       "params": [1, 2, 3, 4, 5], "accuracy": [10.0, 30.0, 20.0, 25.0, float("nan")],

@@ -127,15 +127,20 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
     space, model = get_supernet(snapshot, device, data.channels_last)
     setup_s = time.perf_counter() - t0
     scored = []
-    for index, cand in enumerate(config["candidates"]):
-        # 2. recalibrate BN for this arch and score it on the fixed validation subset
-        t1 = time.perf_counter()
-        metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)
-        scored.append(dict(
-            metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
-            latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
-            eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
-            setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
+    try:
+        for index, cand in enumerate(config["candidates"]):
+            # 2. recalibrate BN for this arch and score it on the fixed validation subset
+            t1 = time.perf_counter()
+            metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)
+            scored.append(dict(
+                metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
+                latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
+                eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
+                setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
+    except Exception:
+        if scored:  # keep the scores before the failure: the trial is retried, and may fail again
+            ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), SCORED: scored})
+        raise
     # 3. one report per batch: each tune.report waits for the driver's next call, a round trip
     # that per candidate cost ~1 % of a search's slot time (benchmarks/search_speed.py)
     ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), SCORED: scored})
