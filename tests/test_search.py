@@ -211,6 +211,11 @@ def test_auto_batches_are_sized_from_the_evaluators_first_reported_time_and_surv
     s2.set_state(json.loads(json.dumps(s.get_state())))
     assert s2.candidates_per_trial == 4  # a resumed search does not size again
     assert len(s2.suggest("d")["candidates"]) == 4
+    # No evaluator slot yet (an autoscaler will add them): every candidate is a pending
+    # one-candidate trial, the demand it scales to, until a time is reported.
+    s3 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
+                            candidates_per_trial=0, slots=0)
+    assert [len(s3.suggest(f"t{i}")["candidates"]) for i in range(20)] == [1] * 20 and s3.suggest("t20") is None
 
 
 def test_a_driver_killed_between_tunes_two_saves_resumes_without_waiting_forever(tmp_path):

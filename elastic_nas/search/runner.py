@@ -199,7 +199,8 @@ def run_search(cfg: SearchConfig) -> dict:
     budget = searcher.generator.settings.budget
     per_trial = (f"up to {searcher.candidates_per_trial} candidates" if searcher.candidates_per_trial else
                  f"batches of about {searcher.trial_seconds:.0f}s (sized from the first candidates' times)")
-    batching = "batches as saved" if restoring else f"{per_trial} per trial on {searcher.slots} evaluator(s)"
+    slots = f"{searcher.slots} evaluator(s)" if searcher.slots else "the evaluators an autoscaler adds"
+    batching = "batches as saved" if restoring else f"{per_trial} per trial on {slots}"
     print(f"elastic-nas: {cfg.evolution.method} search over {space_cfg.name} with snapshot "
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
           f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, {batching}; "
@@ -264,11 +265,11 @@ def trial_batching(cfg: SearchConfig) -> tuple[int, int]:
 
     ev = cfg.evaluator
     kind, need = ("GPU", ev.gpus_per_trial) if ev.gpus_per_trial else ("CPU", ev.cpus_per_trial)
-    slots = max(1, int(ray.cluster_resources().get(kind, 0) // need))
+    slots = int(ray.cluster_resources().get(kind, 0) // need)  # 0: an autoscaler adds them
     if ev.candidates_per_trial:
         return ev.candidates_per_trial, slots
     if ev.gpus_per_trial:  # a GPU scores a candidate in milliseconds: one batch per evaluator per generation
-        return max(1, math.ceil(cfg.evolution.population / slots)), slots
+        return max(1, math.ceil(cfg.evolution.population / max(1, slots))), slots
     return 0, slots
 
 

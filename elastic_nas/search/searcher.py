@@ -66,7 +66,8 @@ class GenerationSearcher(Searcher):
 
     ``candidates_per_trial``: the batch a trial evaluates at most (0: sized from the first
     reported evaluation time to last about ``trial_seconds``); ``slots``: the evaluators that
-    run at once, so a generation is split into at least that many batches.
+    run at once, so a generation is split into at least that many batches (0: none yet, an
+    autoscaler adds them for the pending trials).
     """
 
     def __init__(self, generator: _Generator, metric: str = "accuracy", mode: str = "max",
@@ -76,7 +77,7 @@ class GenerationSearcher(Searcher):
         super().__init__(metric=metric, mode=mode)
         self.generator = generator
         self.candidates_per_trial = max(0, candidates_per_trial)
-        self.slots = max(1, slots)
+        self.slots = max(0, slots)
         self.trial_seconds = trial_seconds
         self.current = _Generation()
         self._state_path = ""  # where Tune last saved this searcher
@@ -95,12 +96,12 @@ class GenerationSearcher(Searcher):
             self.current = _Generation([c.key for c in fresh])
         per_trial = self.candidates_per_trial
         if not per_trial:  # not sized yet: one candidate per slot until the first evaluation time arrives
-            if len(self.current.running) >= self.slots:
-                return None
+            if self.slots and len(self.current.running) >= self.slots:
+                return None  # (with no slot yet, every candidate is pending demand for the autoscaler)
             per_trial = 1
         # Batches shrink as the generation drains (guided self-scheduling), so the evaluators
         # reach the generation barrier nearly together instead of one waiting out a full batch.
-        per_trial = min(per_trial, math.ceil(len(self.current.unsuggested) / self.slots))
+        per_trial = min(per_trial, math.ceil(len(self.current.unsuggested) / max(1, self.slots)))
         batch, self.current.unsuggested = self.current.unsuggested[:per_trial], self.current.unsuggested[per_trial:]
         self.current.running[trial_id] = batch
         return {"candidates": [self._candidate(key) for key in batch]}
