@@ -23,6 +23,8 @@ snapshot and the same random legal candidates. Reports
 * where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine;
+* ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
+  was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
   their figures) when only the targets are measured;
 * Ray's worker niceness (default 15): ``--worker-niceness N`` runs every Ray phase at N,
@@ -277,6 +279,7 @@ PHASES = ("sequential", "plain_parallel", "ray_tasks", "tune_one_per_trial", "tu
 OPTIONAL_PHASES = ("ray_tasks", "tune_one_per_trial")  # explain the gaps; the targets need the others
 NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
 NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
+REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -287,10 +290,35 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
         return plain_parallel(space, snapshot, data, n, slots)
     if name == "ray_tasks":
         return ray_tasks(space, snapshot, data, n, slots)
+    if name == REPORT_EACH_PHASE:  # the batched run again, a report per candidate as before
+        with trainable(report_each_candidate):
+            return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
         with worker_niceness(int(name[len(NICE_PHASE):])):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)  # its own search dir
     return tuned(space, snapshot, data, n, slots, tmp, 1 if name == "tune_one_per_trial" else 0)
+
+
+def report_each_candidate(config: dict, snapshot, data) -> None:
+    """The evaluator as it was before a batch was reported once: a ``tune.report`` per
+    candidate, each waiting for the driver's next call (every gap between candidates then
+    counts as between trials in the breakdown)."""
+    from elastic_nas.search.evaluator import evaluate_candidate
+
+    for cand in config["candidates"]:
+        evaluate_candidate({**config, "candidates": [cand]}, snapshot, data)
+
+
+@contextlib.contextmanager
+def trainable(fn):
+    """The search runner's Tune trainable replaced by ``fn`` inside."""
+    from elastic_nas.search import runner
+
+    old, runner.evaluate_candidate = runner.evaluate_candidate, fn
+    try:
+        yield
+    finally:
+        runner.evaluate_candidate = old
 
 
 @contextlib.contextmanager
@@ -346,8 +374,10 @@ def round_figures(r: dict) -> dict:
         out["ray_tasks_vs_plain_parallel"] = tasks["candidates_per_s"] / par["candidates_per_s"]
         out["eval_time_ratio_ray_tasks_vs_plain"] = tasks["eval_s_mean"] / par["eval_s_mean"]
         out["eval_thread_cpu_ratio_ray_tasks_vs_plain"] = tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"]
-    for name in (k for k in r if k.startswith(NICE_PHASE)):  # the batched run, the workers at another niceness
-        other, tag = r[name], "nice" + name[len(NICE_PHASE):]
+    others = [(k, "nice" + k[len(NICE_PHASE):]) for k in r if k.startswith(NICE_PHASE)]
+    others += [(REPORT_EACH_PHASE, "report_each")] if REPORT_EACH_PHASE in r else []
+    for name, tag in others:  # the batched run again: the workers at another niceness, or a report per candidate
+        other = r[name]
         out.update({
             f"{tag}_vs_plain_parallel": other["candidates_per_s"] / par["candidates_per_s"],
             f"{tag}_speedup_vs_sequential": other["candidates_per_s"] / seq["candidates_per_s"],
@@ -380,6 +410,9 @@ def main() -> int:
     p.add_argument("--compare-niceness", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                    metavar="N[,N...]", help="also run batched Tune with Ray's workers at each of these "
                    "nicenesses, in every round (figures nice<N>_*)")
+    p.add_argument("--compare-report-each", action="store_true",
+                   help="also run batched Tune with a report per candidate (as before a batch was reported "
+                   "once), in every round (figures report_each_*)")
     p.add_argument("--skip", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="PHASE[,PHASE...]",
                    help=f"leave out these of the optional phases {', '.join(OPTIONAL_PHASES)}")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
@@ -399,6 +432,7 @@ def main() -> int:
     rounds = []
     phases_run = tuple(p for p in PHASES if p not in args.skip) + tuple(f"{NICE_PHASE}{v}"
                                                                        for v in args.compare_niceness)
+    phases_run += (REPORT_EACH_PHASE,) if args.compare_report_each else ()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
