@@ -385,10 +385,14 @@ def run(a) -> dict:
 def budget_check(a, space, archs, check, results, done, steps) -> dict:
     """Stand-alone top-1 (seed 0) of the check subnets at the budget and twice it, and how the
     rankers rank both."""
-    at, twice = ([results[key]["test_top1"] for key in (f"sa_{i}_s0_{n}" for i in check) if key in results]
+    at, twice = ([results.get(f"sa_{i}_s0_{n}", {}).get("test_top1") for i in check]  # None: not run yet
                  for n in (a.truth_steps, 2 * a.truth_steps))
     out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps], "top1_at_budget": at, "top1_at_twice": twice}
-    if len(twice) < len(check) or len(at) < len(check) or not check:
+    both = [k for k, (x, y) in enumerate(zip(at, twice)) if x is not None and y is not None]
+    if len(both) < len(check) or not check:
+        if len(both) >= 3:  # an interim figure over the subnets with both runs so far; no verdict
+            out["so_far"] = {"subnets": [check[k] for k in both],
+                             "kendall_tau": round(kendall_tau([at[k] for k in both], [twice[k] for k in both]), 4)}
         return out
     out["kendall_tau"] = round(kendall_tau(at, twice), 4)
     out["stable"] = out["kendall_tau"] >= 0.8
