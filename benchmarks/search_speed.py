@@ -11,9 +11,6 @@ snapshot and the same random legal candidates. Reports
   time, where slot-seconds = fit wall time x slots / candidates (target <= 3%), and where the
   slot-seconds outside evaluations went (each evaluator's start, reports within a trial, the
   switch between trials, the tail), from each candidate's wall-clock end and evaluation time;
-* the batched run's three figures again with the runner's work before the fit counted
-  (``with_sizing_*``; it timed one candidate on the driver to size the batches until the
-  evaluators' own first times did, so today they equal the figures);
 * supernet builds per evaluator process (the snapshot is deserialised once per process);
 * the machine's ceiling: the same candidates split over N plain processes (no Ray), and
   Tune's candidates/s as a fraction of it; between the two, the same loop as N Ray tasks
@@ -262,9 +259,6 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
         "eval_s_mean": eval_mean,
         "overhead_per_candidate": (slot_s_per_cand - eval_mean) / eval_mean,
-        # the same with the runner's batch sizing before the fit: what a user waits for
-        "candidates_per_s_with_sizing": len(reports) / (wall + sizing_s),
-        "overhead_with_sizing": ((wall + sizing_s) * slots / len(reports) - eval_mean) / eval_mean,
         "evaluator_processes": len(builds), "builds_per_process": builds,
         "max_builds_per_process": max(builds.values()),
         # CPU-seconds during the run (the machine had wall x cpu_count); what Ray's processes
@@ -355,9 +349,6 @@ def round_figures(r: dict) -> dict:
         "plain_parallel_speedup_vs_sequential": par["candidates_per_s"] / seq["candidates_per_s"],
         "tune_vs_plain_parallel": tun["candidates_per_s"] / par["candidates_per_s"],
         "tune_overhead_per_candidate": tun["overhead_per_candidate"],
-        "with_sizing_speedup_vs_sequential": tun["candidates_per_s_with_sizing"] / seq["candidates_per_s"],
-        "with_sizing_vs_plain_parallel": tun["candidates_per_s_with_sizing"] / par["candidates_per_s"],
-        "with_sizing_overhead_per_candidate": tun["overhead_with_sizing"],
         "eval_time_ratio_tune_vs_sequential": tun["eval_s_mean"] / seq["eval_s_mean"],
         "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
         "sequential_eval_s": seq["eval_s_mean"],
@@ -383,7 +374,6 @@ def round_figures(r: dict) -> dict:
             f"{tag}_speedup_vs_sequential": other["candidates_per_s"] / seq["candidates_per_s"],
             f"{tag}_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
             f"{tag}_overhead_per_candidate": other["overhead_per_candidate"],
-            f"{tag}_with_sizing_overhead_per_candidate": other["overhead_with_sizing"],
             f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
         })
     return out

@@ -137,13 +137,12 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
                 latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
                 eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
                 setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
-    except Exception:
-        if scored:  # keep the scores before the failure: the trial is retried, and may fail again
+    finally:
+        # 3. one report per batch: each tune.report waits for the driver's next call, a round trip
+        # that per candidate cost ~1 % of a search's slot time (benchmarks/search_speed.py). After a
+        # failure it keeps the scores before it: the trial is retried, and may fail again.
+        if scored:
             ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), SCORED: scored})
-        raise
-    # 3. one report per batch: each tune.report waits for the driver's next call, a round trip
-    # that per candidate cost ~1 % of a search's slot time (benchmarks/search_speed.py)
-    ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), SCORED: scored})
 
 
 def candidate_results(result: dict | None) -> list[dict]:
