@@ -92,8 +92,9 @@ BATCH = 64
 
 
 def data_cfg(a) -> dict:
-    """DATA with ``--num-train`` (the images generated; search_val is carved from them)."""
-    return {**DATA, "num_train": a.num_train}
+    """DATA with ``--num-train`` (the images generated; search_val is carved from them) and
+    ``--difficulty`` (named only when not standard: older work dirs keep their settings)."""
+    return {**DATA, "num_train": a.num_train, **({"difficulty": a.difficulty} if a.difficulty != "standard" else {})}
 
 
 def supernet_cfg(a, variant: str, seed: int) -> SupernetConfig:
@@ -550,6 +551,8 @@ def main() -> None:
     ap.add_argument("--data", default="", help="synthetic cache dir (default: the shared one)")
     ap.add_argument("--num-train", type=int, default=DATA["num_train"],
                     help="synthetic train images generated (search_val's 2,000 carved from them)")
+    ap.add_argument("--difficulty", choices=("standard", "hard"), default="standard",
+                    help="the synthetic set's (hard: fine-grained outlines, more clutter)")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--stratified", type=int, default=24)
     ap.add_argument("--band", type=int, default=12)

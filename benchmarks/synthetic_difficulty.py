@@ -95,13 +95,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--difficulty", choices=("standard", "hard"), default="standard")
+    ap.add_argument("--num-train", type=int, default=50000, help="synthetic images generated for train")
     ap.add_argument("--cache", default="", help="synthetic cache dir (default ~/.cache/elastic-nas/...)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "synthetic_difficulty.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     t0 = time.time()
-    data = build_dataset(DataConfig(seed=args.seed, path=args.cache), image_size=32)
+    data = build_dataset(DataConfig(seed=args.seed, path=args.cache, difficulty=args.difficulty,
+                                    num_train=args.num_train), image_size=32)
     prep_s = time.time() - t0
     print(f"data: {data.summary()} ({prep_s:.1f} s)", file=sys.stderr)
     results = []
@@ -122,6 +125,7 @@ def main() -> int:
                     "python": platform.python_version()},
         "data": {"train": len(data.train), "search_val": len(data.search_val), "test": len(data.test),
                  "prepare_seconds": round(prep_s, 1)},
+        "difficulty": args.difficulty,
         "budget": {"steps": args.steps, "batch": args.batch},
         "results": results,
         "total_seconds": round(time.time() - t0, 1),

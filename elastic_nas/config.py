@@ -45,6 +45,9 @@ class DataConfig:
     seed: int = 0  # synthetic generation and the train/search_val split
     num_train: int = 50000  # synthetic only: train images generated (search_val is carved from them)
     num_test: int = 10000  # synthetic only: test images generated
+    # synthetic only: standard (shape families) or hard (fine-grained outlines, smaller, more
+    # clutter: architectures stay apart when trained out; benchmarks/RESULTS.md)
+    difficulty: Literal["standard", "hard"] = "standard"
     search_val_size: int = 5000  # images held out from train for search (SPOS holds out 50k on ImageNet)
     augment: bool = True  # random crop + flip on the train split
     num_workers: int = 0  # decode processes per training worker for JPEG/PNG sources (0 = in-process)

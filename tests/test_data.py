@@ -11,7 +11,7 @@ import torch
 
 from elastic_nas.config import DataConfig, SupernetConfig, load_config
 from elastic_nas.data import DatasetSplits, Split, build_dataset, class_balanced_subset
-from elastic_nas.data.synthetic import generate
+from elastic_nas.data.synthetic import CLASS_NAMES, HARD_CLASS_NAMES, cache_dir, generate, params_hash
 from elastic_nas.errors import ConfigError, DatasetError
 
 
@@ -58,6 +58,25 @@ def test_search_val_depends_on_seed_only(tmp_path):
     a = build_dataset(_small(tmp_path / "a"), 32)
     b = build_dataset(_small(tmp_path / "b"), 32)
     np.testing.assert_array_equal(a.search_val.ids, b.search_val.ids)
+
+
+def test_hard_synthetic_is_its_own_set(tmp_path):
+    """data.difficulty=hard: other classes and images, its own cache; the standard set's
+    cache key (and so every standard cache on disk) is unchanged by the option."""
+    cfg = _small(tmp_path, difficulty="hard", path="")
+    assert cache_dir(cfg) != cache_dir(_small(tmp_path, path=""))
+    assert cache_dir(_small(tmp_path, path="")).name == f"synthetic-{params_hash(0, 600, 200)}"
+    hard = build_dataset(_small(tmp_path / "h", difficulty="hard"), 32)
+    std = build_dataset(_small(tmp_path / "s"), 32)
+    assert hard.class_names == HARD_CLASS_NAMES and std.class_names == CLASS_NAMES
+    assert np.bincount(hard.search_val.labels, minlength=10).tolist() == [10] * 10
+    assert not np.array_equal(hard.train.store.images, std.train.store.images)
+    again = build_dataset(_small(tmp_path / "h", difficulty="hard"), 32)  # read back from its cache
+    np.testing.assert_array_equal(hard.test.store.images, again.test.store.images)
+    a, _ = generate(64, seed=5, split="test", difficulty="hard")
+    np.testing.assert_array_equal(a, generate(64, seed=5, split="test", difficulty="hard")[0])
+    with pytest.raises(ConfigError, match="data.difficulty"):
+        load_config(SupernetConfig, None, ["data.difficulty=medium"])
 
 
 def test_get_batch_shapes_and_augment(small):
