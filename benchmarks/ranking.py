@@ -27,7 +27,9 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    number of train images, so the recalibration size is measured at bf16's cost.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
-an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. The
+an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. A job
+being run is claimed (``<key>.running``, freed when its process dies), so a second ranking.py
+on the same work dir runs the jobs the first has not taken, and reports the others as missing. The
 work dir records the settings that decide its jobs and refuses a run with other ones; the truth
 budget is not one of them (its jobs carry their steps), so ``--truth-steps 4000`` on a work dir
 of 2,000-step truths adds the longer truth beside the same supernets.
@@ -55,6 +57,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -148,6 +152,49 @@ def cached(work: Path, key: str, fn, *args):
     out = fn(*args)
     atomic_write(path, json.dumps(out))
     return out
+
+
+def claimed(work: Path, key: str, fn, *args):
+    """``cached``, unless another live process on this work dir runs the job (None then): a
+    second ranking.py on the same work dir adds processes instead of repeating jobs."""
+    if (work / f"{key}.json").exists():
+        return cached(work, key, fn, *args)
+    claim = work / f"{key}.running"
+    if not take_claim(claim):
+        return None
+    try:
+        return cached(work, key, fn, *args)
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def take_claim(path: Path) -> bool:
+    """Create ``path`` naming this process; False while a live process on this host holds it."""
+    host = socket.gethostname()
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written, or its writer died at once
+            owner = {"host": host, "pid": 0 if time.time() - path.stat().st_mtime > 60 else os.getpid()}
+        if owner["host"] != host or owner["pid"] == os.getpid() or _alive(owner["pid"]):
+            return False
+        path.unlink(missing_ok=True)  # its process died: the job is free again
+        return take_claim(path)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": host, "pid": os.getpid()}, f)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
 
 
 # What decides a cached job's result (the keys name the job, not these): a work dir holds one set.
@@ -483,7 +530,7 @@ def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -
 def finished(a, work: Path, jobs: list[tuple]) -> list:
     """The jobs' results: run where missing, or (``--report-only``) None where not cached."""
     if not a.report_only:
-        return run_jobs(cached, jobs, a.procs)
+        return run_jobs(claimed, jobs, a.procs)
     return [json.loads((work / f"{j[1]}.json").read_text()) if (work / f"{j[1]}.json").exists() else None
             for j in jobs]
 
