@@ -46,7 +46,8 @@ without the old work dir retrains only the supernets, the search and what was mi
 Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an interrupted
 run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
 ``--check-first`` runs the budget check first: whether a new truth budget is stable is known
-before hours go into it; ``--check-only`` runs and reports the check alone. ``--num-train``
+before hours go into it; ``--check-only`` runs and reports the check alone; ``--check-seeds 2``
+compares seed means at both budgets (as the truth is one) and reports how far the seeds agree. ``--num-train``
 sets the synthetic images generated (the truth, supernets and search all train on them): on
 2,000 train images the subnets stay about 12 points apart at 4,000 steps, where 18,000 crowd
 into 3.4 points by 8,000 (``RESULTS.md``).
@@ -365,9 +366,11 @@ def run(a) -> dict:
                    key=lambda p: not (work / f"sa_{p[0]}_s{1 - p[1]}_{a.truth_steps}.json").exists())
     jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps) for i, s in pairs]
     # the budget check: last (after the search) unless --check-first or --check-only
-    checks = [(work, f"sa_{i}_s0_{2 * a.truth_steps}", standalone, a, archs[i], 0, 2 * a.truth_steps) for i in check]
+    checks = [(work, f"sa_{i}_s{s}_{2 * a.truth_steps}", standalone, a, archs[i], s, 2 * a.truth_steps)
+              for i in check for s in range(a.check_seeds)]
     if a.check_first or a.check_only:  # whether a truth budget is stable, before the hours of truth at it
-        at_budget = [j for j in jobs if j[1] in {f"sa_{i}_s0_{a.truth_steps}" for i in check}]
+        at_budget = [j for j in jobs if j[1] in {f"sa_{i}_s{s}_{a.truth_steps}" for i in check
+                                                 for s in range(a.check_seeds)}]
         mine = sorted(checks + at_budget, key=lambda j: -j[6] * space.macs(j[4]))  # the longest first: soonest end
         ran = finished(a, work, mine)
         if a.check_only:
@@ -431,11 +434,23 @@ def run(a) -> dict:
 
 
 def budget_check(a, space, archs, check, results, done, steps) -> dict:
-    """Stand-alone top-1 (seed 0) of the check subnets at the budget and twice it, and how the
-    rankers rank both."""
-    at, twice = ([results.get(f"sa_{i}_s0_{n}", {}).get("test_top1") for i in check]  # None: not run yet
-                 for n in (a.truth_steps, 2 * a.truth_steps))
-    out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps], "top1_at_budget": at, "top1_at_twice": twice}
+    """Stand-alone top-1 of the check subnets (mean of ``--check-seeds`` seeds) at the budget
+    and twice it, and how the rankers rank both."""
+    def top1(i: int, n: int, seed: int):  # None: not run yet
+        return results.get(f"sa_{i}_s{seed}_{n}", {}).get("test_top1")
+
+    def mean(i: int, n: int):
+        runs = [top1(i, n, s) for s in range(a.check_seeds)]
+        return None if None in runs else round(float(np.mean(runs)), 3)
+
+    at, twice = ([mean(i, n) for i in check] for n in (a.truth_steps, 2 * a.truth_steps))
+    out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps], "seeds": a.check_seeds,
+           "top1_at_budget": at, "top1_at_twice": twice}
+    if a.check_seeds > 1:  # each seed's runs, and how far two seeds of the same budget agree
+        out["top1_seeds"] = {str(n): [[top1(i, n, s) for s in range(a.check_seeds)] for i in check]
+                             for n in out["steps"]}
+        out["seed_kendall_tau"] = {str(n): round(kendall_tau(*zip(*[r[:2] for r in runs])), 4)
+                                   for n, runs in out["top1_seeds"].items() if all(None not in r for r in runs)}
     both = [k for k, (x, y) in enumerate(zip(at, twice)) if x is not None and y is not None]
     if len(both) < len(check) or not check:
         if len(both) >= 3:  # an interim figure over the subnets with both runs so far; no verdict
@@ -548,8 +563,10 @@ def seed_work_dir(a, work: Path, archs: list, check: list[int]) -> None:
         raise SystemExit(2)
     seeded = {f"sa_{i}_s{s}_{a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
               for i, sub in enumerate(old["subnets"]) for s, top1 in enumerate(sub["test_top1_seeds"])}
-    seeded.update({f"sa_{i}_s0_{2 * a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
-                   for i, top1 in zip(check, old["budget_check"]["top1_at_twice"])})
+    old_check = old["budget_check"]  # per-seed runs, or seed 0's alone (a mean is no run)
+    twice = old_check.get("top1_seeds", {}).get(str(2 * a.truth_steps)) or [[t] for t in old_check["top1_at_twice"]]
+    seeded.update({f"sa_{i}_s{s}_{2 * a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
+                   for i, runs in zip(check, twice) for s, top1 in enumerate(runs) if top1 is not None})
     # the step times that set each variant's steps at equal time, so its supernets are the same jobs
     seeded.update({f"step_{v}": r["step_seconds"] for v, r in old["variants"].items() if v in a.variants})
     for key, value in seeded.items():
@@ -604,6 +621,8 @@ def main() -> None:
     ap.add_argument("--stratified", type=int, default=24)
     ap.add_argument("--band", type=int, default=12)
     ap.add_argument("--check", type=int, default=8, help="subnets of the budget check (trained at twice the steps)")
+    ap.add_argument("--check-seeds", type=int, default=1,
+                    help="seeds per check subnet and budget (the check compares seed means)")
     ap.add_argument("--budget", type=float, default=0.0, help="search budget, M MACs (0: median of random archs)")
     ap.add_argument("--truth-steps", type=int, default=1000)
     ap.add_argument("--truth-lr", type=float, default=0.1)
