@@ -177,10 +177,12 @@ def take_claim(path: Path) -> bool:
     except FileExistsError:
         try:
             owner = json.loads(path.read_text())
-        except (OSError, ValueError):  # being written, or its writer died at once
-            owner = {"host": host, "pid": 0 if time.time() - path.stat().st_mtime > 60 else os.getpid()}
-        if owner["host"] != host or owner["pid"] == os.getpid() or _alive(owner["pid"]):
-            return False
+        except (OSError, ValueError):  # being written (free after a minute: its writer died at once)
+            if time.time() - path.stat().st_mtime < 60:
+                return False
+        else:
+            if owner["host"] != host or _alive(owner["pid"]):
+                return False
         path.unlink(missing_ok=True)  # its process died: the job is free again
         return take_claim(path)
     with os.fdopen(fd, "w") as f:
@@ -190,12 +192,12 @@ def take_claim(path: Path) -> bool:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return pid > 0
+        pass
+    return True
 
 
 # What decides a cached job's result (the keys name the job, not these): a work dir holds one set.

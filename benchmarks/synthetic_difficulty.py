@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--difficulty", choices=("standard", "hard"), default="standard")
-    ap.add_argument("--num-train", type=int, default=50000, help="synthetic images generated for train")
+    ap.add_argument("--num-train", type=int, default=DataConfig().num_train, help="synthetic images generated for train")
     ap.add_argument("--cache", default="", help="synthetic cache dir (default ~/.cache/elastic-nas/...)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "synthetic_difficulty.json"))
     args = ap.parse_args()

@@ -178,14 +178,14 @@ def _polygon(sides: int):
     def sdf(u, v):
         sector = 2 * np.pi / sides
         psi = np.mod(np.arctan2(v, u) + sector / 2, sector) - sector / 2
-        return np.sqrt(u * u + v * v) * np.cos(psi) - np.cos(np.pi / sides)
+        return _r(u, v) * np.cos(psi) - np.cos(np.pi / sides)
     return sdf
 
 
 def _flower(lobes: int):
     """Rounded star: radius 0.62 +- 0.38 around the turn; halved, near a distance."""
     def sdf(u, v):
-        return 0.5 * (np.sqrt(u * u + v * v) - 0.62 - 0.38 * np.cos(lobes * np.arctan2(v, u)))
+        return 0.5 * (_r(u, v) - 0.62 - 0.38 * np.cos(lobes * np.arctan2(v, u)))
     return sdf
 
 
