@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -51,6 +52,20 @@ def run_jobs(fn, jobs: list[tuple], procs: int) -> list:
 
     with mp.get_context("spawn").Pool(procs) as pool:
         return pool.starmap(fn, jobs, chunksize=1)
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str):
+    """``os.environ[name] = value`` inside: processes started there (a raylet, a spawned pool) inherit it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = old
 
 
 def write_result(name: str, figures: dict) -> Path:

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import env_var
 from elastic_nas.config import DataConfig, SpaceConfig
 from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_arch
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
@@ -288,7 +289,7 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
         with trainable(report_each_candidate):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
-        with worker_niceness(int(name[len(NICE_PHASE):])):
+        with env_var(NICENESS_ENV, name[len(NICE_PHASE):]):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)  # its own search dir
     return tuned(space, snapshot, data, n, slots, tmp, 1 if name == "tune_one_per_trial" else 0)
 
@@ -313,20 +314,6 @@ def trainable(fn):
         yield
     finally:
         runner.evaluate_candidate = old
-
-
-@contextlib.contextmanager
-def worker_niceness(value: int):
-    """``RAY_worker_niceness`` for the raylets started inside (each Tune phase starts its own)."""
-    old = os.environ.get(NICENESS_ENV)
-    os.environ[NICENESS_ENV] = str(value)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(NICENESS_ENV)
-        else:
-            os.environ[NICENESS_ENV] = old
 
 
 def phase_line(name: str, r: dict) -> str:
