@@ -42,7 +42,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from search_speed import NICENESS_ENV, _plain_loop, generator, setup, start_ray
+from search_speed import NICENESS_ENV, _plain_loop, add_setup_args, generator, setup, start_ray
 
 from _common import env_var, write_result
 
@@ -110,11 +110,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--candidates", type=int, default=12)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--calib", type=int, default=1000)
-    p.add_argument("--val", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=200)
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
+    add_setup_args(p)
     p.add_argument("--name", default="eval_in_worker")
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < 1:

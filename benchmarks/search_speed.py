@@ -66,6 +66,15 @@ from elastic_nas.spaces import build_space
 SPEEDUP_TARGET, CEILING_TARGET, OVERHEAD_TARGET = 1.9, 0.93, 0.03
 
 
+def add_setup_args(p: argparse.ArgumentParser) -> None:
+    """What :func:`setup` reads: the supernet's width, the images and their batch."""
+    p.add_argument("--calib", type=int, default=1000)
+    p.add_argument("--val", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=200)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
+
+
 def setup(args):
     from elastic_nas.data import build_dataset, class_balanced_subset
 
@@ -377,11 +386,7 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=24)
     p.add_argument("--evaluators", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="every phase once per round, the order reversed each round")
-    p.add_argument("--calib", type=int, default=1000)
-    p.add_argument("--val", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=200)
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--data-path", default=str(Path("~/.cache/elastic-nas/bench-synthetic").expanduser()))
+    add_setup_args(p)
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="niceness of Ray's worker processes (Ray's default 15 yields to every nice-0 process)")
     p.add_argument("--compare-niceness", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
