@@ -47,7 +47,8 @@ Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an
 run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
 ``--check-first`` runs the budget check first: whether a new truth budget is stable is known
 before hours go into it; ``--check-only`` runs and reports the check alone; ``--check-seeds 2``
-compares seed means at both budgets (as the truth is one) and reports how far the seeds agree. ``--num-train``
+compares seed means at both budgets (as the truth is one) and reports how far the seeds agree;
+``--check-group band`` takes the 8 from the MACs band (where MACs cannot order them). ``--num-train``
 sets the synthetic images generated (the truth, supernets and search all train on them): on
 2,000 train images the subnets stay about 12 points apart at 4,000 steps, where 18,000 crowd
 into 3.4 points by 8,000 (``RESULTS.md``).
@@ -358,8 +359,9 @@ def run(a) -> dict:
     print(f"{len(archs)} subnets ({groups.count('stratified')} stratified, {groups.count('band')} in "
           f"{budget / 1e6:.2f}M +- 15% MACs); work dir {work}", flush=True)
 
-    # Ground truth: 2 seeds at the chosen budget; 8 subnets spread over MACs at twice it.
-    check = sorted(range(len(archs)), key=lambda i: space.macs(archs[i]))[:: max(1, len(archs) // a.check)][:a.check]
+    # Ground truth: 2 seeds at the chosen budget; 8 subnets spread over MACs (of --check-group) at twice it.
+    pool = [i for i in range(len(archs)) if a.check_group in ("all", groups[i])]
+    check = sorted(pool, key=lambda i: space.macs(archs[i]))[:: max(1, len(pool) // a.check)][:a.check]
     if a.truth_from:
         seed_work_dir(a, work, archs, check)
     # A subnet whose other seed is cached (a budget check's run at these steps) first: an
@@ -446,7 +448,7 @@ def budget_check(a, space, archs, check, results, done, steps) -> dict:
         return None if None in runs else round(float(np.mean(runs)), 3)
 
     at, twice = ([mean(i, n) for i in check] for n in (a.truth_steps, 2 * a.truth_steps))
-    out = {"subnets": check, "steps": [a.truth_steps, 2 * a.truth_steps], "seeds": a.check_seeds,
+    out = {"subnets": check, "group": a.check_group, "steps": [a.truth_steps, 2 * a.truth_steps], "seeds": a.check_seeds,
            "top1_at_budget": at, "top1_at_twice": twice}
     if a.check_seeds > 1:  # each seed's runs, and how far two seeds of the same budget agree
         out["top1_seeds"] = {str(n): [[top1(i, n, s) for s in range(a.check_seeds)] for i in check]
@@ -623,6 +625,9 @@ def main() -> None:
     ap.add_argument("--stratified", type=int, default=24)
     ap.add_argument("--band", type=int, default=12)
     ap.add_argument("--check", type=int, default=8, help="subnets of the budget check (trained at twice the steps)")
+    ap.add_argument("--check-group", choices=("all", "stratified", "band"), default="all",
+                    help="the subnets the budget check's 8 are spread over: all, or one group (band: where MACs "
+                    "cannot order them and the search decides)")
     ap.add_argument("--check-seeds", type=int, default=1,
                     help="seeds per check subnet and budget (the check compares seed means)")
     ap.add_argument("--budget", type=float, default=0.0, help="search budget, M MACs (0: median of random archs)")
