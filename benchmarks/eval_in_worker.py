@@ -90,21 +90,15 @@ def _run_phase(name: str, snapshot, data, archs) -> dict:
 
     kwargs = {"private": name == "ray_task_private", "in_thread": name == "ray_task_thread",
               "gc_frozen": name == "plain_gc_frozen"}
-    if name.startswith("plain"):
-        if name == "plain_ray_up":
-            start_ray(1)
-        try:
-            return _in_child(snapshot, data, archs, **kwargs)
-        finally:
-            ray.shutdown()
-    else:
+    if name == "plain_ray_up" or not name.startswith("plain"):
         start_ray(1)
-        try:
-            task = ray.remote(num_cpus=1)(_in_child if name == "ray_task_child" else _loop)
-            return ray.get(task.remote(ray.put(snapshot), ray.put(data), archs, **kwargs))
-        finally:
-            ray.shutdown()
-
+    try:
+        if name.startswith("plain"):
+            return _in_child(snapshot, data, archs, **kwargs)
+        task = ray.remote(num_cpus=1)(_in_child if name == "ray_task_child" else _loop)
+        return ray.get(task.remote(ray.put(snapshot), ray.put(data), archs, **kwargs))
+    finally:
+        ray.shutdown()  # a no-op where Ray was not started
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
