@@ -100,6 +100,7 @@ def _run_phase(name: str, snapshot, data, archs) -> dict:
     finally:
         ray.shutdown()  # a no-op where Ray was not started
 
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--candidates", type=int, default=12)

@@ -48,7 +48,8 @@ run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists wh
 ``--check-first`` runs the budget check first: whether a new truth budget is stable is known
 before hours go into it; ``--check-only`` runs and reports the check alone; ``--check-seeds 2``
 compares seed means at both budgets (as the truth is one) and reports how far the seeds agree;
-``--check-group band`` takes the 8 from the MACs band (where MACs cannot order them). ``--num-train``
+``--check-group band`` takes the 8 from the band subnets (where MACs cannot order them; of the 12,
+the 8 with the fewest MACs). ``--num-train``
 sets the synthetic images generated (the truth, supernets and search all train on them): on
 2,000 train images the subnets stay about 12 points apart at 4,000 steps, where 18,000 crowd
 into 3.4 points by 8,000 (``RESULTS.md``).
@@ -359,7 +360,8 @@ def run(a) -> dict:
     print(f"{len(archs)} subnets ({groups.count('stratified')} stratified, {groups.count('band')} in "
           f"{budget / 1e6:.2f}M +- 15% MACs); work dir {work}", flush=True)
 
-    # Ground truth: 2 seeds at the chosen budget; 8 subnets spread over MACs (of --check-group) at twice it.
+    # Ground truth: 2 seeds at the chosen budget; 8 subnets of --check-group at twice it, every
+    # len(pool)//8-th by MACs (so in a group of under 16, the 8 with the fewest MACs).
     pool = [i for i in range(len(archs)) if a.check_group in ("all", groups[i])]
     check = sorted(pool, key=lambda i: space.macs(archs[i]))[:: max(1, len(pool) // a.check)][:a.check]
     if a.truth_from:
