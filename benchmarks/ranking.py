@@ -49,7 +49,7 @@ run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists wh
 before hours go into it; ``--check-only`` runs and reports the check alone; ``--check-seeds 2``
 compares seed means at both budgets (as the truth is one) and reports how far the seeds agree;
 ``--check-group band`` takes the 8 from the band subnets (where MACs cannot order them; of the 12,
-the 8 with the fewest MACs). ``--num-train``
+the 8 with the fewest MACs); ``--check-subnets 34,35`` names the subnets instead. ``--num-train``
 sets the synthetic images generated (the truth, supernets and search all train on them): on
 2,000 train images the subnets stay about 12 points apart at 4,000 steps, where 18,000 crowd
 into 3.4 points by 8,000 (``RESULTS.md``).
@@ -364,6 +364,11 @@ def run(a) -> dict:
     # len(pool)//8-th by MACs (so in a group of under 16, the 8 with the fewest MACs).
     pool = [i for i in range(len(archs)) if a.check_group in ("all", groups[i])]
     check = sorted(pool, key=lambda i: space.macs(archs[i]))[:: max(1, len(pool) // a.check)][:a.check]
+    if a.check_subnets:  # a probe of a few named subnets (e.g. two that swap places between budgets)
+        if not set(a.check_subnets) <= set(range(len(archs))):
+            print(f"ranking: --check-subnets takes subnet numbers 0-{len(archs) - 1}", file=sys.stderr)
+            raise SystemExit(2)
+        check = a.check_subnets
     if a.truth_from:
         seed_work_dir(a, work, archs, check)
     # A subnet whose other seed is cached (a budget check's run at these steps) first: an
@@ -450,7 +455,7 @@ def budget_check(a, space, archs, check, results, done, steps) -> dict:
         return None if None in runs else round(float(np.mean(runs)), 3)
 
     at, twice = ([mean(i, n) for i in check] for n in (a.truth_steps, 2 * a.truth_steps))
-    out = {"subnets": check, "group": a.check_group, "steps": [a.truth_steps, 2 * a.truth_steps], "seeds": a.check_seeds,
+    out = {"subnets": check, "group": "given" if a.check_subnets else a.check_group, "steps": [a.truth_steps, 2 * a.truth_steps], "seeds": a.check_seeds,
            "top1_at_budget": at, "top1_at_twice": twice}
     if a.check_seeds > 1:  # each seed's runs, and how far two seeds of the same budget agree
         out["top1_seeds"] = {str(n): [[top1(i, n, s) for s in range(a.check_seeds)] for i in check]
@@ -630,6 +635,9 @@ def main() -> None:
     ap.add_argument("--check-group", choices=("all", "stratified", "band"), default="all",
                     help="the subnets the budget check's 8 are spread over: all, or one group (band: where MACs "
                     "cannot order them and the search decides)")
+    ap.add_argument("--check-subnets", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    metavar="I[,I...]", help="the budget check on these subnets (numbers as in the results JSON), "
+                    "not --check of --check-group: a probe, e.g. of another --truth-lr")
     ap.add_argument("--check-seeds", type=int, default=1,
                     help="seeds per check subnet and budget (the check compares seed means)")
     ap.add_argument("--budget", type=float, default=0.0, help="search budget, M MACs (0: median of random archs)")

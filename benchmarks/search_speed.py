@@ -20,6 +20,10 @@ snapshot and the same random legal candidates. Reports
 * where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine;
+* the evaluating thread's CPU and context switches per candidate, in plain processes and in
+  Tune's evaluators (``getrusage(RUSAGE_THREAD)``; in Tune around each trial): whether an
+  evaluation in a Ray worker costs more CPU because it is preempted more often (involuntary
+  switches), and the evaluator process's CPU against its evaluating thread's (Ray's threads);
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -106,27 +110,44 @@ def sequential(space, snapshot, data, n: int) -> dict:
     return plain_parallel(space, snapshot, data, n, 1)
 
 
-def _plain_loop(snapshot, data, archs) -> tuple[float, float, list[float], list[float]]:
-    """Wall-clock start and end, and each candidate's wall and main-thread CPU seconds (their
-    gap: time the evaluation waited for a core while other threads or processes ran)."""
+def thread_counters() -> tuple[float, int, int]:
+    """This thread's CPU seconds, voluntary and involuntary context switches so far (an
+    involuntary one: the thread was preempted, and may find its caches refilled by another)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return time.thread_time(), r.ru_nvcsw, r.ru_nivcsw
+
+
+def per_candidate(cpu_s: float, voluntary: int, involuntary: int, n: int) -> dict:
+    return {"cpu_s": cpu_s / n, "voluntary_switches": voluntary / n, "involuntary_switches": involuntary / n}
+
+
+def _plain_loop(snapshot, data, archs) -> dict:
+    """Wall-clock start and end, each candidate's wall and main-thread CPU seconds (their
+    gap: time the evaluation waited for a core while other threads or processes ran), and the
+    loop's context switches."""
     from elastic_nas.search.evaluator import get_supernet
 
     torch.set_num_threads(1)
     _, model = get_supernet(snapshot)
-    t0, evals, cpu = time.time(), [], []
+    t0, evals, cpu, before = time.time(), [], [], thread_counters()
     for arch in archs:
         t, c = time.perf_counter(), time.thread_time()
         evaluate_arch(model, arch, data)
         evals.append(time.perf_counter() - t)
         cpu.append(time.thread_time() - c)
-    return t0, time.time(), evals, cpu
+    counters = [a - b for a, b in zip(thread_counters(), before)]
+    return {"start": t0, "end": time.time(), "evals": evals, "cpu": cpu, "counters": counters}
 
 
-def _summary(out: list[tuple], n: int) -> dict:
-    wall = max(end for _, end, *_ in out) - min(start for start, *_ in out)
-    evals = [e for _, _, es, _ in out for e in es]
-    return {"wall_s": wall, "candidates_per_s": n / wall, "eval_s_mean": statistics.mean(evals),
-            "eval_thread_cpu_s_mean": statistics.mean(c for *_, cs in out for c in cs)}
+def _summary(out: list[dict], n: int) -> dict:
+    wall = max(o["end"] for o in out) - min(o["start"] for o in out)
+    totals = [sum(o["counters"][k] for o in out) for k in range(3)]
+    return {"wall_s": wall, "candidates_per_s": n / wall,
+            "eval_s_mean": statistics.mean(e for o in out for e in o["evals"]),
+            "eval_thread_cpu_s_mean": statistics.mean(c for o in out for c in o["cpu"]),
+            "eval_thread": per_candidate(*totals, n)}
 
 
 def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
@@ -234,12 +255,15 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
     import ray
 
     from elastic_nas.config import SearchConfig
+    from elastic_nas.search import runner
     from elastic_nas.search.evaluator import candidate_results
     from elastic_nas.search.runner import run_tune, trial_batching
 
     cfg = SearchConfig()
     cfg.evaluator.candidates_per_trial = per_trial
     tune_path = Path(tmp) / f"tune{per_trial}"  # named before batching sets per_trial: a fresh search each
+    counts = Path(tmp) / f"thread_counters{per_trial}"  # beside the search dir: it would read as a search to resume
+    counts.mkdir(parents=True)
     start_ray(slots)
     try:
         t_sizing = time.perf_counter()
@@ -248,7 +272,8 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
         t0, started = time.perf_counter(), time.time()
-        grid = run_tune(cfg, searcher, snapshot, data, tune_path)
+        with trainable(counted(runner.evaluate_candidate, str(counts))):
+            grid = run_tune(cfg, searcher, snapshot, data, tune_path)
         wall = time.perf_counter() - t0
         reports = [c for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
                    if line.strip() for c in candidate_results(json.loads(line))]
@@ -276,6 +301,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int) -
         "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
         "machine_share": {k: round(v / (wall * os.cpu_count()), 4) for k, v in cpu.items()},
         "evaluator_niceness": niceness,
+        "eval_thread": counted_threads(counts),  # the thread that ran the trials, per candidate
     }
 
 
@@ -313,6 +339,33 @@ def report_each_candidate(config: dict, snapshot, data) -> None:
         evaluate_candidate({**config, "candidates": [cand]}, snapshot, data)
 
 
+def counted(fn, out_dir: str):
+    """The trainable ``fn`` with its thread's CPU and context switches added up per evaluator
+    process in ``out_dir/<pid>.json`` after each trial (with each trial's report; the supernet
+    is built before counting, as in the plain loop)."""
+    def evaluate(config: dict, snapshot, data) -> None:
+        from elastic_nas.search.evaluator import get_supernet
+
+        get_supernet(snapshot, "cpu", data.channels_last)  # the evaluator's own call then finds it built
+        before = (*thread_counters(), time.process_time(), 0)
+        try:
+            fn(config, snapshot, data)
+        finally:
+            path = Path(out_dir) / f"{os.getpid()}.json"
+            total = json.loads(path.read_text()) if path.exists() else [0.0, 0, 0, 0.0, 0]
+            now = (*thread_counters(), time.process_time(), len(config["candidates"]))
+            path.write_text(json.dumps([t + a - b for t, a, b in zip(total, now, before)]))
+    return evaluate
+
+
+def counted_threads(out_dir: Path) -> dict:
+    """What :func:`counted` wrote, summed over the evaluators, per candidate; ``process_cpu_s``:
+    all the evaluator process's threads during its trials (Ray's own threads beside the evaluation)."""
+    rows = [json.loads(f.read_text()) for f in out_dir.glob("*.json")]
+    thread_cpu, vol, invol, process_cpu, n = (sum(r[k] for r in rows) for k in range(5))
+    return {**per_candidate(thread_cpu, vol, invol, n), "process_cpu_s": process_cpu / n}
+
+
 @contextlib.contextmanager
 def trainable(fn):
     """The search runner's Tune trainable replaced by ``fn`` inside."""
@@ -326,9 +379,12 @@ def trainable(fn):
 
 
 def phase_line(name: str, r: dict) -> str:
-    line = f"{name}: {r['candidates_per_s']:.3f} candidates/s ({r['eval_s_mean']:.2f}s each"
+    t = r["eval_thread"]
+    line = (f"{name}: {r['candidates_per_s']:.3f} candidates/s ({r['eval_s_mean']:.2f}s each; per candidate the "
+            f"evaluating thread's CPU {t['cpu_s']:.2f}s, context switches {t['voluntary_switches']:.1f} voluntary / "
+            f"{t['involuntary_switches']:.1f} involuntary")
     if "eval_thread_cpu_s_mean" in r:
-        return line + f", {r['eval_thread_cpu_s_mean']:.2f}s on the thread)"
+        return line + ")"
     return line + (f"); {r['candidates_per_trial']} candidate(s) per trial, overhead per candidate "
                    f"{100 * r['overhead_per_candidate']:.1f}%, builds per process {r['builds_per_process']}; CPU "
                    f"share: evaluators {100 * r['machine_share']['evaluators']:.1f}%, driver "
@@ -349,6 +405,12 @@ def round_figures(r: dict) -> dict:
         "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
         "sequential_eval_s": seq["eval_s_mean"],
         "max_supernet_builds_per_process": tun["max_builds_per_process"],
+        # the evaluating thread per candidate: its CPU against a plain process's, and how often it
+        # was preempted in each; the evaluator process's CPU against its evaluating thread's
+        "eval_thread_cpu_ratio_tune_vs_plain": tun["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
+        "involuntary_switches_per_candidate_plain": par["eval_thread"]["involuntary_switches"],
+        "involuntary_switches_per_candidate_tune": tun["eval_thread"]["involuntary_switches"],
+        "evaluator_process_vs_thread_cpu": tun["eval_thread"]["process_cpu_s"] / tun["eval_thread"]["cpu_s"],
         # the most of the ceiling Tune could reach here with no per-trial cost at all
         "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
     }
@@ -371,6 +433,8 @@ def round_figures(r: dict) -> dict:
             f"{tag}_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
             f"{tag}_overhead_per_candidate": other["overhead_per_candidate"],
             f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
+            f"{tag}_eval_thread_cpu_ratio_vs_plain": other["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
+            f"{tag}_involuntary_switches_per_candidate": other["eval_thread"]["involuntary_switches"],
         })
     return out
 
