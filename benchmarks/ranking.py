@@ -39,9 +39,11 @@ Writes ``results/ranking.json`` and ``results/ranking.png``.
     python benchmarks/ranking.py --report-only            # the figures of the jobs done so far
     python benchmarks/ranking.py --quick --work /tmp/rq   # a few minutes, end to end
 
-``--truth-from <results JSON>`` caches an earlier run's stand-alone results and step times
-in a new work dir (same space, data, truth budget, truth LR and subnets, or exit 2), so a machine
-without the old work dir retrains only the supernets, the search and what was missing.
+``--truth-from <results JSON>`` (repeatable) caches an earlier run's stand-alone results and
+step times in a new work dir (same space, data, truth LR and subnets, or exit 2), so a machine
+without the old work dir retrains only the supernets, the search and what was missing; a budget
+check's JSON gives its runs at both its budgets (a 4,000 vs 8,000 check's 8,000-step runs serve an
+8,000 vs 16,000 check), and a ``--report-only`` JSON of a check cut short gives what it finished.
 
 Jobs run in the order truth, supernets, bf16 scores, search, budget check, so an interrupted
 run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists what is not done.
@@ -369,8 +371,8 @@ def run(a) -> dict:
             print(f"ranking: --check-subnets takes subnet numbers 0-{len(archs) - 1}", file=sys.stderr)
             raise SystemExit(2)
         check = a.check_subnets
-    if a.truth_from:
-        seed_work_dir(a, work, archs, check)
+    for source in a.truth_from:
+        seed_work_dir(a, work, archs, source)
     # A subnet whose other seed is cached (a budget check's run at these steps) first: an
     # interrupted run's interim report then covers the most subnets.
     pairs = sorted(((i, s) for i in range(len(archs)) for s in (0, 1)),
@@ -561,29 +563,36 @@ def finished(a, work: Path, jobs: list[tuple]) -> list:
             for j in jobs]
 
 
-def seed_work_dir(a, work: Path, archs: list, check: list[int]) -> None:
-    """Cache the stand-alone results and step times of an earlier run's JSON (``--truth-from``) for the jobs
-    they are: same space, data, truth steps and subnets, or exit 2."""
-    old = json.loads(Path(a.truth_from).read_text())
-    same = (old["space"] == SPACE and old["data"] == data_cfg(a) and old["truth_steps"] == a.truth_steps
-            and old.get("settings", {}).get("truth_lr", 0.1) == a.truth_lr
-            and [s["arch"] for s in old["subnets"]] == archs and old["budget_check"]["subnets"] == check)
+def seed_work_dir(a, work: Path, archs: list, source: str) -> None:
+    """Cache the stand-alone results (and step times) of an earlier run's JSON (``--truth-from``) for
+    the jobs they are: a full run's truth and check, or a check's alone (``--check-only``, at its two
+    budgets, whatever ``--truth-steps`` is now: a job's key carries its steps). The same space, data,
+    truth LR and subnets (a full run's archs; a check's, drawn by the same settings), or exit 2."""
+    old = json.loads(Path(source).read_text())
+    theirs = old.get("settings", {})
+    same = (old["space"] == SPACE and old["data"] == data_cfg(a) and theirs.get("truth_lr", 0.1) == a.truth_lr
+            and all(theirs.get(k, getattr(a, k)) == getattr(a, k) for k in ("stratified", "band", "budget"))
+            and ("subnets" not in old or [s["arch"] for s in old["subnets"]] == archs))
     if not same:
-        print(f"ranking: {a.truth_from} holds another space, data, truth budget, truth LR or subnets",
-              file=sys.stderr)
+        print(f"ranking: {source} holds another space, data, truth LR or subnets", file=sys.stderr)
         raise SystemExit(2)
-    seeded = {f"sa_{i}_s{s}_{a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
-              for i, sub in enumerate(old["subnets"]) for s, top1 in enumerate(sub["test_top1_seeds"])}
-    old_check = old["budget_check"]  # per-seed runs, or seed 0's alone (a mean is no run)
-    twice = old_check.get("top1_seeds", {}).get(str(2 * a.truth_steps)) or [[t] for t in old_check["top1_at_twice"]]
-    seeded.update({f"sa_{i}_s{s}_{2 * a.truth_steps}": {"test_top1": top1, "seconds": None, "from": a.truth_from}
-                   for i, runs in zip(check, twice) for s, top1 in enumerate(runs) if top1 is not None})
+
+    def result(top1: float) -> dict:
+        return {"test_top1": top1, "seconds": None, "from": source}
+
+    seeded = {f"sa_{i}_s{s}_{old['truth_steps']}": result(top1)
+              for i, sub in enumerate(old.get("subnets", [])) for s, top1 in enumerate(sub["test_top1_seeds"])}
+    check = old["budget_check"]  # per-seed runs, or seed 0's alone (a mean is no run)
+    for n, means in zip(check["steps"], (check["top1_at_budget"], check["top1_at_twice"])):
+        runs = check.get("top1_seeds", {}).get(str(n)) or [[t] for t in means]
+        seeded.update({f"sa_{i}_s{s}_{n}": result(top1) for i, r in zip(check["subnets"], runs)
+                       for s, top1 in enumerate(r) if top1 is not None})
     # the step times that set each variant's steps at equal time, so its supernets are the same jobs
-    seeded.update({f"step_{v}": r["step_seconds"] for v, r in old["variants"].items() if v in a.variants})
+    seeded.update({f"step_{v}": r["step_seconds"] for v, r in old.get("variants", {}).items() if v in a.variants})
     for key, value in seeded.items():
         if not (work / f"{key}.json").exists():
             atomic_write(work / f"{key}.json", json.dumps(value))
-    print(f"ranking: {len(seeded)} results taken from {a.truth_from}", flush=True)
+    print(f"ranking: {len(seeded)} results taken from {source}", flush=True)
 
 
 def plot(out: dict, path: Path) -> None:
@@ -664,8 +673,9 @@ def main() -> None:
                     help="run the budget check (8 subnets at twice the truth steps) before the truth jobs")
     ap.add_argument("--check-only", action="store_true",
                     help="run and report the budget check alone: whether --truth-steps is stable on this data")
-    ap.add_argument("--truth-from", default="",
-                    help="an earlier run's results JSON: its stand-alone results and step times are cached, not rerun")
+    ap.add_argument("--truth-from", action="append", default=[], metavar="JSON",
+                    help="an earlier run's results JSON (a full run's or a check's; repeatable): its stand-alone "
+                    "results and step times are cached, not rerun")
     ap.add_argument("--report-only", action="store_true",
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
