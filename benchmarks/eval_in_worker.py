@@ -66,8 +66,7 @@ def _loop(snapshot, data, archs, private: bool = False, in_thread: bool = False,
         t.join()
     else:
         out.append(_plain_loop(snapshot, data, archs))
-    _, _, walls, cpus = out[0]
-    return {"eval_s_mean": statistics.mean(walls), "eval_thread_cpu_s_mean": statistics.mean(cpus),
+    return {"eval_s_mean": statistics.mean(out[0]["evals"]), "eval_thread_cpu_s_mean": statistics.mean(out[0]["cpu"]),
             "niceness": os.nice(0), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
