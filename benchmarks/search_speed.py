@@ -27,6 +27,9 @@ snapshot and the same random legal candidates. Reports
 * ``--compare-sched-batch`` adds batched Tune with each evaluator's thread under SCHED_BATCH
   (Ray's daemons and Tune's driver wake often; under SCHED_BATCH a waking task need not preempt
   the evaluation at once): whether fewer preemptions give back the evaluation's extra CPU;
+* ``--compare-idle-threads`` adds batched Tune with each evaluator process's other threads (Ray's
+  main thread, its io and gRPC threads) under SCHED_IDLE, so that their wakeups do not preempt
+  the evaluation;
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -56,6 +59,7 @@ import platform
 import shlex
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -252,7 +256,7 @@ def idle_slot_seconds(reports: list[dict], started: float, ended: float) -> dict
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, sched_batch: bool = False) -> dict:
+def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, policy: str = "") -> dict:
     """The product's Tune run (``search.runner.run_tune``) on the same candidates, ``per_trial``
     candidates a trial (0: the runner's automatic batch)."""
     import ray
@@ -275,7 +279,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, s
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
         t0, started = time.perf_counter(), time.time()
-        with trainable(counted(runner.evaluate_candidate, str(counts), sched_batch)):
+        with trainable(counted(runner.evaluate_candidate, str(counts), policy)):
             grid = run_tune(cfg, searcher, snapshot, data, tune_path)
         wall = time.perf_counter() - t0
         reports = [c for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
@@ -314,6 +318,7 @@ NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's 
 NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
 REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
 SCHED_BATCH_PHASE = "tune_batched_sched_batch"  # --compare-sched-batch
+IDLE_THREADS_PHASE = "tune_batched_idle_threads"  # --compare-idle-threads
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -327,8 +332,9 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
     if name == REPORT_EACH_PHASE:  # the batched run again, a report per candidate as before
         with trainable(report_each_candidate):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
-    if name == SCHED_BATCH_PHASE:
-        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, sched_batch=True)
+    if name in (SCHED_BATCH_PHASE, IDLE_THREADS_PHASE):
+        policy = "batch" if name == SCHED_BATCH_PHASE else "idle_others"
+        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, policy)
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
         with env_var(NICENESS_ENV, name[len(NICE_PHASE):]):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)  # its own search dir
@@ -345,16 +351,24 @@ def report_each_candidate(config: dict, snapshot, data) -> None:
         evaluate_candidate({**config, "candidates": [cand]}, snapshot, data)
 
 
-def counted(fn, out_dir: str, sched_batch: bool = False):
+def counted(fn, out_dir: str, policy: str = ""):
     """The trainable ``fn`` with its thread's CPU and context switches added up per evaluator
     process in ``out_dir/<pid>.json`` after each trial (with each trial's report; the supernet
-    is built before counting, as in the plain loop). ``sched_batch``: the thread runs under
-    Linux's SCHED_BATCH policy (a CPU-bound thread the scheduler need not preempt at every wakeup)."""
+    is built before counting, as in the plain loop). ``policy`` "batch": the thread runs under
+    Linux's SCHED_BATCH; "idle_others": the process's other threads (Ray's) under SCHED_IDLE,
+    whose wakeups never preempt a normal thread (leaving SCHED_IDLE needs CAP_SYS_NICE: root here)."""
     def evaluate(config: dict, snapshot, data) -> None:
         from elastic_nas.search.evaluator import get_supernet
 
-        if sched_batch:
+        if policy == "batch":
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: this thread
+        elif policy == "idle_others":
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # made by an idle thread: inherited
+            me = threading.get_native_id()
+            for tid in map(int, os.listdir("/proc/self/task")):
+                if tid != me:
+                    with contextlib.suppress(OSError):  # the thread ended
+                        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         get_supernet(snapshot, "cpu", data.channels_last)  # the evaluator's own call then finds it built
         before = (*thread_counters(), time.process_time(), 0)
         try:
@@ -433,8 +447,8 @@ def round_figures(r: dict) -> dict:
         out["eval_time_ratio_ray_tasks_vs_plain"] = tasks["eval_s_mean"] / par["eval_s_mean"]
         out["eval_thread_cpu_ratio_ray_tasks_vs_plain"] = tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"]
     others = [(k, "nice" + k[len(NICE_PHASE):]) for k in r if k.startswith(NICE_PHASE)]
-    others += [(k, tag) for k, tag in ((REPORT_EACH_PHASE, "report_each"), (SCHED_BATCH_PHASE, "sched_batch"))
-               if k in r]
+    others += [(k, tag) for k, tag in ((REPORT_EACH_PHASE, "report_each"), (SCHED_BATCH_PHASE, "sched_batch"),
+                                       (IDLE_THREADS_PHASE, "idle_threads")) if k in r]
     for name, tag in others:  # the batched run again: the workers at another niceness, or a report per candidate
         other = r[name]
         out.update({
@@ -472,6 +486,9 @@ def main() -> int:
     p.add_argument("--compare-sched-batch", action="store_true",
                    help="also run batched Tune with each evaluator's thread under SCHED_BATCH, in every round "
                    "(figures sched_batch_*)")
+    p.add_argument("--compare-idle-threads", action="store_true",
+                   help="also run batched Tune with each evaluator process's other threads under SCHED_IDLE, in "
+                   "every round (figures idle_threads_*; needs CAP_SYS_NICE)")
     p.add_argument("--skip", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="PHASE[,PHASE...]",
                    help=f"leave out these of the optional phases {', '.join(OPTIONAL_PHASES)}")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
@@ -493,6 +510,7 @@ def main() -> int:
                                                                        for v in args.compare_niceness)
     phases_run += (REPORT_EACH_PHASE,) if args.compare_report_each else ()
     phases_run += (SCHED_BATCH_PHASE,) if args.compare_sched_batch else ()
+    phases_run += (IDLE_THREADS_PHASE,) if args.compare_idle_threads else ()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
