@@ -24,9 +24,9 @@ snapshot and the same random legal candidates. Reports
   Tune's evaluators (``getrusage(RUSAGE_THREAD)``; in Tune around each trial): whether an
   evaluation in a Ray worker costs more CPU because it is preempted more often (involuntary
   switches), and the evaluator process's CPU against its evaluating thread's (Ray's threads);
-* ``--compare-sched-batch`` adds batched Tune with each evaluator's thread under SCHED_BATCH
-  (Ray's daemons and Tune's driver wake often; under SCHED_BATCH a waking task need not preempt
-  the evaluation at once): whether fewer preemptions give back the evaluation's extra CPU;
+* ``--compare-sched-batch`` adds batched Tune with each evaluator's thread under SCHED_BATCH:
+  whether the policy cuts the preemptions (measured: it does not, as it only keeps the thread
+  itself from preempting others; ``RESULTS.md``);
 * ``--compare-idle-threads`` adds batched Tune with each evaluator process's other threads (Ray's
   main thread, its io and gRPC threads) under SCHED_IDLE, so that their wakeups do not preempt
   the evaluation;
