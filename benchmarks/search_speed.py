@@ -191,6 +191,15 @@ def ray_tasks(space, snapshot, data, n: int, procs: int) -> dict:
         ray.shutdown()
 
 
+def descendants(snap: dict[int, tuple]) -> set[int]:
+    """This process and its descendants in ``snap`` (pid -> (parent pid, ...), as
+    :meth:`CpuAccount._sample` reads /proc): driver -> Ray daemons -> raylet's workers and agents."""
+    mine = {os.getpid()}
+    for _ in range(4):
+        mine |= {pid for pid, (ppid, *_) in snap.items() if ppid in mine}
+    return mine
+
+
 class CpuAccount:
     """CPU-seconds of this process and its descendants (Ray's processes and workers, all
     started by this driver's ``ray.init``), sampled from /proc until :meth:`stop`: processes
@@ -223,10 +232,7 @@ class CpuAccount:
 
     def _record(self) -> None:
         snap = self._sample()
-        mine = {os.getpid()}
-        for _ in range(4):  # driver -> Ray daemons -> raylet's workers and agents
-            mine |= {pid for pid, (ppid, *_) in snap.items() if ppid in mine}
-        self.last.update({pid: snap[pid] for pid in mine})
+        self.last.update({pid: snap[pid] for pid in descendants(snap)})
 
     def stop(self, evaluator_pids: set[int]) -> dict:
         self._record()

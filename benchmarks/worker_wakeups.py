@@ -19,10 +19,13 @@ Writes ``benchmarks/results/worker_wakeups.json``. Light on CPU except for the o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import threading
 import time
 from pathlib import Path
+
+from search_speed import CpuAccount, descendants
 
 from _common import write_result
 
@@ -56,17 +59,11 @@ def wakeups(pids: list[int], seconds: float) -> dict[int, dict[str, float]]:
 
 def ray_daemons() -> dict[int, str]:
     """pid -> command name of this driver's Ray processes other than its workers."""
-    mine, out = {os.getpid()}, {}
-    for _ in range(3):
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2:].split()[1]) in mine:
-                mine.add(int(pid))
-                out[int(pid)] = stat[stat.find("(") + 1:stat.rfind(")")]
-    return {pid: name for pid, name in out.items() if not name.startswith("ray::")}
+    names = {}
+    for pid in descendants(CpuAccount._sample()) - {os.getpid()}:
+        with contextlib.suppress(OSError):  # the process ended
+            names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+    return {pid: name for pid, name in names.items() if not name.startswith("ray::")}
 
 
 def main() -> int:
