@@ -11,6 +11,7 @@ search's queued evaluators make the autoscaler add nodes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -38,10 +39,9 @@ def head():
     h.stop()
 
 
-def reclaim_one_node() -> str:
-    """Kill every process of one launched node (raylet, workers, agents), as a cloud
-    provider ends a spot instance. The fake provider names each node by the node id it
-    gives it in ``RAY_OVERRIDE_NODE_ID_FOR_TESTING``; the head's id ends in 00000."""
+def launched_nodes() -> dict[str, list[int]]:
+    """The processes of each node the provider launched (raylet, workers, agents), by the
+    node id it gives each in ``RAY_OVERRIDE_NODE_ID_FOR_TESTING``; the head's ends in 00000."""
     by_node: dict[str, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -55,14 +55,64 @@ def reclaim_one_node() -> str:
                 node = item.split(b"=", 1)[1].decode()
                 if not node.endswith("00000"):
                     by_node.setdefault(node, []).append(int(proc.name))
+    return by_node
+
+
+def reclaim_one_node() -> str:
+    """Kill every process of the newest launched node, as a cloud provider ends a spot instance."""
+    by_node = launched_nodes()
     assert by_node, "no launched node found"
-    node = max(by_node)  # the newest node
+    node = max(by_node)
     for pid in by_node[node]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return node
+
+
+def train_workers() -> list[int]:
+    """The training worker processes (Ray titles them after their actor class)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def slow_until_a_node_starts(timeout: float = 3 * BOOT_S, run_s: float = 0.1, period_s: float = 1.0) -> None:
+    """Let the training workers run ``run_s`` in every ``period_s`` (SIGSTOP, SIGCONT) until
+    the next launched node's processes start: the run steps as one whose steps take ten
+    times longer would, so how far it gets before each node arrives does not depend on this
+    machine's speed, and rank 0 still looks for the node's join-checkpoint request."""
+    before = set(launched_nodes())
+    end = time.monotonic() + timeout
+    while not set(launched_nodes()) - before:
+        assert time.monotonic() < end, f"no node launched within {timeout:.0f}s"
+        pids = train_workers()
+        assert pids, "no training worker to slow down"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(period_s - run_s)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        time.sleep(run_s)
+
+
+def wait_for_world(head, job: str, world: int, start: int) -> int:
+    """Until the job's logs past ``start`` hold a progress line trained at ``world`` workers;
+    the logs' length then."""
+    end = time.monotonic() + 300
+    while not re.search(rf" world {world} ", (logs := head.logs(job))[start:]):
+        assert time.monotonic() < end, logs[-4000:]
+        assert head.status(job) in {"PENDING", "RUNNING"}, logs[-4000:]
+        time.sleep(1)
+    return len(logs)
 
 
 def test_supernet_grows_with_launched_nodes_survives_a_reclaim_and_releases_them(head, tmp_path, data_dir):
@@ -73,15 +123,17 @@ def test_supernet_grows_with_launched_nodes_survives_a_reclaim_and_releases_them
     epoch is trained exactly once. After the job every worker node is released within the
     idle timeout and no resource request of the job is left."""
     assert worker_nodes(head) == 0
-    epochs = 16  # outlasts three boots, a reclaim and a fourth boot
+    epochs = 16  # steps left for the final size after each size has trained a while
     args = supernet_args(tmp_path, data_dir, "spot", epochs, **{"elastic.max_workers": 3})
     job = submit(head, args)
-    end = time.monotonic() + 400
-    while not re.search(r" world 3 ", head.logs(job)):  # a progress line trained at 3 workers
-        assert time.monotonic() < end, head.logs(job)[-4000:]
-        assert head.status(job) in {"PENDING", "RUNNING"}, head.logs(job)[-4000:]
-        time.sleep(1)
+    seen = 0
+    for world in (1, 2):  # each size trains, then steps slowly while the next node boots
+        seen = wait_for_world(head, job, world, seen)
+        slow_until_a_node_starts()
+    wait_for_world(head, job, 3, seen)
     reclaim_one_node()
+    wait_for_world(head, job, 2, len(head.logs(job)))  # the run goes on with the 2 nodes left
+    slow_until_a_node_starts()  # the replacement
     wait_status(head, job, {"SUCCEEDED"}, 600)
     logs = head.logs(job)
     # The world size of every worker group that trained, from rank 0's sample logs: the run's
