@@ -55,6 +55,13 @@ the 8 with the fewest MACs); ``--check-subnets 34,35`` names the subnets instead
 sets the synthetic images generated (the truth, supernets and search all train on them): on
 2,000 train images the subnets stay about 12 points apart at 4,000 steps, where 18,000 crowd
 into 3.4 points by 8,000 (``RESULTS.md``).
+
+``--source cifar10`` runs all of it on CIFAR-10 instead (``--data``: its root, default
+``~/.cache/elastic-nas/cifar10``; downloaded once, before any job, where the machine is online;
+offline, one line and exit 2 unless the extracted files are there): the same space at the same
+32x32 input, so a job costs what it costs on the synthetic set. On the synthetic sets every
+budget check so far has failed (the subnets tie when trained out); a truth whose order holds
+needs data on which these architectures differ when trained out.
 """
 
 from __future__ import annotations
@@ -102,7 +109,10 @@ BATCH = 64
 
 def data_cfg(a) -> dict:
     """DATA with ``--num-train`` (the images generated; search_val is carved from them) and
-    ``--difficulty`` (named only when not standard: older work dirs keep their settings)."""
+    ``--difficulty`` (named only when not standard: older work dirs keep their settings); on
+    ``--source cifar10`` its own train and test split, search_val carved from train as here."""
+    if a.source != "synthetic":
+        return {"source": a.source, "search_val_size": DATA["search_val_size"]}
     return {**DATA, "num_train": a.num_train, **({"difficulty": a.difficulty} if a.difficulty != "standard" else {})}
 
 
@@ -110,6 +120,20 @@ def supernet_cfg(a, variant: str, seed: int) -> SupernetConfig:
     sets = [f"space.{k}={json.dumps(v)}" for k, v in SPACE.items()] + [f"data.{k}={v}" for k, v in data_cfg(a).items()]
     sets += [f"data.path={a.data}", f"run.seed={seed}", f"sandwich.num_random={a.num_random}", *VARIANTS[variant]]
     return load_config(SupernetConfig, None, sets)
+
+
+def ensure_data(a) -> None:
+    """The dataset there before any job starts (CIFAR-10 downloaded here once, not by every job
+    process at the same time), or one line and exit 2."""
+    from elastic_nas.data import build_dataset
+    from elastic_nas.errors import UserError
+
+    cfg = supernet_cfg(a, "independent_spos", 0)
+    try:
+        build_dataset(cfg.data, cfg.space.input_size)
+    except UserError as e:
+        print(f"ranking: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def subnets(a) -> tuple[list, list[str], float]:
@@ -631,8 +655,11 @@ def plot(out: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / f"ranking-v{RECIPE}"))
-    ap.add_argument("--data", default="", help="synthetic cache dir (default: the shared one)")
+    ap.add_argument("--work", default="", help="the jobs' cache (default: ~/.cache/elastic-nas/ranking-v"
+                    f"{RECIPE}, with -cifar10 on --source cifar10)")
+    ap.add_argument("--source", choices=("synthetic", "cifar10"), default="synthetic",
+                    help="the data every job trains and scores on")
+    ap.add_argument("--data", default="", help="synthetic cache dir or CIFAR-10 root (default: the shared one)")
     ap.add_argument("--num-train", type=int, default=DATA["num_train"],
                     help="synthetic train images generated (search_val's 2,000 carved from them)")
     ap.add_argument("--difficulty", choices=("standard", "hard"), default="standard",
@@ -680,11 +707,17 @@ def main() -> None:
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
+    if a.source != "synthetic" and (a.num_train != DATA["num_train"] or a.difficulty != "standard"):
+        ap.error("--num-train and --difficulty set the synthetic set; CIFAR-10 has its own")
+    a.work = a.work or str(Path.home() / ".cache" / "elastic-nas" /
+                           f"ranking-v{RECIPE}{'' if a.source == 'synthetic' else '-' + a.source}")
     if a.quick:
         a.stratified, a.band, a.check, a.truth_steps, a.supernet_minutes = 6, 3, 4, 30, 0.2
         a.population, a.generations, a.val_images, a.calib_images, a.name = 8, 1, 200, 200, a.name + "_quick"
     if a.bf16 is not None:
         a.bf16 = [int(n) for n in a.bf16.split(",") if n] or [a.calib_images]
+    if a.source != "synthetic" and not a.report_only:
+        ensure_data(a)
     t0 = time.time()
     out = run(a)
     out["wall_seconds"] = round(time.time() - t0, 1)
