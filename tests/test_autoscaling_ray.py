@@ -81,15 +81,14 @@ def train_workers() -> list[int]:
     return pids
 
 
-def slow_until_a_node_starts(timeout: float = 3 * BOOT_S, run_s: float = 0.1, period_s: float = 1.0) -> None:
+def slow_until_nodes(count: int, timeout: float = 3 * BOOT_S, run_s: float = 0.1, period_s: float = 1.0) -> None:
     """Let the training workers run ``run_s`` in every ``period_s`` (SIGSTOP, SIGCONT) until
-    the next launched node's processes start: the run steps as one whose steps take ten
-    times longer would, so how far it gets before each node arrives does not depend on this
+    ``count`` launched nodes have processes: the run steps as one whose steps take ten times
+    longer would, so how far it gets before each node arrives does not depend on this
     machine's speed, and rank 0 still looks for the node's join-checkpoint request."""
-    before = set(launched_nodes())
     end = time.monotonic() + timeout
-    while not set(launched_nodes()) - before:
-        assert time.monotonic() < end, f"no node launched within {timeout:.0f}s"
+    while len(launched_nodes()) < count:
+        assert time.monotonic() < end, f"not {count} launched nodes within {timeout:.0f}s"
         pids = train_workers()
         assert pids, "no training worker to slow down"
         for pid in pids:
@@ -129,11 +128,11 @@ def test_supernet_grows_with_launched_nodes_survives_a_reclaim_and_releases_them
     seen = 0
     for world in (1, 2):  # each size trains, then steps slowly while the next node boots
         seen = wait_for_world(head, job, world, seen)
-        slow_until_a_node_starts()
+        slow_until_nodes(world + 1)
     wait_for_world(head, job, 3, seen)
     reclaim_one_node()
     wait_for_world(head, job, 2, len(head.logs(job)))  # the run goes on with the 2 nodes left
-    slow_until_a_node_starts()  # the replacement
+    slow_until_nodes(3)  # the replacement
     wait_status(head, job, {"SUCCEEDED"}, 600)
     logs = head.logs(job)
     # The world size of every worker group that trained, from rank 0's sample logs: the run's
