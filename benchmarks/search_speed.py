@@ -29,7 +29,10 @@ snapshot and the same random legal candidates. Reports
   itself from preempting others; ``RESULTS.md``);
 * ``--compare-idle-threads`` adds batched Tune with each evaluator process's other threads (Ray's
   main thread, its io and gRPC threads) under SCHED_IDLE, so that their wakeups do not preempt
-  the evaluation;
+  the evaluation (measured: 1.01x, a tenth fewer preemptions: they come from other processes);
+* ``--compare-pinned`` adds batched Tune with each evaluator's thread bound to a CPU of its own:
+  whether the preemptions cost CPU because the scheduler moves the evaluation to the other core
+  (every thread's moves between CPUs are counted beside its context switches);
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -117,17 +120,25 @@ def sequential(space, snapshot, data, n: int) -> dict:
     return plain_parallel(space, snapshot, data, n, 1)
 
 
-def thread_counters() -> tuple[float, int, int]:
-    """This thread's CPU seconds, voluntary and involuntary context switches so far (an
-    involuntary one: the thread was preempted, and may find its caches refilled by another)."""
+def thread_counters() -> tuple[float, int, int, int]:
+    """This thread's CPU seconds, voluntary and involuntary context switches and moves to
+    another CPU so far (an involuntary switch: the thread was preempted, and may find its
+    caches refilled by another; a move: it resumes on a core whose L2 holds none of its data).
+    Moves are read from ``/proc/thread-self/sched`` (0 where the kernel has no scheduler stats)."""
     import resource
 
     r = resource.getrusage(resource.RUSAGE_THREAD)
-    return time.thread_time(), r.ru_nvcsw, r.ru_nivcsw
+    moves = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/thread-self/sched").read_text().splitlines():
+            if line.startswith("se.nr_migrations"):
+                moves = int(line.split(":")[1])
+    return time.thread_time(), r.ru_nvcsw, r.ru_nivcsw, moves
 
 
-def per_candidate(cpu_s: float, voluntary: int, involuntary: int, n: int) -> dict:
-    return {"cpu_s": cpu_s / n, "voluntary_switches": voluntary / n, "involuntary_switches": involuntary / n}
+def per_candidate(cpu_s: float, voluntary: int, involuntary: int, moves: int, n: int) -> dict:
+    return {"cpu_s": cpu_s / n, "voluntary_switches": voluntary / n, "involuntary_switches": involuntary / n,
+            "cpu_moves": moves / n}
 
 
 def _plain_loop(snapshot, data, archs) -> dict:
@@ -150,7 +161,7 @@ def _plain_loop(snapshot, data, archs) -> dict:
 
 def _summary(out: list[dict], n: int) -> dict:
     wall = max(o["end"] for o in out) - min(o["start"] for o in out)
-    totals = [sum(o["counters"][k] for o in out) for k in range(3)]
+    totals = [sum(o["counters"][k] for o in out) for k in range(4)]
     return {"wall_s": wall, "candidates_per_s": n / wall,
             "eval_s_mean": statistics.mean(e for o in out for e in o["evals"]),
             "eval_thread_cpu_s_mean": statistics.mean(c for o in out for c in o["cpu"]),
@@ -325,6 +336,8 @@ NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
 REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
 SCHED_BATCH_PHASE = "tune_batched_sched_batch"  # --compare-sched-batch
 IDLE_THREADS_PHASE = "tune_batched_idle_threads"  # --compare-idle-threads
+PINNED_PHASE = "tune_batched_pinned"  # --compare-pinned
+POLICIES = {SCHED_BATCH_PHASE: "batch", IDLE_THREADS_PHASE: "idle_others", PINNED_PHASE: "pinned"}
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -338,9 +351,8 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
     if name == REPORT_EACH_PHASE:  # the batched run again, a report per candidate as before
         with trainable(report_each_candidate):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
-    if name in (SCHED_BATCH_PHASE, IDLE_THREADS_PHASE):
-        policy = "batch" if name == SCHED_BATCH_PHASE else "idle_others"
-        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, policy)
+    if name in POLICIES:
+        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, POLICIES[name])
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
         with env_var(NICENESS_ENV, name[len(NICE_PHASE):]):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)  # its own search dir
@@ -362,7 +374,9 @@ def counted(fn, out_dir: str, policy: str = ""):
     process in ``out_dir/<pid>.json`` after each trial (with each trial's report; the supernet
     is built before counting, as in the plain loop). ``policy`` "batch": the thread runs under
     Linux's SCHED_BATCH; "idle_others": the process's other threads (Ray's) under SCHED_IDLE,
-    whose wakeups never preempt a normal thread (leaving SCHED_IDLE needs CAP_SYS_NICE: root here)."""
+    whose wakeups never preempt a normal thread (leaving SCHED_IDLE needs CAP_SYS_NICE: root here);
+    "pinned": the thread bound to one CPU of its own (the lowest no other evaluator process has
+    claimed in ``out_dir``), so a preemption never moves it to another core."""
     def evaluate(config: dict, snapshot, data) -> None:
         from elastic_nas.search.evaluator import get_supernet
 
@@ -375,24 +389,40 @@ def counted(fn, out_dir: str, policy: str = ""):
                 if tid != me:
                     with contextlib.suppress(OSError):  # the thread ended
                         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        elif policy == "pinned":
+            os.sched_setaffinity(0, {claim_cpu(out_dir)})  # 0: this thread
         get_supernet(snapshot, "cpu", data.channels_last)  # the evaluator's own call then finds it built
         before = (*thread_counters(), time.process_time(), 0)
         try:
             fn(config, snapshot, data)
         finally:
             path = Path(out_dir) / f"{os.getpid()}.json"
-            total = json.loads(path.read_text()) if path.exists() else [0.0, 0, 0, 0.0, 0]
+            total = json.loads(path.read_text()) if path.exists() else [0.0, 0, 0, 0, 0.0, 0]
             now = (*thread_counters(), time.process_time(), len(config["candidates"]))
             path.write_text(json.dumps([t + a - b for t, a, b in zip(total, now, before)]))
     return evaluate
+
+
+def claim_cpu(out_dir: str) -> int:
+    """This process's CPU: the one it claimed before (a reused actor), else the lowest unclaimed."""
+    for cpu in sorted(os.sched_getaffinity(0)):
+        path = Path(out_dir) / f"cpu{cpu}.claim"
+        try:
+            with open(path, "x") as f:
+                f.write(str(os.getpid()))
+            return cpu
+        except FileExistsError:
+            if path.read_text() == str(os.getpid()):
+                return cpu
+    raise RuntimeError(f"every CPU is claimed by another evaluator in {out_dir}")
 
 
 def counted_threads(out_dir: Path) -> dict:
     """What :func:`counted` wrote, summed over the evaluators, per candidate; ``process_cpu_s``:
     all the evaluator process's threads during its trials (Ray's own threads beside the evaluation)."""
     rows = [json.loads(f.read_text()) for f in out_dir.glob("*.json")]
-    thread_cpu, vol, invol, process_cpu, n = (sum(r[k] for r in rows) for k in range(5))
-    return {**per_candidate(thread_cpu, vol, invol, n), "process_cpu_s": process_cpu / n}
+    thread_cpu, vol, invol, moves, process_cpu, n = (sum(r[k] for r in rows) for k in range(6))
+    return {**per_candidate(thread_cpu, vol, invol, moves, n), "process_cpu_s": process_cpu / n}
 
 
 @contextlib.contextmanager
@@ -411,7 +441,7 @@ def phase_line(name: str, r: dict) -> str:
     t = r["eval_thread"]
     line = (f"{name}: {r['candidates_per_s']:.3f} candidates/s ({r['eval_s_mean']:.2f}s each; per candidate the "
             f"evaluating thread's CPU {t['cpu_s']:.2f}s, context switches {t['voluntary_switches']:.1f} voluntary / "
-            f"{t['involuntary_switches']:.1f} involuntary")
+            f"{t['involuntary_switches']:.1f} involuntary, moves to another CPU {t['cpu_moves']:.1f}")
     if "eval_thread_cpu_s_mean" in r:
         return line + ")"
     return line + (f"); {r['candidates_per_trial']} candidate(s) per trial, overhead per candidate "
@@ -439,6 +469,8 @@ def round_figures(r: dict) -> dict:
         "eval_thread_cpu_ratio_tune_vs_plain": tun["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
         "involuntary_switches_per_candidate_plain": par["eval_thread"]["involuntary_switches"],
         "involuntary_switches_per_candidate_tune": tun["eval_thread"]["involuntary_switches"],
+        "cpu_moves_per_candidate_plain": par["eval_thread"]["cpu_moves"],
+        "cpu_moves_per_candidate_tune": tun["eval_thread"]["cpu_moves"],
         "evaluator_process_vs_thread_cpu": tun["eval_thread"]["process_cpu_s"] / tun["eval_thread"]["cpu_s"],
         # the most of the ceiling Tune could reach here with no per-trial cost at all
         "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
@@ -454,7 +486,7 @@ def round_figures(r: dict) -> dict:
         out["eval_thread_cpu_ratio_ray_tasks_vs_plain"] = tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"]
     others = [(k, "nice" + k[len(NICE_PHASE):]) for k in r if k.startswith(NICE_PHASE)]
     others += [(k, tag) for k, tag in ((REPORT_EACH_PHASE, "report_each"), (SCHED_BATCH_PHASE, "sched_batch"),
-                                       (IDLE_THREADS_PHASE, "idle_threads")) if k in r]
+                                       (IDLE_THREADS_PHASE, "idle_threads"), (PINNED_PHASE, "pinned")) if k in r]
     for name, tag in others:  # the batched run again: the workers at another niceness, or a report per candidate
         other = r[name]
         out.update({
@@ -465,6 +497,7 @@ def round_figures(r: dict) -> dict:
             f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
             f"{tag}_eval_thread_cpu_ratio_vs_plain": other["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
             f"{tag}_involuntary_switches_per_candidate": other["eval_thread"]["involuntary_switches"],
+            f"{tag}_cpu_moves_per_candidate": other["eval_thread"]["cpu_moves"],
         })
     return out
 
@@ -495,6 +528,9 @@ def main() -> int:
     p.add_argument("--compare-idle-threads", action="store_true",
                    help="also run batched Tune with each evaluator process's other threads under SCHED_IDLE, in "
                    "every round (figures idle_threads_*; needs CAP_SYS_NICE)")
+    p.add_argument("--compare-pinned", action="store_true",
+                   help="also run batched Tune with each evaluator's thread bound to a CPU of its own, in every "
+                   "round (figures pinned_*)")
     p.add_argument("--skip", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="PHASE[,PHASE...]",
                    help=f"leave out these of the optional phases {', '.join(OPTIONAL_PHASES)}")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
@@ -517,6 +553,7 @@ def main() -> int:
     phases_run += (REPORT_EACH_PHASE,) if args.compare_report_each else ()
     phases_run += (SCHED_BATCH_PHASE,) if args.compare_sched_batch else ()
     phases_run += (IDLE_THREADS_PHASE,) if args.compare_idle_threads else ()
+    phases_run += (PINNED_PHASE,) if args.compare_pinned else ()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
