@@ -33,6 +33,9 @@ snapshot and the same random legal candidates. Reports
 * ``--compare-pinned`` adds batched Tune with each evaluator's thread bound to a CPU of its own:
   whether the preemptions cost CPU because the scheduler moves the evaluation to the other core
   (every thread's moves between CPUs are counted beside its context switches);
+* ``--compare-wakers HZ`` adds the plain processes beside one that wakes HZ times a second with
+  next to no work: whether being preempted as often as in Tune costs a plain evaluation the
+  same CPU (then the cost is the preemptions, not the Ray worker's process);
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -178,6 +181,30 @@ def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
     shares = [(snapshot, data, archs[i::procs]) for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
         return _summary(pool.starmap(_plain_loop, shares), n)
+
+
+def _waker(hz: float, stop) -> None:
+    """Wake ``hz`` times a second and do a few microseconds of work each time, as Ray's
+    processes do (``worker_wakeups.py``): preemptions that take almost no CPU."""
+    while not stop.is_set():
+        time.sleep(1.0 / hz)
+        sum(range(100))
+
+
+def plain_parallel_wakers(space, snapshot, data, n: int, procs: int, hz: float) -> dict:
+    """:func:`plain_parallel` beside one process that wakes ``hz`` times a second: whether
+    being preempted that often costs a plain evaluation the CPU it costs in a Tune evaluator."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    waker = ctx.Process(target=_waker, args=(hz, stop), daemon=True)
+    waker.start()
+    try:
+        return plain_parallel(space, snapshot, data, n, procs)
+    finally:
+        stop.set()
+        waker.join(timeout=10)
 
 
 def start_ray(slots: int) -> None:
@@ -337,6 +364,7 @@ REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
 SCHED_BATCH_PHASE = "tune_batched_sched_batch"  # --compare-sched-batch
 IDLE_THREADS_PHASE = "tune_batched_idle_threads"  # --compare-idle-threads
 PINNED_PHASE = "tune_batched_pinned"  # --compare-pinned
+WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
 POLICIES = {SCHED_BATCH_PHASE: "batch", IDLE_THREADS_PHASE: "idle_others", PINNED_PHASE: "pinned"}
 
 
@@ -346,6 +374,8 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
         return sequential(space, snapshot, data, n)
     if name == "plain_parallel":
         return plain_parallel(space, snapshot, data, n, slots)
+    if name == WAKERS_PHASE:
+        return plain_parallel_wakers(space, snapshot, data, n, slots, args.compare_wakers)
     if name == "ray_tasks":
         return ray_tasks(space, snapshot, data, n, slots)
     if name == REPORT_EACH_PHASE:  # the batched run again, a report per candidate as before
@@ -484,6 +514,12 @@ def round_figures(r: dict) -> dict:
         out["ray_tasks_vs_plain_parallel"] = tasks["candidates_per_s"] / par["candidates_per_s"]
         out["eval_time_ratio_ray_tasks_vs_plain"] = tasks["eval_s_mean"] / par["eval_s_mean"]
         out["eval_thread_cpu_ratio_ray_tasks_vs_plain"] = tasks["eval_thread_cpu_s_mean"] / par["eval_thread_cpu_s_mean"]
+    if WAKERS_PHASE in r:  # plain processes again, preempted about as often as in Tune
+        w = r[WAKERS_PHASE]
+        out.update({"wakers_vs_plain_parallel": w["candidates_per_s"] / par["candidates_per_s"],
+                    "wakers_eval_thread_cpu_ratio_vs_plain": w["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
+                    "wakers_involuntary_switches_per_candidate": w["eval_thread"]["involuntary_switches"],
+                    "wakers_cpu_moves_per_candidate": w["eval_thread"]["cpu_moves"]})
     others = [(k, "nice" + k[len(NICE_PHASE):]) for k in r if k.startswith(NICE_PHASE)]
     others += [(k, tag) for k, tag in ((REPORT_EACH_PHASE, "report_each"), (SCHED_BATCH_PHASE, "sched_batch"),
                                        (IDLE_THREADS_PHASE, "idle_threads"), (PINNED_PHASE, "pinned")) if k in r]
@@ -531,12 +567,17 @@ def main() -> int:
     p.add_argument("--compare-pinned", action="store_true",
                    help="also run batched Tune with each evaluator's thread bound to a CPU of its own, in every "
                    "round (figures pinned_*)")
+    p.add_argument("--compare-wakers", type=float, default=None, metavar="HZ",
+                   help="also run the plain processes beside one that wakes HZ times a second, in every round "
+                   "(figures wakers_*; 600: what worker_wakeups.py counts on a 2-evaluator search)")
     p.add_argument("--skip", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="PHASE[,PHASE...]",
                    help=f"leave out these of the optional phases {', '.join(OPTIONAL_PHASES)}")
     p.add_argument("--out", default="benchmarks/results/search_speed.json")
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < args.evaluators:
         p.error("--rounds must be >= 1 and --candidates >= --evaluators")
+    if args.compare_wakers is not None and args.compare_wakers <= 0:
+        p.error("--compare-wakers takes wakeups per second > 0")
     if set(args.skip) - set(OPTIONAL_PHASES):
         p.error(f"--skip takes only {', '.join(OPTIONAL_PHASES)}")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -554,6 +595,7 @@ def main() -> int:
     phases_run += (SCHED_BATCH_PHASE,) if args.compare_sched_batch else ()
     phases_run += (IDLE_THREADS_PHASE,) if args.compare_idle_threads else ()
     phases_run += (PINNED_PHASE,) if args.compare_pinned else ()
+    phases_run += (WAKERS_PHASE,) if args.compare_wakers else ()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             phases = {}
