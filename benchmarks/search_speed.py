@@ -359,6 +359,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
 PHASES = ("sequential", "plain_parallel", "ray_tasks", "tune_one_per_trial", "tune_batched")
 OPTIONAL_PHASES = ("ray_tasks", "tune_one_per_trial")  # explain the gaps; the targets need the others
 NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
+BATCHED_VARIANT = "tune_batched_"  # the batched run again with one change: figures <tag>_*
 NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
 REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
 SCHED_BATCH_PHASE = "tune_batched_sched_batch"  # --compare-sched-batch
@@ -520,9 +521,8 @@ def round_figures(r: dict) -> dict:
                     "wakers_eval_thread_cpu_ratio_vs_plain": w["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
                     "wakers_involuntary_switches_per_candidate": w["eval_thread"]["involuntary_switches"],
                     "wakers_cpu_moves_per_candidate": w["eval_thread"]["cpu_moves"]})
-    others = [(k, "nice" + k[len(NICE_PHASE):]) for k in r if k.startswith(NICE_PHASE)]
-    others += [(k, tag) for k, tag in ((REPORT_EACH_PHASE, "report_each"), (SCHED_BATCH_PHASE, "sched_batch"),
-                                       (IDLE_THREADS_PHASE, "idle_threads"), (PINNED_PHASE, "pinned")) if k in r]
+    # every tune_batched_<tag> phase (nice<N>, report_each, sched_batch, idle_threads, pinned)
+    others = [(k, k[len(BATCHED_VARIANT):]) for k in r if k.startswith(BATCHED_VARIANT)]
     for name, tag in others:  # the batched run again: the workers at another niceness, or a report per candidate
         other = r[name]
         out.update({

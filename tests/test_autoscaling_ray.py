@@ -58,14 +58,18 @@ def launched_nodes() -> dict[str, list[int]]:
     return by_node
 
 
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # it ended
+            os.kill(pid, sig)
+
+
 def reclaim_one_node() -> str:
     """Kill every process of the newest launched node, as a cloud provider ends a spot instance."""
     by_node = launched_nodes()
     assert by_node, "no launched node found"
     node = max(by_node)
-    for pid in by_node[node]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    signal_all(by_node[node], signal.SIGKILL)
     return node
 
 
@@ -91,15 +95,11 @@ def slow_until_nodes(count: int, timeout: float = 3 * BOOT_S, run_s: float = 0.1
         assert time.monotonic() < end, f"not {count} launched nodes within {timeout:.0f}s"
         pids = train_workers()
         assert pids, "no training worker to slow down"
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        signal_all(pids, signal.SIGSTOP)
         try:
             time.sleep(period_s - run_s)
         finally:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
+            signal_all(pids, signal.SIGCONT)
         time.sleep(run_s)
 
 
