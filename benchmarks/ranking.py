@@ -50,6 +50,7 @@ run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists wh
 ``--check-first`` runs the budget check first: whether a new truth budget is stable is known
 before hours go into it; ``--check-only`` runs and reports the check alone; ``--check-seeds 2``
 compares seed means at both budgets (as the truth is one) and reports how far the seeds agree;
+``--no-search`` leaves the search out (a supernet setting's A/B: ``--supernet-lr``, ``--num-random``);
 ``--check-group band`` takes the 8 from the band subnets (where MACs cannot order them; of the 12,
 the 8 with the fewest MACs); ``--check-subnets 34,35`` names the subnets instead. ``--num-train``
 sets the synthetic images generated (the truth, supernets and search all train on them): on
@@ -461,7 +462,7 @@ def run(a) -> dict:
         out["bf16_channels_last"], not_scored = bf16_rescores(a, work, done, archs, truth.mean(1),
                                                               subsets_of(archs, groups, budget, space), results, steps)
         out["missing_jobs"] += not_scored
-    if partial is None and done:  # the search and its retrains (cached: a report-only run reads what is done)
+    if partial is None and done and not a.no_search:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out, truth)
     if partial is None:  # last: after the search
         checked, unchecked = checked_budget()
@@ -612,7 +613,9 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> None:
         seeded.update({f"sa_{i}_s{s}_{n}": result(top1) for i, r in zip(check["subnets"], runs)
                        for s, top1 in enumerate(r) if top1 is not None})
     # the step times that set each variant's steps at equal time, so its supernets are the same jobs
-    seeded.update({f"step_{v}": r["step_seconds"] for v, r in old.get("variants", {}).items() if v in a.variants})
+    # (a sandwich step of another number of random archs costs another time: timed anew)
+    if theirs.get("num_random", 2) == a.num_random:
+        seeded.update({f"step_{v}": r["step_seconds"] for v, r in old.get("variants", {}).items() if v in a.variants})
     for key, value in seeded.items():
         if not (work / f"{key}.json").exists():
             atomic_write(work / f"{key}.json", json.dumps(value))
@@ -703,6 +706,8 @@ def main() -> None:
     ap.add_argument("--truth-from", action="append", default=[], metavar="JSON",
                     help="an earlier run's results JSON (a full run's or a check's; repeatable): its stand-alone "
                     "results and step times are cached, not rerun")
+    ap.add_argument("--no-search", action="store_true",
+                    help="leave out the search and its retrains: the ranking figures of a supernet setting alone")
     ap.add_argument("--report-only", action="store_true",
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()

@@ -20,7 +20,8 @@ snapshot and the same random legal candidates. Reports
 * where the CPU went during each Tune run: CPU-seconds of the evaluators, the driver (Tune's
   controller) and Ray's own processes (GCS, raylet, agents, monitors), read from /proc; the
   share left to the evaluators bounds Tune's fraction of the ceiling on this machine;
-* the evaluating thread's CPU and context switches per candidate, in plain processes and in
+* the evaluating thread's CPU, kernel CPU, minor page faults and context switches per candidate
+  (faults: buffers the allocator handed back to the kernel and took again), in plain processes and in
   Tune's evaluators (``getrusage(RUSAGE_THREAD)``; in Tune around each trial): whether an
   evaluation in a Ray worker costs more CPU because it is preempted more often (involuntary
   switches), and the evaluator process's CPU against its evaluating thread's (Ray's threads);
@@ -36,6 +37,8 @@ snapshot and the same random legal candidates. Reports
 * ``--compare-wakers HZ`` adds the plain processes beside one that wakes HZ times a second with
   next to no work: whether being preempted as often as in Tune costs a plain evaluation the
   same CPU (then the cost is the preemptions, not the Ray worker's process);
+* ``--compare-default-allocator`` adds batched Tune with the evaluators' allocator left at glibc's
+  drifting thresholds (the evaluator before ``elastic_nas.allocator``): the A/B of that change;
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -123,11 +126,13 @@ def sequential(space, snapshot, data, n: int) -> dict:
     return plain_parallel(space, snapshot, data, n, 1)
 
 
-def thread_counters() -> tuple[float, int, int, int]:
-    """This thread's CPU seconds, voluntary and involuntary context switches and moves to
-    another CPU so far (an involuntary switch: the thread was preempted, and may find its
-    caches refilled by another; a move: it resumes on a core whose L2 holds none of its data).
-    Moves are read from ``/proc/thread-self/sched`` (0 where the kernel has no scheduler stats)."""
+def thread_counters() -> tuple[float, int, int, int, float, int]:
+    """This thread's CPU seconds, voluntary and involuntary context switches, moves to
+    another CPU, kernel CPU seconds and minor page faults so far (an involuntary switch: the
+    thread was preempted, and may find its caches refilled by another; a move: it resumes on a
+    core whose L2 holds none of its data; a fault: a page the allocator handed back to the kernel
+    and took again, zeroed on the thread's CPU). Moves are read from ``/proc/thread-self/sched``
+    (0 where the kernel has no scheduler stats)."""
     import resource
 
     r = resource.getrusage(resource.RUSAGE_THREAD)
@@ -136,21 +141,24 @@ def thread_counters() -> tuple[float, int, int, int]:
         for line in Path("/proc/thread-self/sched").read_text().splitlines():
             if line.startswith("se.nr_migrations"):
                 moves = int(line.split(":")[1])
-    return time.thread_time(), r.ru_nvcsw, r.ru_nivcsw, moves
+    return time.thread_time(), r.ru_nvcsw, r.ru_nivcsw, moves, r.ru_stime, r.ru_minflt
 
 
-def per_candidate(cpu_s: float, voluntary: int, involuntary: int, moves: int, n: int) -> dict:
+def per_candidate(cpu_s: float, voluntary: int, involuntary: int, moves: int, sys_s: float, faults: int,
+                  n: int) -> dict:
     return {"cpu_s": cpu_s / n, "voluntary_switches": voluntary / n, "involuntary_switches": involuntary / n,
-            "cpu_moves": moves / n}
+            "cpu_moves": moves / n, "sys_cpu_s": sys_s / n, "minor_faults": faults / n}
 
 
 def _plain_loop(snapshot, data, archs) -> dict:
     """Wall-clock start and end, each candidate's wall and main-thread CPU seconds (their
     gap: time the evaluation waited for a core while other threads or processes ran), and the
     loop's context switches."""
+    from elastic_nas.allocator import keep_freed_memory
     from elastic_nas.search.evaluator import get_supernet
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the evaluator does: the ceiling is the best a plain process does
     _, model = get_supernet(snapshot)
     t0, evals, cpu, before = time.time(), [], [], thread_counters()
     for arch in archs:
@@ -164,7 +172,7 @@ def _plain_loop(snapshot, data, archs) -> dict:
 
 def _summary(out: list[dict], n: int) -> dict:
     wall = max(o["end"] for o in out) - min(o["start"] for o in out)
-    totals = [sum(o["counters"][k] for o in out) for k in range(4)]
+    totals = [sum(o["counters"][k] for o in out) for k in range(len(out[0]["counters"]))]
     return {"wall_s": wall, "candidates_per_s": n / wall,
             "eval_s_mean": statistics.mean(e for o in out for e in o["evals"]),
             "eval_thread_cpu_s_mean": statistics.mean(c for o in out for c in o["cpu"]),
@@ -365,8 +373,10 @@ REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
 SCHED_BATCH_PHASE = "tune_batched_sched_batch"  # --compare-sched-batch
 IDLE_THREADS_PHASE = "tune_batched_idle_threads"  # --compare-idle-threads
 PINNED_PHASE = "tune_batched_pinned"  # --compare-pinned
+DEFAULT_ALLOCATOR_PHASE = "tune_batched_default_allocator"  # --compare-default-allocator
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
-POLICIES = {SCHED_BATCH_PHASE: "batch", IDLE_THREADS_PHASE: "idle_others", PINNED_PHASE: "pinned"}
+POLICIES = {SCHED_BATCH_PHASE: "batch", IDLE_THREADS_PHASE: "idle_others", PINNED_PHASE: "pinned",
+            DEFAULT_ALLOCATOR_PHASE: "default_allocator"}
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -407,7 +417,8 @@ def counted(fn, out_dir: str, policy: str = ""):
     Linux's SCHED_BATCH; "idle_others": the process's other threads (Ray's) under SCHED_IDLE,
     whose wakeups never preempt a normal thread (leaving SCHED_IDLE needs CAP_SYS_NICE: root here);
     "pinned": the thread bound to one CPU of its own (the lowest no other evaluator process has
-    claimed in ``out_dir``), so a preemption never moves it to another core."""
+    claimed in ``out_dir``), so a preemption never moves it to another core; "default_allocator":
+    the evaluator leaves glibc's thresholds as they are."""
     def evaluate(config: dict, snapshot, data) -> None:
         from elastic_nas.search.evaluator import get_supernet
 
@@ -422,13 +433,17 @@ def counted(fn, out_dir: str, policy: str = ""):
                         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         elif policy == "pinned":
             os.sched_setaffinity(0, {claim_cpu(out_dir)})  # 0: this thread
+        elif policy == "default_allocator":
+            from elastic_nas.search import evaluator
+
+            evaluator.keep_freed_memory = lambda: False  # a fresh worker process each phase: nothing set yet
         get_supernet(snapshot, "cpu", data.channels_last)  # the evaluator's own call then finds it built
         before = (*thread_counters(), time.process_time(), 0)
         try:
             fn(config, snapshot, data)
         finally:
             path = Path(out_dir) / f"{os.getpid()}.json"
-            total = json.loads(path.read_text()) if path.exists() else [0.0, 0, 0, 0, 0.0, 0]
+            total = json.loads(path.read_text()) if path.exists() else [0] * len(before)
             now = (*thread_counters(), time.process_time(), len(config["candidates"]))
             path.write_text(json.dumps([t + a - b for t, a, b in zip(total, now, before)]))
     return evaluate
@@ -452,8 +467,8 @@ def counted_threads(out_dir: Path) -> dict:
     """What :func:`counted` wrote, summed over the evaluators, per candidate; ``process_cpu_s``:
     all the evaluator process's threads during its trials (Ray's own threads beside the evaluation)."""
     rows = [json.loads(f.read_text()) for f in out_dir.glob("*.json")]
-    thread_cpu, vol, invol, moves, process_cpu, n = (sum(r[k] for r in rows) for k in range(6))
-    return {**per_candidate(thread_cpu, vol, invol, moves, n), "process_cpu_s": process_cpu / n}
+    *thread, process_cpu, n = (sum(r[k] for r in rows) for k in range(len(rows[0])))
+    return {**per_candidate(*thread, n), "process_cpu_s": process_cpu / n}
 
 
 @contextlib.contextmanager
@@ -472,7 +487,8 @@ def phase_line(name: str, r: dict) -> str:
     t = r["eval_thread"]
     line = (f"{name}: {r['candidates_per_s']:.3f} candidates/s ({r['eval_s_mean']:.2f}s each; per candidate the "
             f"evaluating thread's CPU {t['cpu_s']:.2f}s, context switches {t['voluntary_switches']:.1f} voluntary / "
-            f"{t['involuntary_switches']:.1f} involuntary, moves to another CPU {t['cpu_moves']:.1f}")
+            f"{t['involuntary_switches']:.1f} involuntary, moves to another CPU {t['cpu_moves']:.1f}, kernel CPU "
+            f"{t['sys_cpu_s']:.3f}s, minor faults {t['minor_faults']:.0f}")
     if "eval_thread_cpu_s_mean" in r:
         return line + ")"
     return line + (f"); {r['candidates_per_trial']} candidate(s) per trial, overhead per candidate "
@@ -502,6 +518,10 @@ def round_figures(r: dict) -> dict:
         "involuntary_switches_per_candidate_tune": tun["eval_thread"]["involuntary_switches"],
         "cpu_moves_per_candidate_plain": par["eval_thread"]["cpu_moves"],
         "cpu_moves_per_candidate_tune": tun["eval_thread"]["cpu_moves"],
+        "sys_cpu_s_per_candidate_plain": par["eval_thread"]["sys_cpu_s"],
+        "sys_cpu_s_per_candidate_tune": tun["eval_thread"]["sys_cpu_s"],
+        "minor_faults_per_candidate_plain": par["eval_thread"]["minor_faults"],
+        "minor_faults_per_candidate_tune": tun["eval_thread"]["minor_faults"],
         "evaluator_process_vs_thread_cpu": tun["eval_thread"]["process_cpu_s"] / tun["eval_thread"]["cpu_s"],
         # the most of the ceiling Tune could reach here with no per-trial cost at all
         "ceiling_fraction_bound": 1 - tun["machine_share"]["driver"] - tun["machine_share"]["ray"],
@@ -521,7 +541,7 @@ def round_figures(r: dict) -> dict:
                     "wakers_eval_thread_cpu_ratio_vs_plain": w["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
                     "wakers_involuntary_switches_per_candidate": w["eval_thread"]["involuntary_switches"],
                     "wakers_cpu_moves_per_candidate": w["eval_thread"]["cpu_moves"]})
-    # every tune_batched_<tag> phase (nice<N>, report_each, sched_batch, idle_threads, pinned)
+    # every tune_batched_<tag> phase (nice<N>, report_each, sched_batch, idle_threads, pinned, default_allocator)
     others = [(k, k[len(BATCHED_VARIANT):]) for k in r if k.startswith(BATCHED_VARIANT)]
     for name, tag in others:  # the batched run again: the workers at another niceness, or a report per candidate
         other = r[name]
@@ -534,6 +554,8 @@ def round_figures(r: dict) -> dict:
             f"{tag}_eval_thread_cpu_ratio_vs_plain": other["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
             f"{tag}_involuntary_switches_per_candidate": other["eval_thread"]["involuntary_switches"],
             f"{tag}_cpu_moves_per_candidate": other["eval_thread"]["cpu_moves"],
+            f"{tag}_sys_cpu_s_per_candidate": other["eval_thread"]["sys_cpu_s"],
+            f"{tag}_minor_faults_per_candidate": other["eval_thread"]["minor_faults"],
         })
     return out
 
@@ -567,6 +589,9 @@ def main() -> int:
     p.add_argument("--compare-pinned", action="store_true",
                    help="also run batched Tune with each evaluator's thread bound to a CPU of its own, in every "
                    "round (figures pinned_*)")
+    p.add_argument("--compare-default-allocator", action="store_true",
+                   help="also run batched Tune with the evaluators' allocator thresholds left to glibc, in every "
+                   "round (figures default_allocator_*)")
     p.add_argument("--compare-wakers", type=float, default=None, metavar="HZ",
                    help="also run the plain processes beside one that wakes HZ times a second, in every round "
                    "(figures wakers_*; 600: what worker_wakeups.py counts on a 2-evaluator search)")
@@ -595,6 +620,7 @@ def main() -> int:
     phases_run += (SCHED_BATCH_PHASE,) if args.compare_sched_batch else ()
     phases_run += (IDLE_THREADS_PHASE,) if args.compare_idle_threads else ()
     phases_run += (PINNED_PHASE,) if args.compare_pinned else ()
+    phases_run += (DEFAULT_ALLOCATOR_PHASE,) if args.compare_default_allocator else ()
     phases_run += (WAKERS_PHASE,) if args.compare_wakers else ()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "elastic_nas"
 # Lowest first; a module may import its own layer or lower ones, never a higher one.
-LAYERS = [{"errors", "io", "config"}, {"spaces", "data", "elastic"}, {"train", "search", "cluster"},
+LAYERS = [{"errors", "io", "config", "allocator"}, {"spaces", "data", "elastic"}, {"train", "search", "cluster"},
           {"pipeline", "cli", "__main__"}]
 LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 MAX_FUNCTION_LINES = 80

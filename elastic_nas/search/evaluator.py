@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from elastic_nas.allocator import keep_freed_memory
 from elastic_nas.spaces.bn import recalibrate_bn
 from elastic_nas.spaces.precision import Precision
 
@@ -122,6 +123,7 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(os.environ.get("ELASTIC_NAS_EVAL_THREADS", "1"))))
+    keep_freed_memory()  # activations reused, not faulted in again for every candidate
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
     # 1. the supernet of this snapshot, built once per process
     space, model = get_supernet(snapshot, device, data.channels_last)
