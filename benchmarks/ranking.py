@@ -50,7 +50,9 @@ run's ``--report-only`` has the ranking figures first; ``missing_jobs`` lists wh
 ``--check-first`` runs the budget check first: whether a new truth budget is stable is known
 before hours go into it; ``--check-only`` runs and reports the check alone; ``--check-seeds 2``
 compares seed means at both budgets (as the truth is one) and reports how far the seeds agree;
-``--no-search`` leaves the search out (a supernet setting's A/B: ``--supernet-lr``, ``--num-random``);
+``--no-search`` leaves the search out (a supernet setting's A/B: ``--supernet-lr``, ``--num-random``),
+and ``--supernet-steps N`` trains N steps instead of ``--supernet-minutes`` (step times differ
+between machines: an A/B against an earlier machine's run at the steps its minutes gave);
 ``--check-group band`` takes the 8 from the band subnets (where MACs cannot order them; of the 12,
 the 8 with the fewest MACs); ``--check-subnets 34,35`` names the subnets instead. ``--num-train``
 sets the synthetic images generated (the truth, supernets and search all train on them): on
@@ -418,8 +420,8 @@ def run(a) -> dict:
                     "budget_check": budget_check(a, space, archs, check, results, [], {})}
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
-    steps = {v: max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
-    print("supernet steps at equal time: " + ", ".join(f"{v} {steps[v]} ({per_step[v]:.3f} s/step)"
+    steps = {v: a.supernet_steps or max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
+    print(f"supernet steps {'as given' if a.supernet_steps else 'at equal time'}: " + ", ".join(f"{v} {steps[v]} ({per_step[v]:.3f} s/step)"
                                                        for v in a.variants), flush=True)
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
              for v in a.variants for s in range(a.supernet_seeds)]
@@ -685,6 +687,9 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--supernet-seeds", type=int, default=2)
     ap.add_argument("--supernet-minutes", type=float, default=20.0, help="of one core, per supernet")
+    ap.add_argument("--supernet-steps", type=int, default=0,
+                    help="train every supernet this many steps instead of --supernet-minutes (an A/B at the steps "
+                    "an earlier run's minutes gave on its machine: step times differ between machines)")
     ap.add_argument("--supernet-lr", type=float, default=0.1)
     ap.add_argument("--supernet-wd", type=float, default=0.0, help="weight decay 0: the simple supernet recipe")
     ap.add_argument("--num-random", type=int, default=2, help="sandwich: random archs per step")
