@@ -4,7 +4,7 @@ A forward pass allocates and frees the same activation buffers (a few MB each) o
 glibc's malloc hands a freed block back to the kernel when it lies above its mmap or trim
 threshold, and moves those thresholds as the process runs, so whether the buffers stay depends
 on the process's history: in a Tune evaluator every candidate faulted ~50,000 pages back in,
-each zeroed by the kernel, 10-15 % of the evaluation's CPU (a fresh plain process: ~450;
+each zeroed by the kernel, 10-15 % of the evaluation's CPU (a plain process: 130-170;
 ``benchmarks/search_speed.py``). Fixed thresholds keep the buffers in the process for reuse.
 """
 
