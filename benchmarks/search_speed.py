@@ -369,14 +369,19 @@ OPTIONAL_PHASES = ("ray_tasks", "tune_one_per_trial")  # explain the gaps; the t
 NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
 BATCHED_VARIANT = "tune_batched_"  # the batched run again with one change: figures <tag>_*
 NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
-REPORT_EACH_PHASE = "tune_batched_report_each"  # --compare-report-each
-SCHED_BATCH_PHASE = "tune_batched_sched_batch"  # --compare-sched-batch
-IDLE_THREADS_PHASE = "tune_batched_idle_threads"  # --compare-idle-threads
-PINNED_PHASE = "tune_batched_pinned"  # --compare-pinned
-DEFAULT_ALLOCATOR_PHASE = "tune_batched_default_allocator"  # --compare-default-allocator
+# --compare-<tag>: the batched run again with one change, in every round (phase tune_batched_<tag>)
+BATCHED_COMPARISONS = {
+    "report_each": "a report per candidate (as before a batch was reported once)",
+    "sched_batch": "each evaluator's thread under SCHED_BATCH",
+    "idle_threads": "each evaluator process's other threads under SCHED_IDLE (needs CAP_SYS_NICE)",
+    "pinned": "each evaluator's thread bound to a CPU of its own",
+    "default_allocator": "the evaluators' allocator thresholds left to glibc",
+}
+REPORT_EACH_PHASE = BATCHED_VARIANT + "report_each"
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
-POLICIES = {SCHED_BATCH_PHASE: "batch", IDLE_THREADS_PHASE: "idle_others", PINNED_PHASE: "pinned",
-            DEFAULT_ALLOCATOR_PHASE: "default_allocator"}
+POLICIES = {BATCHED_VARIANT + tag: policy for tag, policy in (("sched_batch", "batch"), ("idle_threads", "idle_others"),
+                                                              ("pinned", "pinned"),
+                                                              ("default_allocator", "default_allocator"))}
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -577,21 +582,9 @@ def main() -> int:
     p.add_argument("--compare-niceness", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                    metavar="N[,N...]", help="also run batched Tune with Ray's workers at each of these "
                    "nicenesses, in every round (figures nice<N>_*)")
-    p.add_argument("--compare-report-each", action="store_true",
-                   help="also run batched Tune with a report per candidate (as before a batch was reported "
-                   "once), in every round (figures report_each_*)")
-    p.add_argument("--compare-sched-batch", action="store_true",
-                   help="also run batched Tune with each evaluator's thread under SCHED_BATCH, in every round "
-                   "(figures sched_batch_*)")
-    p.add_argument("--compare-idle-threads", action="store_true",
-                   help="also run batched Tune with each evaluator process's other threads under SCHED_IDLE, in "
-                   "every round (figures idle_threads_*; needs CAP_SYS_NICE)")
-    p.add_argument("--compare-pinned", action="store_true",
-                   help="also run batched Tune with each evaluator's thread bound to a CPU of its own, in every "
-                   "round (figures pinned_*)")
-    p.add_argument("--compare-default-allocator", action="store_true",
-                   help="also run batched Tune with the evaluators' allocator thresholds left to glibc, in every "
-                   "round (figures default_allocator_*)")
+    for tag, change in BATCHED_COMPARISONS.items():
+        p.add_argument(f"--compare-{tag.replace('_', '-')}", action="store_true",
+                       help=f"also run batched Tune with {change}, in every round (figures {tag}_*)")
     p.add_argument("--compare-wakers", type=float, default=None, metavar="HZ",
                    help="also run the plain processes beside one that wakes HZ times a second, in every round "
                    "(figures wakers_*; 600: what worker_wakeups.py counts on a 2-evaluator search)")
@@ -616,11 +609,7 @@ def main() -> int:
     rounds = []
     phases_run = tuple(p for p in PHASES if p not in args.skip) + tuple(f"{NICE_PHASE}{v}"
                                                                        for v in args.compare_niceness)
-    phases_run += (REPORT_EACH_PHASE,) if args.compare_report_each else ()
-    phases_run += (SCHED_BATCH_PHASE,) if args.compare_sched_batch else ()
-    phases_run += (IDLE_THREADS_PHASE,) if args.compare_idle_threads else ()
-    phases_run += (PINNED_PHASE,) if args.compare_pinned else ()
-    phases_run += (DEFAULT_ALLOCATOR_PHASE,) if args.compare_default_allocator else ()
+    phases_run += tuple(BATCHED_VARIANT + tag for tag in BATCHED_COMPARISONS if getattr(args, f"compare_{tag}"))
     phases_run += (WAKERS_PHASE,) if args.compare_wakers else ()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
