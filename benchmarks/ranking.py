@@ -6,8 +6,9 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    12 inside the search band (``--budget`` +- 15 %; default: the median MACs of random
    archs), fixed seeds.
 2. **Ground truth.** Every subnet trained stand-alone (``_nas.train_task``: the project's
-   step, SGD, cosine) for ``--truth-steps`` with 2 seeds, top-1 on the test split. The noise
-   ceiling is Kendall tau between the two seeds; the budget check trains 8 subnets (spread
+   step, SGD, cosine) for ``--truth-steps`` with ``--truth-seeds`` seeds (2), top-1 on the test
+   split; the truth is their mean. The noise ceiling is Kendall tau between two seeds (every pair
+   of seeds, with their mean); the budget check trains 8 subnets (spread
    over the MACs range) for twice the steps: the budget holds where tau >= 0.8 between the
    two (``budget_check.stable``).
 3. **Supernets.** Each variant (weight sharing x strategy) x 2 seeds trained for equal
@@ -41,7 +42,9 @@ Writes ``results/ranking.json`` and ``results/ranking.png``.
 
 ``--truth-from <results JSON>`` (repeatable) caches an earlier run's stand-alone results and
 step times in a new work dir (same space, data, truth LR and subnets, or exit 2), so a machine
-without the old work dir retrains only the supernets, the search and what was missing; a budget
+without the old work dir retrains only the supernets, the search and what was missing; with
+``--no-search`` (and no ``--bf16``, which need the weights) also its supernets' scores where their
+settings are this run's, so a new truth (``--truth-seeds 3``) ranks them without retraining; a budget
 check's JSON gives its runs at both its budgets (a 4,000 vs 8,000 check's 8,000-step runs serve an
 8,000 vs 16,000 check), and a ``--report-only`` JSON of a check cut short gives what it finished.
 
@@ -88,7 +91,7 @@ from elastic_nas.errors import ArchError
 from elastic_nas.io import atomic_write
 from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
-from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, rank_report
+from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, rank_report, seed_agreement
 from elastic_nas.spaces import build_space
 from elastic_nas.spaces.precision import Precision
 
@@ -400,10 +403,11 @@ def run(a) -> dict:
         check = a.check_subnets
     for source in a.truth_from:
         seed_work_dir(a, work, archs, source)
-    # A subnet whose other seed is cached (a budget check's run at these steps) first: an
+    # The subnets with the most other seeds cached (a budget check's run at these steps) first: an
     # interrupted run's interim report then covers the most subnets.
-    pairs = sorted(((i, s) for i in range(len(archs)) for s in (0, 1)),
-                   key=lambda p: not (work / f"sa_{p[0]}_s{1 - p[1]}_{a.truth_steps}.json").exists())
+    seeds = range(a.truth_seeds)
+    pairs = sorted(((i, s) for i in range(len(archs)) for s in seeds),
+                   key=lambda p: -sum((work / f"sa_{p[0]}_s{t}_{a.truth_steps}.json").exists() for t in seeds))
     jobs = [(work, f"sa_{i}_s{s}_{a.truth_steps}", standalone, a, archs[i], s, a.truth_steps) for i, s in pairs]
     # the budget check: last (after the search) unless --check-first or --check-only
     checks = [(work, f"sa_{i}_s{s}_{2 * a.truth_steps}", standalone, a, archs[i], s, 2 * a.truth_steps)
@@ -420,7 +424,8 @@ def run(a) -> dict:
                     "budget_check": budget_check(a, space, archs, check, results, [], {})}
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
-    steps = {v: a.supernet_steps or max(10, int(a.supernet_minutes * 60 / per_step[v])) for v in a.variants}
+    steps = {v: a.supernet_steps.get(v) or a.supernet_steps.get("*") or max(10, int(a.supernet_minutes * 60 / per_step[v]))
+             for v in a.variants}
     print(f"supernet steps {'as given' if a.supernet_steps else 'at equal time'}: " + ", ".join(f"{v} {steps[v]} ({per_step[v]:.3f} s/step)"
                                                        for v in a.variants), flush=True)
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
@@ -437,27 +442,31 @@ def run(a) -> dict:
 
     partial = checked = None
     if any(key.startswith("sa_") and key.endswith(f"_{a.truth_steps}") for key in missing):
-        # An interim report on the subnets whose two truth seeds are done: every figure of it
+        # An interim report on the subnets whose truth seeds are all done: every figure of it
         # is over fewer subnets, and says so; the budget check needs seed 0 of its 8 only, so
         # it is taken before the subnets are cut.
         checked, unchecked = checked_budget()
         missing += unchecked
         keep = [i for i in range(len(archs))
-                if all(f"sa_{i}_s{s}_{a.truth_steps}" in results for s in (0, 1))]
+                if all(f"sa_{i}_s{s}_{a.truth_steps}" in results for s in seeds)]
         partial = {"subnets_with_truth": len(keep), "of": len(archs)}
-        print(f"ranking: interim report on the {len(keep)} of {len(archs)} subnets with both truth seeds", flush=True)
+        print(f"ranking: interim report on the {len(keep)} of {len(archs)} subnets with all {a.truth_seeds} truth seeds", flush=True)
         results = {(f"sa_{keep.index(int(k.split('_')[1]))}_{k.split('_', 2)[2]}" if k.startswith("sa_") else k):
                    ({**r, **{f: [r[f][i] for i in keep] for f in ("scores", "val_losses") if f in r}}
                     if k.startswith("sn_") else r)
                    for k, r in results.items() if not k.startswith("sa_") or int(k.split("_")[1]) in keep}
         archs, groups = [archs[i] for i in keep], [groups[i] for i in keep]
-    truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in (0, 1)]
+    truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in seeds]
                       for i in range(len(archs))])
+    agree = seed_agreement(truth)
     out = {"space": SPACE, "data": data_cfg(a), "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
            "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
                         "test_top1_seeds": truth[i].tolist()} for i, (arch, g) in enumerate(zip(archs, groups))],
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
            "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),
+           # every pair of seeds' tau, and one run's seed SD (what a difference must exceed)
+           "truth_seeds": a.truth_seeds, "noise_ceiling_tau_pairs": agree["pairwise_kendall_tau"],
+           "noise_ceiling_tau_mean": agree["pairwise_kendall_tau_mean"], "standalone_seed_sd": agree["seed_sd"],
            "missing_jobs": missing, "interim": partial}
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
@@ -573,13 +582,12 @@ def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -
     if None in results:
         return {"variant": best, "missing": [j[1] for j, r in zip(jobs, results) if r is None]}
     retrained = {name: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, name in enumerate(archs)}
-    spread = float(np.std(truth[:, 0] - truth[:, 1], ddof=1) / np.sqrt(2))  # one run's seed SD
     return {"variant": best, "budget_macs": budget, "evaluations": picks["evolution"]["evaluated"],
             "picks": {name: {"arch": arch, "macs": space.macs(arch), "retrained_top1_seeds": retrained[name],
                              "retrained_top1_mean": round(float(np.mean(retrained[name])), 2),
                              "supernet_score": picks[name]["best_accuracy"] if name in picks else None}
                       for name, arch in archs.items()},
-            "standalone_seed_sd": round(spread, 2)}
+            "standalone_seed_sd": round(seed_agreement(truth)["seed_sd"], 2)}
 
 
 def finished(a, work: Path, jobs: list[tuple]) -> list:
@@ -618,10 +626,29 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> None:
     # (a sandwich step of another number of random archs costs another time: timed anew)
     if theirs.get("num_random", 2) == a.num_random:
         seeded.update({f"step_{v}": r["step_seconds"] for v, r in old.get("variants", {}).items() if v in a.variants})
+    seeded.update(supernet_scores(a, old, source))
     for key, value in seeded.items():
         if not (work / f"{key}.json").exists():
             atomic_write(work / f"{key}.json", json.dumps(value))
     print(f"ranking: {len(seeded)} results taken from {source}", flush=True)
+
+
+SUPERNET_SETTINGS = {"supernet_lr": 0.1, "supernet_wd": 0.0, "num_random": 2, "calib_images": 1000, "val_images": 2000}
+
+
+def supernet_scores(a, old: dict, source: str) -> dict:
+    """An earlier run's supernet jobs (each seed's scores of the subnets), where the settings that
+    decide a supernet and its scores are this run's: a new truth then ranks the same supernets
+    without training them again (their search_val losses are not in the JSON)."""
+    theirs = old.get("settings", {})
+    if not a.no_search or a.bf16 is not None:  # the search and bf16 rescoring need the weights: trained again
+        return {}
+    if any(theirs.get(k, default) != getattr(a, k) for k, default in SUPERNET_SETTINGS.items()):
+        return {}
+    return {f"sn_{v}_s{s}_{r['steps']}": {"steps": r["steps"], "scores": scores,
+                                          "train_seconds": r["seeds"][s]["train_seconds"], "from": source}
+            for v, r in old.get("variants", {}).items() if v in a.variants
+            for s, scores in enumerate(r["scores"])}
 
 
 def plot(out: dict, path: Path) -> None:
@@ -637,7 +664,8 @@ def plot(out: dict, path: Path) -> None:
     colors = ["tab:orange" if i in band else "tab:blue" for i in range(len(truth))]
     noise = axes[0][0]  # the noise ceiling: how well one stand-alone seed ranks the other
     noise.scatter(truth[:, 0], truth[:, 1], color=colors, s=10)
-    noise.set_title(f"stand-alone seed 0 vs seed 1\ntau {out['noise_ceiling_tau_seed0_vs_seed1']:.2f} "
+    pairs = "" if len(truth[0]) < 3 else f"; every pair of {len(truth[0])} seeds: {out['noise_ceiling_tau_mean']:.2f}"
+    noise.set_title(f"stand-alone seed 0 vs seed 1\ntau {out['noise_ceiling_tau_seed0_vs_seed1']:.2f}{pairs} "
                     "(the noise ceiling)", fontsize=9)
     noise.set_xlabel("seed 0 test top-1 (%)")
     noise.set_ylabel("seed 1 test top-1 (%)")
@@ -645,17 +673,27 @@ def plot(out: dict, path: Path) -> None:
     for ax, v in zip(axes[0][1:], variants):
         score = np.mean(out["variants"][v]["scores"], axis=0)
         for i in range(len(truth)):
-            ax.plot(truth[i], [score[i]] * 2, color=colors[i], lw=0.8, alpha=0.6)
-            ax.scatter(truth[i], [score[i]] * 2, color=colors[i], s=10)
+            ax.plot(truth[i], [score[i]] * len(truth[i]), color=colors[i], lw=0.8, alpha=0.6)
+            ax.scatter(truth[i], [score[i]] * len(truth[i]), color=colors[i], s=10)
         ax.set_title(f"{v}\ntau {out['variants'][v]['kendall_tau_mean']:.2f} "
                      f"(MACs {out['baselines']['macs']['kendall_tau']:.2f})", fontsize=9)
-        ax.set_xlabel("stand-alone test top-1 (%), both seeds")
+        ax.set_xlabel("stand-alone test top-1 (%), every seed")
         ax.set_ylabel("supernet score (%), mean of seeds")
         ax.grid(alpha=0.3)
     fig.suptitle("Supernet score vs stand-alone accuracy (orange: inside the search band)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def supernet_steps(value: str) -> dict[str, int]:
+    """``--supernet-steps``: ``N`` for every variant ("*") or ``variant=N,...``."""
+    if value.isdigit():
+        return {"*": int(value)}
+    try:
+        return {v: int(n) for v, n in (item.split("=") for item in value.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError("takes N or VARIANT=N[,VARIANT=N...]") from None
 
 
 def main() -> None:
@@ -684,12 +722,14 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.0, help="search budget, M MACs (0: median of random archs)")
     ap.add_argument("--truth-steps", type=int, default=1000)
     ap.add_argument("--truth-lr", type=float, default=0.1)
+    ap.add_argument("--truth-seeds", type=int, default=2, help="stand-alone seeds per subnet (the truth is their mean)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--supernet-seeds", type=int, default=2)
     ap.add_argument("--supernet-minutes", type=float, default=20.0, help="of one core, per supernet")
-    ap.add_argument("--supernet-steps", type=int, default=0,
-                    help="train every supernet this many steps instead of --supernet-minutes (an A/B at the steps "
-                    "an earlier run's minutes gave on its machine: step times differ between machines)")
+    ap.add_argument("--supernet-steps", type=supernet_steps, default={}, metavar="N|VARIANT=N,...",
+                    help="train every supernet (or each variant named) this many steps instead of --supernet-minutes "
+                    "(an A/B at the steps an earlier run's minutes gave on its machine: step times differ between "
+                    "machines)")
     ap.add_argument("--supernet-lr", type=float, default=0.1)
     ap.add_argument("--supernet-wd", type=float, default=0.0, help="weight decay 0: the simple supernet recipe")
     ap.add_argument("--num-random", type=int, default=2, help="sandwich: random archs per step")
@@ -717,6 +757,8 @@ def main() -> None:
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
+    if a.truth_seeds < 2:
+        ap.error("--truth-seeds takes 2 or more: the noise ceiling compares seeds")
     if a.source != "synthetic" and (a.num_train != DATA["num_train"] or a.difficulty != "standard"):
         ap.error("--num-train and --difficulty set the synthetic set; CIFAR-10 has its own")
     a.work = a.work or str(Path.home() / ".cache" / "elastic-nas" /

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, precision_at_k, rank_report, ranks, spearman_rho
+from elastic_nas.search.ranking import (
+    bootstrap_ci,
+    kendall_tau,
+    precision_at_k,
+    rank_report,
+    ranks,
+    seed_agreement,
+    spearman_rho,
+)
 
 
 def brute_tau_b(a, b) -> float:
@@ -66,3 +74,21 @@ def test_bootstrap_ci_brackets_the_statistic_and_is_wide_for_few_points():
     assert hi10 - lo10 > hi - lo  # fewer subnets, wider interval
     report = rank_report(b, a)
     assert report["n"] == 40 and report["kendall_tau_ci95"][0] < report["kendall_tau"] < report["kendall_tau_ci95"][1]
+
+
+def test_seed_agreement_two_seeds_is_the_difference_sd_and_their_tau():
+    rng = np.random.default_rng(3)
+    runs = rng.normal(60, 5, size=(20, 2))
+    out = seed_agreement(runs)
+    assert out["pairwise_kendall_tau"] == {"0-1": round(kendall_tau(runs[:, 0], runs[:, 1]), 4)}
+    assert out["seed_sd"] == pytest.approx(np.std(runs[:, 0] - runs[:, 1], ddof=1) / np.sqrt(2), abs=1e-4)
+
+
+def test_seed_agreement_ignores_a_seed_better_everywhere_and_averages_the_pairs():
+    base = np.arange(10.0)
+    runs = np.stack([base, base + 3.0, base - 1.0], axis=1)  # seeds shift every subnet alike: no noise
+    out = seed_agreement(runs)
+    assert out["seed_sd"] == pytest.approx(0.0)
+    assert out["pairwise_kendall_tau"] == {"0-1": 1.0, "0-2": 1.0, "1-2": 1.0}
+    noisy = np.stack([base, base[::-1], base], axis=1)
+    assert seed_agreement(noisy)["pairwise_kendall_tau_mean"] == pytest.approx((-1 + 1 - 1) / 3, abs=1e-4)

@@ -74,4 +74,20 @@ def rank_report(predicted: Sequence[float], truth: Sequence[float], k: int = 5, 
     }
 
 
-__all__ = ["bootstrap_ci", "kendall_tau", "precision_at_k", "rank_report", "ranks", "spearman_rho"]
+def seed_agreement(runs: Sequence[Sequence[float]]) -> dict:
+    """How far repeated trainings of the same subnets agree: ``runs[i][s]`` is subnet ``i``'s
+    result with seed ``s``. Kendall tau of every pair of seeds (the truth's noise ceiling) and
+    one run's seed SD: the two-way residual's (the subnet's and the seed's mean taken out, so a
+    seed that is better on every subnet adds nothing), which for two seeds is
+    ``std(seed 0 - seed 1) / sqrt(2)``."""
+    runs = np.asarray(runs, dtype=float)
+    n, k = runs.shape
+    pairs = [(s, t) for s in range(k) for t in range(s + 1, k)]
+    taus = [kendall_tau(runs[:, s], runs[:, t]) for s, t in pairs]
+    resid = runs - runs.mean(1, keepdims=True) - runs.mean(0, keepdims=True) + runs.mean()
+    return {"pairwise_kendall_tau": {f"{s}-{t}": round(v, 4) for (s, t), v in zip(pairs, taus)},
+            "pairwise_kendall_tau_mean": round(float(np.mean(taus)), 4) if taus else None,
+            "seed_sd": round(float(np.sqrt((resid ** 2).sum() / ((n - 1) * (k - 1)))), 4) if n > 1 and k > 1 else None}
+
+
+__all__ = ["bootstrap_ci", "kendall_tau", "precision_at_k", "rank_report", "ranks", "seed_agreement", "spearman_rho"]
