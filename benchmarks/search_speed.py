@@ -361,6 +361,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
         "machine_share": {k: round(v / (wall * os.cpu_count()), 4) for k, v in cpu.items()},
         "evaluator_niceness": niceness,
         "eval_thread": counted_threads(counts),  # the thread that ran the trials, per candidate
+        "evaluator_starts": evaluator_starts(counts, started),
     }
 
 
@@ -442,6 +443,9 @@ def counted(fn, out_dir: str, policy: str = ""):
             from elastic_nas.search import evaluator
 
             evaluator.keep_freed_memory = lambda: False  # a fresh worker process each phase: nothing set yet
+        begin = Path(out_dir) / f"{os.getpid()}.begin"
+        if not begin.exists():  # its first trial: when the process started and when the trial began
+            begin.write_text(json.dumps([process_started(), time.time()]))
         get_supernet(snapshot, "cpu", data.channels_last)  # the evaluator's own call then finds it built
         before = (*thread_counters(), time.process_time(), 0)
         try:
@@ -452,6 +456,22 @@ def counted(fn, out_dir: str, policy: str = ""):
             now = (*thread_counters(), time.process_time(), len(config["candidates"]))
             path.write_text(json.dumps([t + a - b for t, a, b in zip(total, now, before)]))
     return evaluate
+
+
+def process_started() -> float:
+    """This process's start, wall clock (``/proc/self/stat``'s start time, in clock ticks since boot)."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def evaluator_starts(out_dir: Path, fit_started: float) -> dict:
+    """Per evaluator process, seconds after ``fit`` began: when the process started (negative: a
+    worker Ray had started before, e.g. at ``ray.init``) and when its first trial began; the gap
+    is the process's own start (Ray's worker, then the trainable's imports: Ray Tune, torch)."""
+    rows = [json.loads(f.read_text()) for f in sorted(out_dir.glob("*.begin"))]
+    return {"process_started_after_fit_s": [round(p - fit_started, 2) for p, _ in rows],
+            "first_trial_after_fit_s": [round(t - fit_started, 2) for _, t in rows]}
 
 
 def claim_cpu(out_dir: str) -> int:
@@ -500,7 +520,9 @@ def phase_line(name: str, r: dict) -> str:
                    f"{100 * r['overhead_per_candidate']:.1f}%, builds per process {r['builds_per_process']}; CPU "
                    f"share: evaluators {100 * r['machine_share']['evaluators']:.1f}%, driver "
                    f"{100 * r['machine_share']['driver']:.1f}%, Ray's processes {100 * r['machine_share']['ray']:.1f}%; "
-                   f"slot-seconds not evaluating {r['slot_seconds_not_evaluating']}")
+                   f"slot-seconds not evaluating {r['slot_seconds_not_evaluating']}; evaluator processes started "
+                   f"{r['evaluator_starts']['process_started_after_fit_s']} s after fit began, first trials at "
+                   f"{r['evaluator_starts']['first_trial_after_fit_s']} s")
 
 
 def round_figures(r: dict) -> dict:
