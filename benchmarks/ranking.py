@@ -401,8 +401,7 @@ def run(a) -> dict:
             print(f"ranking: --check-subnets takes subnet numbers 0-{len(archs) - 1}", file=sys.stderr)
             raise SystemExit(2)
         check = a.check_subnets
-    for source in a.truth_from:
-        seed_work_dir(a, work, archs, source)
+    copied = {key for source in a.truth_from for key in seed_work_dir(a, work, archs, source)}
     # The subnets with the most other seeds cached (a budget check's run at these steps) first: an
     # interrupted run's interim report then covers the most subnets.
     seeds = range(a.truth_seeds)
@@ -430,6 +429,7 @@ def run(a) -> dict:
                                                        for v in a.variants), flush=True)
     jobs += [(work, f"sn_{v}_s{s}_{steps[v]}", supernet, a, v, s, steps[v], archs)
              for v in a.variants for s in range(a.supernet_seeds)]
+    scores_only(a, work, [j[1] for j in jobs if j[1].startswith("sn_")], copied)
     if a.supernets_first:  # a new supernet variant's figures before the last truth jobs (an interim report)
         jobs.sort(key=lambda j: not j[1].startswith("sn_"))
     results = {j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None}
@@ -450,6 +450,9 @@ def run(a) -> dict:
         keep = [i for i in range(len(archs))
                 if all(f"sa_{i}_s{s}_{a.truth_steps}" in results for s in seeds)]
         partial = {"subnets_with_truth": len(keep), "of": len(archs)}
+        if not keep:
+            print(f"ranking: no subnet has all {a.truth_seeds} truth seeds yet: no figures", flush=True)
+            return {"space": SPACE, "data": data_cfg(a), "missing_jobs": missing, "interim": partial}
         print(f"ranking: interim report on the {len(keep)} of {len(archs)} subnets with all {a.truth_seeds} truth seeds", flush=True)
         results = {(f"sa_{keep.index(int(k.split('_')[1]))}_{k.split('_', 2)[2]}" if k.startswith("sa_") else k):
                    ({**r, **{f: [r[f][i] for i in keep] for f in ("scores", "val_losses") if f in r}}
@@ -459,11 +462,12 @@ def run(a) -> dict:
     truth = np.array([[results[f"sa_{i}_s{s}_{a.truth_steps}"]["test_top1"] for s in seeds]
                       for i in range(len(archs))])
     agree = seed_agreement(truth)
-    out = {"space": SPACE, "data": data_cfg(a), "budget_macs": budget, "truth_steps": a.truth_steps, "batch": BATCH,
+    out = {"space": SPACE, "data": data_cfg(a), "recipe": RECIPE, "budget_macs": budget, "truth_steps": a.truth_steps,
+           "batch": BATCH,
            "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
                         "test_top1_seeds": truth[i].tolist()} for i, (arch, g) in enumerate(zip(archs, groups))],
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
-           "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),
+           "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),  # seeds 0, 1
            # every pair of seeds' tau, and one run's seed SD (what a difference must exceed)
            "truth_seeds": a.truth_seeds, "noise_ceiling_tau_pairs": agree["pairwise_kendall_tau"],
            "noise_ceiling_tau_mean": agree["pairwise_kendall_tau_mean"], "standalone_seed_sd": agree["seed_sd"],
@@ -558,7 +562,8 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
             if "val_losses" in r:
                 p["loss_as_score_kendall_tau"] = round(kendall_tau([-x for x in r["val_losses"]], target), 4)
         taus = [p["kendall_tau"] for p in per_seed]
-        out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "seeds": per_seed,
+        out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "overrides": VARIANTS[v],
+                              "seeds": per_seed,
                               "scores": [r["scores"] for r in runs],
                               **means(per_seed, ("kendall_tau", "band_kendall_tau", "stratified_kendall_tau")),
                               "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4)}
@@ -598,7 +603,20 @@ def finished(a, work: Path, jobs: list[tuple]) -> list:
             for j in jobs]
 
 
-def seed_work_dir(a, work: Path, archs: list, source: str) -> None:
+def scores_only(a, work: Path, keys: list[str], copied: set[str]) -> None:
+    """Supernet jobs copied from a JSON (scores, no weights): dropped, so trained again, where this
+    run needs the weights (the search, bf16 rescoring); named where no job of this run uses them
+    (e.g. steps at equal time that round otherwise here: pass ``--supernet-steps VARIANT=N``)."""
+    for key in keys:
+        path = work / f"{key}.json"
+        if (not a.no_search or a.bf16 is not None) and path.exists() and "from" in json.loads(path.read_text()):
+            path.unlink()
+    unused = sorted(k for k in copied if k.startswith("sn_") and k not in keys)
+    if unused:
+        print(f"ranking: copied supernet scores no job of this run uses: {', '.join(unused)}", flush=True)
+
+
+def seed_work_dir(a, work: Path, archs: list, source: str) -> list[str]:
     """Cache the stand-alone results (and step times) of an earlier run's JSON (``--truth-from``) for
     the jobs they are: a full run's truth and check, or a check's alone (``--check-only``, at its two
     budgets, whatever ``--truth-steps`` is now: a job's key carries its steps). The same space, data,
@@ -607,9 +625,10 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> None:
     theirs = old.get("settings", {})
     same = (old["space"] == SPACE and old["data"] == data_cfg(a) and theirs.get("truth_lr", 0.1) == a.truth_lr
             and all(theirs.get(k, getattr(a, k)) == getattr(a, k) for k in ("stratified", "band", "budget"))
-            and ("subnets" not in old or [s["arch"] for s in old["subnets"]] == archs))
+            and ("subnets" not in old or [s["arch"] for s in old["subnets"]] == archs)
+            and old.get("recipe", RECIPE) == RECIPE)
     if not same:
-        print(f"ranking: {source} holds another space, data, truth LR or subnets", file=sys.stderr)
+        print(f"ranking: {source} holds another space, data, truth LR, subnets or recipe", file=sys.stderr)
         raise SystemExit(2)
 
     def result(top1: float) -> dict:
@@ -631,6 +650,7 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> None:
         if not (work / f"{key}.json").exists():
             atomic_write(work / f"{key}.json", json.dumps(value))
     print(f"ranking: {len(seeded)} results taken from {source}", flush=True)
+    return list(seeded)
 
 
 SUPERNET_SETTINGS = {"supernet_lr": 0.1, "supernet_wd": 0.0, "num_random": 2, "calib_images": 1000, "val_images": 2000}
@@ -647,7 +667,8 @@ def supernet_scores(a, old: dict, source: str) -> dict:
         return {}
     return {f"sn_{v}_s{s}_{r['steps']}": {"steps": r["steps"], "scores": scores,
                                           "train_seconds": r["seeds"][s]["train_seconds"], "from": source}
-            for v, r in old.get("variants", {}).items() if v in a.variants
+            for v, r in old.get("variants", {}).items()
+            if v in a.variants and r.get("overrides", VARIANTS[v]) == VARIANTS[v]
             for s, scores in enumerate(r["scores"])}
 
 
@@ -759,6 +780,8 @@ def main() -> None:
     a.variants = a.variants.split(",")
     if a.truth_seeds < 2:
         ap.error("--truth-seeds takes 2 or more: the noise ceiling compares seeds")
+    if a.supernet_steps.keys() - {"*", *a.variants}:
+        ap.error(f"--supernet-steps names variants not in --variants: {sorted(a.supernet_steps.keys() - {'*', *a.variants})}")
     if a.source != "synthetic" and (a.num_train != DATA["num_train"] or a.difficulty != "standard"):
         ap.error("--num-train and --difficulty set the synthetic set; CIFAR-10 has its own")
     a.work = a.work or str(Path.home() / ".cache" / "elastic-nas" /
@@ -774,7 +797,7 @@ def main() -> None:
     out = run(a)
     out["wall_seconds"] = round(time.time() - t0, 1)
     out["settings"] = {k: v for k, v in vars(a).items() if k not in ("work", "data")}
-    if not a.check_only:
+    if "variants" in out:
         plot(out, RESULTS / f"{a.name}.png")
     write_result(a.name, out)
 
