@@ -478,7 +478,7 @@ def run(a) -> dict:
                                                               subsets_of(archs, groups, budget, space), results, steps)
         out["missing_jobs"] += not_scored
     if partial is None and done and not a.no_search:  # the search and its retrains (cached: a report-only run reads what is done)
-        out["search_quality"] = search_quality(a, work, budget, out, truth)
+        out["search_quality"] = search_quality(a, work, budget, out)
     if partial is None:  # last: after the search
         checked, unchecked = checked_budget()
         out["missing_jobs"] += unchecked
@@ -570,7 +570,7 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
     return out
 
 
-def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -> dict:
+def search_quality(a, work: Path, budget: float, out: dict) -> dict:
     best = max(out["variants"], key=lambda v: out["variants"][v]["kendall_tau_mean"])
     space = build_space(from_dict(SpaceConfig, SPACE))
     steps = out["variants"][best]["steps"]
@@ -592,7 +592,7 @@ def search_quality(a, work: Path, budget: float, out: dict, truth: np.ndarray) -
                              "retrained_top1_mean": round(float(np.mean(retrained[name])), 2),
                              "supernet_score": picks[name]["best_accuracy"] if name in picks else None}
                       for name, arch in archs.items()},
-            "standalone_seed_sd": round(seed_agreement(truth)["seed_sd"], 2)}
+            "standalone_seed_sd": round(out["standalone_seed_sd"], 2)}  # the truth's, one run
 
 
 def finished(a, work: Path, jobs: list[tuple]) -> list:
@@ -603,13 +603,18 @@ def finished(a, work: Path, jobs: list[tuple]) -> list:
             for j in jobs]
 
 
+def needs_weights(a) -> bool:
+    """Whether this run uses its supernets' weights (the search, bf16 rescoring), not only their scores."""
+    return not a.no_search or a.bf16 is not None
+
+
 def scores_only(a, work: Path, keys: list[str], copied: set[str]) -> None:
     """Supernet jobs copied from a JSON (scores, no weights): dropped, so trained again, where this
     run needs the weights (the search, bf16 rescoring); named where no job of this run uses them
     (e.g. steps at equal time that round otherwise here: pass ``--supernet-steps VARIANT=N``)."""
     for key in keys:
         path = work / f"{key}.json"
-        if (not a.no_search or a.bf16 is not None) and path.exists() and "from" in json.loads(path.read_text()):
+        if needs_weights(a) and path.exists() and "from" in json.loads(path.read_text()):
             path.unlink()
     unused = sorted(k for k in copied if k.startswith("sn_") and k not in keys)
     if unused:
@@ -661,7 +666,7 @@ def supernet_scores(a, old: dict, source: str) -> dict:
     decide a supernet and its scores are this run's: a new truth then ranks the same supernets
     without training them again (their search_val losses are not in the JSON)."""
     theirs = old.get("settings", {})
-    if not a.no_search or a.bf16 is not None:  # the search and bf16 rescoring need the weights: trained again
+    if needs_weights(a):  # trained again
         return {}
     if any(theirs.get(k, default) != getattr(a, k) for k, default in SUPERNET_SETTINGS.items()):
         return {}

@@ -370,19 +370,18 @@ OPTIONAL_PHASES = ("ray_tasks", "tune_one_per_trial")  # explain the gaps; the t
 NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet as it starts; Ray's default is 15
 BATCHED_VARIANT = "tune_batched_"  # the batched run again with one change: figures <tag>_*
 NICE_PHASE = "tune_batched_nice"  # + the niceness: a --compare-niceness phase
-# --compare-<tag>: the batched run again with one change, in every round (phase tune_batched_<tag>)
+# --compare-<tag>: the batched run again with one change, in every round (phase tune_batched_<tag>):
+# tag -> (the change, the evaluators' policy in counted(); "" where the phase changes the trainable)
 BATCHED_COMPARISONS = {
-    "report_each": "a report per candidate (as before a batch was reported once)",
-    "sched_batch": "each evaluator's thread under SCHED_BATCH",
-    "idle_threads": "each evaluator process's other threads under SCHED_IDLE (needs CAP_SYS_NICE)",
-    "pinned": "each evaluator's thread bound to a CPU of its own",
-    "default_allocator": "the evaluators' allocator thresholds left to glibc",
+    "report_each": ("a report per candidate (as before a batch was reported once)", ""),
+    "sched_batch": ("each evaluator's thread under SCHED_BATCH", "batch"),
+    "idle_threads": ("each evaluator process's other threads under SCHED_IDLE (needs CAP_SYS_NICE)", "idle_others"),
+    "pinned": ("each evaluator's thread bound to a CPU of its own", "pinned"),
+    "default_allocator": ("the evaluators' allocator thresholds left to glibc", "default_allocator"),
 }
 REPORT_EACH_PHASE = BATCHED_VARIANT + "report_each"
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
-POLICIES = {BATCHED_VARIANT + tag: policy for tag, policy in (("sched_batch", "batch"), ("idle_threads", "idle_others"),
-                                                              ("pinned", "pinned"),
-                                                              ("default_allocator", "default_allocator"))}
+POLICIES = {BATCHED_VARIANT + tag: policy for tag, (_, policy) in BATCHED_COMPARISONS.items() if policy}
 
 
 def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
@@ -459,7 +458,8 @@ def counted(fn, out_dir: str, policy: str = ""):
 
 
 def process_started() -> float:
-    """This process's start, wall clock (``/proc/self/stat``'s start time, in clock ticks since boot)."""
+    """This process's start, wall clock (``/proc/self/stat``'s start time, in clock ticks since boot,
+    against ``/proc/uptime``: psutil's ``create_time`` adds a boot time rounded to the second)."""
     ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
@@ -604,7 +604,7 @@ def main() -> int:
     p.add_argument("--compare-niceness", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                    metavar="N[,N...]", help="also run batched Tune with Ray's workers at each of these "
                    "nicenesses, in every round (figures nice<N>_*)")
-    for tag, change in BATCHED_COMPARISONS.items():
+    for tag, (change, _) in BATCHED_COMPARISONS.items():
         p.add_argument(f"--compare-{tag.replace('_', '-')}", action="store_true",
                        help=f"also run batched Tune with {change}, in every round (figures {tag}_*)")
     p.add_argument("--compare-wakers", type=float, default=None, metavar="HZ",
