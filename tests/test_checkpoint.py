@@ -43,7 +43,7 @@ def test_truncated_latest_falls_back_to_previous_and_says_which(tmp_path):
     cands = [str(tmp_path / checkpoint_dir_name(s)) for s in (20, 10)]
     ck = load_latest_valid(cands, FP, log=messages.append)
     assert ck.state["step"] == 10
-    assert any("step000000020_" in m and "corrupt" in m for m in messages)
+    assert any("step000000020_" in m and "incomplete: state.pt has 50 of" in m for m in messages)
     assert any("resuming from" in m and "step000000010_" in m for m in messages)
 
 
@@ -54,11 +54,52 @@ def test_missing_meta_is_incomplete(tmp_path):
         read_checkpoint(str(d))
 
 
+def _flip_a_byte(d):
+    state = d / "state.pt"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state.write_bytes(bytes(data))
+
+
 def test_all_corrupt_is_a_clear_error(tmp_path):
     d = _write(tmp_path, 5)
-    (d / "state.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no usable checkpoint.*corrupt"):
-        load_latest_valid([str(d)], FP, log=lambda m: None)
+    _flip_a_byte(d)  # right size, wrong bytes: damaged, not unfinished
+    for incomplete_ok in (False, True):
+        with pytest.raises(CheckpointError, match="no usable checkpoint.*corrupt.*sha256"):
+            load_latest_valid([str(d)], FP, log=lambda m: None, incomplete_ok=incomplete_ok)
+
+
+def test_a_run_whose_only_checkpoints_are_unfinished_starts_over(tmp_path):
+    """A node lost while the first checkpoint was being copied: the auto-resume finds only
+    unfinished directories and starts from step 0 (saying so); a path a person named is refused."""
+    first, second = _write(tmp_path, 3), _write(tmp_path, 6)
+    (first / "meta.json").unlink()
+    state = second / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    messages = []
+    assert resolve_checkpoint(str(tmp_path), FP, missing_ok=True) is None
+    assert load_latest_valid([str(second), str(first)], FP, log=messages.append, incomplete_ok=True) is None
+    assert "no complete checkpoint yet (2 unfinished); starting from step 0" in messages[-1]
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*incomplete"):
+        resolve_checkpoint(str(tmp_path), FP)
+    _flip_a_byte(_write(tmp_path, 9))  # one damaged among them: not a fresh start
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resolve_checkpoint(str(tmp_path), FP, missing_ok=True)
+
+
+def test_upload_writes_meta_last(tmp_path, monkeypatch):
+    """Storage never shows meta.json beside a partial state: the copy is state first, meta last."""
+    import pyarrow.fs as pafs
+
+    from elastic_nas.elastic import checkpoint
+
+    src = _write(tmp_path / "local", 4)
+    order = []
+    real_copy = pafs.copy_files
+    monkeypatch.setattr(checkpoint.pafs, "copy_files", lambda a, b, *r: (order.append(Path(a).name), real_copy(a, b, *r)))
+    checkpoint.upload_checkpoint(src, pafs.LocalFileSystem(), str(tmp_path / "store" / src.name))
+    assert order == ["state.pt", "meta.json"]
+    assert read_checkpoint(str(tmp_path / "store" / src.name)).state["step"] == 4
 
 
 def test_other_space_is_refused(tmp_path):

@@ -61,11 +61,24 @@ def write_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[st
     return directory
 
 
+def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> None:
+    """Copy a checkpoint written by :func:`write_checkpoint` into ``fs`` at ``dest``, state
+    first and ``meta.json`` last, so storage too never shows ``meta.json`` beside a partial
+    state (a directory copy moves files in parallel, and a kill mid-copy would leave one)."""
+    fs.create_dir(dest)  # local storage needs it; object stores ignore it
+    for name in (STATE_FILE, META_FILE):
+        pafs.copy_files(f"{local_dir}/{name}", f"{dest}/{name}", pafs.LocalFileSystem(), fs)
+
+
 def _free(directory: Path) -> str:
     try:
         return f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB"
     except OSError:
         return "unknown space"
+
+
+class IncompleteCheckpoint(CheckpointError):
+    """A checkpoint directory whose writing or copy into storage never finished."""
 
 
 @dataclass
@@ -89,7 +102,7 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheck
     try:
         meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} is incomplete: no {META_FILE}") from None
+        raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: no {META_FILE}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} has an unreadable {META_FILE}: {e}") from None
     if meta.get("format") != FORMAT_VERSION:
@@ -97,7 +110,10 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheck
     try:
         payload = _read(fs, f"{path}/{STATE_FILE}")
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} is incomplete: no {STATE_FILE}") from None
+        raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: no {STATE_FILE}") from None
+    if len(payload) != meta.get("state_bytes", len(payload)):
+        raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: {STATE_FILE} has {len(payload)} of "
+                                   f"{meta['state_bytes']} bytes")
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupt: {STATE_FILE} fails its sha256 check")
     try:
@@ -178,26 +194,34 @@ def load_latest_valid(
     fingerprint: dict[str, Any],
     fs: pafs.FileSystem | None = None,
     log=None,
+    incomplete_ok: bool = False,
 ) -> LoadedCheckpoint | None:
     """The newest readable checkpoint of ``candidates`` (newest first).
 
     Corrupt or incomplete ones are skipped with a message saying which, and which one
     is used instead; an incompatible one is an error (falling back would silently
-    train a different run).
+    train a different run). With ``incomplete_ok``, candidates that are all incomplete
+    (a run killed while its first checkpoint was being copied) give None: there is no
+    checkpoint yet, as if none had been started.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     skipped: list[str] = []
+    all_incomplete = True
     for path in candidates:
         try:
             ckpt = read_checkpoint(path, fs)
         except CheckpointError as e:
             skipped.append(str(e))
+            all_incomplete = all_incomplete and isinstance(e, IncompleteCheckpoint)
             log(f"elastic-nas: {e}; trying the previous checkpoint")
             continue
         check_compatible(ckpt.meta, fingerprint, path)
         if skipped:
             log(f"elastic-nas: resuming from {path} (step {ckpt.meta.get('step')}) after skipping {len(skipped)}")
         return ckpt
+    if skipped and all_incomplete and incomplete_ok:
+        log(f"elastic-nas: no complete checkpoint yet ({len(skipped)} unfinished); starting from step 0")
+        return None
     if skipped:
         raise CheckpointError("no usable checkpoint: " + "; ".join(skipped))
     return None
@@ -211,7 +235,7 @@ def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, 
     ``path`` is local or a URI (then ``fs`` is found from it), or a path inside ``fs``.
     ``newer``: a checkpoint that may be missing from the listing (Ray's latest registered
     one, whose directory name a hard kill left unlisted). With ``missing_ok`` a run that
-    does not exist or holds no checkpoint gives None; otherwise :class:`CheckpointError`
+    does not exist, holds no checkpoint, or only unfinished ones gives None; otherwise :class:`CheckpointError`
     names ``what`` was expected.
     """
     scheme = str(path).split("://")[0] + "://" if fs is None and is_uri(path) else ""
@@ -236,7 +260,9 @@ def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, 
             if info.type == pafs.FileType.NotFound:
                 raise CheckpointError(f"{what} {shown} does not exist (expected a run or checkpoint directory)")
             raise CheckpointError(f"{what} {shown} holds no checkpoint_step* directory")
-        ckpt = load_latest_valid(candidates, fingerprint or {}, fs)
+        ckpt = load_latest_valid(candidates, fingerprint or {}, fs, incomplete_ok=missing_ok)
+        if ckpt is None:
+            return None
         ckpt.listed = candidates
     if fingerprint is not None and is_checkpoint:
         check_compatible(ckpt.meta, fingerprint, path)

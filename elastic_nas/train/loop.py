@@ -24,14 +24,13 @@ import threading
 import time
 
 import numpy as np
-import pyarrow.fs as pafs
 import torch
 
 from elastic_nas.cluster.kv import JoinCheckpoint
 from elastic_nas.cluster.private import set_train_report_log_level
 from elastic_nas.cluster.takeover import record_requester
 from elastic_nas.cluster.warm_workers import publish_worker_env
-from elastic_nas.elastic.checkpoint import checkpoint_dir_name, write_checkpoint
+from elastic_nas.elastic.checkpoint import checkpoint_dir_name, upload_checkpoint, write_checkpoint
 from elastic_nas.elastic.sampler import StepPlan
 from elastic_nas.io import storage_error
 from elastic_nas.train import distributed
@@ -174,8 +173,7 @@ class _Reporter:
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     write_checkpoint(tmp, self.state.state_dict(), self.state.meta(reason, self.world))
-                    fs.create_dir(dest)  # local storage needs it; object stores ignore it
-                    pafs.copy_files(tmp, dest, pafs.LocalFileSystem(), fs)
+                    upload_checkpoint(tmp, fs, dest)
             except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
                 self.failures += 1
                 wait = min(60, 2 ** self.failures)
