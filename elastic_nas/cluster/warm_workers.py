@@ -20,7 +20,13 @@ Two pieces remove it:
   counts idle workers with the raylet's ``GetNodeStats`` and tops up with its
   ``PrestartWorkers``.
 
-Both use private Ray APIs (the raylet's gRPC service, the KV store; see
+The search's evaluators are Tune trainable actors, which Tune gives a runtime env of their
+own, so the idle workers Ray starts with the cluster never take them. :func:`prestart_evaluators`
+asks a throwaway task what that env serialises to and pre-starts one worker per evaluator
+slot with it while the driver prepares the search (on ``cluster.yaml``'s worker nodes they
+also preload the evaluator's imports).
+
+These use private Ray APIs (the raylet's gRPC service, the KV store; see
 :mod:`~elastic_nas.cluster.private`): when one is gone it is logged once and restarts
 just start cold, as without them.
 """
@@ -29,10 +35,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 from elastic_nas.cluster.kv import kv_get, kv_put
-from elastic_nas.cluster.private import UNAVAILABLE, idle_worker_pids, prestart_workers, raylet_stub
+from elastic_nas.cluster.private import (
+    UNAVAILABLE,
+    idle_worker_pids,
+    prestart_workers,
+    raylet_stub,
+    tune_trainable_runtime_env,
+)
 from elastic_nas.cluster.resources import slots_on
 
 logger = logging.getLogger(__name__)
@@ -45,6 +58,7 @@ PRELOAD_MODULES = (
     "ray.train.v2._internal.execution.worker_group.worker",
     "elastic_nas.train.supernet",
     "elastic_nas.train.retrain",
+    "elastic_nas.search.evaluator",
 )
 PRELOAD_ENV = "RAY_preload_python_modules"
 
@@ -72,8 +86,9 @@ class WarmPool:
     """Keeps ``slots_on(node)`` idle pre-started workers on every alive node."""
 
     def __init__(self, run_name: str, per_worker: dict[str, float], max_workers: int,
-                 keep_alive_s: int = 24 * 3600, refill_delay_s: float = 15.0):
+                 keep_alive_s: int = 24 * 3600, refill_delay_s: float = 15.0, worker_env: dict | None = None):
         self.run_name = run_name
+        self.fixed_env = worker_env  # the job id and runtime env string, when known up front
         self.per_worker = dict(per_worker)
         self.max_workers = max_workers
         self.keep_alive_s = keep_alive_s  # the job's end kills them anyway
@@ -91,6 +106,8 @@ class WarmPool:
         (or while the key still holds an earlier driver's job: a resumed run)."""
         import ray
 
+        if self.fixed_env is not None:
+            return self.fixed_env
         raw = kv_get(_env_key(self.run_name))  # None without the KV store: no pool
         env = json.loads(raw) if raw else None
         return env if env and env["job_id"] == ray.get_runtime_context().get_job_id() else None
@@ -164,3 +181,46 @@ class WarmPool:
         print(f"elastic-nas: pre-started {missing} warm worker process(es) on node {node['NodeID'][:8]}",
               flush=True)
         return missing
+
+
+def worker_env_for(runtime_env: dict, timeout_s: float = 60.0) -> dict:
+    """The job id and runtime env string of workers of actors started with ``runtime_env``:
+    what the raylet matches pre-started workers on. With no job env (a local run, a job
+    submitted without one) it is ``runtime_env`` serialised as Ray does; otherwise Ray's core
+    worker merges the two, so a zero-CPU task of that env is asked (a process start)."""
+    import ray
+    from ray.runtime_env import RuntimeEnv
+
+    ctx = ray.get_runtime_context()
+    if not ctx.runtime_env:
+        return {"job_id": ctx.get_job_id(), "runtime_env": RuntimeEnv(**runtime_env).serialize()}
+
+    @ray.remote(num_cpus=0, runtime_env=runtime_env)
+    def runtime_env_string() -> str:
+        return ray.get_runtime_context().get_runtime_env_string()
+
+    return {"job_id": ctx.get_job_id(), "runtime_env": ray.get(runtime_env_string.remote(), timeout=timeout_s)}
+
+
+def prestart_evaluators(per_trial: dict[str, float], slots: int) -> threading.Thread | None:
+    """Start one worker process per evaluator slot on every alive node, bound to Tune's
+    trainable runtime env, on a thread (the driver goes on preparing the search); None
+    without the private APIs or with no slot. Nothing is lost when it fails: the evaluators
+    then start their own processes, as without it."""
+    import ray
+
+    env = tune_trainable_runtime_env()
+    if env is UNAVAILABLE or slots <= 0:
+        return None
+
+    def run() -> None:
+        try:
+            pool = WarmPool("search", per_trial, slots, keep_alive_s=600, worker_env=worker_env_for(env))
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            pool.top_up(nodes, frozenset(n["NodeID"] for n in nodes))
+        except Exception as e:  # a failed probe or raylet call only costs the warm start
+            logger.warning("elastic-nas: cannot pre-start the evaluators' processes (%s: %s)", type(e).__name__, e)
+
+    thread = threading.Thread(target=run, name="prestart-evaluators", daemon=True)
+    thread.start()
+    return thread
