@@ -25,6 +25,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 SPOS_WORKLOAD = {"strategy": "spos", "space.name": "spos", "space.stem_stride": 1, "space.width_mult": 0.25}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), e.g. to tell which runs shared a machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine() -> dict:
     import torch
 
@@ -32,6 +43,7 @@ def machine() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),  # float results differ between CPU models (RESULTS.md, ranking)
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -84,7 +84,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import RESULTS, run_jobs, write_result
+from _common import RESULTS, cpu_model, run_jobs, write_result
 from _nas import search, train_task
 from elastic_nas.config import SpaceConfig, SupernetConfig, from_dict, load_config
 from elastic_nas.errors import ArchError
@@ -268,7 +268,8 @@ def standalone(a, arch, seed: int, steps: int) -> dict:
     space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
     t0 = time.perf_counter()
     top1 = retrain(space, space.validate(arch), splits, steps, BATCH, a.truth_lr, seed, warmup=steps // 20)
-    return {"test_top1": top1, "seconds": round(time.perf_counter() - t0, 1)}
+    # the CPU model: runs of one subnet and seed differ between machine types (RESULTS.md)
+    return {"test_top1": top1, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model()}
 
 
 def step_seconds(a, variant: str) -> float:
