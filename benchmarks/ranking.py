@@ -466,7 +466,9 @@ def run(a) -> dict:
     out = {"space": SPACE, "data": data_cfg(a), "recipe": RECIPE, "budget_macs": budget, "truth_steps": a.truth_steps,
            "batch": BATCH,
            "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
-                        "test_top1_seeds": truth[i].tolist()} for i, (arch, g) in enumerate(zip(archs, groups))],
+                        "test_top1_seeds": truth[i].tolist(),  # and the CPU each ran on (None: not recorded)
+                        "cpu_model_seeds": [results[f"sa_{i}_s{s}_{a.truth_steps}"].get("cpu_model") for s in seeds]}
+                       for i, (arch, g) in enumerate(zip(archs, groups))],
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
            "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),  # seeds 0, 1
            # every pair of seeds' tau, and one run's seed SD (what a difference must exceed)

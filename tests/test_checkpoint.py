@@ -75,14 +75,18 @@ def test_a_run_whose_only_checkpoints_are_unfinished_starts_over(tmp_path):
     first, second = _write(tmp_path, 3), _write(tmp_path, 6)
     (first / "meta.json").unlink()
     state = second / "state.pt"
-    state.write_bytes(state.read_bytes()[:100])
+    whole = state.read_bytes()
+    state.write_bytes(whole[:100])
     messages = []
     assert resolve_checkpoint(str(tmp_path), FP, missing_ok=True) is None
     assert load_latest_valid([str(second), str(first)], FP, log=messages.append, incomplete_ok=True) is None
     assert "no complete checkpoint yet (2 unfinished); starting from step 0" in messages[-1]
     with pytest.raises(CheckpointError, match="no usable checkpoint.*incomplete"):
         resolve_checkpoint(str(tmp_path), FP)
-    _flip_a_byte(_write(tmp_path, 9))  # one damaged among them: not a fresh start
+    # Ray registered one (its copy had finished), so storage lost it: refused, not a fresh start
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        resolve_checkpoint(str(tmp_path), FP, missing_ok=True, newer=str(second))
+    state.write_bytes(whole + b"\0")  # longer than recorded: damaged, not unfinished
     with pytest.raises(CheckpointError, match="corrupt"):
         resolve_checkpoint(str(tmp_path), FP, missing_ok=True)
 
@@ -99,6 +103,7 @@ def test_upload_writes_meta_last(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.pafs, "copy_files", lambda a, b, *r: (order.append(Path(a).name), real_copy(a, b, *r)))
     checkpoint.upload_checkpoint(src, pafs.LocalFileSystem(), str(tmp_path / "store" / src.name))
     assert order == ["state.pt", "meta.json"]
+    assert sorted(p.name for p in (tmp_path / "store" / src.name).iterdir()) == ["meta.json", "state.pt"]
     assert read_checkpoint(str(tmp_path / "store" / src.name)).state["step"] == 4
 
 

@@ -79,15 +79,17 @@ def _report_pid(config):
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_search_evaluators_start_in_the_pre_started_processes(tmp_path):
+@pytest.mark.parametrize("job_env", [None, {"env_vars": {"ELASTIC_NAS_JOB": "1"}}], ids=["no-job-env", "job-env"])
+def test_search_evaluators_start_in_the_pre_started_processes(tmp_path, job_env):
     """What the search's prestart relies on: Tune's trainable actors (which Tune gives a runtime
-    env of their own) are handed the processes pre-started for the evaluator slots."""
+    env of their own) are handed the processes pre-started for the evaluator slots, also where
+    the job has a runtime env of its own (``ray job submit --runtime-env-json``) that Ray merges in."""
     import ray
     from ray import tune
 
     from elastic_nas.cluster.warm_workers import prestart_evaluators
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=job_env)
     try:
         job = ray.get_runtime_context().get_job_id()
         prestart_evaluators({"CPU": 1, "GPU": 0}, 2).join(60)

@@ -86,9 +86,8 @@ class WarmPool:
     """Keeps ``slots_on(node)`` idle pre-started workers on every alive node."""
 
     def __init__(self, run_name: str, per_worker: dict[str, float], max_workers: int,
-                 keep_alive_s: int = 24 * 3600, refill_delay_s: float = 15.0, worker_env: dict | None = None):
+                 keep_alive_s: int = 24 * 3600, refill_delay_s: float = 15.0):
         self.run_name = run_name
-        self.fixed_env = worker_env  # the job id and runtime env string, when known up front
         self.per_worker = dict(per_worker)
         self.max_workers = max_workers
         self.keep_alive_s = keep_alive_s  # the job's end kills them anyway
@@ -106,8 +105,6 @@ class WarmPool:
         (or while the key still holds an earlier driver's job: a resumed run)."""
         import ray
 
-        if self.fixed_env is not None:
-            return self.fixed_env
         raw = kv_get(_env_key(self.run_name))  # None without the KV store: no pool
         env = json.loads(raw) if raw else None
         return env if env and env["job_id"] == ray.get_runtime_context().get_job_id() else None
@@ -202,11 +199,12 @@ def worker_env_for(runtime_env: dict, timeout_s: float = 60.0) -> dict:
     return {"job_id": ctx.get_job_id(), "runtime_env": ray.get(runtime_env_string.remote(), timeout=timeout_s)}
 
 
-def prestart_evaluators(per_trial: dict[str, float], slots: int) -> threading.Thread | None:
+def prestart_evaluators(per_trial: dict[str, float], slots: int, keep_alive_s: int = 600) -> threading.Thread | None:
     """Start one worker process per evaluator slot on every alive node, bound to Tune's
     trainable runtime env, on a thread (the driver goes on preparing the search); None
-    without the private APIs or with no slot. Nothing is lost when it fails: the evaluators
-    then start their own processes, as without it."""
+    without the private APIs or with no slot. Idle workers already there are not counted:
+    the raylet cannot tell their runtime env (a pipeline's training leaves its own). Nothing
+    is lost when it fails: the evaluators then start their own processes, as without it."""
     import ray
 
     env = tune_trainable_runtime_env()
@@ -215,9 +213,16 @@ def prestart_evaluators(per_trial: dict[str, float], slots: int) -> threading.Th
 
     def run() -> None:
         try:
-            pool = WarmPool("search", per_trial, slots, keep_alive_s=600, worker_env=worker_env_for(env))
-            nodes = [n for n in ray.nodes() if n.get("Alive")]
-            pool.top_up(nodes, frozenset(n["NodeID"] for n in nodes))
+            worker_env, started = worker_env_for(env), 0
+            for node in (n for n in ray.nodes() if n.get("Alive")):
+                want, stub = slots_on(node.get("Resources", {}), per_trial, slots), raylet_stub(node)
+                if stub is UNAVAILABLE:
+                    return
+                if want and prestart_workers(stub, worker_env["job_id"], worker_env["runtime_env"], want,
+                                             keep_alive_s) is not UNAVAILABLE:
+                    started += want
+            if started:
+                print(f"elastic-nas: pre-started {started} evaluator process(es)", flush=True)
         except Exception as e:  # a failed probe or raylet call only costs the warm start
             logger.warning("elastic-nas: cannot pre-start the evaluators' processes (%s: %s)", type(e).__name__, e)
 

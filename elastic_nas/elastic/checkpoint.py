@@ -66,8 +66,10 @@ def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> 
     first and ``meta.json`` last, so storage too never shows ``meta.json`` beside a partial
     state (a directory copy moves files in parallel, and a kill mid-copy would leave one)."""
     fs.create_dir(dest)  # local storage needs it; object stores ignore it
-    for name in (STATE_FILE, META_FILE):
-        pafs.copy_files(f"{local_dir}/{name}", f"{dest}/{name}", pafs.LocalFileSystem(), fs)
+    pafs.copy_files(f"{local_dir}/{STATE_FILE}", f"{dest}/{STATE_FILE}", pafs.LocalFileSystem(), fs)
+    # meta.json under another name, then renamed: a local or NFS copy is written in place
+    pafs.copy_files(f"{local_dir}/{META_FILE}", f"{dest}/{META_FILE}.tmp", pafs.LocalFileSystem(), fs)
+    fs.move(f"{dest}/{META_FILE}.tmp", f"{dest}/{META_FILE}")
 
 
 def _free(directory: Path) -> str:
@@ -111,7 +113,7 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheck
         payload = _read(fs, f"{path}/{STATE_FILE}")
     except FileNotFoundError:
         raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: no {STATE_FILE}") from None
-    if len(payload) != meta.get("state_bytes", len(payload)):
+    if len(payload) < meta.get("state_bytes", 0):  # longer than recorded: corrupt, below
         raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: {STATE_FILE} has {len(payload)} of "
                                    f"{meta['state_bytes']} bytes")
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
@@ -235,7 +237,8 @@ def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, 
     ``path`` is local or a URI (then ``fs`` is found from it), or a path inside ``fs``.
     ``newer``: a checkpoint that may be missing from the listing (Ray's latest registered
     one, whose directory name a hard kill left unlisted). With ``missing_ok`` a run that
-    does not exist, holds no checkpoint, or only unfinished ones gives None; otherwise :class:`CheckpointError`
+    does not exist, holds no checkpoint, or only unfinished ones (and Ray registered none)
+    gives None; otherwise :class:`CheckpointError`
     names ``what`` was expected.
     """
     scheme = str(path).split("://")[0] + "://" if fs is None and is_uri(path) else ""
@@ -260,7 +263,8 @@ def resolve_checkpoint(path: str, fingerprint: dict[str, Any] | None = None, *, 
             if info.type == pafs.FileType.NotFound:
                 raise CheckpointError(f"{what} {shown} does not exist (expected a run or checkpoint directory)")
             raise CheckpointError(f"{what} {shown} holds no checkpoint_step* directory")
-        ckpt = load_latest_valid(candidates, fingerprint or {}, fs, incomplete_ok=missing_ok)
+        # Ray registers a checkpoint once its copy is done: with one (``newer``), no start over
+        ckpt = load_latest_valid(candidates, fingerprint or {}, fs, incomplete_ok=missing_ok and not newer)
         if ckpt is None:
             return None
         ckpt.listed = candidates
