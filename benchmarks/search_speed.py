@@ -39,8 +39,6 @@ snapshot and the same random legal candidates. Reports
   same CPU (then the cost is the preemptions, not the Ray worker's process);
 * ``--compare-default-allocator`` adds batched Tune with the evaluators' allocator left at glibc's
   drifting thresholds (the evaluator before ``elastic_nas.allocator``): the A/B of that change;
-* ``--compare-cold-start`` adds batched Tune without the evaluators' pre-started processes (the
-  search pre-starts one per slot once Ray is up, as ``run_search`` does): the A/B of that change;
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -310,14 +308,11 @@ def idle_slot_seconds(reports: list[dict], started: float, ended: float) -> dict
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, policy: str = "",
-          prestart: bool = True) -> dict:
+def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, policy: str = "") -> dict:
     """The product's Tune run (``search.runner.run_tune``) on the same candidates, ``per_trial``
-    candidates a trial (0: the runner's automatic batch), after what ``run_search`` does once Ray
-    is up: size the batches, pre-start the evaluators' processes (unless not ``prestart``)."""
+    candidates a trial (0: the runner's automatic batch)."""
     import ray
 
-    from elastic_nas.cluster.warm_workers import prestart_evaluators
     from elastic_nas.config import SearchConfig
     from elastic_nas.search import runner
     from elastic_nas.search.evaluator import candidate_results
@@ -333,8 +328,6 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
         t_sizing = time.perf_counter()
         per_trial, slots = trial_batching(cfg)
         sizing_s = time.perf_counter() - t_sizing
-        if prestart:
-            prestart_evaluators({"CPU": cfg.evaluator.cpus_per_trial, "GPU": cfg.evaluator.gpus_per_trial}, slots)
         searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
         t0, started = time.perf_counter(), time.time()
@@ -385,9 +378,7 @@ BATCHED_COMPARISONS = {
     "idle_threads": ("each evaluator process's other threads under SCHED_IDLE (needs CAP_SYS_NICE)", "idle_others"),
     "pinned": ("each evaluator's thread bound to a CPU of its own", "pinned"),
     "default_allocator": ("the evaluators' allocator thresholds left to glibc", "default_allocator"),
-    "cold_start": ("no pre-started processes: the evaluators start their own (as before the prestart)", ""),
 }
-COLD_PHASE = BATCHED_VARIANT + "cold_start"
 REPORT_EACH_PHASE = BATCHED_VARIANT + "report_each"
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
 POLICIES = {BATCHED_VARIANT + tag: policy for tag, (_, policy) in BATCHED_COMPARISONS.items() if policy}
@@ -406,8 +397,6 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
     if name == REPORT_EACH_PHASE:  # the batched run again, a report per candidate as before
         with trainable(report_each_candidate):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
-    if name == COLD_PHASE:
-        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, prestart=False)
     if name in POLICIES:
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, POLICIES[name])
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value

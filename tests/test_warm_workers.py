@@ -69,38 +69,3 @@ def test_restarted_worker_actor_gets_the_warm_process():
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-def _report_pid(config):
-    from ray import tune
-
-    tune.report({"pid": os.getpid()})
-
-
-@pytest.mark.ray
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("job_env", [None, {"env_vars": {"ELASTIC_NAS_JOB": "1"}}], ids=["no-job-env", "job-env"])
-def test_search_evaluators_start_in_the_pre_started_processes(tmp_path, job_env):
-    """What the search's prestart relies on: Tune's trainable actors (which Tune gives a runtime
-    env of their own) are handed the processes pre-started for the evaluator slots, also where
-    the job has a runtime env of its own (``ray job submit --runtime-env-json``) that Ray merges in."""
-    import ray
-    from ray import tune
-
-    from elastic_nas.cluster.warm_workers import prestart_evaluators
-
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=job_env)
-    try:
-        job = ray.get_runtime_context().get_job_id()
-        prestart_evaluators({"CPU": 1, "GPU": 0}, 2).join(60)
-        pool = WarmPool("probe", {"CPU": 1}, 2)
-        node = next(n for n in ray.nodes() if n["Alive"])
-        deadline = time.monotonic() + 60
-        while len(warm := pool.idle_workers(node, job)) < 2:
-            assert time.monotonic() < deadline, f"pre-started workers never registered: {warm}"
-            time.sleep(0.5)
-        grid = tune.Tuner(tune.with_resources(_report_pid, {"cpu": 1}), param_space={"i": tune.grid_search([0, 1])},
-                          run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
-        assert {r.metrics["pid"] for r in grid} <= set(warm), ([r.metrics["pid"] for r in grid], warm)
-    finally:
-        ray.shutdown()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
 from elastic_nas.io import first_line
@@ -140,15 +139,6 @@ def prestart_workers(stub: Any, job_id: str, runtime_env: str, count: int, keep_
     return True
 
 
-@private_api("Ray Tune's trainable runtime env", "the search's evaluators start in new worker processes")
-def tune_trainable_runtime_env() -> dict:
-    """The runtime env Tune gives its trainable actors (``PL_DISABLE_FORK`` and the driver's
-    Train and AWS variables): a pre-started worker is handed only to an actor of its env."""
-    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
-
-    return {"env_vars": {**DEFAULT_ENV_VARS, **{k: os.environ[k] for k in ENV_VARS_TO_PROPAGATE if k in os.environ}}}
-
-
 def _is_nil(ray_id: bytes) -> bool:
     return not ray_id or ray_id == b"\xff" * len(ray_id)  # Ray's nil ids are all 0xff
 
@@ -199,4 +189,4 @@ def tolerate_storage_outage() -> bool:
 
 __all__ = ["UNAVAILABLE", "cancel_coordinator_request", "idle_worker_pids", "job_is_dead", "prestart_workers",
            "private_api", "raylet_stub", "refresh_autoscaling_coordinator", "set_train_report_log_level",
-           "tolerate_storage_outage", "train_requester_id", "tune_trainable_runtime_env"]
+           "tolerate_storage_outage", "train_requester_id"]

@@ -20,13 +20,7 @@ Two pieces remove it:
   counts idle workers with the raylet's ``GetNodeStats`` and tops up with its
   ``PrestartWorkers``.
 
-The search's evaluators are Tune trainable actors, which Tune gives a runtime env of their
-own, so the idle workers Ray starts with the cluster never take them. :func:`prestart_evaluators`
-asks a throwaway task what that env serialises to and pre-starts one worker per evaluator
-slot with it while the driver prepares the search (on ``cluster.yaml``'s worker nodes they
-also preload the evaluator's imports).
-
-These use private Ray APIs (the raylet's gRPC service, the KV store; see
+Both use private Ray APIs (the raylet's gRPC service, the KV store; see
 :mod:`~elastic_nas.cluster.private`): when one is gone it is logged once and restarts
 just start cold, as without them.
 """
@@ -35,17 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 from elastic_nas.cluster.kv import kv_get, kv_put
-from elastic_nas.cluster.private import (
-    UNAVAILABLE,
-    idle_worker_pids,
-    prestart_workers,
-    raylet_stub,
-    tune_trainable_runtime_env,
-)
+from elastic_nas.cluster.private import UNAVAILABLE, idle_worker_pids, prestart_workers, raylet_stub
 from elastic_nas.cluster.resources import slots_on
 
 logger = logging.getLogger(__name__)
@@ -58,7 +45,6 @@ PRELOAD_MODULES = (
     "ray.train.v2._internal.execution.worker_group.worker",
     "elastic_nas.train.supernet",
     "elastic_nas.train.retrain",
-    "elastic_nas.search.evaluator",
 )
 PRELOAD_ENV = "RAY_preload_python_modules"
 
@@ -178,54 +164,3 @@ class WarmPool:
         print(f"elastic-nas: pre-started {missing} warm worker process(es) on node {node['NodeID'][:8]}",
               flush=True)
         return missing
-
-
-def worker_env_for(runtime_env: dict, timeout_s: float = 60.0) -> dict:
-    """The job id and runtime env string of workers of actors started with ``runtime_env``:
-    what the raylet matches pre-started workers on. With no job env (a local run, a job
-    submitted without one) it is ``runtime_env`` serialised as Ray does; otherwise Ray's core
-    worker merges the two, so a zero-CPU task of that env is asked (a process start)."""
-    import ray
-    from ray.runtime_env import RuntimeEnv
-
-    ctx = ray.get_runtime_context()
-    if not ctx.runtime_env:
-        return {"job_id": ctx.get_job_id(), "runtime_env": RuntimeEnv(**runtime_env).serialize()}
-
-    @ray.remote(num_cpus=0, runtime_env=runtime_env)
-    def runtime_env_string() -> str:
-        return ray.get_runtime_context().get_runtime_env_string()
-
-    return {"job_id": ctx.get_job_id(), "runtime_env": ray.get(runtime_env_string.remote(), timeout=timeout_s)}
-
-
-def prestart_evaluators(per_trial: dict[str, float], slots: int, keep_alive_s: int = 600) -> threading.Thread | None:
-    """Start one worker process per evaluator slot on every alive node, bound to Tune's
-    trainable runtime env, on a thread (the driver goes on preparing the search); None
-    without the private APIs or with no slot. Idle workers already there are not counted:
-    the raylet cannot tell their runtime env (a pipeline's training leaves its own). Nothing
-    is lost when it fails: the evaluators then start their own processes, as without it."""
-    import ray
-
-    env = tune_trainable_runtime_env()
-    if env is UNAVAILABLE or slots <= 0:
-        return None
-
-    def run() -> None:
-        try:
-            worker_env, started = worker_env_for(env), 0
-            for node in (n for n in ray.nodes() if n.get("Alive")):
-                want, stub = slots_on(node.get("Resources", {}), per_trial, slots), raylet_stub(node)
-                if stub is UNAVAILABLE:
-                    return
-                if want and prestart_workers(stub, worker_env["job_id"], worker_env["runtime_env"], want,
-                                             keep_alive_s) is not UNAVAILABLE:
-                    started += want
-            if started:
-                print(f"elastic-nas: pre-started {started} evaluator process(es)", flush=True)
-        except Exception as e:  # a failed probe or raylet call only costs the warm start
-            logger.warning("elastic-nas: cannot pre-start the evaluators' processes (%s: %s)", type(e).__name__, e)
-
-    thread = threading.Thread(target=run, name="prestart-evaluators", daemon=True)
-    thread.start()
-    return thread

@@ -22,7 +22,6 @@ import pandas as pd
 from ray.tune import Callback
 
 from elastic_nas.cluster.launcher import init_ray, resolve_storage
-from elastic_nas.cluster.warm_workers import prestart_evaluators
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact
@@ -191,15 +190,12 @@ def run_search(cfg: SearchConfig) -> dict:
     space = build_space(space_cfg)
     searcher = make_searcher(cfg, space)  # fails here if the constraints miss the space
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
-    init_ray()
-    per_trial, slots = trial_batching(cfg)
-    # The evaluators' processes boot while the snapshot is converted and Tune sets up.
-    prestart_evaluators({"CPU": cfg.evaluator.cpus_per_trial, "GPU": cfg.evaluator.gpus_per_trial}, slots)
     snapshot = to_snapshot(ckpt)
+    init_ray()
     # A resumed search keeps the batching its searcher was saved with.
     restoring = tune_can_restore(out_dir / TUNE_DIR)
     if not restoring:
-        searcher.candidates_per_trial, searcher.slots = per_trial, slots
+        searcher.candidates_per_trial, searcher.slots = trial_batching(cfg)
     budget = searcher.generator.settings.budget
     per_trial = (f"up to {searcher.candidates_per_trial} candidates" if searcher.candidates_per_trial else
                  f"batches of about {searcher.trial_seconds:.0f}s (sized from the first candidates' times)")
