@@ -334,7 +334,9 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     newest = max((p for p in run_dir.glob("checkpoint_step*") if (p / "meta.json").exists()),
                  key=lambda p: json.loads((p / "meta.json").read_text())["step"])
     state = newest / "state.pt"
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damaged in place (a short one reads as an unfinished copy)
+    state.write_bytes(bytes(data))
     # An older copy a kill cut short (meta.json and half a state.pt, as Ray copies file by
     # file): nothing reads it, and the resume removes it.
     partial = run_dir / "checkpoint_step000000001_1"
