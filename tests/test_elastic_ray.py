@@ -337,8 +337,8 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF  # damaged in place (a short one reads as an unfinished copy)
     state.write_bytes(bytes(data))
-    # An older copy a kill cut short (meta.json and half a state.pt, as Ray copies file by
-    # file): nothing reads it, and the resume removes it.
+    # An older copy a kill cut short (meta.json and part of a state.pt, as parallel copies
+    # before meta-last uploads left them): nothing reads it, and the resume removes it.
     partial = run_dir / "checkpoint_step000000001_1"
     partial.mkdir()
     (partial / "meta.json").write_bytes((newest / "meta.json").read_bytes())

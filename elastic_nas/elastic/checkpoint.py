@@ -113,7 +113,7 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheck
         payload = _read(fs, f"{path}/{STATE_FILE}")
     except FileNotFoundError:
         raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: no {STATE_FILE}") from None
-    if len(payload) < meta.get("state_bytes", 0):  # longer than recorded: corrupt, below
+    if unfinished(meta, len(payload)):  # longer than recorded: corrupt, below
         raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: {STATE_FILE} has {len(payload)} of "
                                    f"{meta['state_bytes']} bytes")
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
@@ -139,6 +139,13 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[tuple[int, int,
     return sorted(found, reverse=True)
 
 
+def unfinished(meta: dict[str, Any], state_size: int | None) -> bool:
+    """Whether a checkpoint with this ``meta.json`` and a state of ``state_size`` bytes (None:
+    no state file) is a copy that never finished: its state shorter than recorded. A longer
+    one is damaged, not unfinished, and is left to its checksum."""
+    return state_size is None or state_size < meta.get("state_bytes", 0)
+
+
 def partial_checkpoints(fs: pafs.FileSystem, listed: list[str], loaded_path: str) -> list[str]:
     """Those of ``listed`` (newest first) older than ``loaded_path`` whose copy into storage
     never finished.
@@ -146,7 +153,7 @@ def partial_checkpoints(fs: pafs.FileSystem, listed: list[str], loaded_path: str
     Ray copies a reported checkpoint file by file; a rank 0 killed mid-copy leaves a
     directory Ray never registers, so its ``num_to_keep`` never deletes it, and a resume
     never reads it (it stops at the newest valid one). Partial = no ``meta.json``, no
-    ``state.pt``, or a ``state.pt`` of another size than ``meta.json`` records. Cheap: one
+    ``state.pt``, or a shorter ``state.pt`` than ``meta.json`` records. Cheap: one
     small read and one stat per directory, no checksums. Newer ones are left alone: the
     resume already named them.
     """
@@ -162,8 +169,7 @@ def partial_checkpoints(fs: pafs.FileSystem, listed: list[str], loaded_path: str
         except (OSError, ValueError):
             continue  # unreadable for another reason: leave it to a person
         info = fs.get_file_info(f"{path}/{STATE_FILE}")
-        if info.type == pafs.FileType.NotFound or (
-                "state_bytes" in meta and info.size != meta["state_bytes"]):
+        if unfinished(meta, None if info.type == pafs.FileType.NotFound else info.size):
             out.append(path)
     return out
 
