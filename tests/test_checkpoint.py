@@ -54,7 +54,8 @@ def test_missing_meta_is_incomplete(tmp_path):
         read_checkpoint(str(d))
 
 
-def _flip_a_byte(d):
+def damage_in_place(d):
+    """One byte of a checkpoint's state flipped: the right size, failing its checksum."""
     state = d / "state.pt"
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -63,7 +64,7 @@ def _flip_a_byte(d):
 
 def test_all_corrupt_is_a_clear_error(tmp_path):
     d = _write(tmp_path, 5)
-    _flip_a_byte(d)  # right size, wrong bytes: damaged, not unfinished
+    damage_in_place(d)  # right size, wrong bytes: damaged, not unfinished
     for incomplete_ok in (False, True):
         with pytest.raises(CheckpointError, match="no usable checkpoint.*corrupt.*sha256"):
             load_latest_valid([str(d)], FP, log=lambda m: None, incomplete_ok=incomplete_ok)

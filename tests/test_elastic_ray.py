@@ -333,10 +333,9 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     wait_for_free_slots(cluster, 1, 60)  # the dead driver's worker can no longer write a newer checkpoint
     newest = max((p for p in run_dir.glob("checkpoint_step*") if (p / "meta.json").exists()),
                  key=lambda p: json.loads((p / "meta.json").read_text())["step"])
-    state = newest / "state.pt"
-    data = bytearray(state.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # damaged in place (a short one reads as an unfinished copy)
-    state.write_bytes(bytes(data))
+    from tests.test_checkpoint import damage_in_place
+
+    damage_in_place(newest)  # a short state would read as an unfinished copy
     # An older copy a kill cut short (meta.json and part of a state.pt, as parallel copies
     # before meta-last uploads left them): nothing reads it, and the resume removes it.
     partial = run_dir / "checkpoint_step000000001_1"
