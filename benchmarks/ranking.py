@@ -18,10 +18,12 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    recalibration on ``--calib-images`` train images, top-1 on ``--val-images``
    search_val images), against the seed-mean stand-alone top-1: Kendall tau and Spearman
    rho with bootstrap 95 % CIs, tau inside the band, precision@5; the same for MACs,
-   params and random order.
+   params and random order; with 2 or more supernet seeds also the seeds' mean score as one
+   ranker (``seeds_mean_score``).
 5. **Search quality.** On the best variant's seed-0 supernet, under ``--budget``:
    evolution's pick, random search's pick at equal evaluations, and the largest-MACs arch
-   under the budget, each retrained stand-alone with 3 seeds.
+   under the budget, each retrained stand-alone with 3 seeds; ``--search-seeds N`` runs each
+   search N times (seeds 0..N-1) and reports each method's retrained mean over its N picks.
 6. **bf16 scores** (``--bf16 [CALIB,...]``). Each trained supernet scores the subnets again
    in bf16 autocast + channels_last (the evaluator's fast setting: 3.2x fp32 on an AMX CPU,
    ``gpu_check.py``), ranked beside the fp32 scores; with BN recalibrated on each given
@@ -369,8 +371,9 @@ def bf16_rescores(a, work: Path, variants, archs, target, subsets, results, step
     return out, missing
 
 
-def searched(a, variant: str, steps: int, method: str, budget: float) -> dict:
-    """The pick of ``method`` on ``variant``'s seed-0 supernet (``steps``) under ``budget`` MACs."""
+def searched(a, variant: str, steps: int, method: str, budget: float, search_seed: int = 0) -> dict:
+    """The pick of ``method`` (seeded ``search_seed``) on ``variant``'s seed-0 supernet (``steps``)
+    under ``budget`` MACs."""
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, variant, 0)
@@ -379,7 +382,7 @@ def searched(a, variant: str, steps: int, method: str, budget: float) -> dict:
     data = eval_data(splits, a.calib_images, a.val_images, 0)
     settings = EvolutionSettings(population=a.population, top_k=a.population // 4, mutation_children=a.population // 2,
                                  crossover_children=a.population // 2, generations=a.generations)
-    return search(method, space, model, data, budget, settings, seed=0)
+    return search(method, space, model, data, budget, settings, seed=search_seed)
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -570,32 +573,55 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
                               "scores": [r["scores"] for r in runs],
                               **means(per_seed, ("kendall_tau", "band_kendall_tau", "stratified_kendall_tau")),
                               "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4)}
+        if len(runs) > 1:  # the supernet seeds' mean score as one ranker: what a second supernet would buy
+            out["variants"][v]["seeds_mean_score"] = subset_taus(np.mean([r["scores"] for r in runs], 0), target,
+                                                                 dict(subsets, all=list(range(len(archs)))))
     return out
 
 
 def search_quality(a, work: Path, budget: float, out: dict) -> dict:
+    """Evolution's and random search's picks (one per search seed) and the largest-MACs arch,
+    each retrained stand-alone with 3 seeds."""
     best = max(out["variants"], key=lambda v: out["variants"][v]["kendall_tau_mean"])
     space = build_space(from_dict(SpaceConfig, SPACE))
     steps = out["variants"][best]["steps"]
-    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}", searched, a, best, steps, m,
-                 budget) for m in ("evolution", "random")]
-    picks = dict(zip(("evolution", "random"), finished(a, work, searches)))
-    if None in picks.values():
-        return {"variant": best, "missing": [j[1] for j in searches]}
+    methods = ("evolution", "random")
+    seeds = range(a.search_seeds)  # seed 0's key is the one runs before --search-seeds wrote
+    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}" + (f"_seed{s}" if s else ""),
+                 searched, a, best, steps, m, budget, s) for s in seeds for m in methods]
+    found = finished(a, work, searches)
+    if None in found:
+        return {"variant": best, "missing": [j[1] for j, r in zip(searches, found) if r is None]}
+    picks = [dict(zip(methods, found[i:i + 2])) for i in range(0, len(found), 2)]
     largest = space.to_json(space.extreme_arch(True, 0, budget))
-    archs = {"evolution": picks["evolution"]["arch"], "random": picks["random"]["arch"], "largest_macs": largest}
-    jobs = [(work, f"pick_{name}_{hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
-             standalone, a, arch, s, a.truth_steps) for name, arch in archs.items() for s in range(3)]
+    archs = {json.dumps(arch): arch for arch in [largest] + [p[m]["arch"] for p in picks for m in methods]}
+    jobs = [(work, f"pick_{'largest_macs' if arch == largest else name_of(picks, arch)}_"
+                   f"{hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
+             standalone, a, arch, s, a.truth_steps) for arch in archs.values() for s in range(3)]
     results = finished(a, work, jobs)
     if None in results:
         return {"variant": best, "missing": [j[1] for j, r in zip(jobs, results) if r is None]}
-    retrained = {name: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, name in enumerate(archs)}
-    return {"variant": best, "budget_macs": budget, "evaluations": picks["evolution"]["evaluated"],
-            "picks": {name: {"arch": arch, "macs": space.macs(arch), "retrained_top1_seeds": retrained[name],
-                             "retrained_top1_mean": round(float(np.mean(retrained[name])), 2),
-                             "supernet_score": picks[name]["best_accuracy"] if name in picks else None}
-                      for name, arch in archs.items()},
-            "standalone_seed_sd": round(out["standalone_seed_sd"], 2)}  # the truth's, one run
+    top1 = {key: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, key in enumerate(archs)}
+
+    def pick(arch, score) -> dict:
+        seeds_top1 = top1[json.dumps(arch)]
+        return {"arch": arch, "macs": space.macs(arch), "retrained_top1_seeds": seeds_top1,
+                "retrained_top1_mean": round(float(np.mean(seeds_top1)), 2), "supernet_score": score}
+
+    per_seed = [{m: pick(p[m]["arch"], p[m]["best_accuracy"]) for m in methods} for p in picks]
+    report = {"variant": best, "budget_macs": budget, "evaluations": picks[0]["evolution"]["evaluated"],
+              "picks": dict(per_seed[0], largest_macs=pick(largest, None)),  # search seed 0
+              "standalone_seed_sd": round(out["standalone_seed_sd"], 2)}  # the truth's, one run
+    if len(per_seed) > 1:  # each method's retrained mean over its picks, one per search seed
+        report["search_seeds"] = per_seed
+        report["mean_over_search_seeds"] = {m: round(float(np.mean([p[m]["retrained_top1_mean"] for p in per_seed])), 2)
+                                            for m in methods}
+    return report
+
+
+def name_of(picks: list[dict], arch) -> str:
+    """The method whose pick ``arch`` was first (its retrain jobs' name; one arch, one set of jobs)."""
+    return next(m for p in picks for m in ("evolution", "random") if p[m]["arch"] == arch)
 
 
 def finished(a, work: Path, jobs: list[tuple]) -> list:
@@ -766,6 +792,8 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--search-seeds", type=int, default=1,
+                    help="searches per method (evolution, random) on the seed-0 supernet, each pick retrained")
     ap.add_argument("--bf16", nargs="?", const="", default=None, metavar="CALIB,...",
                     help="also score every subnet on each trained supernet in bf16 + channels_last, beside fp32, "
                          "with BN recalibrated on each of these image counts (default: --calib-images)")
