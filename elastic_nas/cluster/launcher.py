@@ -6,6 +6,7 @@ from the driver to its controller. A user's own environment always wins (setdefa
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -51,7 +52,16 @@ def init_ray() -> None:
         ray.init(log_to_driver=True)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind the new node to 127.0.0.1
-    ray.init(address="local", log_to_driver=True, dashboard_host="127.0.0.1")
+    # Ray turns token auth on for a new local cluster and says so on every step's console;
+    # that is the setting we want, so its notice is kept off the console (only this start's:
+    # a warning that auth is *off* on a cluster joined later still shows).
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
+    try:
+        ray.init(address="local", log_to_driver=True, dashboard_host="127.0.0.1")
+    finally:
+        auth_log.setLevel(level)
     _PRIVATE.add(ray.get_runtime_context().get_job_id())
 
 
