@@ -594,14 +594,16 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
         return {"variant": best, "missing": [j[1] for j, r in zip(searches, found) if r is None]}
     picks = [dict(zip(methods, found[i:i + 2])) for i in range(0, len(found), 2)]
     largest = space.to_json(space.extreme_arch(True, 0, budget))
-    archs = {json.dumps(arch): arch for arch in [largest] + [p[m]["arch"] for p in picks for m in methods]}
-    jobs = [(work, f"pick_{'largest_macs' if arch == largest else name_of(picks, arch)}_"
-                   f"{hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
-             standalone, a, arch, s, a.truth_steps) for arch in archs.values() for s in range(3)]
+    names = {json.dumps(largest): "largest_macs"}  # one set of retrain jobs per arch, named by its first picker
+    for p in picks:
+        for m in methods:
+            names.setdefault(json.dumps(p[m]["arch"]), m)
+    jobs = [(work, f"pick_{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
+             standalone, a, json.loads(key), s, a.truth_steps) for key, name in names.items() for s in range(3)]
     results = finished(a, work, jobs)
     if None in results:
         return {"variant": best, "missing": [j[1] for j, r in zip(jobs, results) if r is None]}
-    top1 = {key: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, key in enumerate(archs)}
+    top1 = {key: [r["test_top1"] for r in results[3 * i:3 * i + 3]] for i, key in enumerate(names)}
 
     def pick(arch, score) -> dict:
         seeds_top1 = top1[json.dumps(arch)]
@@ -617,11 +619,6 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
         report["mean_over_search_seeds"] = {m: round(float(np.mean([p[m]["retrained_top1_mean"] for p in per_seed])), 2)
                                             for m in methods}
     return report
-
-
-def name_of(picks: list[dict], arch) -> str:
-    """The method whose pick ``arch`` was first (its retrain jobs' name; one arch, one set of jobs)."""
-    return next(m for p in picks for m in ("evolution", "random") if p[m]["arch"] == arch)
 
 
 def finished(a, work: Path, jobs: list[tuple]) -> list:
