@@ -19,11 +19,15 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    search_val images), against the seed-mean stand-alone top-1: Kendall tau and Spearman
    rho with bootstrap 95 % CIs, tau inside the band, precision@5; the same for MACs,
    params and random order; with 2 or more supernet seeds also the seeds' mean score as one
-   ranker (``seeds_mean_score``).
+   ranker (``seeds_mean_score``). With 2 or more truth seeds, ``held_out``: every ranker and one
+   stand-alone run judged on the same targets (each seed held out against the others' mean),
+   what a supernet must beat to be worth more than training every subnet once.
 5. **Search quality.** On the best variant's seed-0 supernet, under ``--budget``:
    evolution's pick, random search's pick at equal evaluations, and the largest-MACs arch
    under the budget, each retrained stand-alone with 3 seeds; ``--search-seeds N`` runs each
-   search N times (seeds 0..N-1) and reports each method's retrained mean over its N picks.
+   search N times (seeds 0..N-1) and reports each method's retrained mean over its N picks,
+   and against chance: the picks minus the truth subnets of 0.85-1.0x the budget's MACs and
+   ``--chance-archs N`` more random archs there (``against_random_archs``, a bootstrap 95 % CI).
 6. **bf16 scores** (``--bf16 [CALIB,...]``). Each trained supernet scores the subnets again
    in bf16 autocast + channels_last (the evaluator's fast setting: 3.2x fp32 on an AMX CPU,
    ``gpu_check.py``), ranked beside the fp32 scores; with BN recalibrated on each given
@@ -93,7 +97,14 @@ from elastic_nas.errors import ArchError
 from elastic_nas.io import atomic_write
 from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.evolution import EvolutionSettings
-from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, rank_report, seed_agreement
+from elastic_nas.search.ranking import (
+    bootstrap_ci,
+    held_out_tau,
+    kendall_tau,
+    mean_difference_ci,
+    rank_report,
+    seed_agreement,
+)
 from elastic_nas.spaces import build_space
 from elastic_nas.spaces.precision import Precision
 
@@ -576,6 +587,24 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
         if len(runs) > 1:  # the supernet seeds' mean score as one ranker: what a second supernet would buy
             out["variants"][v]["seeds_mean_score"] = subset_taus(np.mean([r["scores"] for r in runs], 0), target,
                                                                  dict(subsets, all=list(range(len(archs)))))
+    if truth.shape[1] > 1:
+        rankers = {"macs": [macs], "params": [params],
+                   **{v: out["variants"][v]["scores"] for v in variants}}
+        out["held_out"] = held_out_figures(truth, dict(subsets, all=list(range(len(archs)))), rankers)
+    return out
+
+
+def held_out_figures(truth: np.ndarray, subsets: dict[str, list[int]], rankers: dict[str, list]) -> dict:
+    """Kendall tau per subset against each truth seed's held-out target (the other seeds' mean),
+    averaged over the seeds: for one stand-alone run (the held-out seed's own) and for each ranker
+    (one figure per supernet seed). What a supernet must beat to be worth more than training
+    every subnet once."""
+    out = {}
+    for name, idx in subsets.items():
+        row = {"one_standalone_run": round(held_out_tau(truth[idx]), 4)}
+        for ranker, preds in rankers.items():
+            row[ranker] = [round(held_out_tau(truth[idx], np.asarray(p, dtype=float)[idx]), 4) for p in preds]
+        out[name] = row
     return out
 
 
@@ -618,7 +647,47 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
         report["search_seeds"] = per_seed
         report["mean_over_search_seeds"] = {m: round(float(np.mean([p[m]["retrained_top1_mean"] for p in per_seed])), 2)
                                             for m in methods}
+    extra = chance_archs(a, space, budget, [s["arch"] for s in out["subnets"]])
+    jobs = [(work, f"chance_{i}_s{s}_{a.truth_steps}", standalone, a, arch, s, a.truth_steps)
+            for i, arch in enumerate(extra) for s in range(a.truth_seeds)]
+    results = finished(a, work, jobs)
+    if None in results:
+        return dict(report, missing=[j[1] for j, r in zip(jobs, results) if r is None])
+    extra_top1 = [[r["test_top1"] for r in results[i * a.truth_seeds:(i + 1) * a.truth_seeds]]
+                  for i in range(len(extra))]
+    report["against_random_archs"] = against_random_archs(out["subnets"], budget, per_seed, methods,
+                                                          extra, extra_top1)
     return report
+
+
+def chance_archs(a, space, budget: float, taken: list) -> list:
+    """``--chance-archs`` random archs of 0.85-1.0x the budget's MACs besides the truth subnets
+    in that range: more draws of chance for the search to be measured against."""
+    taken, out, t = {json.dumps(arch) for arch in taken}, [], 0
+    while len(out) < a.chance_archs:
+        arch = space.to_json(space.sample_constrained(np.random.default_rng([777, t]), 0.85 * budget, budget, 1, 2000))
+        t += 1
+        if json.dumps(arch) not in taken:
+            taken.add(json.dumps(arch))
+            out.append(arch)
+    return out
+
+
+def against_random_archs(subnets: list[dict], budget: float, per_seed: list[dict], methods,
+                         extra: list, extra_top1: list[list[float]]) -> dict:
+    """Chance, the baseline a search must beat: random archs as large as the budget allows, the
+    truth subnets of 0.85-1.0x its MACs and the ``extra`` ones (each the mean of its truth
+    seeds), against each method's retrained picks (one per search seed), with a bootstrap 95 %
+    CI of the difference."""
+    chance = [i for i, s in enumerate(subnets) if 0.85 * budget <= s["macs"] <= budget]
+    top1 = [float(np.mean(subnets[i]["test_top1_seeds"])) for i in chance] + [float(np.mean(t)) for t in extra_top1]
+    out = {"subnets": chance, "extra_archs": extra, "extra_top1_seeds": extra_top1,
+           "top1_means": [round(t, 2) for t in top1], "mean": round(float(np.mean(top1)), 2),
+           "median": round(float(np.median(top1)), 2)}
+    for m in methods:
+        diff, lo, hi = mean_difference_ci([p[m]["retrained_top1_mean"] for p in per_seed], top1)
+        out[f"{m}_minus_random_archs"] = {"mean": round(diff, 2), "ci95": [round(lo, 2), round(hi, 2)]}
+    return out
 
 
 def finished(a, work: Path, jobs: list[tuple]) -> list:
@@ -789,6 +858,9 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--chance-archs", type=int, default=0,
+                    help="random archs of 0.85-1.0x the budget trained (truth seeds) besides the truth subnets there: "
+                         "chance, against the search's picks")
     ap.add_argument("--search-seeds", type=int, default=1,
                     help="searches per method (evolution, random) on the seed-0 supernet, each pick retrained")
     ap.add_argument("--bf16", nargs="?", const="", default=None, metavar="CALIB,...",

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from elastic_nas.search.ranking import (
     bootstrap_ci,
+    held_out_tau,
     kendall_tau,
+    mean_difference_ci,
     precision_at_k,
     rank_report,
     ranks,
@@ -92,3 +94,26 @@ def test_seed_agreement_ignores_a_seed_better_everywhere_and_averages_the_pairs(
     assert out["pairwise_kendall_tau"] == {"0-1": 1.0, "0-2": 1.0, "1-2": 1.0}
     noisy = np.stack([base, base[::-1], base], axis=1)
     assert seed_agreement(noisy)["pairwise_kendall_tau_mean"] == pytest.approx((-1 + 1 - 1) / 3, abs=1e-4)
+
+
+def test_held_out_tau_judges_a_ranker_and_one_run_on_the_same_targets():
+    base = np.arange(12.0)
+    runs = np.stack([base, base[::-1], base + 1.0], axis=1)
+    # seed 0 held out: truth is the mean of seeds 1 and 2 (constant), so tau 0; seed 1: the mean of
+    # 0 and 2 (base order), tau -1; seed 2: mean of 0 and 1 (constant), tau 0
+    assert held_out_tau(runs) == pytest.approx(-1 / 3)
+    assert held_out_tau(runs, base) == pytest.approx(1 / 3)
+    two = np.random.default_rng(5).normal(size=(15, 2))
+    assert held_out_tau(two) == pytest.approx(kendall_tau(two[:, 0], two[:, 1]))
+    with pytest.raises(ValueError):
+        held_out_tau(two[:, :1])
+
+
+def test_mean_difference_ci_covers_the_difference_and_excludes_zero_when_apart():
+    rng = np.random.default_rng(1)
+    picks, random_archs = rng.normal(82, 2, size=10), rng.normal(76, 4, size=8)
+    diff, lo, hi = mean_difference_ci(picks, random_archs)
+    assert diff == pytest.approx(picks.mean() - random_archs.mean())
+    assert 0 < lo < diff < hi
+    same, lo, hi = mean_difference_ci(random_archs, random_archs)
+    assert same == 0 and lo < 0 < hi

@@ -90,4 +90,31 @@ def seed_agreement(runs: Sequence[Sequence[float]]) -> dict:
             "seed_sd": round(float(np.sqrt((resid ** 2).sum() / ((n - 1) * (k - 1)))), 4) if n > 1 and k > 1 else None}
 
 
-__all__ = ["bootstrap_ci", "kendall_tau", "precision_at_k", "rank_report", "ranks", "seed_agreement", "spearman_rho"]
+def held_out_tau(runs: Sequence[Sequence[float]], predicted: Sequence[float] | None = None) -> float:
+    """Kendall tau against each seed's held-out truth, the mean of the other seeds' runs
+    (``runs[i][s]`` as in ``seed_agreement``), averaged over the seeds: of ``predicted`` or,
+    without it, of the held-out seed's own run. So a ranker and one stand-alone training are
+    judged on the same targets: the supernet must beat what training every subnet once gives."""
+    runs = np.asarray(runs, dtype=float)
+    k = runs.shape[1]
+    if k < 2:
+        raise ValueError("held_out_tau needs at least 2 seeds")
+    rest = [np.delete(runs, s, axis=1).mean(1) for s in range(k)]
+    return float(np.mean([kendall_tau(runs[:, s] if predicted is None else predicted, rest[s]) for s in range(k)]))
+
+
+def mean_difference_ci(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` of two independent samples (e.g. the retrained top-1 of a search's
+    picks and of random archs) and its percentile bootstrap CI, each sample resampled on its own."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = (a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(1)
+             - b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(1))
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+__all__ = ["bootstrap_ci", "held_out_tau", "kendall_tau", "mean_difference_ci", "precision_at_k", "rank_report",
+           "ranks", "seed_agreement", "spearman_rho"]
