@@ -663,10 +663,11 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
 def chance_archs(a, space, budget: float, taken: list) -> list:
     """``--chance-archs`` random archs of 0.85-1.0x the budget's MACs besides the truth subnets
     in that range: more draws of chance for the search to be measured against."""
-    taken, out, t = {json.dumps(arch) for arch in taken}, [], 0
-    while len(out) < a.chance_archs:
+    taken, out = {json.dumps(arch) for arch in taken}, []
+    for t in range(100 * a.chance_archs):  # distinct archs; a range holding fewer ends the list early
+        if len(out) == a.chance_archs:
+            break
         arch = space.to_json(space.sample_constrained(np.random.default_rng([777, t]), 0.85 * budget, budget, 1, 2000))
-        t += 1
         if json.dumps(arch) not in taken:
             taken.add(json.dumps(arch))
             out.append(arch)
