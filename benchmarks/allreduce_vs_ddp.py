@@ -31,6 +31,20 @@ import torch.nn.functional as F
 from _common import write_result
 
 
+def timed_blocks(run: dict, steps: int, block: int) -> dict[str, float]:
+    """Median seconds of ``run["ddp"](step)`` and ``run["bucketed"](step)``, in alternating blocks
+    of ``block`` steps, every step started together on all ranks; the first block of each is warm-up."""
+    times = {"ddp": [], "bucketed": []}
+    for step in range(steps):
+        method = "ddp" if (step // block) % 2 == 0 else "bucketed"
+        dist.barrier()
+        t0 = time.perf_counter()
+        run[method](step)
+        if step >= 2 * block:
+            times[method].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def worker(rank: int, world: int, init_file: str, width: float, steps: int, block: int, out: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -47,24 +61,22 @@ def worker(rank: int, world: int, init_file: str, width: float, steps: int, bloc
             "bucketed": torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)}
     g = torch.Generator().manual_seed(rank)
     x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
-    times = {"ddp": [], "bucketed": []}
-    for step in range(steps):
-        method = "ddp" if (step // block) % 2 == 0 else "bucketed"
-        arch = space.sample(np.random.default_rng([0, step]))
-        dist.barrier()
-        t0 = time.perf_counter()
-        opt = opts[method]
-        opt.zero_grad(set_to_none=True)
-        if method == "ddp":
-            F.cross_entropy(ddp(x, arch), y).backward()
-        else:
-            F.cross_entropy(plain(x, arch), y).backward()
-            allreduce_grads(plain.arch_parameters(arch))
-        opt.step()
-        if step >= 2 * block:  # skip the first block of each as warm-up
-            times[method].append(time.perf_counter() - t0)
+    archs = [space.sample(np.random.default_rng([0, step])) for step in range(steps)]  # drawn outside the timing
+
+    def ddp_step(step: int) -> None:
+        opts["ddp"].zero_grad(set_to_none=True)
+        F.cross_entropy(ddp(x, archs[step]), y).backward()
+        opts["ddp"].step()
+
+    def bucketed_step(step: int) -> None:
+        opts["bucketed"].zero_grad(set_to_none=True)
+        F.cross_entropy(plain(x, archs[step]), y).backward()
+        allreduce_grads(plain.arch_parameters(archs[step]))
+        opts["bucketed"].step()
+
+    medians = timed_blocks({"ddp": ddp_step, "bucketed": bucketed_step}, steps, block)
     if rank == 0:
-        out.update({k: statistics.median(v) for k, v in times.items()})
+        out.update(medians)
     dist.destroy_process_group()
 
 
@@ -84,16 +96,10 @@ def step_worker(rank: int, world: int, init_file: str, config: str, sets: list, 
     g = torch.Generator().manual_seed(rank)
     size = cfg.space.input_size
     batch = Batch(torch.randn(32, 3, size, size, generator=g), torch.randint(0, 10, (32,), generator=g), torch.ones(32))
-    times = {"ddp": [], "bucketed": []}
-    for step in range(steps):
-        method = "ddp" if (step // block) % 2 == 0 else "bucketed"
-        dist.barrier()
-        t0 = time.perf_counter()
-        train_steps[method](step, opts[method], 0.01, batch, 32 * world)
-        if step >= 2 * block:  # skip the first block of each as warm-up
-            times[method].append(time.perf_counter() - t0)
+    run = {m: (lambda step, m=m: train_steps[m](step, opts[m], 0.01, batch, 32 * world)) for m in train_steps}
+    medians = timed_blocks(run, steps, block)
     if rank == 0:
-        out.update({k: statistics.median(v) for k, v in times.items()})
+        out.update(medians)
         out["strategy"], out["space"] = cfg.strategy, cfg.space.name
     dist.destroy_process_group()
 

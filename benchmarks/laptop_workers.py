@@ -31,7 +31,7 @@ import time
 from _common import ROOT, write_result
 
 SETTINGS = {"2x1": (2, 1), "1x2": (1, 2), "1x1": (1, 1)}
-LINE = re.compile(r"step\s+(\d+) .* world (\d+) batch (\d+) (\d+) samples/s")
+LINE = re.compile(r"step\s+(\d+) .* world (\d+) batch \d+ (\d+) samples/s")
 
 
 def run_setting(name: str, epochs: float, tmp: str) -> dict:
@@ -47,8 +47,8 @@ def run_setting(name: str, epochs: float, tmp: str) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name}: elastic-nas supernet failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    reports = [(int(m[1]), int(m[2]), int(m[3]), float(m[4])) for m in LINE.finditer(proc.stdout)]
-    rates = [r[3] for r in reports[1:] if r[1] == workers]
+    reports = [(int(m[1]), int(m[2]), float(m[3])) for m in LINE.finditer(proc.stdout)]  # step, world, samples/s
+    rates = [r[2] for r in reports[1:] if r[1] == workers]
     if not rates:
         raise SystemExit(f"{name}: no progress lines at world {workers} in its output")
     return {"workers": workers, "cpus_per_worker": cpus, "steps": reports[-1][0], "wall_s": round(wall, 1),

@@ -563,6 +563,7 @@ def subsets_of(archs, groups, budget, space) -> dict[str, list[int]]:
 
 def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_step, space) -> dict:
     target, subsets = truth.mean(1), subsets_of(archs, groups, budget, space)
+    with_all = dict(subsets, all=list(range(len(archs))))
     band = subsets["band"]
     macs = [space.macs(arch) for arch in archs]
     params = [space.params(arch) for arch in archs]
@@ -586,11 +587,10 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
                               "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4)}
         if len(runs) > 1:  # the supernet seeds' mean score as one ranker: what a second supernet would buy
             out["variants"][v]["seeds_mean_score"] = subset_taus(np.mean([r["scores"] for r in runs], 0), target,
-                                                                 dict(subsets, all=list(range(len(archs)))))
+                                                                 with_all)
     if truth.shape[1] > 1:
-        rankers = {"macs": [macs], "params": [params],
-                   **{v: out["variants"][v]["scores"] for v in variants}}
-        out["held_out"] = held_out_figures(truth, dict(subsets, all=list(range(len(archs)))), rankers)
+        rankers = {"macs": [macs], "params": [params], **{v: out["variants"][v]["scores"] for v in variants}}
+        out["held_out"] = held_out_figures(truth, with_all, rankers)
     return out
 
 

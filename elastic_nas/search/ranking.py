@@ -49,6 +49,10 @@ def bootstrap_ci(stat: Callable[[np.ndarray, np.ndarray], float], a: Sequence[fl
     # A resample with one side all tied has no rank statistic: leave it out rather than count a 0.
     draws = [stat(a[idx], b[idx]) for idx in rng.integers(0, len(a), size=(resamples, len(a)))
              if np.ptp(a[idx]) > 0 and np.ptp(b[idx]) > 0]
+    return _percentile_ci(draws, level)
+
+
+def _percentile_ci(draws, level: float) -> tuple[float, float]:
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(draws, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -111,9 +115,7 @@ def mean_difference_ci(a: Sequence[float], b: Sequence[float], resamples: int = 
     rng = np.random.default_rng(seed)
     draws = (a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(1)
              - b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(1))
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
+    return (float(a.mean() - b.mean()), *_percentile_ci(draws, level))
 
 
 __all__ = ["bootstrap_ci", "held_out_tau", "kendall_tau", "mean_difference_ci", "precision_at_k", "rank_report",
