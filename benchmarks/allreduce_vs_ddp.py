@@ -7,11 +7,11 @@ blocks of steps alternate between the two methods so drift hits both equally.
     python benchmarks/allreduce_vs_ddp.py [--width 0.5 --steps 120]
 
 ``--config NAME [--set k=v ...]``: the product's own step instead (``TrainStep`` with
-``grad_sync: ddp`` and ``bucketed``, the config's space and strategy), e.g. the sandwich, whose
-step backs up several archs and syncs on the last only:
+``grad_sync: ddp`` and ``bucketed``, the config's space and strategy), e.g. the shipped
+sandwich, whose step backs up several archs and syncs on the last only, or one uniform arch:
 
-    python benchmarks/allreduce_vs_ddp.py --config supernet --set strategy=sandwich \
-        --set sandwich.num_random=1 --out allreduce_vs_ddp_sandwich
+    python benchmarks/allreduce_vs_ddp.py --config supernet --out allreduce_vs_ddp_sandwich
+    python benchmarks/allreduce_vs_ddp.py --config supernet --set strategy=spos --out allreduce_vs_ddp_spos_step
 """
 
 from __future__ import annotations

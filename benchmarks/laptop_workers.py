@@ -2,7 +2,8 @@
 
 ``jobs/supernet.yaml`` (the pipeline's supernet) trains on two workers of 1 CPU each, so a
 laptop run shows the elastic machinery at work. Each setting below runs the real
-``elastic-nas supernet`` (a private local Ray cluster, the shipped config) for ``--epochs``
+``elastic-nas supernet`` (a private local Ray cluster, the shipped config but one uniform arch
+a step, pinned: the rule RESULTS.md measured) for ``--epochs``
 at a fixed world size and reads the samples/s of its progress lines (the first report, which
 holds the workers' start, left out):
 
@@ -36,7 +37,7 @@ LINE = re.compile(r"step\s+(\d+) .* world (\d+) batch \d+ (\d+) samples/s")
 
 def run_setting(name: str, epochs: float, tmp: str) -> dict:
     workers, cpus = SETTINGS[name]
-    sets = [f"run.storage_path={tmp}/{name}", f"run.name=w{name}", f"optim.epochs={epochs}",
+    sets = [f"run.storage_path={tmp}/{name}", f"run.name=w{name}", f"optim.epochs={epochs}", "strategy=spos",
             f"elastic.min_workers={workers}", f"elastic.max_workers={workers}",
             f"elastic.resources_per_worker={{CPU: {cpus}}}", f"elastic.per_worker_batch={64 // workers}"]
     cmd = [sys.executable, "-m", "elastic_nas", "supernet", "--config", "supernet"]

@@ -1,9 +1,9 @@
 """What the divergence guard costs a training step.
 
 The project's step (``TrainStep``) on the laptop supernet (``jobs/supernet.yaml``: Cream,
-entangled, one uniform arch per step), batch 64, one thread, with the guard (BN buffers
-kept before the forward, one norm over all gradients after the sync) and without it,
-interleaved step by step on the same archs and batches. Reports the median of each and the
+entangled; one uniform arch per step, pinned: the rule RESULTS.md measured), batch 64, one
+thread, with the guard (BN buffers kept before the forward, one norm over all gradients after
+the sync) and without it, interleaved step by step on the same archs and batches. Reports the median of each and the
 median of the per-pair ratios (robust to load changes).
 
     python benchmarks/step_guard.py [--steps 200]
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config(SupernetConfig, "supernet", [])
+    cfg = load_config(SupernetConfig, "supernet", ["strategy=spos"])  # the rule RESULTS.md measured
     task = build_supernet_task(cfg)
     split = build_dataset(cfg.data, cfg.space.input_size).train
     optimizer = make_optimizer(task.model, cfg.optim)
