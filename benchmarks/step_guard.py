@@ -3,8 +3,8 @@
 The project's step (``TrainStep``) on the laptop supernet (``jobs/supernet.yaml``: Cream,
 entangled; one uniform arch per step, pinned: the rule RESULTS.md measured), batch 64, one
 thread, with the guard (BN buffers kept before the forward, one norm over all gradients after
-the sync) and without it, interleaved step by step on the same archs and batches. Reports the median of each and the
-median of the per-pair ratios (robust to load changes).
+the sync) and without it, interleaved step by step on the same archs and batches. Reports the
+median of each and the median of the per-pair ratios (robust to load changes).
 
     python benchmarks/step_guard.py [--steps 200]
 """
