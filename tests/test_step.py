@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,12 +18,14 @@ import torch.nn.functional as F
 
 from elastic_nas.config import OptimConfig, SpaceConfig
 from elastic_nas.spaces import build_space
+from elastic_nas.spaces.precision import Precision
 from elastic_nas.train.step import Batch, TrainStep, make_optimizer
 from elastic_nas.train.strategies import Strategy
 
 SPACE = SpaceConfig(name="cream", input_size=8, width_mult=0.25, max_depths=[1, 2, 1, 1, 1])
 OPTIM = OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-4)
 WEIGHTS = {name for name, _ in build_space(SPACE).build_supernet().named_parameters()}
+ENTANGLED = replace(SPACE, weight_sharing="entangled")
 
 
 class TwoArchs(Strategy):
@@ -47,8 +51,8 @@ class TwoArchs(Strategy):
         return -(soft * F.log_softmax(logits, 1)).sum(1), logits
 
 
-def supernet_and_archs():
-    space = build_space(SPACE)
+def supernet_and_archs(space_cfg: SpaceConfig = SPACE):
+    space = build_space(space_cfg)
     torch.manual_seed(0)
     model = space.build_supernet()
     archs = [((5,), (5, 5), (5,), (5,), (5,)), ((0,), (2,), (1,), (0,), (3,))]
@@ -100,21 +104,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_worker(rank: int, port: int, grad_sync: str, out: dict) -> None:
+def _rank_worker(rank: int, port: int, grad_sync: str, out: dict, channels_last: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        model, archs = supernet_and_archs()
+        prec = Precision("fp32", channels_last)
+        model, archs = supernet_and_archs(ENTANGLED if channels_last else SPACE)
+        prec.model(model)
+        if channels_last:  # the small arch first: its sliced kernels' gradients are the ones laid out otherwise
+            archs = archs[::-1]
         x, y = data(8)
         shard = slice(4 * rank, 4 * rank + 4)
         weight = torch.tensor([1.0, 1.0, 1.0, 1.0 if rank == 0 else 0.0])  # 7 real samples, one pad
         optimizer = make_optimizer(model, OPTIM)
-        step = TrainStep(model, TwoArchs(model, archs), grad_sync=grad_sync)
-        for t in range(2):
-            step(t, optimizer, 0.1, Batch(x[shard], y[shard], weight), num_real=7)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            step = TrainStep(model, TwoArchs(model, archs), grad_sync=grad_sync, precision=prec)
+            for t in range(2):
+                step(t, optimizer, 0.1, Batch(x[shard], y[shard], weight), num_real=7)
         if rank == 0:
-            out[grad_sync] = {k: v.clone() for k, v in model.state_dict().items() if k in WEIGHTS}
+            out[grad_sync] = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+            out["warnings"] = [str(w.message) for w in seen]
     finally:
         dist.destroy_process_group()
 
@@ -127,7 +138,7 @@ def test_two_ranks_train_exactly_as_one_process_with_their_shards_as_micro_batch
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_rank_worker, args=(_free_port(), grad_sync, out), nprocs=2, join=True)
-        distributed = dict(out)[grad_sync]
+        distributed = {k: v for k, v in dict(out)[grad_sync].items() if k in WEIGHTS}
     model, archs = supernet_and_archs()
     x, y = data(8)
     weight = torch.tensor([1.0] * 7 + [0.0])
@@ -150,3 +161,28 @@ def test_optimizer_decays_weights_only():
     decays = {p.ndim: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert decays == {4: OPTIM.weight_decay, 1: 0.0}
     assert np.isclose(optimizer.param_groups[0]["lr"], OPTIM.lr)
+
+
+@pytest.mark.timeout(300)
+def test_two_channels_last_ranks_train_as_one_process_and_print_no_layout_warning():
+    """The laptop configs train in channels_last (2x faster on CPUs: benchmarks/memory_format.py):
+    two DDP ranks in that layout, entangled kernels sliced, end where one process in that layout
+    does, and PyTorch's bucket-stride warning (a size-1 dim's stride, the same memory) stays off
+    the console."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_worker, args=(_free_port(), "ddp", out, True), nprocs=2, join=True)
+        distributed, seen = dict(out)["ddp"], list(out["warnings"])
+    model, archs = supernet_and_archs(ENTANGLED)
+    prec = Precision("fp32", channels_last=True)
+    prec.model(model)
+    x, y = data(8)
+    step = TrainStep(model, TwoArchs(model, archs[::-1]), precision=prec)
+    optimizer = make_optimizer(model, OPTIM)
+    for t in range(2):
+        step(t, optimizer, 0.1, Batch(x, y, torch.tensor([1.0] * 7 + [0.0])), num_real=7, accum_steps=2)
+    weights = {name for name, _ in model.named_parameters()}
+    for key, value in model.state_dict().items():
+        if key in weights:
+            torch.testing.assert_close(distributed[key], value.contiguous(), rtol=1e-4, atol=1e-5, msg=key)
+    assert not [w for w in seen if "bucket view strides" in w]

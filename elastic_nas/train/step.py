@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,11 @@ class TrainStep:
         if grad_sync == "ddp" and distributed.is_distributed():
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, find_unused_parameters=strategy.leaves_parameters_unused, **_NO_FORWARD_BUFFER_SYNC)
+            if self.precision.channels_last:
+                # An entangled kernel's centre slice gets a [C, 1, k, k] gradient whose size-1 dim has
+                # another stride than the channels_last bucket view: the same memory, which DDP copies
+                # (a few KB); PyTorch's layout warning about it would be noise on every rank's console.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.forward = self.ddp or model
         self.buffers = list(model.buffers())  # BN running stats: a skipped step puts them back
         # DDP averages gradients over ranks; the loss is normalised for a SUM.
