@@ -12,6 +12,7 @@ from elastic_nas.config import OptimConfig
 from elastic_nas.search.evaluator import EvalData, evaluate_arch
 from elastic_nas.search.evaluator import eval_data as search_eval_data
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
+from elastic_nas.spaces.precision import Precision
 from elastic_nas.train.evaluate import evaluate
 from elastic_nas.train.step import Batch, StepStats, TrainStep, make_optimizer
 from elastic_nas.train.strategies import Strategy
@@ -22,16 +23,20 @@ def cosine(step: int, total: int, lr: float) -> float:
 
 
 def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_clip: float = 0.0,
-               warmup: int = 0, every: int = 0, on_interval=None, weight_decay: float = 4e-5) -> None:
+               warmup: int = 0, every: int = 0, on_interval=None, weight_decay: float = 4e-5,
+               channels_last: bool = False) -> None:
     """The project's training step (``TrainStep``: the strategy's archs and loss, SGD, its
     hooks) in one process, on random batches, cosine LR over ``steps``.
 
     ``task`` has ``model`` and ``strategy``. ``warmup``: linear LR warm-up steps.
     ``on_interval(step, train_loss, train_top1)`` is called every ``every`` steps and after
-    the last, with the interval's means.
+    the last, with the interval's means. ``channels_last``: fp32 in that layout (the model is
+    converted in place), as the laptop configs train.
     """
+    prec = Precision("fp32", channels_last)
+    prec.model(task.model)
     optimizer = make_optimizer(task.model, OptimConfig(lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay))
-    train_step = TrainStep(task.model, task.strategy, grad_clip)
+    train_step = TrainStep(task.model, task.strategy, grad_clip, precision=prec)
     rng = np.random.default_rng(seed)
     task.model.train()
     interval = StepStats()

@@ -106,7 +106,7 @@ from elastic_nas.search.ranking import (
     seed_agreement,
 )
 from elastic_nas.spaces import build_space
-from elastic_nas.spaces.precision import Precision
+from elastic_nas.spaces.precision import Precision, plain_state_dict
 
 SPACE = {"name": "cream", "input_size": 32, "num_classes": 10, "stem_stride": 2, "width_mult": 0.5,
          "max_depths": [2, 3, 3, 3, 2]}
@@ -258,12 +258,14 @@ def check_work_dir(a) -> None:
     """Record the job settings in a new work dir; exit 2 on a work dir of other settings."""
     path = Path(a.work) / "settings.json"
     ours = {"space": SPACE, "data": data_cfg(a), "recipe": RECIPE, **{k: getattr(a, k) for k in JOB_SETTINGS}}
+    if a.channels_last:  # named only when set: older work dirs keep their settings
+        ours["channels_last"] = True
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(ours, indent=1))
         return
     theirs = json.loads(path.read_text())
-    differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+    differ = sorted(k for k in ours.keys() | {"channels_last"} if ours.get(k) != theirs.get(k))
     if differ:
         print(f"ranking: {a.work} holds jobs of other settings ({', '.join(differ)}); pass another --work",
               file=sys.stderr)
@@ -293,9 +295,9 @@ def step_seconds(a, variant: str) -> float:
     cfg = supernet_cfg(a, variant, 0)
     task = build_supernet_task(cfg)
     split = build_dataset(cfg.data, cfg.space.input_size).train
-    train_task(task, split, 3, BATCH, 0.01, 0)  # warm-up: allocations, first-call costs
+    train_task(task, split, 3, BATCH, 0.01, 0, channels_last=a.channels_last)  # warm-up: allocations, first calls
     t0 = time.perf_counter()
-    train_task(task, split, 12, BATCH, 0.01, 1)
+    train_task(task, split, 12, BATCH, 0.01, 1, channels_last=a.channels_last)
     return (time.perf_counter() - t0) / 12
 
 
@@ -310,10 +312,10 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
     task = build_supernet_task(cfg)
     t0 = time.perf_counter()
     train_task(task, splits.train, steps, BATCH, a.supernet_lr, seed, weight_decay=a.supernet_wd,
-               warmup=steps // 20)
+               warmup=steps // 20, channels_last=a.channels_last)
     seconds = time.perf_counter() - t0
-    torch.save(task.model.state_dict(), Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt")
-    data = eval_data(splits, a.calib_images, a.val_images, 0)
+    torch.save(plain_state_dict(task.model), Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt")
+    data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
     space = build_space(cfg.space)
     evals = [evaluate_arch(task.model, space.validate(arch), data) for arch in archs]
     return {"steps": steps, "train_seconds": round(seconds, 1), "scores": [e["accuracy"] for e in evals],
@@ -325,7 +327,7 @@ def trained_supernet(a, variant: str, seed: int, steps: int):
     space = build_space(supernet_cfg(a, variant, seed).space)
     model = space.build_supernet()
     model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt", weights_only=True))
-    return space, model
+    return space, Precision(channels_last=a.channels_last).model(model)
 
 
 def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: int) -> dict:
@@ -390,7 +392,7 @@ def searched(a, variant: str, steps: int, method: str, budget: float, search_see
     cfg = supernet_cfg(a, variant, 0)
     space, model = trained_supernet(a, variant, 0, steps)
     splits = build_dataset(cfg.data, cfg.space.input_size)
-    data = eval_data(splits, a.calib_images, a.val_images, 0)
+    data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
     settings = EvolutionSettings(population=a.population, top_k=a.population // 4, mutation_children=a.population // 2,
                                  crossover_children=a.population // 2, generations=a.generations)
     return search(method, space, model, data, budget, settings, seed=search_seed)
@@ -744,7 +746,7 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> list[str]:
                        for s, top1 in enumerate(r) if top1 is not None})
     # the step times that set each variant's steps at equal time, so its supernets are the same jobs
     # (a sandwich step of another number of random archs costs another time: timed anew)
-    if theirs.get("num_random", 2) == a.num_random:
+    if theirs.get("num_random", 2) == a.num_random and theirs.get("channels_last", False) == a.channels_last:
         seeded.update({f"step_{v}": r["step_seconds"] for v, r in old.get("variants", {}).items() if v in a.variants})
     seeded.update(supernet_scores(a, old, source))
     for key, value in seeded.items():
@@ -754,7 +756,8 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> list[str]:
     return list(seeded)
 
 
-SUPERNET_SETTINGS = {"supernet_lr": 0.1, "supernet_wd": 0.0, "num_random": 2, "calib_images": 1000, "val_images": 2000}
+SUPERNET_SETTINGS = {"supernet_lr": 0.1, "supernet_wd": 0.0, "num_random": 2, "calib_images": 1000, "val_images": 2000,
+                     "channels_last": False}
 
 
 def supernet_scores(a, old: dict, source: str) -> dict:
@@ -855,6 +858,9 @@ def main() -> None:
     ap.add_argument("--supernet-lr", type=float, default=0.1)
     ap.add_argument("--supernet-wd", type=float, default=0.0, help="weight decay 0: the simple supernet recipe")
     ap.add_argument("--num-random", type=int, default=2, help="sandwich: random archs per step")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="train, score and search the supernets in fp32 channels_last, as the laptop configs do "
+                    "(about 2x on CPUs: memory_format.py); the stand-alone truth and retrains stay NCHW")
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--population", type=int, default=16)
