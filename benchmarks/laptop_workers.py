@@ -3,7 +3,7 @@
 ``jobs/supernet.yaml`` (the pipeline's supernet) trains on two workers of 1 CPU each, so a
 laptop run shows the elastic machinery at work. Each setting below runs the real
 ``elastic-nas supernet`` (a private local Ray cluster, the shipped config but one uniform arch
-a step, pinned: the rule RESULTS.md measured) for ``--epochs``
+a step in the plain layout, pinned: what RESULTS.md measured) for ``--epochs``
 at a fixed world size and reads the samples/s of its progress lines (the first report, which
 holds the workers' start, left out):
 
@@ -38,6 +38,7 @@ LINE = re.compile(r"step\s+(\d+) .* world (\d+) batch \d+ (\d+) samples/s")
 def run_setting(name: str, epochs: float, tmp: str) -> dict:
     workers, cpus = SETTINGS[name]
     sets = [f"run.storage_path={tmp}/{name}", f"run.name=w{name}", f"optim.epochs={epochs}", "strategy=spos",
+            "optim.channels_last=false",
             f"elastic.min_workers={workers}", f"elastic.max_workers={workers}",
             f"elastic.resources_per_worker={{CPU: {cpus}}}", f"elastic.per_worker_batch={64 // workers}"]
     cmd = [sys.executable, "-m", "elastic_nas", "supernet", "--config", "supernet"]

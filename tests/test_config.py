@@ -102,6 +102,18 @@ def test_supernet_step_config_trains_the_pipelines_supernet():
     assert step.run.seed == pipe.run.seed
 
 
+def test_laptop_configs_compute_in_fp32_channels_last():
+    """Every step of the laptop flow, alone or in the pipeline, trains, scores, retrains and tests
+    in fp32 NHWC: about 2x the plain layout on CPUs (benchmarks/memory_format.py)."""
+    from elastic_nas.config import PipelineConfig, RetrainConfig, SearchConfig, TestConfig
+
+    pipe = load_config(PipelineConfig, "pipeline")
+    sections = [load_config(SupernetConfig, "supernet").optim, load_config(SearchConfig, "search").evaluator,
+                load_config(RetrainConfig, "retrain").optim, load_config(TestConfig, "test"),
+                pipe.supernet.optim, pipe.search.evaluator, pipe.retrain.optim, pipe.test]
+    assert all(s.channels_last and s.precision == "fp32" for s in sections)
+
+
 def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
     from elastic_nas.cli import main
     from elastic_nas.config import PipelineConfig, find_config, shipped_configs
