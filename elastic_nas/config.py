@@ -143,8 +143,8 @@ class OptimConfig:
     # fp32, or autocast to bf16 / fp16 (weights, BN statistics and checkpoints stay fp32;
     # fp16 adds dynamic loss scaling). bf16 is the GPU choice on Ampere and newer.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # NHWC weights and inputs: faster convolutions on GPUs, and in fp32 about 2x on the CPU measured
-    # (oneDNN's kernels; benchmarks/memory_format.py): the laptop configs set it
+    # NHWC weights and inputs: faster convolutions on GPUs, and in fp32 about 2x for the laptop Cream
+    # supernet on the CPU measured (benchmarks/memory_format.py): the laptop configs set it
     channels_last: bool = False
     # Divergence guard: a step whose gradients are not finite is skipped (never reaches the
     # weights); after this many in a row the run goes back to its newest checkpoint with the
