@@ -57,6 +57,27 @@ def machine() -> dict:
     return info
 
 
+def timed_blocks(run: dict, steps: int, block: int) -> dict[str, float]:
+    """Median seconds of each of ``run``'s two step functions (``fn(step)``), in alternating blocks
+    of ``block`` steps, every step started together on all ranks (a torch.distributed group is up);
+    the first block of each is warm-up. Drift then hits both alike."""
+    import statistics
+    import time
+
+    import torch.distributed as dist
+
+    names = list(run)
+    times = {name: [] for name in names}
+    for step in range(steps):
+        name = names[(step // block) % 2]
+        dist.barrier()
+        t0 = time.perf_counter()
+        run[name](step)
+        if step >= 2 * block:
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def run_jobs(fn, jobs: list[tuple], procs: int) -> list:
     """``fn(*job)`` for every job, ``procs`` at a time in spawned processes (1 = in this one)."""
     if procs <= 1:

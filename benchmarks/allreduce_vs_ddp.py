@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -28,21 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from _common import write_result
-
-
-def timed_blocks(run: dict, steps: int, block: int) -> dict[str, float]:
-    """Median seconds of ``run["ddp"](step)`` and ``run["bucketed"](step)``, in alternating blocks
-    of ``block`` steps, every step started together on all ranks; the first block of each is warm-up."""
-    times = {"ddp": [], "bucketed": []}
-    for step in range(steps):
-        method = "ddp" if (step // block) % 2 == 0 else "bucketed"
-        dist.barrier()
-        t0 = time.perf_counter()
-        run[method](step)
-        if step >= 2 * block:
-            times[method].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from _common import timed_blocks, write_result
 
 
 def worker(rank: int, world: int, init_file: str, width: float, steps: int, block: int, out: dict) -> None:

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _common import write_result
+from _common import timed_blocks, write_result
 
 FORMATS = ("nchw", "channels_last")
 PIPELINE_PICK = "[[5], [5, 2], [5], [5, 1], [2]]"  # a pick of the laptop pipeline (1.37M MACs)
@@ -90,17 +90,11 @@ def train_worker(rank: int, world: int, init_file: str, parts: list, arch: str, 
             torch.manual_seed(rank)  # the same dropout masks (SPOS's head) for both formats
             losses[f] = [runs[f][0](s, runs[f][1], 0.05, batches[s % 4], 32 * world).loss_sum / 32
                          for s in range(check_steps)]
-        times = {f: [] for f in FORMATS}
-        for s in range(steps):
-            f = FORMATS[(s // block) % 2]
-            step, opt = runs[f]
-            dist.barrier()  # every step started together on both ranks, as in training
-            t0 = time.perf_counter()
-            step(check_steps + s, opt, 0.05, batches[s % 4], 32 * world)
-            if s >= 2 * block:
-                times[f].append(time.perf_counter() - t0)
+        timed = {f: (lambda s, f=f: runs[f][0](check_steps + s, runs[f][1], 0.05, batches[s % 4], 32 * world))
+                 for f in FORMATS}
+        step_s = timed_blocks(timed, steps, block)
         if rank == 0:
-            out[part] = {"step_s": {f: statistics.median(t) for f, t in times.items()},
+            out[part] = {"step_s": step_s,
                          "losses": {f: [round(v, 6) for v in losses[f]] for f in FORMATS}}
     dist.destroy_process_group()
 
