@@ -19,6 +19,7 @@ from elastic_nas.search.ranking import (
     ranks,
     seed_agreement,
     spearman_rho,
+    truth_ceiling,
 )
 
 
@@ -117,3 +118,31 @@ def test_mean_difference_ci_covers_the_difference_and_excludes_zero_when_apart()
     assert 0 < lo < diff < hi
     same, lo, hi = mean_difference_ci(random_archs, random_archs)
     assert same == 0 and lo < 0 < hi
+
+
+def test_truth_ceiling_is_perfect_without_noise_and_zero_without_differences():
+    rng = np.random.default_rng(0)
+    true = np.linspace(60, 80, 12)
+    exact = np.repeat(true[:, None], 3, axis=1)  # every seed agrees: no noise
+    [row] = truth_ceiling(exact, rng.permutation(12), draws=20, resamples=50)
+    assert row["truth_seeds"] == 3 and row["oracle_kendall_tau"] == 1.0 and row["oracle_ci_low"] == 1.0
+    assert row["share_ci_low_above_baseline"] == 1.0  # a random order never reaches 1
+    noise = rng.normal(0, 2, (12, 3))
+    alike = 70 + noise - noise.mean(1, keepdims=True)  # seed noise only: every subnet's mean is 70
+    [row] = truth_ceiling(alike, true, draws=20, resamples=50)
+    assert row["oracle_kendall_tau"] == 0.0 and row["oracle_ci_low"] == 0.0
+    assert abs(row["baseline_kendall_tau"]) < 0.3  # any order is as good as chance against noise
+
+
+def test_truth_ceiling_rises_with_truth_seeds_and_sees_the_baseline_through_the_same_noise():
+    rng = np.random.default_rng(1)
+    true = np.linspace(60, 70, 24)
+    runs = true[:, None] + rng.normal(0, 3, (24, 3))
+    rows = truth_ceiling(runs, true, (3, 12, 48), draws=40, resamples=100)
+    taus = [r["oracle_kendall_tau"] for r in rows]
+    assert [r["truth_seeds"] for r in rows] == [3, 12, 48]
+    assert taus[0] < taus[1] < taus[2] < 1.0 and rows[0]["oracle_ci_low"] < taus[0]
+    # a baseline in the model's true order (the seed means') is the perfect ranker, draw by draw
+    rows = truth_ceiling(runs, runs.mean(1), (3, 12), draws=40, resamples=100)
+    assert all(r["baseline_kendall_tau"] == r["oracle_kendall_tau"] and r["share_ci_low_above_baseline"] == 0.0
+               for r in rows)

@@ -107,6 +107,43 @@ def held_out_tau(runs: Sequence[Sequence[float]], predicted: Sequence[float] | N
     return float(np.mean([kendall_tau(runs[:, s] if predicted is None else predicted, rest[s]) for s in range(k)]))
 
 
+def truth_ceiling(runs: Sequence[Sequence[float]], baseline: Sequence[float], truth_seeds: Sequence[int] = (),
+                  draws: int = 200, resamples: int = 500, seed: int = 0, level: float = 0.95) -> list[dict]:
+    """What a perfect ranker could show against a stand-alone truth of ``k`` seeds, for each ``k``
+    in ``truth_seeds`` (default: the measured count), with ``baseline`` (e.g. MACs) beside it.
+
+    Model: a run is its subnet's true top-1 plus seed noise of one run's SD (``seed_agreement``'s);
+    the true values are the seed means drawn in toward their mean so that their spread is the
+    measured one less the noise's share (``var(mean) - sd**2 / k_measured``), in the same order.
+    Each of ``draws`` simulated truths is the mean of ``k`` noisy runs. Per ``k``: the perfect
+    ranker's (the true order's) Kendall tau against them, the lower bound of its bootstrap CI
+    (``resamples`` per draw), the baseline's tau, and the share of draws in which that lower bound
+    clears the baseline's tau (what a supernet ranking perfectly would need to show it beats the
+    baseline). Medians over the draws."""
+    runs, baseline = np.asarray(runs, dtype=float), np.asarray(baseline, dtype=float)
+    n, k_measured = runs.shape
+    sd = seed_agreement(runs)["seed_sd"]
+    means = runs.mean(1)
+    spread = means.var(ddof=1)
+    shrink = np.sqrt(max(spread - sd ** 2 / k_measured, 0.0) / spread) if spread > 0 else 0.0
+    true = means.mean() + shrink * (means - means.mean())
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in truth_seeds or (k_measured,):
+        oracle, low, base = [], [], []
+        for d in range(draws):
+            truth = true + rng.normal(0.0, sd / np.sqrt(k), n)
+            oracle.append(kendall_tau(true, truth))
+            # no true differences: nothing to rank, no CI (every resample of ``true`` is tied)
+            low.append(bootstrap_ci(kendall_tau, true, truth, resamples, seed + d, level)[0] if np.ptp(true) else 0.0)
+            base.append(kendall_tau(baseline, truth))
+        out.append({"truth_seeds": int(k), "oracle_kendall_tau": round(float(np.median(oracle)), 4),
+                    "oracle_ci_low": round(float(np.median(low)), 4),
+                    "baseline_kendall_tau": round(float(np.median(base)), 4),
+                    "share_ci_low_above_baseline": round(float(np.mean(np.array(low) > np.array(base))), 4)})
+    return out
+
+
 def mean_difference_ci(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float, float]:
     """``mean(a) - mean(b)`` of two independent samples (e.g. the retrained top-1 of a search's
@@ -119,4 +156,4 @@ def mean_difference_ci(a: Sequence[float], b: Sequence[float], resamples: int = 
 
 
 __all__ = ["bootstrap_ci", "held_out_tau", "kendall_tau", "mean_difference_ci", "precision_at_k", "rank_report",
-           "ranks", "seed_agreement", "spearman_rho"]
+           "ranks", "seed_agreement", "spearman_rho", "truth_ceiling"]
