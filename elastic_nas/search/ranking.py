@@ -127,6 +127,7 @@ def truth_ceiling(runs: Sequence[Sequence[float]], baseline: Sequence[float], tr
     spread = means.var(ddof=1)
     shrink = np.sqrt(max(spread - sd ** 2 / k_measured, 0.0) / spread) if spread > 0 else 0.0
     true = means.mean() + shrink * (means - means.mean())
+    rankable = np.ptp(true) > 0  # else nothing to rank, and no CI: every resample of ``true`` is tied
     rng = np.random.default_rng(seed)
     out = []
     for k in truth_seeds or (k_measured,):
@@ -134,8 +135,7 @@ def truth_ceiling(runs: Sequence[Sequence[float]], baseline: Sequence[float], tr
         for d in range(draws):
             truth = true + rng.normal(0.0, sd / np.sqrt(k), n)
             oracle.append(kendall_tau(true, truth))
-            # no true differences: nothing to rank, no CI (every resample of ``true`` is tied)
-            low.append(bootstrap_ci(kendall_tau, true, truth, resamples, seed + d, level)[0] if np.ptp(true) else 0.0)
+            low.append(bootstrap_ci(kendall_tau, true, truth, resamples, seed + d, level)[0] if rankable else 0.0)
             base.append(kendall_tau(baseline, truth))
         out.append({"truth_seeds": int(k), "oracle_kendall_tau": round(float(np.median(oracle)), 4),
                     "oracle_ci_low": round(float(np.median(low)), 4),
