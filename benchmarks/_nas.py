@@ -80,10 +80,55 @@ def search(method: str, space, model, data: EvalData, macs_max: float, settings:
             "best_by_generation": best_by_gen, "arch": space.to_json(best.arch)}
 
 
-def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0) -> float:
+def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0,
+            channels_last: bool = False) -> float:
     """Test top-1 of ``arch`` trained from scratch for ``steps`` (stand-alone, as retrain does)."""
+    return retrain_views(space, arch, splits, steps, batch, lr, seed, warmup, channels_last=channels_last)["final"]["top1"]
+
+
+def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0,
+                  ema_decays: tuple[float, ...] = (), calib_images: int = 0, curve_every: int = 0,
+                  channels_last: bool = False) -> dict[str, dict]:
+    """``retrain``'s run, read several ways, each ``evaluate``'s figures on the test split:
+    ``final`` (the weights and BN statistics as trained), and with ``calib_images``
+    class-balanced train images ``recal`` (BN statistics recomputed exactly over them) and
+    ``ema<decay>`` (an exponential moving average of the weights, BN recomputed likewise).
+    The views differ only in how the end of one training run is read: their seed-to-seed
+    spread says how much of a stand-alone truth's noise is the end point's. ``curve_every``:
+    also ``curve``, the train loss and top-1 of every that many steps (where a run's path went).
+    ``channels_last``: trained and evaluated in fp32 channels_last (the same math, faster on CPUs)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from elastic_nas.data import class_balanced_subset
+    from elastic_nas.spaces.bn import recalibrate_bn
+
+    if ema_decays and not calib_images:
+        raise ValueError("EMA weights need calib_images: their BN statistics are recomputed")
     torch.manual_seed(seed)
     net = space.build_subnet(arch)
+    emas = {d: AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in ema_decays}
+
+    curve: list[list[float]] = []
+    interval: list[tuple[float, float]] = []
+
+    def update(step: int, loss: float, top1: float) -> None:
+        for ema in emas.values():
+            ema.update_parameters(net)
+        interval.append((loss, top1))
+        if curve_every and step % curve_every == 0:
+            curve.append([step, *(round(float(v), 4) for v in np.mean(interval, axis=0))])
+            interval.clear()
+
+    every = 1 if emas else curve_every
     train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, steps, batch,
-               lr, seed + 1000, warmup=warmup)
-    return evaluate(net, splits.test, 256)["top1"]
+               lr, seed + 1000, warmup=warmup, every=every, on_interval=update if every else None,
+               channels_last=channels_last)
+    prec = Precision("fp32", channels_last)
+    views: dict = {"final": evaluate(net, splits.test, 256, precision=prec)}
+    if calib_images:
+        calib, _, _ = class_balanced_subset(splits.train, calib_images, seed).get_batch(np.arange(calib_images))
+        for name, model in [("recal", net), *((f"ema{d}", ema.module) for d, ema in emas.items())]:
+            with torch.no_grad():
+                recalibrate_bn(model, model, [prec.input(x) for x in calib.split(200)])
+            views[name] = evaluate(prec.model(model), splits.test, 256, precision=prec)
+    return {**views, **({"curve": curve} if curve_every else {})}

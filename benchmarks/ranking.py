@@ -282,9 +282,11 @@ def standalone(a, arch, seed: int, steps: int) -> dict:
     cfg = supernet_cfg(a, "independent_spos", 0)
     space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
     t0 = time.perf_counter()
-    top1 = retrain(space, space.validate(arch), splits, steps, BATCH, a.truth_lr, seed, warmup=steps // 20)
-    # the CPU model: runs of one subnet and seed differ between machine types (RESULTS.md)
-    return {"test_top1": top1, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model()}
+    top1 = retrain(space, space.validate(arch), splits, steps, BATCH, a.truth_lr, seed, warmup=steps // 20,
+                   channels_last=a.truth_channels_last)
+    # the CPU model and layout: runs of one subnet and seed differ between machine types (RESULTS.md)
+    return {"test_top1": top1, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model(),
+            "channels_last": a.truth_channels_last}
 
 
 def step_seconds(a, variant: str) -> float:
@@ -483,7 +485,9 @@ def run(a) -> dict:
            "batch": BATCH,
            "subnets": [{"arch": arch, "group": g, "macs": space.macs(arch), "params": space.params(arch),
                         "test_top1_seeds": truth[i].tolist(),  # and the CPU each ran on (None: not recorded)
-                        "cpu_model_seeds": [results[f"sa_{i}_s{s}_{a.truth_steps}"].get("cpu_model") for s in seeds]}
+                        "cpu_model_seeds": [results[f"sa_{i}_s{s}_{a.truth_steps}"].get("cpu_model") for s in seeds],
+                        "channels_last_seeds": [results[f"sa_{i}_s{s}_{a.truth_steps}"].get("channels_last", False)
+                                                for s in seeds]}
                        for i, (arch, g) in enumerate(zip(archs, groups))],
            "noise_ceiling_tau_seed0_vs_seed1": round(kendall_tau(truth[:, 0], truth[:, 1]), 4),
            "seed_to_seed_abs_diff_median": round(float(np.median(np.abs(truth[:, 0] - truth[:, 1]))), 2),  # seeds 0, 1
@@ -521,8 +525,11 @@ def budget_check(a, space, archs, check, results, done, steps) -> dict:
     if a.check_seeds > 1:  # each seed's runs, and how far two seeds of the same budget agree
         out["top1_seeds"] = {str(n): [[top1(i, n, s) for s in range(a.check_seeds)] for i in check]
                              for n in out["steps"]}
-        out["seed_kendall_tau"] = {str(n): round(kendall_tau(*zip(*[r[:2] for r in runs])), 4)
-                                   for n, runs in out["top1_seeds"].items() if all(None not in r for r in runs)}
+        complete = {n: runs for n, runs in out["top1_seeds"].items() if all(None not in r for r in runs)}
+        out["seed_kendall_tau"] = {n: round(kendall_tau(*zip(*[r[:2] for r in runs])), 4) for n, runs in complete.items()}
+        out["seed_agreement"] = {n: seed_agreement(np.array(runs)) for n, runs in complete.items()}  # every pair, seed SD
+        out["channels_last_seeds"] = {str(n): [[results.get(f"sa_{i}_s{s}_{n}", {}).get("channels_last", False)
+                                                for s in range(a.check_seeds)] for i in check] for n in out["steps"]}
     both = [k for k, (x, y) in enumerate(zip(at, twice)) if x is not None and y is not None]
     if len(both) < len(check) or not check:
         if len(both) >= 3:  # an interim figure over the subnets with both runs so far; no verdict
@@ -734,11 +741,15 @@ def seed_work_dir(a, work: Path, archs: list, source: str) -> list[str]:
         print(f"ranking: {source} holds another space, data, truth LR, subnets or recipe", file=sys.stderr)
         raise SystemExit(2)
 
-    def result(top1: float) -> dict:
-        return {"test_top1": top1, "seconds": None, "from": source}
+    def result(top1: float, cpu: str | None = None, channels_last: bool = False) -> dict:
+        return {"test_top1": top1, "seconds": None, "from": source, "cpu_model": cpu, "channels_last": channels_last}
 
-    seeded = {f"sa_{i}_s{s}_{old['truth_steps']}": result(top1)
-              for i, sub in enumerate(old.get("subnets", [])) for s, top1 in enumerate(sub["test_top1_seeds"])}
+    seeded = {}
+    for i, sub in enumerate(old.get("subnets", [])):  # each run with its CPU and layout, where recorded
+        n = len(sub["test_top1_seeds"])
+        for s, run in enumerate(zip(sub["test_top1_seeds"], sub.get("cpu_model_seeds") or [None] * n,
+                                    sub.get("channels_last_seeds") or [False] * n)):
+            seeded[f"sa_{i}_s{s}_{old['truth_steps']}"] = result(*run)
     check = old["budget_check"]  # per-seed runs, or seed 0's alone (a mean is no run)
     for n, means in zip(check["steps"], (check["top1_at_budget"], check["top1_at_twice"])):
         runs = check.get("top1_seeds", {}).get(str(n)) or [[t] for t in means]
@@ -860,7 +871,10 @@ def main() -> None:
     ap.add_argument("--num-random", type=int, default=2, help="sandwich: random archs per step")
     ap.add_argument("--channels-last", action="store_true",
                     help="train, score and search the supernets in fp32 channels_last, as the laptop configs do "
-                    "(about 2x on CPUs: memory_format.py); the stand-alone truth and retrains stay NCHW")
+                    "(about 2x on CPUs: memory_format.py); the stand-alone truth and retrains: --truth-channels-last")
+    ap.add_argument("--truth-channels-last", action="store_true",
+                    help="stand-alone jobs not run yet train in fp32 channels_last (same math, about 2x on CPUs); "
+                    "each job records its layout, as it does its CPU")
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--val-images", type=int, default=2000)
     ap.add_argument("--population", type=int, default=16)

@@ -1,0 +1,125 @@
+"""Where does the stand-alone truth's seed noise come from: the end point of a run, or its path?
+
+The ranking benchmark's truth (each subnet trained stand-alone, several seeds) has a seed SD of
+about 3.6 points at 2,000 steps, so a truth of 12-24 seeds would be needed before a ranker's CI
+could clear the MACs proxy (``ranking_ceiling.py``). This reruns some of its subnets with the
+same recipe and seeds and reads each run several ways (``_nas.retrain_views``): as trained, with
+BN statistics recomputed over train images, and as exponential moving averages of the weights.
+A view whose within-subnet SD is half the trained one's would make a 3-seed truth worth 12.
+
+    python benchmarks/standalone_noise.py --from benchmarks/results/ranking_t2000_s4_nr1_cl_steps1970.json \\
+        --subnets 24,28,30,32,7,9 --seeds 3
+
+Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
+repeats the ranking JSON's recorded top-1 of that subnet and seed (same recipe, same seeds);
+the JSON says whether it did. Writes ``benchmarks/results/<--name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from _common import cpu_model, run_jobs, write_result
+
+
+def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch: int, ema: tuple, calib: int,
+        curve_every: int) -> dict:
+    from ranking import cached, supernet_cfg
+
+    from _nas import retrain_views
+    from elastic_nas.data import build_dataset
+    from elastic_nas.spaces import build_space
+
+    def run() -> dict:
+        cfg = supernet_cfg(SimpleNamespace(**settings), "independent_spos", 0)
+        space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
+        t0 = time.perf_counter()
+        views = retrain_views(space, space.validate(arch), splits, steps, batch, lr, seed, steps // 20, ema, calib,
+                              curve_every)
+        return {"views": views, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model()}
+
+    key = f"noise_{json.dumps(arch, separators=(',', ':'))}_s{seed}_t{steps}_ema{','.join(map(str, ema))}_c{calib}{f'_cv{curve_every}' if curve_every else ''}"
+    return cached(Path(work), key.replace(" ", ""), run)
+
+
+def pooled_sd(runs: np.ndarray) -> float:
+    """Within-subnet SD pooled over subnets (rows: subnets, columns: seeds)."""
+    return float(np.sqrt(np.mean(np.var(runs, axis=1, ddof=1))))
+
+
+def figures(top1: dict[str, np.ndarray], seed: int = 0, resamples: int = 2000) -> dict:
+    """Per view: pooled SD, its ratio to ``final``'s with a bootstrap 95 % CI over subnets
+    (paired: the same runs), and the truth seeds it is worth per seed of ``final``."""
+    rng = np.random.default_rng(seed)
+    n = len(top1["final"])
+    idx = rng.integers(0, n, size=(resamples, n))
+    out = {}
+    for view, runs in top1.items():
+        sd = pooled_sd(runs)
+        base = [pooled_sd(top1["final"][i]) for i in idx]
+        ratios = [pooled_sd(runs[i]) / b for i, b in zip(idx, base) if b > 0]  # (resamples of one subnet may tie)
+        ratio = sd / pooled_sd(top1["final"]) if pooled_sd(top1["final"]) > 0 else float("nan")
+        out[view] = {"pooled_sd": round(sd, 3), "mean_top1": round(float(runs.mean()), 2),
+                     "sd_ratio_to_final": round(ratio, 3),
+                     "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios or [np.nan], [2.5, 97.5])],
+                     "seeds_worth_per_final_seed": round(1 / ratio**2, 2)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--from", dest="source", required=True, help="a ranking.py results JSON (subnets, recipe)")
+    ap.add_argument("--subnets", type=lambda v: [int(x) for x in v.split(",") if x], required=True)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ema", type=lambda v: tuple(float(x) for x in v.split(",") if x), default=(0.99, 0.995, 0.998))
+    ap.add_argument("--calib-images", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=0, help="training steps (default: the JSON's truth steps)")
+    ap.add_argument("--curve-every", type=int, default=0, help="also record each run's train loss / top-1 every N steps")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / "standalone-noise"))
+    ap.add_argument("--name", default="standalone_noise")
+    a = ap.parse_args()
+    try:
+        ranking = json.loads(Path(a.source).read_text())
+        subnets = [ranking["subnets"][i] for i in a.subnets]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        ap.exit(2, f"standalone_noise: cannot take subnets {a.subnets} from {a.source}: {e!r}\n")
+    if a.seeds < 2:
+        ap.exit(2, "standalone_noise: --seeds takes 2 or more (an SD needs two runs)\n")
+    settings = {**ranking["settings"], "data": ""}  # the shared synthetic cache, as ranking.py's default
+    steps, lr, batch = a.steps or ranking["truth_steps"], ranking["settings"]["truth_lr"], ranking["batch"]
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    jobs = [(a.work, settings, s["arch"], seed, steps, lr, batch, a.ema, a.calib_images, a.curve_every)
+            for s in subnets for seed in range(a.seeds)]
+    t0 = time.time()
+    results = run_jobs(job, jobs, a.procs)
+    views = [v for v in results[0]["views"] if v != "curve"]
+    top1 = {v: np.array([[r["views"][v]["top1"] for r in results[i * a.seeds:(i + 1) * a.seeds]]
+                         for i in range(len(subnets))]) for v in views}
+    recorded = np.array([s["test_top1_seeds"][:a.seeds] for s in subnets], dtype=float)
+    out = {"source": a.source, "subnets": a.subnets, "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
+           "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
+           "top1": {v: runs.tolist() for v, runs in top1.items()},
+           "test_loss": {v: [[r["views"][v]["loss"] for r in results[i * a.seeds:(i + 1) * a.seeds]]
+                             for i in range(len(subnets))] for v in views},
+           "recorded_top1": recorded.tolist(),
+           **({"curves": [[r["views"]["curve"] for r in results[i * a.seeds:(i + 1) * a.seeds]]
+                          for i in range(len(subnets))]} if a.curve_every else {}),
+           "final_repeats_recorded_max_abs_diff": (round(float(np.nanmax(np.abs(top1["final"] - recorded))), 3)
+                                                   if steps == ranking["truth_steps"] else None),
+           "views": figures(top1), "run_seconds": [r["seconds"] for r in results],
+           "wall_seconds": round(time.time() - t0, 1)}
+    for v, f in out["views"].items():
+        print(f"{v:10s} mean {f['mean_top1']:6.2f}  pooled SD {f['pooled_sd']:.2f}  ratio {f['sd_ratio_to_final']:.2f} "
+              f"(CI {f['sd_ratio_ci95'][0]:.2f}-{f['sd_ratio_ci95'][1]:.2f})")
+    write_result(a.name, out)
+
+
+if __name__ == "__main__":
+    main()
