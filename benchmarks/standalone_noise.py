@@ -8,11 +8,14 @@ BN statistics recomputed over train images, and as exponential moving averages o
 A view whose within-subnet SD is half the trained one's would make a 3-seed truth worth 12.
 
     python benchmarks/standalone_noise.py --from benchmarks/results/ranking_t2000_s4_nr1_cl_steps1970.json \\
-        --subnets 24,28,30,32,7,9 --seeds 3
+        --subnets 24,25,26,27,28,29 --seeds 2
+    python benchmarks/standalone_noise.py --from ... --subnets 24 --seeds 2 --ema "" --calib-images 0 \\
+        --curve-every 100 --name standalone_noise_curves    # where two runs part ways
 
 Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
-repeats the ranking JSON's recorded top-1 of that subnet and seed (same recipe, same seeds);
-the JSON says whether it did. Writes ``benchmarks/results/<--name>.json``.
+is the truth's own reading; the JSON sets it beside the ranking JSON's recorded top-1 of that
+subnet and seed (the same recipe and seeds: equal only on the CPU type that recorded it).
+Writes ``benchmarks/results/<--name>.json``.
 """
 
 from __future__ import annotations
