@@ -15,7 +15,7 @@ A view whose within-subnet SD is half the trained one's would make a 3-seed trut
 Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
 is the truth's own reading; the JSON sets it beside the ranking JSON's recorded top-1 of that
 subnet and seed (the same recipe and seeds: equal only on the CPU type that recorded it).
-Writes ``benchmarks/results/<--name>.json``.
+Writes ``benchmarks/results/<--name>.json`` (and, with ``--curve-every``, ``<--name>.png``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from _common import cpu_model, run_jobs, write_result
+from _common import RESULTS, cpu_model, run_jobs, write_result
 
 
 def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch: int, ema: tuple, calib: int,
@@ -73,6 +73,25 @@ def figures(top1: dict[str, np.ndarray], seed: int = 0, resamples: int = 2000) -
                      "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios or [np.nan], [2.5, 97.5])],
                      "seeds_worth_per_final_seed": round(1 / ratio**2, 2)}
     return out
+
+
+def plot_curves(curves: list, subnets: list[int], path: Path) -> None:
+    """Train top-1 per interval, one line per run: where the seeds of a subnet part ways."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for number, runs in zip(subnets, curves):
+        for seed, curve in enumerate(runs):
+            ax.plot([c[0] for c in curve], [c[2] for c in curve], label=f"subnet {number}, seed {seed}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train top-1 over the interval (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -121,6 +140,8 @@ def main() -> None:
     for v, f in out["views"].items():
         print(f"{v:10s} mean {f['mean_top1']:6.2f}  pooled SD {f['pooled_sd']:.2f}  ratio {f['sd_ratio_to_final']:.2f} "
               f"(CI {f['sd_ratio_ci95'][0]:.2f}-{f['sd_ratio_ci95'][1]:.2f})")
+    if a.curve_every:
+        plot_curves(out["curves"], a.subnets, RESULTS / f"{a.name}.png")
     write_result(a.name, out)
 
 
