@@ -512,8 +512,11 @@ def run(a) -> dict:
 def budget_check(a, space, archs, check, results, done, steps) -> dict:
     """Stand-alone top-1 of the check subnets (mean of ``--check-seeds`` seeds) at the budget
     and twice it, and how the rankers rank both."""
+    def job(i: int, n: int, seed: int) -> dict:  # {}: not run yet
+        return results.get(f"sa_{i}_s{seed}_{n}", {})
+
     def top1(i: int, n: int, seed: int):  # None: not run yet
-        return results.get(f"sa_{i}_s{seed}_{n}", {}).get("test_top1")
+        return job(i, n, seed).get("test_top1")
 
     def mean(i: int, n: int):
         runs = [top1(i, n, s) for s in range(a.check_seeds)]
@@ -528,8 +531,8 @@ def budget_check(a, space, archs, check, results, done, steps) -> dict:
         complete = {n: runs for n, runs in out["top1_seeds"].items() if all(None not in r for r in runs)}
         out["seed_kendall_tau"] = {n: round(kendall_tau(*zip(*[r[:2] for r in runs])), 4) for n, runs in complete.items()}
         out["seed_agreement"] = {n: seed_agreement(np.array(runs)) for n, runs in complete.items()}  # every pair, seed SD
-        out["channels_last_seeds"] = {str(n): [[results.get(f"sa_{i}_s{s}_{n}", {}).get("channels_last", False)
-                                                for s in range(a.check_seeds)] for i in check] for n in out["steps"]}
+        out["channels_last_seeds"] = {str(n): [[job(i, n, s).get("channels_last", False) for s in range(a.check_seeds)]
+                                               for i in check] for n in out["steps"]}
     both = [k for k, (x, y) in enumerate(zip(at, twice)) if x is not None and y is not None]
     if len(both) < len(check) or not check:
         if len(both) >= 3:  # an interim figure over the subnets with both runs so far; no verdict

@@ -62,12 +62,13 @@ def figures(top1: dict[str, np.ndarray], seed: int = 0, resamples: int = 2000) -
     rng = np.random.default_rng(seed)
     n = len(top1["final"])
     idx = rng.integers(0, n, size=(resamples, n))
+    final_sd = pooled_sd(top1["final"])
+    final_sds = [pooled_sd(top1["final"][i]) for i in idx]  # the same resamples for every view: paired
     out = {}
     for view, runs in top1.items():
         sd = pooled_sd(runs)
-        base = [pooled_sd(top1["final"][i]) for i in idx]
-        ratios = [pooled_sd(runs[i]) / b for i, b in zip(idx, base) if b > 0]  # (resamples of one subnet may tie)
-        ratio = sd / pooled_sd(top1["final"]) if pooled_sd(top1["final"]) > 0 else float("nan")
+        ratios = [pooled_sd(runs[i]) / b for i, b in zip(idx, final_sds) if b > 0]  # (resamples of one subnet may tie)
+        ratio = sd / final_sd if final_sd > 0 else float("nan")
         out[view] = {"pooled_sd": round(sd, 3), "mean_top1": round(float(runs.mean()), 2),
                      "sd_ratio_to_final": round(ratio, 3),
                      "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios or [np.nan], [2.5, 97.5])],
@@ -122,19 +123,18 @@ def main() -> None:
     t0 = time.time()
     results = run_jobs(job, jobs, a.procs)
     views = [v for v in results[0]["views"] if v != "curve"]
-    top1 = {v: np.array([[r["views"][v]["top1"] for r in results[i * a.seeds:(i + 1) * a.seeds]]
-                         for i in range(len(subnets))]) for v in views}
+    runs = [[r["views"] for r in results[i * a.seeds:(i + 1) * a.seeds]] for i in range(len(subnets))]  # [subnet][seed]
+    top1 = {v: np.array([[r[v]["top1"] for r in seeds] for seeds in runs]) for v in views}
     recorded = np.array([s["test_top1_seeds"][:a.seeds] for s in subnets], dtype=float)
     out = {"source": a.source, "subnets": a.subnets, "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
            "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
-           "top1": {v: runs.tolist() for v, runs in top1.items()},
-           "test_loss": {v: [[r["views"][v]["loss"] for r in results[i * a.seeds:(i + 1) * a.seeds]]
-                             for i in range(len(subnets))] for v in views},
+           "top1": {v: t.tolist() for v, t in top1.items()},
+           "test_loss": {v: [[r[v]["loss"] for r in seeds] for seeds in runs] for v in views},
            "recorded_top1": recorded.tolist(),
-           **({"curves": [[r["views"]["curve"] for r in results[i * a.seeds:(i + 1) * a.seeds]]
-                          for i in range(len(subnets))]} if a.curve_every else {}),
-           "final_repeats_recorded_max_abs_diff": (round(float(np.nanmax(np.abs(top1["final"] - recorded))), 3)
-                                                   if steps == ranking["truth_steps"] else None),
+           **({"curves": [[r["curve"] for r in seeds] for seeds in runs]} if a.curve_every else {}),
+           # the same recipe and seeds, another run where another CPU type recorded it
+           "final_vs_recorded_max_abs_diff": (round(float(np.nanmax(np.abs(top1["final"] - recorded))), 3)
+                                              if steps == ranking["truth_steps"] else None),
            "views": figures(top1), "run_seconds": [r["seconds"] for r in results],
            "wall_seconds": round(time.time() - t0, 1)}
     for v, f in out["views"].items():
