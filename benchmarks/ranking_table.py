@@ -1,0 +1,210 @@
+"""Every supernet the ranking benchmark has scored, against one stand-alone truth.
+
+Each ``ranking.py`` run kept its supernets' scores of the same 36 subnets, but judged them against
+the truth of its day (3, 4, 5 ... stand-alone seeds), so figures from different days do not
+compare. This reads the scores back from those JSONs (``ROWS``) and judges every supernet, the
+MACs and params proxies and one held-out stand-alone run against one truth: the ``--truth`` JSON's
+seeds, normally the newest run with the most. It also recomputes every ranker against the truth of
+its first 2, 3, ... seeds (``growth``): how far each figure moved as seeds were added.
+
+    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s7_nr1_cl_steps1970.json
+
+Writes ``benchmarks/results/<--name>.json`` and ``<--name>.png`` (tau against the truth's seed
+count for the rankers of ``--plot``), and prints the table as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from ranking import seed_report
+from ranking_ceiling import SUBSETS, subset_indices
+
+from _common import RESULTS, write_result
+from elastic_nas.search.ranking import held_out_tau, kendall_tau, seed_agreement
+
+# label -> (results JSON in benchmarks/results, variant): the supernets of README's ranking table.
+# Minutes are the supernet's training time on the 2-core machine of its run.
+ROWS = {
+    "independent weights + uniform archs (SPOS), 12 min": ("ranking_t2000_s3_m12.json", "independent_spos"),
+    "entangled + uniform archs, 12 min": ("ranking_t2000_s3_m12.json", "entangled_spos"),
+    "entangled + sandwich (2 random archs), 12 min": ("ranking_t2000_s3_m12.json", "entangled_sandwich"),
+    "entangled + uniform archs, 40 min": ("ranking_t2000_s3_m40.json", "entangled_spos"),
+    "entangled + sandwich (2 random archs), 40 min": ("ranking_t2000_s3_m40.json", "entangled_sandwich"),
+    "the same with OFA's kernel-transform matrices, 40 min": ("ranking_t2000_s3_m40.json",
+                                                              "entangled_sandwich_transform"),
+    "sandwich (2 random), supernet LR 0.05": ("ranking_t2000_s3_lr0.05.json", "entangled_sandwich"),
+    "sandwich, 4 random archs a step": ("ranking_t2000_s3_nr4.json", "entangled_sandwich"),
+    "sandwich, 1 random arch a step": ("ranking_t2000_s3_nr1.json", "entangled_sandwich"),
+    "sandwich (1 random), the 40 minutes' compute": ("ranking_t2000_s3_nr1_steps4580.json", "entangled_sandwich"),
+    "sandwich (1 random), 40 min of a faster machine": ("ranking_t2000_s3_nr1_m40.json", "entangled_sandwich"),
+    "faster machine, 12 min: entangled + uniform archs": ("ranking_t2000_s3_nr1_m12.json", "entangled_spos"),
+    "faster machine, 12 min: sandwich (1 random)": ("ranking_t2000_s3_nr1_m12.json", "entangled_sandwich"),
+    "pipeline budget: uniform archs (the pipeline before the sandwich)": ("ranking_t2000_s3_nr1_pipeline_3seeds.json",
+                                                                          "entangled_spos"),
+    "pipeline budget in one core's step times: sandwich (1 random)": ("ranking_t2000_s3_nr1_pipeline_budget.json",
+                                                                       "entangled_sandwich"),
+    "sandwich (1 random), 1,406 steps (the pipeline before channels_last)": (
+        "ranking_t2000_s3_nr1_pipeline_3seeds.json", "entangled_sandwich"),
+    "sandwich (1 random), 4 epochs": ("ranking_t2000_s3_nr1_steps1125.json", "entangled_sandwich"),
+    "sandwich (1 random), 1,406 steps in channels_last": ("ranking_t2000_s3_nr1_cl_steps1406.json",
+                                                          "entangled_sandwich"),
+    "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last": ("ranking_t2000_s3_nr1_cl_steps1970.json",
+                                                                           "entangled_sandwich"),
+    "the same, 14 epochs (`--set supernet.optim.epochs=14`)": ("ranking_t2000_s3_nr1_cl_steps3938.json",
+                                                                "entangled_sandwich"),
+}
+# --plot's names for the rankers it can draw
+PLOTTED = {"macs": "MACs alone", "pipeline": list(ROWS)[-2], "14 epochs": list(ROWS)[-1],
+           "40 min": "sandwich (1 random), 40 min of a faster machine"}
+# the truth recipe a row's scores must have been judged against (the same subnets, data and training)
+SAME = ("truth_steps", "batch", "space", "data")
+
+
+class Refused(ValueError):
+    """Input this script cannot judge: one line, exit code 2."""
+
+
+def load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise Refused(f"cannot read {path}: {e}") from None
+
+
+def check_same_subnets(truth: dict, other: dict, name: str) -> None:
+    """Scores only compare on the truth's own subnets, data and stand-alone recipe."""
+    if [s["arch"] for s in other["subnets"]] != [s["arch"] for s in truth["subnets"]]:
+        raise Refused(f"{name} scored other subnets than the truth's")
+    for key in SAME:
+        if other.get(key) != truth.get(key):
+            raise Refused(f"{name} has {key} {other.get(key)!r}, the truth {truth.get(key)!r}")
+
+
+def taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict[str, float]:
+    pred = np.asarray(pred, dtype=float)
+    return {name: kendall_tau(pred[idx], target[idx]) for name, idx in subsets.items()}
+
+
+def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict:
+    """One ranker (one prediction per supernet seed) against the mean of ``runs``' seeds: each
+    subset's tau per seed, their mean and range, the stratified CI's lower bound per seed, the
+    mean held-out tau (as one stand-alone run is judged) and the mean tau against the truth of
+    the first k seeds for every k >= 2."""
+    target = runs.mean(1)
+    reports = [seed_report(p, target, {"band": subsets["band"], "stratified": subsets["stratified"]}) for p in preds]
+    out = {}
+    for name in SUBSETS:
+        key = "kendall_tau" if name == "all" else f"{name}_kendall_tau"
+        values = [r[key] for r in reports]
+        out[name] = {"per_seed": values, "mean": round(float(np.mean(values)), 4),
+                     "min": min(values), "max": max(values)}
+    out["stratified"]["ci95_low_per_seed"] = [r["stratified_kendall_tau_ci95"][0] for r in reports]
+    # on the targets one stand-alone run is judged on (each seed held out against the others' mean)
+    out["held_out"] = {name: round(float(np.mean([held_out_tau(runs[idx], np.asarray(p, dtype=float)[idx])
+                                                  for p in preds])), 4) for name, idx in subsets.items()}
+    out["growth"] = {name: [round(float(np.mean([taus(p, runs[:, :k].mean(1), subsets)[name] for p in preds])), 4)
+                            for k in range(2, runs.shape[1] + 1)] for name in SUBSETS}
+    return out
+
+
+def markdown(rows: dict, held_out: dict, seeds: int) -> str:
+    """Each subset's mean tau over the supernet seeds, their range in brackets; and the taus on
+    the targets one stand-alone run is judged on (the last row: that run's own)."""
+    def cell(f: dict) -> str:
+        return f"{f['mean']:.2f}" + (f" [{f['min']:.2f} to {f['max']:.2f}]" if len(f["per_seed"]) > 1 else "")
+
+    def trio(taus: dict) -> str:
+        return " / ".join(f"{taus[name]:.2f}" for name in SUBSETS)
+
+    lines = [f"| ranker, against the mean of {seeds} stand-alone seeds | steps | supernet seeds | tau all | "
+             "tau stratified | its 95 % CI lower bounds | tau band | held out: all / stratified / band |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in rows.items():
+        lows = r["stratified"]["ci95_low_per_seed"]
+        low = f"{min(lows):.2f}" + (f" to {max(lows):.2f}" if len(lows) > 1 else "")
+        lines.append(f"| {label} | {r.get('steps', '')} | {len(r['all']['per_seed'])} | {cell(r['all'])} | "
+                     f"{cell(r['stratified'])} | {low} | {cell(r['band'])} | {trio(r['held_out'])} |")
+    lines.append(f"| one stand-alone run of each subnet | 2,000 | | | | | | {trio(held_out)} |")
+    return "\n".join(lines)
+
+
+def plot(rows: dict, names: list[str], first: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SUBSETS), figsize=(4.2 * len(SUBSETS), 3.6), sharey=True)
+    for ax, name in zip(axes, SUBSETS):
+        for short in names:
+            r = rows[PLOTTED[short]]
+            growth = r["growth"][name]
+            steps = f" ({r['steps']} steps)" if "steps" in r else ""
+            ax.plot(range(first, first + len(growth)), growth, "o-", label=f"{short}{steps}")
+        ax.set_title(f"{name} subnets")
+        ax.set_xlabel("stand-alone seeds in the truth")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Kendall tau (mean of supernet seeds)")
+    axes[0].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def read_rows(truth: dict) -> dict[str, tuple[dict, str]]:
+    """Each row's results JSON and variant, refused unless it scored the truth's subnets."""
+    out = {}
+    for label, (name, variant) in ROWS.items():
+        other = load(RESULTS / name)
+        check_same_subnets(truth, other, name)
+        if variant not in other.get("variants", {}):
+            raise Refused(f"{name} has no variant {variant!r}")
+        out[label] = (other, name)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
+    ap.add_argument("--plot", default=",".join(PLOTTED),
+                    help=f"rankers drawn against the truth's seed count, of: {', '.join(PLOTTED)}")
+    ap.add_argument("--name", default="ranking_table")
+    a = ap.parse_args()
+    try:
+        names = [k.strip() for k in a.plot.split(",") if k.strip()]
+        if set(names) - set(PLOTTED):
+            raise Refused(f"--plot names {sorted(set(names) - set(PLOTTED))}; it draws {', '.join(PLOTTED)}")
+        truth = load(Path(a.truth))
+        runs = np.array([s["test_top1_seeds"] for s in truth["subnets"]], dtype=float)
+        if runs.ndim != 2 or runs.shape[1] < 2:
+            raise Refused(f"{a.truth} has fewer than 2 stand-alone seeds for some subnet")
+        sources = read_rows(truth)
+    except KeyError as e:
+        ap.exit(2, f"ranking_table: a results JSON lacks the field {e}\n")
+    except Refused as e:
+        ap.exit(2, f"ranking_table: {e}\n")
+    subsets = subset_indices(truth)
+    rows = {}
+    for label, (other, name) in sources.items():
+        v = other["variants"][ROWS[label][1]]
+        rows[label] = {"source": name, "variant": ROWS[label][1], "steps": v["steps"],
+                       **judged(v["scores"], runs, subsets)}
+    for proxy, label in (("macs", "MACs alone"), ("params", "params alone")):
+        rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets)
+    held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}
+    table = markdown(rows, held_out, runs.shape[1])
+    print(table)
+    png = RESULTS / f"{a.name}.png"
+    plot(rows, names, 2, png)
+    write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "subsets": subsets,
+                          "seed_agreement": seed_agreement(runs), "one_standalone_run_held_out": held_out,
+                          "rows": rows, "table": table, "plot": str(png.relative_to(RESULTS.parent.parent))})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
