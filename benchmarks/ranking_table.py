@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from ranking import seed_report
-from ranking_ceiling import SUBSETS, subset_indices
+from ranking_ceiling import SUBSETS, TAU_KEYS, subset_indices
 
 from _common import RESULTS, write_result
 from elastic_nas.search.ranking import held_out_tau, kendall_tau, seed_agreement
@@ -98,8 +98,7 @@ def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict
     reports = [seed_report(p, target, {"band": subsets["band"], "stratified": subsets["stratified"]}) for p in preds]
     out = {}
     for name in SUBSETS:
-        key = "kendall_tau" if name == "all" else f"{name}_kendall_tau"
-        values = [r[key] for r in reports]
+        values = [r[TAU_KEYS[name]] for r in reports]
         out[name] = {"per_seed": values, "mean": round(float(np.mean(values)), 4),
                      "min": min(values), "max": max(values)}
     out["stratified"]["ci95_low_per_seed"] = [r["stratified_kendall_tau_ci95"][0] for r in reports]
