@@ -32,7 +32,7 @@ from _common import RESULTS, cpu_model, run_jobs, write_result
 
 
 def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch: int, ema: tuple, calib: int,
-        curve_every: int) -> dict:
+        curve_every: int, warmup: int, channels_last: bool) -> dict:
     from ranking import cached, supernet_cfg
 
     from _nas import retrain_views
@@ -43,11 +43,13 @@ def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch
         cfg = supernet_cfg(SimpleNamespace(**settings), "independent_spos", 0)
         space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
         t0 = time.perf_counter()
-        views = retrain_views(space, space.validate(arch), splits, steps, batch, lr, seed, steps // 20, ema, calib,
-                              curve_every)
+        views = retrain_views(space, space.validate(arch), splits, steps, batch, lr, seed, warmup, ema, calib,
+                              curve_every, channels_last)
         return {"views": views, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model()}
 
-    key = f"noise_{json.dumps(arch, separators=(',', ':'))}_s{seed}_t{steps}_ema{','.join(map(str, ema))}_c{calib}{f'_cv{curve_every}' if curve_every else ''}"
+    recipe = (f"_cv{curve_every}" if curve_every else "") + (f"_w{warmup}" if warmup != steps // 20 else "") + \
+        ("_lr" + str(lr) if lr != 0.1 else "") + ("_cl" if channels_last else "")
+    key = f"noise_{json.dumps(arch, separators=(',', ':'))}_s{seed}_t{steps}_ema{','.join(map(str, ema))}_c{calib}{recipe}"
     return cached(Path(work), key.replace(" ", ""), run)
 
 
@@ -74,6 +76,22 @@ def figures(top1: dict[str, np.ndarray], seed: int = 0, resamples: int = 2000) -
                      "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios or [np.nan], [2.5, 97.5])],
                      "seeds_worth_per_final_seed": round(1 / ratio**2, 2)}
     return out
+
+
+def against_recorded(final: np.ndarray, recorded: np.ndarray, seed: int = 0, resamples: int = 2000) -> dict:
+    """This run's ``final`` reading against the truth's recorded runs of the same subnets (all
+    their seeds): pooled SD and mean, and the SD ratio with a bootstrap 95 % CI over subnets. What
+    a recipe probe (``--warmup``, ``--lr``) is judged on: less seed noise at a similar spread."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(final), size=(resamples, len(final)))
+    ratios = [pooled_sd(final[i]) / pooled_sd(recorded[i]) for i in idx if pooled_sd(recorded[i]) > 0]
+    return {"recorded_seeds": recorded.shape[1], "recorded_pooled_sd": round(pooled_sd(recorded), 3),
+            "recorded_mean_top1": round(float(recorded.mean()), 2), "pooled_sd": round(pooled_sd(final), 3),
+            "mean_top1": round(float(final.mean()), 2),
+            "sd_ratio": round(pooled_sd(final) / pooled_sd(recorded), 3),
+            "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios, [2.5, 97.5])],
+            "subnet_means_sd": round(float(final.mean(1).std(ddof=1)), 3),
+            "recorded_subnet_means_sd": round(float(recorded.mean(1).std(ddof=1)), 3)}
 
 
 def plot_curves(curves: list, subnets: list[int], path: Path) -> None:
@@ -104,6 +122,9 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the JSON's truth steps)")
     ap.add_argument("--curve-every", type=int, default=0, help="also record each run's train loss / top-1 every N steps")
+    ap.add_argument("--warmup", type=int, default=-1, help="LR warm-up steps (default: the truth's, steps / 20)")
+    ap.add_argument("--lr", type=float, default=0.0, help="peak LR (default: the JSON's truth LR)")
+    ap.add_argument("--channels-last", action="store_true", help="train in fp32 channels_last (same math, faster)")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / "standalone-noise"))
     ap.add_argument("--name", default="standalone_noise")
@@ -116,9 +137,12 @@ def main() -> None:
     if a.seeds < 2:
         ap.exit(2, "standalone_noise: --seeds takes 2 or more (an SD needs two runs)\n")
     settings = {**ranking["settings"], "data": ""}  # the shared synthetic cache, as ranking.py's default
-    steps, lr, batch = a.steps or ranking["truth_steps"], ranking["settings"]["truth_lr"], ranking["batch"]
+    steps, lr, batch = a.steps or ranking["truth_steps"], a.lr or ranking["settings"]["truth_lr"], ranking["batch"]
+    warmup = steps // 20 if a.warmup < 0 else a.warmup
+    truth_recipe = (steps, lr, warmup) == (ranking["truth_steps"], ranking["settings"]["truth_lr"], steps // 20)
     Path(a.work).mkdir(parents=True, exist_ok=True)
-    jobs = [(a.work, settings, s["arch"], seed, steps, lr, batch, a.ema, a.calib_images, a.curve_every)
+    jobs = [(a.work, settings, s["arch"], seed, steps, lr, batch, a.ema, a.calib_images, a.curve_every, warmup,
+             a.channels_last)
             for s in subnets for seed in range(a.seeds)]
     t0 = time.time()
     results = run_jobs(job, jobs, a.procs)
@@ -127,19 +151,25 @@ def main() -> None:
     top1 = {v: np.array([[r[v]["top1"] for r in seeds] for seeds in runs]) for v in views}
     recorded = np.array([s["test_top1_seeds"][:a.seeds] for s in subnets], dtype=float)
     out = {"source": a.source, "subnets": a.subnets, "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
-           "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
+           "warmup": warmup, "channels_last": a.channels_last, "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
            "top1": {v: t.tolist() for v, t in top1.items()},
            "test_loss": {v: [[r[v]["loss"] for r in seeds] for seeds in runs] for v in views},
            "recorded_top1": recorded.tolist(),
            **({"curves": [[r["curve"] for r in seeds] for seeds in runs]} if a.curve_every else {}),
            # the same recipe and seeds, another run where another CPU type recorded it
            "final_vs_recorded_max_abs_diff": (round(float(np.nanmax(np.abs(top1["final"] - recorded))), 3)
-                                              if steps == ranking["truth_steps"] else None),
+                                              if truth_recipe else None),
+           "against_recorded": against_recorded(top1["final"], np.array([s["test_top1_seeds"] for s in subnets],
+                                                                        dtype=float)),
            "views": figures(top1), "run_seconds": [r["seconds"] for r in results],
            "wall_seconds": round(time.time() - t0, 1)}
     for v, f in out["views"].items():
         print(f"{v:10s} mean {f['mean_top1']:6.2f}  pooled SD {f['pooled_sd']:.2f}  ratio {f['sd_ratio_to_final']:.2f} "
               f"(CI {f['sd_ratio_ci95'][0]:.2f}-{f['sd_ratio_ci95'][1]:.2f})")
+    r = out["against_recorded"]
+    print(f"against the truth's {r['recorded_seeds']} recorded seeds: pooled SD {r['pooled_sd']:.2f} vs "
+          f"{r['recorded_pooled_sd']:.2f} (ratio {r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-"
+          f"{r['sd_ratio_ci95'][1]:.2f}); mean {r['mean_top1']:.2f} vs {r['recorded_mean_top1']:.2f}")
     if a.curve_every:
         plot_curves(out["curves"], a.subnets, RESULTS / f"{a.name}.png")
     write_result(a.name, out)
