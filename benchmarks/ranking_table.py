@@ -20,11 +20,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from ranking import seed_report
-from ranking_ceiling import SUBSETS, TAU_KEYS, subset_indices
+from ranking_ceiling import SUBSETS, subset_indices
 
 from _common import RESULTS, write_result
-from elastic_nas.search.ranking import held_out_tau, kendall_tau, seed_agreement
+from elastic_nas.search.ranking import bootstrap_ci, held_out_tau, kendall_tau, seed_agreement
 
 # label -> (results JSON in benchmarks/results, variant): the supernets of README's ranking table.
 # Minutes are the supernet's training time on the 2-core machine of its run.
@@ -94,17 +93,19 @@ def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict
     subset's tau per seed, their mean and range, the stratified CI's lower bound per seed, the
     mean held-out tau (as one stand-alone run is judged) and the mean tau against the truth of
     the first k seeds for every k >= 2."""
-    target = runs.mean(1)
-    reports = [seed_report(p, target, {"band": subsets["band"], "stratified": subsets["stratified"]}) for p in preds]
+    preds = [np.asarray(p, dtype=float) for p in preds]
+    target, strat = runs.mean(1), subsets["stratified"]
+    reports = [taus(p, target, subsets) for p in preds]
     out = {}
     for name in SUBSETS:
-        values = [r[TAU_KEYS[name]] for r in reports]
+        values = [round(r[name], 4) for r in reports]
         out[name] = {"per_seed": values, "mean": round(float(np.mean(values)), 4),
                      "min": min(values), "max": max(values)}
-    out["stratified"]["ci95_low_per_seed"] = [r["stratified_kendall_tau_ci95"][0] for r in reports]
+    out["stratified"]["ci95_low_per_seed"] = [round(bootstrap_ci(kendall_tau, p[strat], target[strat])[0], 4)
+                                              for p in preds]
     # on the targets one stand-alone run is judged on (each seed held out against the others' mean)
-    out["held_out"] = {name: round(float(np.mean([held_out_tau(runs[idx], np.asarray(p, dtype=float)[idx])
-                                                  for p in preds])), 4) for name, idx in subsets.items()}
+    out["held_out"] = {name: round(float(np.mean([held_out_tau(runs[idx], p[idx]) for p in preds])), 4)
+                       for name, idx in subsets.items()}
     out["growth"] = {name: [round(float(np.mean([taus(p, runs[:, :k].mean(1), subsets)[name] for p in preds])), 4)
                             for k in range(2, runs.shape[1] + 1)] for name in SUBSETS}
     return out
@@ -154,15 +155,15 @@ def plot(rows: dict, names: list[str], first: int, path: Path) -> None:
     plt.close(fig)
 
 
-def read_rows(truth: dict) -> dict[str, tuple[dict, str]]:
-    """Each row's results JSON and variant, refused unless it scored the truth's subnets."""
+def read_rows(truth: dict) -> dict[str, dict]:
+    """Each row's variant as its results JSON recorded it, refused unless it scored the truth's subnets."""
     out = {}
     for label, (name, variant) in ROWS.items():
         other = load(RESULTS / name)
         check_same_subnets(truth, other, name)
         if variant not in other.get("variants", {}):
             raise Refused(f"{name} has no variant {variant!r}")
-        out[label] = (other, name)
+        out[label] = other["variants"][variant]
     return out
 
 
@@ -188,10 +189,9 @@ def main() -> int:
         ap.exit(2, f"ranking_table: {e}\n")
     subsets = subset_indices(truth)
     rows = {}
-    for label, (other, name) in sources.items():
-        v = other["variants"][ROWS[label][1]]
-        rows[label] = {"source": name, "variant": ROWS[label][1], "steps": v["steps"],
-                       **judged(v["scores"], runs, subsets)}
+    for label, v in sources.items():
+        name, variant = ROWS[label]
+        rows[label] = {"source": name, "variant": variant, "steps": v["steps"], **judged(v["scores"], runs, subsets)}
     for proxy, label in (("macs", "MACs alone"), ("params", "params alone")):
         rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets)
     held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}
