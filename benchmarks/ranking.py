@@ -79,6 +79,7 @@ needs data on which these architectures differ when trained out.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -119,6 +120,9 @@ VARIANTS = {
     "entangled_sandwich": ["space.weight_sharing=entangled", "strategy=sandwich"],
     "entangled_sandwich_transform": ["space.weight_sharing=entangled", "space.kernel_transform=true",
                                      "strategy=sandwich"],
+    # the random archs drawn inside the search band (largest and smallest as before)
+    "entangled_sandwich_band": ["space.weight_sharing=entangled", "strategy=sandwich",
+                                "sandwich.random_macs_min={band_lo}", "sandwich.random_macs_max={band_hi}"],
 }
 BATCH = 64
 
@@ -135,9 +139,15 @@ def data_cfg(a) -> dict:
     return {**DATA, "num_train": a.num_train, **({"difficulty": a.difficulty} if a.difficulty != "standard" else {})}
 
 
+def overrides(a, variant: str) -> list[str]:
+    """``variant``'s config overrides, the search band (``--budget`` +- 15 %, millions) filled in."""
+    budget = search_budget(a.budget) / 1e6
+    return [o.format(band_lo=round(0.85 * budget, 4), band_hi=round(1.15 * budget, 4)) for o in VARIANTS[variant]]
+
+
 def supernet_cfg(a, variant: str, seed: int) -> SupernetConfig:
     sets = [f"space.{k}={json.dumps(v)}" for k, v in SPACE.items()] + [f"data.{k}={v}" for k, v in data_cfg(a).items()]
-    sets += [f"data.path={a.data}", f"run.seed={seed}", f"sandwich.num_random={a.num_random}", *VARIANTS[variant]]
+    sets += [f"data.path={a.data}", f"run.seed={seed}", f"sandwich.num_random={a.num_random}", *overrides(a, variant)]
     return load_config(SupernetConfig, None, sets)
 
 
@@ -155,12 +165,20 @@ def ensure_data(a) -> None:
         raise SystemExit(2) from None
 
 
+@functools.lru_cache
+def search_budget(millions: float) -> float:
+    """The search's MACs budget, the band's centre: ``--budget``, or the median of 2,000 random archs."""
+    if millions:
+        return millions * 1e6
+    space, rng = build_space(from_dict(SpaceConfig, SPACE)), np.random.default_rng(1234)
+    return float(np.median([space.macs(space.sample(rng)) for _ in range(2000)]))
+
+
 def subnets(a) -> tuple[list, list[str], float]:
     """(arch JSON list, group of each: stratified / band, the band's centre in MACs)."""
     space = build_space(from_dict(SpaceConfig, SPACE))
     lo, hi = space.macs_range()
-    rng = np.random.default_rng(1234)
-    budget = a.budget * 1e6 if a.budget else float(np.median([space.macs(space.sample(rng)) for _ in range(2000)]))
+    budget = search_budget(a.budget)
     archs, groups, seen = [], [], set()
 
     def add(arch, group: str) -> bool:
@@ -592,7 +610,7 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
             if "val_losses" in r:
                 p["loss_as_score_kendall_tau"] = round(kendall_tau([-x for x in r["val_losses"]], target), 4)
         taus = [p["kendall_tau"] for p in per_seed]
-        out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "overrides": VARIANTS[v],
+        out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "overrides": overrides(a, v),
                               "seeds": per_seed,
                               "scores": [r["scores"] for r in runs],
                               **means(per_seed, ("kendall_tau", "band_kendall_tau", "stratified_kendall_tau")),
@@ -786,7 +804,7 @@ def supernet_scores(a, old: dict, source: str) -> dict:
     return {f"sn_{v}_s{s}_{r['steps']}": {"steps": r["steps"], "scores": scores,
                                           "train_seconds": r["seeds"][s]["train_seconds"], "from": source}
             for v, r in old.get("variants", {}).items()
-            if v in a.variants and r.get("overrides", VARIANTS[v]) == VARIANTS[v]
+            if v in a.variants and r.get("overrides", VARIANTS[v]) == overrides(a, v)
             for s, scores in enumerate(r["scores"])}
 
 

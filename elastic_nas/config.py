@@ -281,9 +281,18 @@ class SandwichConfig:
 
     num_random: int = 2  # random archs per step beside the largest and the smallest
     distill: bool = True  # in-place distillation: all but the largest learn the largest's soft predictions
+    # MACs range of the random archs, in millions (0 = sampling's range): e.g. the search's band,
+    # so the archs the search compares get the random paths' updates
+    random_macs_min: float = 0.0
+    random_macs_max: float = 0.0
 
     def validate(self, prefix: str) -> None:
         _non_negative(self.num_random, f"{prefix}.num_random")
+        _non_negative(self.random_macs_min, f"{prefix}.random_macs_min")
+        _non_negative(self.random_macs_max, f"{prefix}.random_macs_max")
+        if self.random_macs_max and self.random_macs_min > self.random_macs_max:
+            raise ConfigError(f"{prefix}.random_macs_min",
+                              f"random_macs_min ({self.random_macs_min}) > random_macs_max ({self.random_macs_max})")
 
 
 @dataclass

@@ -33,10 +33,12 @@ def test_job_config_loads_with_overrides():
         ("elastic.min_workers=3", "min_workers (3) > max_workers (2)"),
         ("elastic.per_worker_batch=0", "must be > 0"),
         ("sampling.flops_min=50", "flops_min (50.0) > flops_max (10.0)"),
+        ("sandwich.random_macs_min=50", "random_macs_min (50.0) > random_macs_max (10.0)"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
-    extra = ["sampling.flops_max=10"] if "flops_min" in override else []
+    extra = {"sampling.flops_min": ["sampling.flops_max=10"],
+             "sandwich.random_macs_min": ["sandwich.random_macs_max=10"]}.get(override.split("=")[0], [])
     with pytest.raises(ConfigError) as e:
         load_config(SupernetConfig, None, extra + [override])
     assert fragment in str(e.value)

@@ -46,6 +46,27 @@ def test_sandwich_trains_largest_smallest_and_seeded_random_archs_within_the_mac
         space.extreme_arch(True, 0, lo * 0.5)
 
 
+def test_sandwich_draws_its_random_archs_from_their_own_macs_range(tmp_path):
+    """``sandwich.random_macs_*`` (the search's band) bounds the random archs only: largest and
+    smallest stay the whole space's, and a resumed run without the setting keeps its fingerprint."""
+    space = build_space(cfg(tmp_path).space)
+    lo, hi = space.macs_range()
+    band = (lo + 0.4 * (hi - lo), lo + 0.5 * (hi - lo))
+    plain = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=2")).strategy
+    banded = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=2",
+                                     f"sandwich.random_macs_min={band[0] / 1e6}",
+                                     f"sandwich.random_macs_max={band[1] / 1e6}")).strategy
+    assert plain.fingerprint() == {"sandwich": {"num_random": 2, "distill": True}}
+    assert banded.fingerprint()["sandwich"]["random_macs"] == [band[0] / 1e6, band[1] / 1e6]
+    for step in range(20):
+        archs = banded.archs(step)
+        assert archs[:2] == plain.archs(step)[:2] and archs == banded.archs(step)
+        assert space.macs(archs[0]) == hi and space.macs(archs[1]) == lo
+        assert all(band[0] - 1 <= space.macs(a) <= band[1] + 1 for a in archs[2:])
+    with pytest.raises(ArchError):  # a range outside the space fails before any work starts
+        SandwichStrategy.check(cfg(tmp_path, "strategy=sandwich", f"sandwich.random_macs_min={2 * hi / 1e6}"), space)
+
+
 def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
     task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1"))
     strategy, model = task.strategy, task.model

@@ -5,7 +5,9 @@ and ``sandwich.num_random`` random archs on the largest arch's detached soft pre
 (KL to them; in-place distillation: the teacher is the supernet itself, this very step).
 Largest and smallest are taken within the configured MACs range (``sampling.flops_min`` /
 ``flops_max``); the random archs come from the same per-step arch sampler as SPOS, so
-every arch of step t is a function of (seed, t). The step accumulates the gradients of
+every arch of step t is a function of (seed, t). ``sandwich.random_macs_min`` / ``max`` draw
+the random archs from another MACs range (the search's band, say) while largest and smallest
+stay the sampling range's. The step accumulates the gradients of
 all archs before one all-reduce and one optimizer step; the per-step sample count stays
 the batch, and the extra archs are extra compute.
 
@@ -15,12 +17,14 @@ shared tensors, but runs on independent weights too.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from elastic_nas.spaces.base import Arch, SearchSpace
 from elastic_nas.train.losses import kd_per_sample
-from elastic_nas.train.strategies.base import SupernetStrategy
+from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
 
 
 class SandwichStrategy(SupernetStrategy):
@@ -29,6 +33,7 @@ class SandwichStrategy(SupernetStrategy):
     def __init__(self, cfg, space: SearchSpace, model, splits):
         super().__init__(cfg, space, model, splits)
         self.largest, self.smallest = self.sandwich_bounds(space, self.arch_sampler)
+        self.random_sampler = self.make_random_sampler(cfg, space, self.arch_sampler)
         self.num_random = cfg.sandwich.num_random
         self.distill = cfg.sandwich.distill
         self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
@@ -39,17 +44,29 @@ class SandwichStrategy(SupernetStrategy):
         hi = arch_sampler.hi if arch_sampler.constrained else 0.0
         return space.extreme_arch(True, lo, hi), space.extreme_arch(False, lo, hi)
 
+    @staticmethod
+    def make_random_sampler(cfg, space: SearchSpace, arch_sampler: ArchSampler) -> ArchSampler:
+        """The random archs' sampler: the arch sampler, or one bounded to ``random_macs_*``."""
+        lo, hi = cfg.sandwich.random_macs_min, cfg.sandwich.random_macs_max
+        if not lo and not hi:
+            return arch_sampler
+        return ArchSampler(space, replace(cfg.sampling, method="uniform", flops_min=lo, flops_max=hi), cfg.run.seed)
+
     @classmethod
     def check(cls, cfg, space: SearchSpace) -> None:
         arch_sampler = cls.make_arch_sampler(cfg, space)
         arch_sampler(0)
         cls.sandwich_bounds(space, arch_sampler)
+        cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
 
     def fingerprint(self) -> dict:
-        return {"sandwich": {"num_random": self.num_random, "distill": self.distill}}
+        out = {"num_random": self.num_random, "distill": self.distill}
+        if self.random_sampler is not self.arch_sampler:  # named only when set: older checkpoints resume
+            out["random_macs"] = [self.cfg.sandwich.random_macs_min, self.cfg.sandwich.random_macs_max]
+        return {"sandwich": out}
 
     def archs(self, step: int) -> list[Arch]:
-        return [self.largest, self.smallest] + [self.arch_sampler(step, stream=i + 1) for i in range(self.num_random)]
+        return [self.largest, self.smallest] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
 
     def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
         logits = forward(x, arch)
