@@ -55,9 +55,11 @@ ROWS = {
                                                                            "entangled_sandwich"),
     "the same, 14 epochs (`--set supernet.optim.epochs=14`)": ("ranking_t2000_s3_nr1_cl_steps3938.json",
                                                                 "entangled_sandwich"),
+    "the pipeline's, its random archs drawn in the search band (`sandwich.random_macs_min/max`)": (
+        "ranking_t2000_s7_nr1_cl_band_steps1970.json", "entangled_sandwich_band"),
 }
 # --plot's names for the rankers it can draw
-PLOTTED = {"macs": "MACs alone", "pipeline": list(ROWS)[-2], "14 epochs": list(ROWS)[-1],
+PLOTTED = {"macs": "MACs alone", "pipeline": list(ROWS)[-3], "14 epochs": list(ROWS)[-2],
            "40 min": "sandwich (1 random), 40 min of a faster machine"}
 # the truth recipe a row's scores must have been judged against (the same subnets, data and training)
 SAME = ("truth_steps", "batch", "space", "data")
