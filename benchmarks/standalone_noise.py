@@ -11,6 +11,9 @@ A view whose within-subnet SD is half the trained one's would make a 3-seed trut
         --subnets 24,25,26,27,28,29 --seeds 2
     python benchmarks/standalone_noise.py --from ... --subnets 24 --seeds 2 --ema "" --calib-images 0 \\
         --curve-every 100 --name standalone_noise_curves    # where two runs part ways
+    python benchmarks/standalone_noise.py --from ... --subnets 24,25,26,27,28,29 --seeds 3 --ema "" \\
+        --calib-images 0 --channels-last --lr 0.05 --control benchmarks/results/standalone_noise_control_cl.json
+        # a recipe probe against the truth's recipe run here (the control: the same command without --lr)
 
 Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
 is the truth's own reading; the JSON sets it beside the ranking JSON's recorded top-1 of that
@@ -78,20 +81,31 @@ def figures(top1: dict[str, np.ndarray], seed: int = 0, resamples: int = 2000) -
     return out
 
 
-def against_recorded(final: np.ndarray, recorded: np.ndarray, seed: int = 0, resamples: int = 2000) -> dict:
-    """This run's ``final`` reading against the truth's recorded runs of the same subnets (all
-    their seeds): pooled SD and mean, and the SD ratio with a bootstrap 95 % CI over subnets. What
-    a recipe probe (``--warmup``, ``--lr``) is judged on: less seed noise at a similar spread."""
+def set_against(final: np.ndarray, other: np.ndarray, name: str, seed: int = 0, resamples: int = 2000) -> dict:
+    """This run's ``final`` reading against ``other`` runs of the same subnets (rows; any seeds):
+    pooled SD and mean, and the SD ratio with a bootstrap 95 % CI over subnets. What a recipe probe
+    (``--warmup``, ``--lr``) is judged on: less seed noise at a similar spread between subnets."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(final), size=(resamples, len(final)))
-    ratios = [pooled_sd(final[i]) / pooled_sd(recorded[i]) for i in idx if pooled_sd(recorded[i]) > 0]
-    return {"recorded_seeds": recorded.shape[1], "recorded_pooled_sd": round(pooled_sd(recorded), 3),
-            "recorded_mean_top1": round(float(recorded.mean()), 2), "pooled_sd": round(pooled_sd(final), 3),
+    ratios = [pooled_sd(final[i]) / pooled_sd(other[i]) for i in idx if pooled_sd(other[i]) > 0]
+    return {f"{name}_seeds": other.shape[1], f"{name}_pooled_sd": round(pooled_sd(other), 3),
+            f"{name}_mean_top1": round(float(other.mean()), 2), "pooled_sd": round(pooled_sd(final), 3),
             "mean_top1": round(float(final.mean()), 2),
-            "sd_ratio": round(pooled_sd(final) / pooled_sd(recorded), 3),
+            "sd_ratio": round(pooled_sd(final) / pooled_sd(other), 3),
             "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios, [2.5, 97.5])],
             "subnet_means_sd": round(float(final.mean(1).std(ddof=1)), 3),
-            "recorded_subnet_means_sd": round(float(recorded.mean(1).std(ddof=1)), 3)}
+            f"{name}_subnet_means_sd": round(float(other.mean(1).std(ddof=1)), 3)}
+
+
+def control_runs(path: str, subnets: list[int], seeds: int, steps: int) -> np.ndarray:
+    """The ``final`` top-1 of a control run (another ``standalone_noise`` JSON of the same subnets,
+    seeds and steps, normally the truth's recipe on this machine): the fair baseline for a recipe
+    probe, since the truth's recorded seeds ran on other machines and layouts."""
+    control = json.loads(Path(path).read_text())
+    if (control["subnets"], control["seeds"], control["truth_steps"]) != (subnets, seeds, steps):
+        raise ValueError(f"{path} ran subnets {control['subnets']}, {control['seeds']} seeds, "
+                         f"{control['truth_steps']} steps; this run {subnets}, {seeds}, {steps}")
+    return np.array(control["top1"]["final"], dtype=float)
 
 
 def plot_curves(curves: list, subnets: list[int], path: Path) -> None:
@@ -125,6 +139,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=-1, help="LR warm-up steps (default: the truth's, steps / 20)")
     ap.add_argument("--lr", type=float, default=0.0, help="peak LR (default: the JSON's truth LR)")
     ap.add_argument("--channels-last", action="store_true", help="train in fp32 channels_last (same math, faster)")
+    ap.add_argument("--control", default="", metavar="JSON",
+                    help="a standalone_noise JSON of the same subnets and seeds (the truth's recipe here) to set this run against")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "elastic-nas" / "standalone-noise"))
     ap.add_argument("--name", default="standalone_noise")
@@ -140,6 +156,10 @@ def main() -> None:
     steps, lr, batch = a.steps or ranking["truth_steps"], a.lr or ranking["settings"]["truth_lr"], ranking["batch"]
     warmup = steps // 20 if a.warmup < 0 else a.warmup
     truth_recipe = (steps, lr, warmup) == (ranking["truth_steps"], ranking["settings"]["truth_lr"], steps // 20)
+    try:
+        control = control_runs(a.control, a.subnets, a.seeds, steps) if a.control else None
+    except (OSError, ValueError, KeyError) as e:
+        ap.exit(2, f"standalone_noise: --control: {e}\n")
     Path(a.work).mkdir(parents=True, exist_ok=True)
     jobs = [(a.work, settings, s["arch"], seed, steps, lr, batch, a.ema, a.calib_images, a.curve_every, warmup,
              a.channels_last)
@@ -159,8 +179,10 @@ def main() -> None:
            # the same recipe and seeds, another run where another CPU type recorded it
            "final_vs_recorded_max_abs_diff": (round(float(np.nanmax(np.abs(top1["final"] - recorded))), 3)
                                               if truth_recipe else None),
-           "against_recorded": against_recorded(top1["final"], np.array([s["test_top1_seeds"] for s in subnets],
-                                                                        dtype=float)),
+           "against_recorded": set_against(top1["final"], np.array([s["test_top1_seeds"] for s in subnets],
+                                                                   dtype=float), "recorded"),
+           **({"control": a.control, "against_control": set_against(top1["final"], control, "control")}
+              if control is not None else {}),
            "views": figures(top1), "run_seconds": [r["seconds"] for r in results],
            "wall_seconds": round(time.time() - t0, 1)}
     for v, f in out["views"].items():
@@ -170,6 +192,11 @@ def main() -> None:
     print(f"against the truth's {r['recorded_seeds']} recorded seeds: pooled SD {r['pooled_sd']:.2f} vs "
           f"{r['recorded_pooled_sd']:.2f} (ratio {r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-"
           f"{r['sd_ratio_ci95'][1]:.2f}); mean {r['mean_top1']:.2f} vs {r['recorded_mean_top1']:.2f}")
+    if control is not None:
+        r = out["against_control"]
+        print(f"against the control {a.control}: pooled SD {r['pooled_sd']:.2f} vs {r['control_pooled_sd']:.2f} "
+              f"(ratio {r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-{r['sd_ratio_ci95'][1]:.2f}); "
+              f"mean {r['mean_top1']:.2f} vs {r['control_mean_top1']:.2f}")
     if a.curve_every:
         plot_curves(out["curves"], a.subnets, RESULTS / f"{a.name}.png")
     write_result(a.name, out)
