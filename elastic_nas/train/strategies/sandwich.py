@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from elastic_nas.errors import ArchError, ConfigError
 from elastic_nas.spaces.base import Arch, SearchSpace
 from elastic_nas.train.losses import kd_per_sample
 from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
@@ -57,7 +58,10 @@ class SandwichStrategy(SupernetStrategy):
         arch_sampler = cls.make_arch_sampler(cfg, space)
         arch_sampler(0)
         cls.sandwich_bounds(space, arch_sampler)
-        cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
+        try:
+            cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
+        except ArchError as e:  # name the setting that asked for the impossible range
+            raise ConfigError("sandwich.random_macs_min", str(e)) from None
 
     def fingerprint(self) -> dict:
         out = {"num_random": self.num_random, "distill": self.distill}
