@@ -120,6 +120,8 @@ VARIANTS = {
     "entangled_sandwich": ["space.weight_sharing=entangled", "strategy=sandwich"],
     "entangled_sandwich_transform": ["space.weight_sharing=entangled", "space.kernel_transform=true",
                                      "strategy=sandwich"],
+    # the sandwich without in-place distillation: every arch on the labels (the ablation)
+    "entangled_sandwich_labels": ["space.weight_sharing=entangled", "strategy=sandwich", "sandwich.distill=false"],
     # the random archs drawn inside the search band (largest and smallest as before)
     "entangled_sandwich_band": ["space.weight_sharing=entangled", "strategy=sandwich",
                                 "sandwich.random_macs_min={band_lo}", "sandwich.random_macs_max={band_hi}"],
