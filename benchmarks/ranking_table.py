@@ -57,6 +57,8 @@ ROWS = {
                                                                 "entangled_sandwich"),
     "the pipeline's, its random archs drawn in the search band (`sandwich.random_macs_min/max`)": (
         "ranking_t2000_s7_nr1_cl_band_steps1970.json", "entangled_sandwich_band"),
+    "the pipeline's without in-place distillation (`sandwich.distill: false`)": (
+        "ranking_t2000_s7_nr1_cl_labels_steps1970.json", "entangled_sandwich_labels"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",
