@@ -87,11 +87,13 @@ def set_against(final: np.ndarray, other: np.ndarray, name: str, seed: int = 0, 
     (``--warmup``, ``--lr``) is judged on: less seed noise at a similar spread between subnets."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(final), size=(resamples, len(final)))
-    ratios = [pooled_sd(final[i]) / pooled_sd(other[i]) for i in idx if pooled_sd(other[i]) > 0]
-    return {f"{name}_seeds": other.shape[1], f"{name}_pooled_sd": round(pooled_sd(other), 3),
-            f"{name}_mean_top1": round(float(other.mean()), 2), "pooled_sd": round(pooled_sd(final), 3),
+    pairs = [(pooled_sd(final[i]), pooled_sd(other[i])) for i in idx]
+    ratios = [f / o for f, o in pairs if o > 0]
+    sd, other_sd = pooled_sd(final), pooled_sd(other)
+    return {f"{name}_seeds": other.shape[1], f"{name}_pooled_sd": round(other_sd, 3),
+            f"{name}_mean_top1": round(float(other.mean()), 2), "pooled_sd": round(sd, 3),
             "mean_top1": round(float(final.mean()), 2),
-            "sd_ratio": round(pooled_sd(final) / pooled_sd(other), 3),
+            "sd_ratio": round(sd / other_sd, 3),
             "sd_ratio_ci95": [round(float(q), 3) for q in np.percentile(ratios, [2.5, 97.5])],
             "subnet_means_sd": round(float(final.mean(1).std(ddof=1)), 3),
             f"{name}_subnet_means_sd": round(float(other.mean(1).std(ddof=1)), 3)}
@@ -188,15 +190,13 @@ def main() -> None:
     for v, f in out["views"].items():
         print(f"{v:10s} mean {f['mean_top1']:6.2f}  pooled SD {f['pooled_sd']:.2f}  ratio {f['sd_ratio_to_final']:.2f} "
               f"(CI {f['sd_ratio_ci95'][0]:.2f}-{f['sd_ratio_ci95'][1]:.2f})")
-    r = out["against_recorded"]
-    print(f"against the truth's {r['recorded_seeds']} recorded seeds: pooled SD {r['pooled_sd']:.2f} vs "
-          f"{r['recorded_pooled_sd']:.2f} (ratio {r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-"
-          f"{r['sd_ratio_ci95'][1]:.2f}); mean {r['mean_top1']:.2f} vs {r['recorded_mean_top1']:.2f}")
-    if control is not None:
-        r = out["against_control"]
-        print(f"against the control {a.control}: pooled SD {r['pooled_sd']:.2f} vs {r['control_pooled_sd']:.2f} "
-              f"(ratio {r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-{r['sd_ratio_ci95'][1]:.2f}); "
-              f"mean {r['mean_top1']:.2f} vs {r['control_mean_top1']:.2f}")
+    baselines = {"recorded": f"the truth's {out['against_recorded']['recorded_seeds']} recorded seeds",
+                 "control": f"the control {a.control}"}
+    for name, label in baselines.items():
+        if r := out.get(f"against_{name}"):
+            print(f"against {label}: pooled SD {r['pooled_sd']:.2f} vs {r[f'{name}_pooled_sd']:.2f} (ratio "
+                  f"{r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-{r['sd_ratio_ci95'][1]:.2f}); "
+                  f"mean {r['mean_top1']:.2f} vs {r[f'{name}_mean_top1']:.2f}")
     if a.curve_every:
         plot_curves(out["curves"], a.subnets, RESULTS / f"{a.name}.png")
     write_result(a.name, out)
