@@ -32,6 +32,11 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    in bf16 autocast + channels_last (the evaluator's fast setting: 3.2x fp32 on an AMX CPU,
    ``gpu_check.py``), ranked beside the fp32 scores; with BN recalibrated on each given
    number of train images, so the recalibration size is measured at bf16's cost.
+7. **More scoring images** (``--score-images N``). Each trained supernet scores the subnets
+   again on search_val and then on blocks of as many fresh synthetic images (the train stream
+   past ``--num-train``, never trained on), N in all: tau by the number of images, top-1 and
+   loss as the score, and on each block alone, so the scoring images' share of a supernet's
+   ranking noise is measured.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. A job
@@ -79,6 +84,7 @@ needs data on which these architectures differ when trained out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -406,6 +412,92 @@ def bf16_rescores(a, work: Path, variants, archs, target, subsets, results, step
     return out, missing
 
 
+def fresh_images(a, n: int):
+    """``n`` synthetic images of the train stream past ``--num-train``'s chunks: the same
+    distribution, never trained on nor in search_val or test (each chunk is seeded by its index,
+    so chunks past the last one the train set touches are new)."""
+    from elastic_nas.data.base import ArrayStore, Split
+    from elastic_nas.data.synthetic import _CHUNK, SYNTHETIC_MEAN, SYNTHETIC_STD, generate
+
+    start = -(-a.num_train // _CHUNK) * _CHUNK
+    images, labels = generate(start + n, 0, "train", a.difficulty)
+    ids = np.arange(start, start + n)
+    return Split(ArrayStore(images[start:]), np.arange(n), ids, labels[start:], SPACE["input_size"],
+                 SYNTHETIC_MEAN, SYNTHETIC_STD, name="fresh")
+
+
+def more_images(a, variant: str, seed: int, steps: int, archs: list, total: int) -> dict:
+    """Every subnet scored on a trained supernet as the search scores it, once on its
+    ``--val-images`` search_val images and once per further block of as many fresh images, up
+    to ``total``: top-1 and loss per block, so the ranking is read at any number of images."""
+    from elastic_nas.data import build_dataset
+
+    cfg = supernet_cfg(a, variant, seed)
+    space, model = trained_supernet(a, variant, seed, steps)
+    data = eval_data(build_dataset(cfg.data, cfg.space.input_size), a.calib_images, a.val_images, 0,
+                     channels_last=a.channels_last)
+    fresh_x, fresh_y, _ = fresh_images(a, total - a.val_images).get_batch(np.arange(total - a.val_images))
+    blocks = [data] + [dataclasses.replace(data, val_x=fresh_x[i:i + a.val_images].numpy(),
+                                           val_y=fresh_y[i:i + a.val_images].numpy())
+                       for i in range(0, total - a.val_images, a.val_images)]
+    evals = [[evaluate_arch(model, space.validate(arch), b) for b in blocks] for arch in archs]
+    return {"block_images": [len(b.val_y) for b in blocks],
+            "top1": [[e["accuracy"] for e in row] for row in evals],
+            "loss": [[round(e["loss"], 5) for e in row] for row in evals]}
+
+
+def images_figures(a, variants, target, subsets, results, steps) -> dict:
+    """Kendall tau per subset of each supernet's score on the first k blocks of images (block 0:
+    search_val, as the search scores), top-1 and loss, and on each block alone: how much of a
+    supernet's ranking is its scoring images' noise."""
+    out = {"images": a.score_images, "block": a.val_images}
+    for v in variants:
+        runs = [results[score_images_key(a, v, s, steps[v])] for s in range(a.supernet_seeds)]
+        sizes = np.array(runs[0]["block_images"])
+
+        def taus(score: np.ndarray) -> dict:  # [subnet] -> tau per subset
+            return {name: round(kendall_tau(score[idx], target[idx]), 4) for name, idx in subsets.items()}
+
+        seeds = []
+        for r in runs:
+            row = {}
+            for kind, sign in (("top1", 1), ("loss", -1)):  # lower loss ranks higher
+                per_block = sign * np.array(r[kind])
+                pooled = [per_block[:, :k] @ sizes[:k] / sizes[:k].sum() for k in range(1, len(sizes) + 1)]
+                row[kind] = {"by_images": {int(sizes[:k].sum()): taus(p) for k, p in enumerate(pooled, 1)},
+                             "each_block": [taus(per_block[:, b]) for b in range(len(sizes))],
+                             "pooled": pooled[-1]}
+            seeds.append(row)
+        figures = {}
+        for kind, sign in (("top1", 1), ("loss", -1)):
+            figures[kind] = {
+                "by_images": {n: {name: round(float(np.mean([s[kind]["by_images"][n][name] for s in seeds])), 4)
+                                  for name in subsets} for n in seeds[0][kind]["by_images"]},
+                "each_block_median": {name: round(float(np.median([b[name] for s in seeds for b in s[kind]["each_block"]])), 4)
+                                      for name in subsets},
+                "each_block_range": {name: [round(f(b[name] for s in seeds for b in s[kind]["each_block"]), 4)
+                                            for f in (min, max)] for name in subsets},
+                "seeds_mean_score": taus(np.mean([s[kind]["pooled"] for s in seeds], 0))}
+            for s in seeds:  # each subnet's score over all the images (the mean loss, not negated)
+                s[kind]["pooled"] = [round(float(sign * x), 4) for x in s[kind]["pooled"]]
+        out[v] = {"seeds": seeds, **figures}
+    return out
+
+
+def score_images_key(a, variant: str, seed: int, steps: int) -> str:
+    return f"images{a.score_images}_{variant}_s{seed}_{steps}"
+
+
+def images_rescores(a, work: Path, variants, archs, target, subsets, results, steps) -> tuple[dict, list[str]]:
+    """Every trained supernet's subnets scored on ``--score-images`` images; and the jobs not done."""
+    jobs = [(work, score_images_key(a, v, s, steps[v]), more_images, a, v, s, steps[v], archs, a.score_images)
+            for v in variants for s in range(a.supernet_seeds)]
+    results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
+    scored = [v for v in variants if all(score_images_key(a, v, s, steps[v]) in results
+                                         for s in range(a.supernet_seeds))]
+    return images_figures(a, scored, target, subsets, results, steps), [j[1] for j in jobs if j[1] not in results]
+
+
 def searched(a, variant: str, steps: int, method: str, budget: float, search_seed: int = 0) -> dict:
     """The pick of ``method`` (seeded ``search_seed``) on ``variant``'s seed-0 supernet (``steps``)
     under ``budget`` MACs."""
@@ -519,6 +611,10 @@ def run(a) -> dict:
     if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
         out["bf16_channels_last"], not_scored = bf16_rescores(a, work, done, archs, truth.mean(1),
                                                               subsets_of(archs, groups, budget, space), results, steps)
+        out["missing_jobs"] += not_scored
+    if a.score_images and partial is None:
+        subsets = dict(subsets_of(archs, groups, budget, space), all=list(range(len(archs))))
+        out["score_images"], not_scored = images_rescores(a, work, done, archs, truth.mean(1), subsets, results, steps)
         out["missing_jobs"] += not_scored
     if partial is None and done and not a.no_search:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out)
@@ -733,7 +829,7 @@ def finished(a, work: Path, jobs: list[tuple]) -> list:
 
 def needs_weights(a) -> bool:
     """Whether this run uses its supernets' weights (the search, bf16 rescoring), not only their scores."""
-    return not a.no_search or a.bf16 is not None
+    return not a.no_search or a.bf16 is not None or bool(a.score_images)
 
 
 def scores_only(a, work: Path, keys: list[str], copied: set[str]) -> None:
@@ -910,6 +1006,9 @@ def main() -> None:
     ap.add_argument("--bf16", nargs="?", const="", default=None, metavar="CALIB,...",
                     help="also score every subnet on each trained supernet in bf16 + channels_last, beside fp32, "
                          "with BN recalibrated on each of these image counts (default: --calib-images)")
+    ap.add_argument("--score-images", type=int, default=0, metavar="N",
+                    help="each supernet also scores the subnets on N images: search_val's, then blocks of as "
+                         "many fresh synthetic ones (how much of its ranking is scoring noise)")
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
@@ -938,6 +1037,8 @@ def main() -> None:
     if a.quick:
         a.stratified, a.band, a.check, a.truth_steps, a.supernet_minutes = 6, 3, 4, 30, 0.2
         a.population, a.generations, a.val_images, a.calib_images, a.name = 8, 1, 200, 200, a.name + "_quick"
+    if a.score_images and (a.source != "synthetic" or a.score_images <= a.val_images):
+        ap.error("--score-images takes more than --val-images images, on the synthetic set (fresh images are generated)")
     if a.bf16 is not None:
         a.bf16 = [int(n) for n in a.bf16.split(",") if n] or [a.calib_images]
     if a.source != "synthetic" and not a.report_only:
