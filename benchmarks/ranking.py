@@ -480,6 +480,13 @@ def images_figures(a, variants, target, subsets, results, steps) -> dict:
                 "seeds_mean_score": taus(np.mean([s[kind]["pooled"] for s in seeds], 0))}
             for s in seeds:  # each subnet's score over all the images (the mean loss, not negated)
                 s[kind]["pooled"] = [round(float(sign * x), 4) for x in s[kind]["pooled"]]
+        # the loss against top-1 on the same images: per supernet seed and block, tau(loss) - tau(top-1)
+        # (the blocks of one seed share its supernet: the seeds' means are the independent figures)
+        diffs = {name: np.array([[lo[name] - t1[name] for lo, t1 in zip(s["loss"]["each_block"], s["top1"]["each_block"])]
+                                 for s in seeds]) for name in subsets}
+        figures["loss_minus_top1_each_block"] = {
+            name: {"mean": round(float(d.mean()), 4), "per_seed_mean": [round(float(x), 4) for x in d.mean(1)],
+                   "loss_ahead": int((d > 0).sum()), "of": d.size} for name, d in diffs.items()}
         out[v] = {"seeds": seeds, **figures}
     return out
 
