@@ -404,6 +404,9 @@ class EvaluatorConfig:
     candidates_per_trial: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of recalibration and scoring (statistics stay fp32)
     channels_last: bool = False  # NHWC supernet and images
+    # what orders the candidates: top-1 on the validation images, or their cross-entropy (lower
+    # first), which ranks subnets closer to stand-alone training (benchmarks/ranking.py --score-images)
+    score: Literal["top1", "loss"] = "top1"
 
     def validate(self, prefix: str) -> None:
         for key in ("calib_images", "val_images", "batch_size", "cpus_per_trial"):

@@ -15,7 +15,7 @@ from torch import nn
 from elastic_nas.config import SearchConfig, SpaceConfig, load_config
 from elastic_nas.errors import ConfigError
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, arch_key, make_generator
-from elastic_nas.search.outputs import best_per_budget, pareto_front
+from elastic_nas.search.outputs import best_per_budget, choose, pareto_front, read_choice, write_outputs
 from elastic_nas.spaces import build_space
 from elastic_nas.spaces.bn import recalibrate_bn
 
@@ -323,6 +323,33 @@ def test_pareto_front_and_budgets():
     out = best_per_budget(t, [0.5, 1.5, 5.0])
     assert out[0]["arch"] is None and out[1]["arch"] == [0] and out[2]["arch"] == [1]
     assert out[2]["budget_macs"] == 5_000_000 and out[2]["accuracy"] == 30.0
+
+
+def test_scored_by_loss_the_lowest_loss_ranks_first(tmp_path):
+    """``evaluator.score: loss``: the Pareto front, the best per budget, the choice and
+    ``retrain``'s pick by budget all take the lowest loss, not the highest top-1."""
+    t = pd.DataFrame({"arch": ["[0]", "[1]", "[2]", "[3]"], "macs": [1e6, 2e6, 2e6, 3e6], "params": [1, 2, 3, 4],
+                      "accuracy": [10.0, 30.0, 20.0, 25.0], "loss": [1.5, 1.2, 0.9, 0.8], "generation": [0] * 4})
+    assert list(pareto_front(t, score="loss")["arch"]) == ["[0]", "[2]", "[3]"]
+    assert choose(t, "loss")["arch"] == "[3]" and choose(t)["arch"] == "[1]"
+    out = best_per_budget(t, [2.5], "loss")
+    assert out[0]["arch"] == [2] and out[0]["loss"] == 0.9 and out[0]["score"] == "loss"
+    write_outputs(t, tmp_path, {"name": "spos"}, [2.5, 3.0], {}, "t", score="loss")
+    chosen = json.loads((tmp_path / "chosen_arch.json").read_text())
+    assert chosen["arch"] == [3] and chosen["score"] == "loss"
+    assert read_choice(str(tmp_path), 2.5)[1] == [2] and read_choice(str(tmp_path))[1] == [3]
+
+
+def test_searcher_on_a_min_metric_tells_the_generator_the_negated_loss():
+    from elastic_nas.search.runner import make_searcher
+
+    cfg = load_config(SearchConfig, "jobs/search.yaml", ["evaluator.score=loss", "evolution.macs_max=0"])
+    s = make_searcher(cfg, SPACE)
+    assert (s.metric, s.mode) == ("loss", "min")
+    config = s.suggest("a")
+    s.on_trial_complete("a", {"loss": 0.7, "scored": [{"loss": 0.7, "accuracy": 80.0, **config["candidates"][0]}]})
+    key = arch_key(SPACE, config["candidates"][0]["arch"])
+    assert s.generator.candidates[key].score == -0.7  # the lowest loss is the highest score
 
 
 def test_search_config_checks_name_the_key():

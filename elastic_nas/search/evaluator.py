@@ -144,7 +144,9 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
         # that per candidate cost ~1 % of a search's slot time (benchmarks/search_speed.py). After a
         # failure it keeps the scores before it: the trial is retried, and may fail again.
         if scored:
-            ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), SCORED: scored})
+            # (the batch's best of both scores: Tune checks that the searcher's metric is reported)
+            ray.tune.report({"accuracy": max(c["accuracy"] for c in scored), "loss": min(c["loss"] for c in scored),
+                             SCORED: scored})
 
 
 def candidate_results(result: dict | None) -> list[dict]:

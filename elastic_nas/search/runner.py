@@ -27,7 +27,7 @@ from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact
 from elastic_nas.search.evaluator import EvalData, Snapshot, candidate_results, eval_data, evaluate_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
-from elastic_nas.search.outputs import write_outputs
+from elastic_nas.search.outputs import SCORES, write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
 from elastic_nas.search.snapshot import pin_snapshot, to_snapshot
 from elastic_nas.spaces import build_space
@@ -107,7 +107,15 @@ def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
     constraints = Constraints(evo.macs_min * 1e6, evo.macs_max * 1e6, evo.params_min * 1e6, evo.params_max * 1e6,
                               evo.latency_min_ms, evo.latency_max_ms)
     generator = make_generator(evo.method, space, SpaceCost(space, table), constraints, settings, cfg.run.seed)
-    return GenerationSearcher(generator)
+    column, lower = SCORES[cfg.evaluator.score]
+    return GenerationSearcher(generator, metric=column, mode="min" if lower else "max")
+
+
+def shown(score: str, value: float, named: bool = True) -> str:
+    """A candidate's score as the console shows it: "top-1 67.95%" or "loss 0.8123" (not named:
+    "67.95%" or "0.8123")."""
+    text = f"{value:.2f}%" if score == "top1" else f"{value:.4f}"
+    return f"{'top-1' if score == 'top1' else 'loss'} {text}" if named else text
 
 
 def trial_dirname(trial) -> str:
@@ -159,15 +167,16 @@ class GenerationProgress:
     tables stay in its log files and TensorBoard). On s3:// the search so far is then
     published, so another machine can resume it."""
 
-    def __init__(self, budget: int, folder: RunFolder):
-        self.budget, self.folder = budget, str(folder.local)
+    def __init__(self, budget: int, folder: RunFolder, score: str = "top1"):
+        self.budget, self.folder, self.score = budget, str(folder.local), score
         _FOLDERS[self.folder] = folder
 
     def __call__(self, generator, candidates: int, seconds: float) -> None:
         done = len(generator.evaluated())
         best = generator.top(1)
         line = f"elastic-nas: generation {generator.generation}: {done}/{self.budget} candidates"
-        line += f", best top-1 {best[0].score:.2f}%" if best else ", no score yet"
+        lower = SCORES[self.score][1]  # the generator maximises: a loss comes back negated
+        line += f", best {shown(self.score, -best[0].score if lower else best[0].score)}" if best else ", no score yet"
         rate = candidates / max(seconds, 1e-9)
         if done < self.budget:
             line += f" ({rate:.2f} candidates/s, about {(self.budget - done) / rate:.0f}s left)"
@@ -205,7 +214,7 @@ def run_search(cfg: SearchConfig) -> dict:
           f"{ckpt.meta.get('source')} (step {ckpt.meta.get('step')}); up to {budget} candidates, "
           f"{len(data.calib_x)} calibration / {len(data.val_x)} validation images, {batching}; "
           f"outputs in {folder.show(out_dir)}", flush=True)
-    searcher.on_generation = GenerationProgress(budget, folder)
+    searcher.on_generation = GenerationProgress(budget, folder, cfg.evaluator.score)
     grid = run_tune(cfg, searcher, snapshot, data, out_dir / TUNE_DIR)
     table = results_table(grid)
     if not len(table):
@@ -213,17 +222,21 @@ def run_search(cfg: SearchConfig) -> dict:
     extra = {"method": cfg.evolution.method, "snapshot": ckpt.meta.get("source"),
              "snapshot_step": ckpt.meta.get("step"), "search": folder.show(out_dir)}
     title = f"{cfg.evolution.method} search: {len(table)} candidates ({space_cfg.name})"
+    score = cfg.evaluator.score
     outputs = {k: folder.show(v) for k, v in write_outputs(table, out_dir, to_dict(space_cfg), cfg.budgets,
-                                                           extra, title).items()}
+                                                           extra, title, score).items()}
     folder.publish()
     outputs["tensorboard"] = f"tensorboard --logdir {out_dir / TUNE_DIR}"
     outputs["search"] = folder.show(out_dir)
-    failed = int(table["accuracy"].isna().sum())
+    column, lower = SCORES[score]
+    failed = int(table[column].isna().sum())
+    best = table[column].min() if lower else table[column].max()
     outputs["summary"] = (f"{len(table)} candidates evaluated ({failed} failed) of a budget of {budget}; "
-                          f"best top-1 {table['accuracy'].max():.2f}%")
+                          f"best {shown(score, best)}")
     # Generation 0 is random legal archs: did the search find better than chance under the same bounds?
-    random = table.loc[table["generation"] == 0, "accuracy"].dropna()
-    outputs["search score"] = (f"chosen {table['accuracy'].max():.2f}% vs {random.median():.2f}% for the median of "
+    random = table.loc[table["generation"] == 0, column].dropna()
+    outputs["search score"] = (f"chosen {shown(score, best, named=score != 'top1')} vs "
+                               f"{shown(score, random.median(), named=False)} for the median of "
                                f"{len(random)} random archs under the same bounds")
     print_outputs("search outputs:", outputs)
     if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):

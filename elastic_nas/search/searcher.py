@@ -67,13 +67,14 @@ class GenerationSearcher(Searcher):
     ``candidates_per_trial``: the batch a trial evaluates at most (0: sized from the first
     reported evaluation time to last about ``trial_seconds``); ``slots``: the evaluators that
     run at once, so a generation is split into at least that many batches (0: none yet, an
-    autoscaler adds them for the pending trials).
+    autoscaler adds them for the pending trials). ``metric`` / ``mode``: the reported value
+    that orders the candidates, "accuracy" / "max" or "loss" / "min".
     """
 
     def __init__(self, generator: _Generator, metric: str = "accuracy", mode: str = "max",
                  candidates_per_trial: int = 1, slots: int = 1, trial_seconds: float = TRIAL_SECONDS):
-        if mode != "max":
-            raise ValueError("the generators maximise their score; pass mode='max'")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         super().__init__(metric=metric, mode=mode)
         self.generator = generator
         self.candidates_per_trial = max(0, candidates_per_trial)
@@ -117,7 +118,8 @@ class GenerationSearcher(Searcher):
         for cand in scored:
             key = self._key(cand)
             if key is not None:
-                self.generator.tell(key, _score(cand.get(self.metric)))
+                value = _score(cand.get(self.metric))  # the generators maximise: a "min" metric negated
+                self.generator.tell(key, value if value is None or self.mode == "max" else -value)
         if not self.candidates_per_trial and scored and scored[0].get("eval_s"):
             self.candidates_per_trial = max(1, round(self.trial_seconds / scored[0]["eval_s"]))
 
