@@ -366,3 +366,4 @@ def test_search_config_checks_name_the_key():
                                                        "latency_table=t.json"])
     cfg = load_config(SearchConfig, "jobs/search.yaml", [])
     assert cfg.space is None and cfg.evolution.population == 32 and cfg.evaluator.candidates_per_trial == 0
+    assert cfg.evaluator.score == "loss"  # the laptop search orders by loss: it ranks the band better

@@ -57,7 +57,9 @@ def search_args(tmp_path: Path, data_dir: Path, snapshot: Path, **extra) -> list
         "evolution.population": 6, "evolution.top_k": 3, "evolution.generations": 2,
         "evolution.mutation_children": 2, "evolution.crossover_children": 2,
         "evaluator.calib_images": 200, "evaluator.val_images": 200, "evaluator.batch_size": 100,
-        "budgets": "[2.2, 2.5, 3.0]", "evolution.macs_max": 0, **extra,
+        "budgets": "[2.2, 2.5, 3.0]", "evolution.macs_max": 0,
+        "evaluator.score": "top1",  # jobs/search.yaml scores by loss; one test below keeps it
+        **extra,
     }
     args = ["search", "--config", "jobs/search.yaml"]
     for k, v in sets.items():
