@@ -146,3 +146,32 @@ def test_truth_ceiling_rises_with_truth_seeds_and_sees_the_baseline_through_the_
     rows = truth_ceiling(runs, runs.mean(1), (3, 12), draws=40, resamples=100)
     assert all(r["baseline_kendall_tau"] == r["oracle_kendall_tau"] and r["share_ci_low_above_baseline"] == 0.0
                for r in rows)
+
+
+def test_score_images_figures_rank_a_lower_loss_higher_and_pool_blocks_by_size(monkeypatch):
+    """``ranking.py --score-images``: the figures behind "the loss ranks the band better". A loss
+    that falls as the truth rises ranks perfectly (lower loss first); pooling the first k blocks
+    weighs each by its images; loss minus top-1 is paired per seed and block."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setattr(sys, "argv", ["ranking.py"])
+    import ranking
+
+    target = np.arange(6, dtype=float)  # subnet 5 is the best
+    a = SimpleNamespace(score_images=300, val_images=100, supernet_seeds=2)
+    # top-1: block 0 reversed, blocks 1-2 right, so one block alone is -1 and all three pooled are +1
+    top1 = np.stack([-target, target, target], 1) * 10
+    loss = np.stack([-target] * 3, 1) + 5.0  # lower for the better subnets, every block
+    results = {ranking.score_images_key(a, "v", s, 7): {"block_images": [100, 100, 100], "top1": top1.tolist(),
+                                                         "loss": loss.tolist()} for s in range(2)}
+    subsets = {"all": list(range(6)), "band": [3, 4, 5]}
+    out = ranking.images_figures(a, ["v"], target, subsets, results, {"v": 7})["v"]
+    assert out["loss"]["by_images"][100] == {"all": 1.0, "band": 1.0}
+    assert out["top1"]["by_images"][100]["all"] == -1.0 and out["top1"]["by_images"][300]["all"] == 1.0
+    assert out["top1"]["each_block_range"]["all"] == [-1.0, 1.0]
+    diff = out["loss_minus_top1_each_block"]["all"]
+    assert diff["mean"] == pytest.approx(2 / 3, abs=1e-4) and (diff["loss_ahead"], diff["of"]) == (2, 6)
+    assert out["seeds"][0]["loss"]["pooled"] == pytest.approx(list(loss.mean(1)))  # the mean loss, not negated
