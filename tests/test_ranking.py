@@ -152,12 +152,10 @@ def test_score_images_figures_rank_a_lower_loss_higher_and_pool_blocks_by_size(m
     """``ranking.py --score-images``: the figures behind "the loss ranks the band better". A loss
     that falls as the truth rises ranks perfectly (lower loss first); pooling the first k blocks
     weighs each by its images; loss minus top-1 is paired per seed and block."""
-    import sys
     from pathlib import Path
     from types import SimpleNamespace
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    monkeypatch.setattr(sys, "argv", ["ranking.py"])
     import ranking
 
     target = np.arange(6, dtype=float)  # subnet 5 is the best
