@@ -711,18 +711,28 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
         runs = [results[f"sn_{v}_s{s}_{steps[v]}"] for s in range(a.supernet_seeds)]
         per_seed = [dict(seed_report(r["scores"], target, subsets), mean_score=round(float(np.mean(r["scores"])), 2),
                          train_seconds=r["train_seconds"]) for r in runs]
-        for r, p in zip(runs, per_seed):  # the search_val loss as the score instead of top-1 (lower is better)
+        losses = [r["val_losses"] for r in runs if "val_losses" in r]  # older jobs kept top-1 only
+        for r, p in zip(runs, per_seed):  # the search_val loss as the score (what the laptop search orders by)
             if "val_losses" in r:
-                p["loss_as_score_kendall_tau"] = round(kendall_tau([-x for x in r["val_losses"]], target), 4)
+                neg = [-x for x in r["val_losses"]]  # lower is better
+                p["loss_as_score_kendall_tau"] = round(kendall_tau(neg, target), 4)
+                p.update({f"loss_as_score_{k}": t for k, t in subset_taus(neg, target, subsets).items()
+                          if k.endswith("kendall_tau")})
         taus = [p["kendall_tau"] for p in per_seed]
         out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "overrides": overrides(a, v),
                               "seeds": per_seed,
                               "scores": [r["scores"] for r in runs],
+                              **({"val_losses": losses} if len(losses) == len(runs) else {}),
                               **means(per_seed, ("kendall_tau", "band_kendall_tau", "stratified_kendall_tau")),
                               "kendall_tau_sd": round(float(np.std(taus, ddof=1)) if len(taus) > 1 else 0.0, 4)}
+        if len(losses) == len(runs):
+            out["variants"][v].update(means(per_seed, [f"loss_as_score_{k}" for k in
+                                                       ("kendall_tau", "band_kendall_tau", "stratified_kendall_tau")]))
         if len(runs) > 1:  # the supernet seeds' mean score as one ranker: what a second supernet would buy
             out["variants"][v]["seeds_mean_score"] = subset_taus(np.mean([r["scores"] for r in runs], 0), target,
                                                                  with_all)
+            if len(losses) == len(runs):
+                out["variants"][v]["seeds_mean_loss"] = subset_taus(-np.mean(losses, 0), target, with_all)
     if truth.shape[1] > 1:
         rankers = {"macs": [macs], "params": [params], **{v: out["variants"][v]["scores"] for v in variants}}
         out["held_out"] = held_out_figures(truth, with_all, rankers)

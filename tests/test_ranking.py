@@ -173,3 +173,24 @@ def test_score_images_figures_rank_a_lower_loss_higher_and_pool_blocks_by_size(m
     diff = out["loss_minus_top1_each_block"]["all"]
     assert diff["mean"] == pytest.approx(2 / 3, abs=1e-4) and (diff["loss_ahead"], diff["of"]) == (2, 6)
     assert out["seeds"][0]["loss"]["pooled"] == pytest.approx(list(loss.mean(1)))  # the mean loss, not negated
+
+
+def test_ranking_bias_reads_what_a_ranker_rewards_and_which_bias_goes_with_a_poor_band(monkeypatch):
+    """benchmarks/ranking_bias.py: a ranker that orders by one feature prefers it at tau 1; a
+    supernet's bias is its preference minus the truth's, and across supernets a larger bias on a
+    feature that goes with a lower band tau reads negative."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_bias
+
+    f = ranking_bias.arch_features([[5, 4], [0], [1, 3, 2], [0], [3]])  # (kernel, expansion) (7,6) (7,4) / (3,4) / (3,6) (5,6) (5,4) ...
+    assert f["depth"] == 8 and f["kernel s0"] == 7 and f["expansion s0"] == 5 and f["kernel s2"] == pytest.approx(13 / 3)
+    archs = [[[op]] for op in (0, 2, 4, 1, 3, 5)]  # kernel 3, 5, 7, then the same with expansion 6
+    features = {k: np.array([ranking_bias.arch_features(a)[k] for a in archs]) for k in ("kernel s0", "expansion s0")}
+    prefs = ranking_bias.preferences([1, 2, 3, 1, 2, 3], features, list(range(6)))  # ranks by the kernel only
+    assert prefs["kernel s0"] == pytest.approx(1.0) and prefs["expansion s0"] == pytest.approx(0.0)
+    rows = {name: {"band": {"tau": tau, "prefers": {"kernel s0": bias, "expansion s0": 0.1 * i}}}
+            for i, (name, tau, bias) in enumerate([("a", 0.4, 0.1), ("b", 0.2, 0.3), ("c", 0.0, 0.5)])}
+    across = ranking_bias.across_rows(rows, {"kernel s0": -0.1, "expansion s0": 0.0})
+    assert across["kernel s0"] == pytest.approx(-1.0) and across["expansion s0"] == pytest.approx(-1.0)

@@ -1,0 +1,179 @@
+"""What each supernet rewards: its ranking against the subnets' arch features, beside the truth's.
+
+Averaging supernet seeds does not lift the band's tau (the pipeline's six seeds: 0.28 each by the
+loss, 0.26 as one consensus), so its error inside the band is systematic, not seed noise. This reads
+every supernet's kept scores of the 36 subnets (``ranking_table.ROWS``, judged by top-1, and the runs
+of ``LOSS_ROWS``, judged by the search_val loss as the laptop search scores) and, per subset, Kendall
+tau between each arch feature (depth, each stage's mean kernel size and expansion) and the ranker's
+scores, beside the same tau for the stand-alone truth. A feature a supernet rewards more than the
+truth does is its bias; ``across_rows`` says which feature's bias goes with a poor band ranking over
+all the supernets (read with care: the band tau and the biases come from the same scores).
+
+    python benchmarks/ranking_bias.py --truth benchmarks/results/ranking_t2000_s7_nr1_cl_steps1970.json
+
+Writes ``benchmarks/results/<--name>.json`` and ``.png``, and prints the table as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from ranking_ceiling import subset_indices
+from ranking_table import ROWS, Refused, check_same_subnets, load
+
+from _common import RESULTS, write_result
+from elastic_nas.search.ranking import kendall_tau
+from elastic_nas.spaces.cream import OPS
+
+# label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
+LOSS_ROWS = {
+    "the pipeline's (1 random arch), 6 seeds on a Xeon, by the loss": ("ranking_t2000_s7_nr1_cl_images20000.json",
+                                                                       "entangled_sandwich"),
+    "largest + smallest only (no random arch), the pipeline's time, by the loss": (
+        "ranking_t2000_s7_nr0_cl_steps2760.json", "entangled_sandwich"),
+}
+SHOWN = ("kernel s0", "depth", "expansion s1")  # the features the Markdown table prints
+
+
+def arch_features(arch) -> dict[str, float]:
+    """Depth and each stage's mean kernel size and expansion of a Cream arch (op ids per stage)."""
+    out = {"depth": float(sum(len(stage) for stage in arch))}
+    for i, stage in enumerate(arch):
+        out[f"kernel s{i}"] = float(np.mean([OPS[op][0] for op in stage]))
+        out[f"expansion s{i}"] = float(np.mean([OPS[op][1] for op in stage]))
+    return out
+
+
+def preferences(score, features: dict[str, np.ndarray], idx: list[int]) -> dict[str, float]:
+    """Kendall tau between each feature and ``score`` (higher: better) on the subnets ``idx``."""
+    score = np.asarray(score, dtype=float)
+    return {name: round(kendall_tau(f[idx], score[idx]), 4) for name, f in features.items()}
+
+
+def judged(preds: list, target: np.ndarray, features: dict[str, np.ndarray], subsets: dict) -> dict:
+    """One ranker (a prediction per supernet seed): each subset's tau and feature preferences,
+    the mean over seeds, and the seeds' mean prediction (their consensus) as one ranker."""
+    preds = [np.asarray(p, dtype=float) for p in preds]
+    consensus = np.mean(preds, 0)
+    out = {}
+    for name, idx in subsets.items():
+        prefs = [preferences(p, features, idx) for p in preds]
+        out[name] = {"tau": round(float(np.mean([kendall_tau(p[idx], target[idx]) for p in preds])), 4),
+                     "consensus_tau": round(kendall_tau(consensus[idx], target[idx]), 4),
+                     "prefers": {f: round(float(np.mean([p[f] for p in prefs])), 4) for f in features}}
+    return out
+
+
+def read_rankers(truth: dict) -> dict[str, dict]:
+    """label -> {source, variant, score, steps, preds}: the top-1 rows and the loss rows whose JSON exists."""
+    out = {}
+    for label, (name, variant) in ROWS.items():
+        other = load(RESULTS / name)
+        check_same_subnets(truth, other, name)
+        v = other["variants"][variant]
+        out[label] = {"source": name, "variant": variant, "score": "top-1", "steps": v["steps"], "preds": v["scores"]}
+    for label, (name, variant) in LOSS_ROWS.items():
+        if not (RESULTS / name).exists():
+            continue
+        other = load(RESULTS / name)
+        check_same_subnets(truth, other, name)
+        v = other["variants"][variant]
+        if "val_losses" not in v:
+            raise Refused(f"{name} keeps no search_val losses (rerun its command with --report-only)")
+        out[label] = {"source": name, "variant": variant, "score": "loss", "steps": v["steps"],
+                      "preds": [[-x for x in seed] for seed in v["val_losses"]]}  # lower loss ranks higher
+    return out
+
+
+def across_rows(rows: dict, truth_prefers: dict) -> dict[str, float]:
+    """Over the supernets: Kendall tau between each feature's band bias (the supernet's preference
+    minus the truth's) and the band tau; negative: the more a supernet rewards it, the worse it ranks."""
+    taus = [r["band"]["tau"] for r in rows.values()]
+    return {f: round(kendall_tau([r["band"]["prefers"][f] - truth_prefers[f] for r in rows.values()], taus), 4)
+            for f in truth_prefers}
+
+
+def markdown(rows: dict, truth: dict) -> str:
+    head = " | ".join(f"prefers {f}: band / all" for f in SHOWN)
+    lines = [f"| ranker | score | steps | seeds | tau band (consensus) | {head} |",
+             "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in SHOWN) + " |",
+             "| **the truth** (7 stand-alone seeds' mean) | | | | | " +
+             " | ".join(f"{truth['band'][f]:+.2f} / {truth['all'][f]:+.2f}" for f in SHOWN) + " |"]
+    for label, r in rows.items():
+        prefs = " | ".join(f"{r['band']['prefers'][f]:+.2f} / {r['all']['prefers'][f]:+.2f}" for f in SHOWN)
+        lines.append(f"| {label} | {r['score']} | {r['steps']} | {r['seeds']} | {r['band']['tau']:.2f} "
+                     f"({r['band']['consensus_tau']:.2f}) | {prefs} |")
+    return "\n".join(lines)
+
+
+def plot(rows: dict, truth: dict, features: list[str], across: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    # the pipeline's supernet as the search scores it (by the loss) where that run is there
+    pipeline = rows.get(next(iter(LOSS_ROWS))) or next(r for k, r in rows.items() if k.startswith("**the pipeline's**"))
+    x = np.arange(len(features))
+    ax1.bar(x - 0.2, [truth["band"][f] for f in features], 0.4, label="the truth (stand-alone)")
+    ax1.bar(x + 0.2, [pipeline["band"]["prefers"][f] for f in features], 0.4,
+            label=f"the pipeline's supernet, by its {pipeline['score']}")
+    ax1.set_xticks(x, features, rotation=60, ha="right", fontsize=7)
+    ax1.set_ylabel("Kendall tau, feature vs ranking (band)")
+    ax1.set_title("what each ranks by, inside the band")
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.legend(fontsize=7)
+    f0 = "kernel s0"
+    for r in rows.values():
+        ax2.scatter(r["band"]["prefers"][f0] - truth["band"][f0], r["band"]["tau"],
+                    marker="o" if r["score"] == "top-1" else "s", color="C0" if r["score"] == "top-1" else "C3")
+    ax2.set_xlabel(f"supernet's band preference for {f0} minus the truth's")
+    ax2.set_ylabel("band tau (mean of supernet seeds)")
+    ax2.set_title(f"every supernet (squares: by the loss); across rows tau {across[f0]:+.2f}")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
+    ap.add_argument("--name", default="ranking_bias")
+    a = ap.parse_args()
+    try:
+        truth = load(Path(a.truth))
+        runs = np.array([s["test_top1_seeds"] for s in truth["subnets"]], dtype=float)
+        if runs.ndim != 2 or runs.shape[1] < 2:
+            raise Refused(f"{a.truth} has fewer than 2 stand-alone seeds for some subnet")
+        rankers = read_rankers(truth)
+    except KeyError as e:
+        ap.exit(2, f"ranking_bias: a results JSON lacks the field {e}\n")
+    except Refused as e:
+        ap.exit(2, f"ranking_bias: {e}\n")
+    target, subsets = runs.mean(1), subset_indices(truth)
+    feats = [arch_features(s["arch"]) for s in truth["subnets"]]
+    features = {f: np.array([x[f] for x in feats]) for f in feats[0]}
+    truth_prefers = {name: preferences(target, features, idx) for name, idx in subsets.items()}
+    rows = {label: {"source": r["source"], "variant": r["variant"], "score": r["score"], "steps": r["steps"],
+                    "seeds": len(r["preds"]), **judged(r["preds"], target, features, subsets)}
+            for label, r in rankers.items()}
+    across = across_rows(rows, truth_prefers["band"])
+    table = markdown(rows, truth_prefers)
+    print(table)
+    print("across the supernets, each feature's band bias against the band tau: " +
+          ", ".join(f"{f} {t:+.2f}" for f, t in sorted(across.items(), key=lambda kv: kv[1])))
+    png = RESULTS / f"{a.name}.png"
+    plot(rows, truth_prefers, list(features), across, png)
+    write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "subsets": subsets,
+                          "features": list(features), "truth_prefers": truth_prefers, "rows": rows,
+                          "across_rows_band": across, "table": table,
+                          "plot": png.name})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
