@@ -131,6 +131,8 @@ VARIANTS = {
     # the random archs drawn inside the search band (largest and smallest as before)
     "entangled_sandwich_band": ["space.weight_sharing=entangled", "strategy=sandwich",
                                 "sandwich.random_macs_min={band_lo}", "sandwich.random_macs_max={band_hi}"],
+    # the lower path at full depth (k3e4 in every block) instead of the one-block smallest arch
+    "entangled_sandwich_deep": ["space.weight_sharing=entangled", "strategy=sandwich", "sandwich.smallest=deepest"],
 }
 BATCH = 64
 

@@ -102,6 +102,10 @@ class SearchSpace(abc.ABC):
     def smallest_arch(self) -> Arch:
         """The arch of the fewest MACs."""
 
+    def deepest_smallest_arch(self) -> Arch:
+        """The cheapest arch at the greatest depth (in a space of one depth: the smallest arch)."""
+        return self.smallest_arch()
+
     def macs_range(self) -> tuple[int, int]:
         """The smallest and largest MACs of any architecture in the space."""
         return self.macs(self.smallest_arch()), self.macs(self.largest_arch())

@@ -482,6 +482,10 @@ class CreamSpace(SearchSpace):
         """Block costs are non-negative and additive: one cheapest block per stage."""
         return tuple((int(np.argmin(t[0])),) for t in self._macs_table)
 
+    def deepest_smallest_arch(self) -> Arch:
+        """Every stage at its deepest, each block its cheapest op (k3e4)."""
+        return tuple(tuple(int(np.argmin(row)) for row in t) for t in self._macs_table)
+
     # -- latency -------------------------------------------------------------------
     def latency_parts(self) -> LatencyParts:
         lay, cfg = self.layout, self.cfg

@@ -7,7 +7,9 @@ Largest and smallest are taken within the configured MACs range (``sampling.flop
 ``flops_max``); the random archs come from the same per-step arch sampler as SPOS, so
 every arch of step t is a function of (seed, t). ``sandwich.random_macs_min`` / ``max`` draw
 the random archs from another MACs range (the search's band, say) while largest and smallest
-stay the sampling range's. The step accumulates the gradients of
+stay the sampling range's. ``sandwich.smallest: deepest`` trains the cheapest op of every block at
+full depth in the smallest's place, so the later blocks' small ops get an update every step (the
+smallest arch uses only each stage's first block). The step accumulates the gradients of
 all archs before one all-reduce and one optimizer step; the per-step sample count stays
 the batch, and the extra archs are extra compute.
 
@@ -33,17 +35,23 @@ class SandwichStrategy(SupernetStrategy):
 
     def __init__(self, cfg, space: SearchSpace, model, splits):
         super().__init__(cfg, space, model, splits)
-        self.largest, self.smallest = self.sandwich_bounds(space, self.arch_sampler)
+        self.largest, self.smallest = self.sandwich_bounds(space, self.arch_sampler, cfg.sandwich.smallest)
         self.random_sampler = self.make_random_sampler(cfg, space, self.arch_sampler)
         self.num_random = cfg.sandwich.num_random
         self.distill = cfg.sandwich.distill
         self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
 
     @staticmethod
-    def sandwich_bounds(space: SearchSpace, arch_sampler) -> tuple[Arch, Arch]:
+    def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, Arch]:
         lo = arch_sampler.lo if arch_sampler.constrained else 0.0
         hi = arch_sampler.hi if arch_sampler.constrained else 0.0
-        return space.extreme_arch(True, lo, hi), space.extreme_arch(False, lo, hi)
+        if smallest == "min_macs":
+            return space.extreme_arch(True, lo, hi), space.extreme_arch(False, lo, hi)
+        lower = space.deepest_smallest_arch()
+        if not (lo or 0) <= space.macs(lower) <= (hi or float("inf")):
+            raise ConfigError("sandwich.smallest", f"the deepest smallest arch has {space.macs(lower) / 1e6:.3f}M "
+                                                   "MACs, outside the sampling range")
+        return space.extreme_arch(True, lo, hi), lower
 
     @staticmethod
     def make_random_sampler(cfg, space: SearchSpace, arch_sampler: ArchSampler) -> ArchSampler:
@@ -57,7 +65,7 @@ class SandwichStrategy(SupernetStrategy):
     def check(cls, cfg, space: SearchSpace) -> None:
         arch_sampler = cls.make_arch_sampler(cfg, space)
         arch_sampler(0)
-        cls.sandwich_bounds(space, arch_sampler)
+        cls.sandwich_bounds(space, arch_sampler, cfg.sandwich.smallest)
         try:
             cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
         except ArchError as e:  # name the setting that asked for the impossible range
@@ -67,6 +75,8 @@ class SandwichStrategy(SupernetStrategy):
         out = {"num_random": self.num_random, "distill": self.distill}
         if self.random_sampler is not self.arch_sampler:  # named only when set: older checkpoints resume
             out["random_macs"] = [self.cfg.sandwich.random_macs_min, self.cfg.sandwich.random_macs_max]
+        if self.cfg.sandwich.smallest != "min_macs":
+            out["smallest"] = self.cfg.sandwich.smallest
         return {"sandwich": out}
 
     def archs(self, step: int) -> list[Arch]:
