@@ -33,6 +33,8 @@ LOSS_ROWS = {
                                                                        "entangled_sandwich"),
     "largest + smallest only (no random arch), the pipeline's time, by the loss": (
         "ranking_t2000_s7_nr0_cl_steps2760.json", "entangled_sandwich"),
+    "the lower path at full depth (`sandwich.smallest: deepest`), the pipeline's time, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_steps1780.json", "entangled_sandwich_deep"),
 }
 SHOWN = ("kernel s0", "depth", "expansion s1")  # the features the Markdown table prints
 

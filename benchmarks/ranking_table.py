@@ -59,6 +59,11 @@ ROWS = {
         "ranking_t2000_s7_nr1_cl_band_steps1970.json", "entangled_sandwich_band"),
     "the pipeline's without in-place distillation (`sandwich.distill: false`)": (
         "ranking_t2000_s7_nr1_cl_labels_steps1970.json", "entangled_sandwich_labels"),
+    "the pipeline's, 6 more seeds on a Xeon": ("ranking_t2000_s7_nr1_cl_images20000.json", "entangled_sandwich"),
+    "largest + smallest only (no random arch), the pipeline's time": ("ranking_t2000_s7_nr0_cl_steps2760.json",
+                                                                      "entangled_sandwich"),
+    "the lower path at full depth (`sandwich.smallest: deepest`), the pipeline's time": (
+        "ranking_t2000_s7_nr1_cl_deep_steps1780.json", "entangled_sandwich_deep"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -67,6 +67,26 @@ def test_sandwich_draws_its_random_archs_from_their_own_macs_range(tmp_path):
         SandwichStrategy.check(cfg(tmp_path, "strategy=sandwich", f"sandwich.random_macs_min={2 * hi / 1e6}"), space)
 
 
+def test_sandwich_deepest_smallest_trains_the_cheapest_op_of_every_block(tmp_path):
+    """``sandwich.smallest: deepest``: the lower path is every stage at its deepest with each block's
+    cheapest op, not the one-block smallest arch; named in the fingerprint only when set (older
+    checkpoints resume), and refused before any work where the sampling range excludes it."""
+    space = build_space(cfg(tmp_path).space)
+    lo, hi = space.macs_range()
+    deep = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1",
+                                   "sandwich.smallest=deepest")).strategy
+    lower = deep.archs(3)[1]
+    assert [len(ops) for ops in lower] == list(space.max_depths)
+    assert lower == tuple(tuple(0 for _ in ops) for ops in lower)  # op 0: kernel 3, expansion 4, the cheapest
+    assert lo < space.macs(lower) < hi and deep.archs(3)[0] == space.largest_arch()
+    assert deep.fingerprint() == {"sandwich": {"num_random": 1, "distill": True, "smallest": "deepest"}}
+    with pytest.raises(ConfigError, match="sandwich.smallest.*outside the sampling range"):
+        SandwichStrategy.check(cfg(tmp_path, "strategy=sandwich", "sandwich.smallest=deepest",
+                                   f"sampling.flops_min={(space.macs(lower) + 1000) / 1e6}"), space)
+    spos = build_space(load_config(SupernetConfig, None, [f"data.path={tmp_path}"]).space)
+    assert spos.deepest_smallest_arch() == spos.smallest_arch()  # one depth: the smallest arch
+
+
 def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
     task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1"))
     strategy, model = task.strategy, task.model
