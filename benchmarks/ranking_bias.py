@@ -11,7 +11,9 @@ all the supernets (read with care: the band tau and the biases come from the sam
 
     python benchmarks/ranking_bias.py --truth benchmarks/results/ranking_t2000_s7_nr1_cl_steps1970.json
 
-Writes ``benchmarks/results/<--name>.json`` and ``.png``, and prints the table as Markdown.
+Writes ``benchmarks/results/<--name>.json`` and ``.png`` (each feature's band tau for the truth and
+the pipeline's supernets; every supernet's band tau against its depth bias), and prints the table
+as Markdown.
 """
 
 from __future__ import annotations
@@ -117,24 +119,26 @@ def plot(rows: dict, truth: dict, features: list[str], across: dict, path: Path)
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    # the pipeline's supernet as the search scores it (by the loss) where that run is there
-    pipeline = rows.get(next(iter(LOSS_ROWS))) or next(r for k, r in rows.items() if k.startswith("**the pipeline's**"))
-    x = np.arange(len(features))
-    ax1.bar(x - 0.2, [truth["band"][f] for f in features], 0.4, label="the truth (stand-alone)")
-    ax1.bar(x + 0.2, [pipeline["band"]["prefers"][f] for f in features], 0.4,
-            label=f"the pipeline's supernet, by its {pipeline['score']}")
+    # the pipeline's supernets as the search scores them (by the loss), where those runs are there
+    shown = {"the truth (stand-alone)": truth["band"]}
+    for label in LOSS_ROWS:
+        if label in rows:
+            shown[label.split(", by the")[0]] = rows[label]["band"]["prefers"]
+    x, width = np.arange(len(features)), 0.8 / len(shown)
+    for i, (label, prefers) in enumerate(shown.items()):
+        ax1.bar(x + (i - (len(shown) - 1) / 2) * width, [prefers[f] for f in features], width, label=label)
     ax1.set_xticks(x, features, rotation=60, ha="right", fontsize=7)
     ax1.set_ylabel("Kendall tau, feature vs ranking (band)")
-    ax1.set_title("what each ranks by, inside the band")
+    ax1.set_title("what each ranks by, inside the band (supernets by the loss)")
     ax1.axhline(0, color="grey", lw=0.5)
-    ax1.legend(fontsize=7)
-    f0 = "kernel s0"
+    ax1.legend(fontsize=6)
+    f0 = "depth"
     for r in rows.values():
         ax2.scatter(r["band"]["prefers"][f0] - truth["band"][f0], r["band"]["tau"],
                     marker="o" if r["score"] == "top-1" else "s", color="C0" if r["score"] == "top-1" else "C3")
     ax2.set_xlabel(f"supernet's band preference for {f0} minus the truth's")
     ax2.set_ylabel("band tau (mean of supernet seeds)")
-    ax2.set_title(f"every supernet (squares: by the loss); across rows tau {across[f0]:+.2f}")
+    ax2.set_title(f"every supernet (squares: by the loss); across them tau {across[f0]:+.2f}")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -287,12 +287,10 @@ class SandwichConfig:
     random_macs_max: float = 0.0
     # the lower path: "min_macs" (the sandwich rule's smallest arch) or "deepest" (the cheapest op in
     # every block at full depth, so the later blocks' small ops train every step too)
-    smallest: str = "min_macs"
+    smallest: Literal["min_macs", "deepest"] = "min_macs"
 
     def validate(self, prefix: str) -> None:
         _non_negative(self.num_random, f"{prefix}.num_random")
-        if self.smallest not in ("min_macs", "deepest"):
-            raise ConfigError(f"{prefix}.smallest", f"must be min_macs or deepest, got {self.smallest!r}")
         _non_negative(self.random_macs_min, f"{prefix}.random_macs_min")
         _non_negative(self.random_macs_max, f"{prefix}.random_macs_max")
         if self.random_macs_max and self.random_macs_min > self.random_macs_max:

@@ -34,7 +34,7 @@ def test_job_config_loads_with_overrides():
         ("elastic.per_worker_batch=0", "must be > 0"),
         ("sampling.flops_min=50", "flops_min (50.0) > flops_max (10.0)"),
         ("sandwich.random_macs_min=50", "random_macs_min (50.0) > random_macs_max (10.0)"),
-        ("sandwich.smallest=tiny", "must be min_macs or deepest"),
+        ("sandwich.smallest=tiny", "must be one of 'min_macs', 'deepest'"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
