@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from ranking_ceiling import subset_indices
-from ranking_table import ROWS, Refused, check_same_subnets, load
+from ranking_table import ROWS, Refused, check_same_subnets, exits_on_refusal, load, load_truth, read_rows
 
 from _common import RESULTS, write_result
 from elastic_nas.search.ranking import kendall_tau
@@ -72,12 +72,8 @@ def judged(preds: list, target: np.ndarray, features: dict[str, np.ndarray], sub
 
 def read_rankers(truth: dict) -> dict[str, dict]:
     """label -> {source, variant, score, steps, preds}: the top-1 rows and the loss rows whose JSON exists."""
-    out = {}
-    for label, (name, variant) in ROWS.items():
-        other = load(RESULTS / name)
-        check_same_subnets(truth, other, name)
-        v = other["variants"][variant]
-        out[label] = {"source": name, "variant": variant, "score": "top-1", "steps": v["steps"], "preds": v["scores"]}
+    out = {label: {"source": ROWS[label][0], "variant": ROWS[label][1], "score": "top-1", "steps": v["steps"],
+                   "preds": v["scores"]} for label, v in read_rows(truth).items()}
     for label, (name, variant) in LOSS_ROWS.items():
         if not (RESULTS / name).exists():
             continue
@@ -150,16 +146,9 @@ def main() -> int:
     ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
     ap.add_argument("--name", default="ranking_bias")
     a = ap.parse_args()
-    try:
-        truth = load(Path(a.truth))
-        runs = np.array([s["test_top1_seeds"] for s in truth["subnets"]], dtype=float)
-        if runs.ndim != 2 or runs.shape[1] < 2:
-            raise Refused(f"{a.truth} has fewer than 2 stand-alone seeds for some subnet")
+    with exits_on_refusal(ap, "ranking_bias"):
+        truth, runs = load_truth(a.truth)
         rankers = read_rankers(truth)
-    except KeyError as e:
-        ap.exit(2, f"ranking_bias: a results JSON lacks the field {e}\n")
-    except Refused as e:
-        ap.exit(2, f"ranking_bias: {e}\n")
     target, subsets = runs.mean(1), subset_indices(truth)
     feats = [arch_features(s["arch"]) for s in truth["subnets"]]
     features = {f: np.array([x[f] for x in feats]) for f in feats[0]}

@@ -16,6 +16,7 @@ count for the rankers of ``--plot``), and prints the table as Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -165,6 +166,26 @@ def plot(rows: dict, names: list[str], first: int, path: Path) -> None:
     plt.close(fig)
 
 
+@contextlib.contextmanager
+def exits_on_refusal(ap: argparse.ArgumentParser, prog: str):
+    """Input a report cannot judge: one line and exit code 2."""
+    try:
+        yield
+    except KeyError as e:
+        ap.exit(2, f"{prog}: a results JSON lacks the field {e}\n")
+    except Refused as e:
+        ap.exit(2, f"{prog}: {e}\n")
+
+
+def load_truth(path: str) -> tuple[dict, np.ndarray]:
+    """A ranking.py results JSON and its stand-alone top-1 per subnet and seed ``[subnet, seed]``."""
+    truth = load(Path(path))
+    runs = np.array([s["test_top1_seeds"] for s in truth["subnets"]], dtype=float)
+    if runs.ndim != 2 or runs.shape[1] < 2:
+        raise Refused(f"{path} has fewer than 2 stand-alone seeds for some subnet")
+    return truth, runs
+
+
 def read_rows(truth: dict) -> dict[str, dict]:
     """Each row's variant as its results JSON recorded it, refused unless it scored the truth's subnets."""
     out = {}
@@ -184,19 +205,12 @@ def main() -> int:
                     help=f"rankers drawn against the truth's seed count, of: {', '.join(PLOTTED)}")
     ap.add_argument("--name", default="ranking_table")
     a = ap.parse_args()
-    try:
+    with exits_on_refusal(ap, "ranking_table"):
         names = [k.strip() for k in a.plot.split(",") if k.strip()]
         if set(names) - set(PLOTTED):
             raise Refused(f"--plot names {sorted(set(names) - set(PLOTTED))}; it draws {', '.join(PLOTTED)}")
-        truth = load(Path(a.truth))
-        runs = np.array([s["test_top1_seeds"] for s in truth["subnets"]], dtype=float)
-        if runs.ndim != 2 or runs.shape[1] < 2:
-            raise Refused(f"{a.truth} has fewer than 2 stand-alone seeds for some subnet")
+        truth, runs = load_truth(a.truth)
         sources = read_rows(truth)
-    except KeyError as e:
-        ap.exit(2, f"ranking_table: a results JSON lacks the field {e}\n")
-    except Refused as e:
-        ap.exit(2, f"ranking_table: {e}\n")
     subsets = subset_indices(truth)
     rows = {}
     for label, v in sources.items():
