@@ -60,24 +60,30 @@ def eval_data(splits, n: int, seed: int) -> EvalData:
 
 
 def search(method: str, space, model, data: EvalData, macs_max: float, settings: EvolutionSettings,
-           seed: int, latency_table=None, latency_max_ms: float = 0.0) -> dict:
+           seed: int, latency_table=None, latency_max_ms: float = 0.0, score: str = "top1") -> dict:
     """Evolution or random search on ``model`` under ``macs_max`` (and, with a latency table,
     ``latency_max_ms``), scoring candidates as the Tune evaluators do; the best candidate and
-    the best score after each generation."""
+    the best score after each generation. ``score``: ``top1`` or ``loss`` (the search_val loss,
+    negated for the generators as the search's ``evaluator.score: loss`` does)."""
     def cost(arch) -> tuple:
         macs, params = space.macs(arch), space.params(arch)
         return (macs, params) if latency_table is None else (macs, params, latency_table.predict_ms(space, arch))
 
     gen = make_generator(method, space, cost, Constraints(macs_max=macs_max, latency_max_ms=latency_max_ms),
                          settings, seed)
+
+    def shown(v: float) -> float:  # the score as people read it: top-1 %, or the loss itself
+        return round(v, 2) if score == "top1" else round(-v, 4)
+
     best_by_gen = []
     while (batch := gen.next_generation()) is not None:
         for c in batch:
-            gen.tell(c.key, evaluate_arch(model, c.arch, data)["accuracy"])
-        best_by_gen.append(round(gen.top(1)[0].score, 2))
+            r = evaluate_arch(model, c.arch, data)
+            gen.tell(c.key, r["accuracy"] if score == "top1" else -r["loss"])
+        best_by_gen.append(shown(gen.top(1)[0].score))
     best = gen.top(1)[0]
-    return {"best_accuracy": round(best.score, 2), "best_macs": best.macs, "evaluated": len(gen.evaluated()),
-            "best_by_generation": best_by_gen, "arch": space.to_json(best.arch)}
+    return {"best_accuracy" if score == "top1" else "best_loss": shown(best.score), "best_macs": best.macs,
+            "evaluated": len(gen.evaluated()), "best_by_generation": best_by_gen, "arch": space.to_json(best.arch)}
 
 
 def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0,

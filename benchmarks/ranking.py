@@ -518,7 +518,7 @@ def searched(a, variant: str, steps: int, method: str, budget: float, search_see
     data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
     settings = EvolutionSettings(population=a.population, top_k=a.population // 4, mutation_children=a.population // 2,
                                  crossover_children=a.population // 2, generations=a.generations)
-    return search(method, space, model, data, budget, settings, seed=search_seed)
+    return search(method, space, model, data, budget, settings, seed=search_seed, score=a.search_score)
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -763,7 +763,8 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
     steps = out["variants"][best]["steps"]
     methods = ("evolution", "random")
     seeds = range(a.search_seeds)  # seed 0's key is the one runs before --search-seeds wrote
-    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}" + (f"_seed{s}" if s else ""),
+    by = "" if a.search_score == "top1" else f"_{a.search_score}"  # top-1 keeps the keys of earlier runs
+    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}{by}" + (f"_seed{s}" if s else ""),
                  searched, a, best, steps, m, budget, s) for s in seeds for m in methods]
     found = finished(a, work, searches)
     if None in found:
@@ -786,8 +787,9 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
         return {"arch": arch, "macs": space.macs(arch), "retrained_top1_seeds": seeds_top1,
                 "retrained_top1_mean": round(float(np.mean(seeds_top1)), 2), "supernet_score": score}
 
-    per_seed = [{m: pick(p[m]["arch"], p[m]["best_accuracy"]) for m in methods} for p in picks]
-    report = {"variant": best, "budget_macs": budget, "evaluations": picks[0]["evolution"]["evaluated"],
+    kind = "best_accuracy" if a.search_score == "top1" else "best_loss"
+    per_seed = [{m: pick(p[m]["arch"], p[m][kind]) for m in methods} for p in picks]
+    report = {"variant": best, "budget_macs": budget, "search_score": a.search_score, "evaluations": picks[0]["evolution"]["evaluated"],
               "picks": dict(per_seed[0], largest_macs=pick(largest, None)),  # search seed 0
               "standalone_seed_sd": round(out["standalone_seed_sd"], 2)}  # the truth's, one run
     if len(per_seed) > 1:  # each method's retrained mean over its picks, one per search seed
@@ -1020,6 +1022,8 @@ def main() -> None:
     ap.add_argument("--chance-archs", type=int, default=0,
                     help="random archs of 0.85-1.0x the budget trained (truth seeds) besides the truth subnets there: "
                          "chance, against the search's picks")
+    ap.add_argument("--search-score", choices=("top1", "loss"), default="top1",
+                    help="what the searches order by: search_val top-1, or its loss (the shipped jobs/search.yaml)")
     ap.add_argument("--search-seeds", type=int, default=1,
                     help="searches per method (evolution, random) on the seed-0 supernet, each pick retrained")
     ap.add_argument("--bf16", nargs="?", const="", default=None, metavar="CALIB,...",
