@@ -797,12 +797,13 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
         report["mean_over_search_seeds"] = {m: round(float(np.mean([p[m]["retrained_top1_mean"] for p in per_seed])), 2)
                                             for m in methods}
     extra = chance_archs(a, space, budget, [s["arch"] for s in out["subnets"]])
+    n = a.chance_seeds or a.truth_seeds
     jobs = [(work, f"chance_{i}_s{s}_{a.truth_steps}", standalone, a, arch, s, a.truth_steps)
-            for i, arch in enumerate(extra) for s in range(a.truth_seeds)]
+            for i, arch in enumerate(extra) for s in range(n)]
     results = finished(a, work, jobs)
     if None in results:
         return dict(report, missing=[j[1] for j, r in zip(jobs, results) if r is None])
-    extra_top1 = [[r["test_top1"] for r in results[i * a.truth_seeds:(i + 1) * a.truth_seeds]]
+    extra_top1 = [[r["test_top1"] for r in results[i * n:(i + 1) * n]]
                   for i in range(len(extra))]
     report["against_random_archs"] = against_random_archs(out["subnets"], budget, per_seed, methods,
                                                           extra, extra_top1)
@@ -1020,8 +1021,10 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=3)
     ap.add_argument("--chance-archs", type=int, default=0,
-                    help="random archs of 0.85-1.0x the budget trained (truth seeds) besides the truth subnets there: "
+                    help="random archs of 0.85-1.0x the budget trained (--chance-seeds) besides the truth subnets there: "
                          "chance, against the search's picks")
+    ap.add_argument("--chance-seeds", type=int, default=0,
+                    help="stand-alone seeds of each --chance-archs arch (0: --truth-seeds)")
     ap.add_argument("--search-score", choices=("top1", "loss"), default="top1",
                     help="what the searches order by: search_val top-1, or its loss (the shipped jobs/search.yaml)")
     ap.add_argument("--search-seeds", type=int, default=1,
