@@ -14,6 +14,8 @@ A view whose within-subnet SD is half the trained one's would make a 3-seed trut
     python benchmarks/standalone_noise.py --from ... --subnets 24,25,26,27,28,29 --seeds 3 --ema "" \\
         --calib-images 0 --channels-last --lr 0.05 --control benchmarks/results/standalone_noise_control_cl.json
         # a recipe probe against the truth's recipe run here (the control: the same command without --lr)
+    python benchmarks/standalone_noise.py --from benchmarks/results/ranking_t2000_s7_nr1_cl_deep_search5.json \
+        --picks largest_macs,evolution --seeds 3 --ema "" --calib-images 0    # a search pick's retrains, rerun here
 
 Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
 is the truth's own reading; the JSON sets it beside the ranking JSON's recorded top-1 of that
@@ -132,7 +134,10 @@ def plot_curves(curves: list, subnets: list[int], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--from", dest="source", required=True, help="a ranking.py results JSON (subnets, recipe)")
-    ap.add_argument("--subnets", type=lambda v: [int(x) for x in v.split(",") if x], required=True)
+    ap.add_argument("--subnets", type=lambda v: [int(x) for x in v.split(",") if x], default=[])
+    ap.add_argument("--picks", type=lambda v: [x for x in v.split(",") if x], default=[],
+                    help="also the JSON's search picks by name (largest_macs, evolution, random: search seed 0's), "
+                         "their retrained seeds as the recorded runs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ema", type=lambda v: tuple(float(x) for x in v.split(",") if x), default=(0.99, 0.995, 0.998))
     ap.add_argument("--calib-images", type=int, default=2000)
@@ -150,8 +155,12 @@ def main() -> None:
     try:
         ranking = json.loads(Path(a.source).read_text())
         subnets = [ranking["subnets"][i] for i in a.subnets]
+        picks = [ranking["search_quality"]["picks"][p] for p in a.picks]
     except (OSError, ValueError, KeyError, IndexError) as e:
-        ap.exit(2, f"standalone_noise: cannot take subnets {a.subnets} from {a.source}: {e!r}\n")
+        ap.exit(2, f"standalone_noise: cannot take subnets {a.subnets} and picks {a.picks} from {a.source}: {e!r}\n")
+    subnets += [{"arch": p["arch"], "test_top1_seeds": p["retrained_top1_seeds"]} for p in picks]
+    if not subnets:
+        ap.exit(2, "standalone_noise: name --subnets or --picks\n")
     if a.seeds < 2:
         ap.exit(2, "standalone_noise: --seeds takes 2 or more (an SD needs two runs)\n")
     settings = {**ranking["settings"], "data": ""}  # the shared synthetic cache, as ranking.py's default
@@ -171,8 +180,10 @@ def main() -> None:
     views = [v for v in results[0]["views"] if v != "curve"]
     runs = [[r["views"] for r in results[i * a.seeds:(i + 1) * a.seeds]] for i in range(len(subnets))]  # [subnet][seed]
     top1 = {v: np.array([[r[v]["top1"] for r in seeds] for seeds in runs]) for v in views}
-    recorded = np.array([s["test_top1_seeds"][:a.seeds] for s in subnets], dtype=float)
-    out = {"source": a.source, "subnets": a.subnets, "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
+    # seed by seed where recorded (NaN past a pick's 3 retrains); the set comparison on the seeds all have
+    recorded = np.array([(s["test_top1_seeds"] + [np.nan] * a.seeds)[:a.seeds] for s in subnets], dtype=float)
+    common = min(len(s["test_top1_seeds"]) for s in subnets)
+    out = {"source": a.source, "subnets": a.subnets, "picks": a.picks, "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
            "warmup": warmup, "channels_last": a.channels_last, "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
            "top1": {v: t.tolist() for v, t in top1.items()},
            "test_loss": {v: [[r[v]["loss"] for r in seeds] for seeds in runs] for v in views},
@@ -181,7 +192,7 @@ def main() -> None:
            # the same recipe and seeds, another run where another CPU type recorded it
            "final_vs_recorded_max_abs_diff": (round(float(np.nanmax(np.abs(top1["final"] - recorded))), 3)
                                               if truth_recipe else None),
-           "against_recorded": set_against(top1["final"], np.array([s["test_top1_seeds"] for s in subnets],
+           "against_recorded": set_against(top1["final"], np.array([s["test_top1_seeds"][:common] for s in subnets],
                                                                    dtype=float), "recorded"),
            **({"control": a.control, "against_control": set_against(top1["final"], control, "control")}
               if control is not None else {}),
