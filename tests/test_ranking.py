@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -194,3 +195,32 @@ def test_ranking_bias_reads_what_a_ranker_rewards_and_which_bias_goes_with_a_poo
             for i, (name, tau, bias) in enumerate([("a", 0.4, 0.1), ("b", 0.2, 0.3), ("c", 0.0, 0.5)])}
     across = ranking_bias.across_rows(rows, {"kernel s0": -0.1, "expansion s0": 0.0})
     assert across["kernel s0"] == pytest.approx(-1.0) and across["expansion s0"] == pytest.approx(-1.0)
+
+
+def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_seed_sd(monkeypatch):
+    """benchmarks/search_picks.py: evolution's lead over random search is paired by search seed,
+    its lead over the largest-MACs arch is against that arch's retrain seeds, and the target holds
+    only where both leads exceed one run's seed SD."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import search_picks
+    from ranking_table import Refused
+
+    def run(evolution: list[float], random: list[float], largest: list[float], sd: float) -> dict:
+        seeds = [{m: {"arch": [[i, k]], "retrained_top1_mean": v, "retrained_top1_seeds": [v] * 3}
+                  for k, (m, v) in enumerate((("evolution", e), ("random", r)))}
+                 for i, (e, r) in enumerate(zip(evolution, random))]
+        return {"search_quality": {"variant": "v", "evaluations": 64, "standalone_seed_sd": sd, "search_seeds": seeds,
+                                   "picks": {**seeds[0], "largest_macs": {"arch": [[9]], "retrained_top1_seeds": largest}}}}
+
+    # random search's picks vary a lot between seeds, but evolution is 2 points ahead in every one
+    far = search_picks.judged("x", run([72, 82, 92, 77], [70, 80, 90, 75], [60, 61, 62], sd=1.5))
+    assert far["evolution_minus_random"]["mean"] == pytest.approx(2.0)
+    assert far["evolution_minus_random"]["ci95"] == pytest.approx([2.0, 2.0])  # paired: no spread left
+    assert far["evolution_minus_largest_macs"]["mean"] == pytest.approx(19.75) and far["target_met"]
+    assert not search_picks.judged("x", run([72, 82, 92, 77], [70, 80, 90, 75], [60, 61, 62], sd=3.0))["target_met"]
+    archs = search_picks.retrained_archs(run([72, 82], [70, 80], [60, 61, 62], sd=1.0))
+    assert archs[json.dumps([[9]])] == [60, 61, 62] and len(archs) == 5
+    with pytest.raises(Refused):
+        search_picks.judged("x", run([72], [70], [60, 61, 62], sd=1.0))

@@ -1,0 +1,107 @@
+"""Did the search find something? Each search's retrained pick against the other pickers'.
+
+``ranking.py --search-seeds N`` retrains every search's pick (evolution and random search, one per
+search seed) and the largest arch under the budget (the MACs proxy's pick), 3 stand-alone seeds
+each. This reads those retrains back from one or more ranking JSONs and sets them against issue
+17's search target: evolution's picks ahead of random search's and of the largest-MACs arch by more
+than the stand-alone seed SD. Per JSON, with percentile bootstrap 95 % CIs:
+
+- evolution - random search, paired by search seed (the differences resampled);
+- each method - the largest-MACs arch (the picks' means over search seeds; its 3 seeds);
+- the same arch retrained in more than one JSON: each run's seeds side by side (one arch, one
+  recipe, other runs: how far a 3-seed figure moves between machines and layouts).
+
+    python benchmarks/search_picks.py results/ranking_t2000_s3_nr1_m40_chance.json \\
+        results/ranking_t2000_s7_nr1_cl_deep_search5.json
+
+Writes ``benchmarks/results/<--name>.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from ranking_table import Refused, exits_on_refusal, load
+
+from _common import write_result
+from elastic_nas.search.ranking import mean_difference_ci
+
+METHODS = ("evolution", "random")
+
+
+def difference(a, b) -> dict:
+    diff, lo, hi = mean_difference_ci(a, b)
+    return {"mean": round(diff, 2), "ci95": [round(lo, 2), round(hi, 2)]}
+
+
+def judged(path: str, run: dict) -> dict:
+    """One JSON's picks against each other and against the seed SD (of one run, and of a 3-seed mean)."""
+    q = run["search_quality"]
+    per_seed = q.get("search_seeds")
+    if not per_seed or len(per_seed) < 2:
+        raise Refused(f"{path} has fewer than 2 search seeds (ranking.py --search-seeds)")
+    means = {m: [p[m]["retrained_top1_mean"] for p in per_seed] for m in METHODS}
+    largest = q["picks"]["largest_macs"]["retrained_top1_seeds"]
+    sd = q["standalone_seed_sd"]
+    out = {"variant": q["variant"], "search_score": q.get("search_score", "top1"), "search_seeds": len(per_seed),
+           "evaluations": q["evaluations"], "standalone_seed_sd": sd, "sd_of_3_seed_mean": round(sd / np.sqrt(3), 2),
+           "pick_means": means, "largest_macs_seeds": largest,
+           "mean_over_search_seeds": {m: round(float(np.mean(v)), 2) for m, v in means.items()},
+           "largest_macs_mean": round(float(np.mean(largest)), 2),
+           # paired by search seed: the per-seed differences against 0
+           "evolution_minus_random": difference(np.subtract(means["evolution"], means["random"]), [0.0]),
+           **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in METHODS}}
+    out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
+    return out
+
+
+def retrained_archs(run: dict) -> dict[str, list[float]]:
+    """Every arch the JSON retrained (picks of all search seeds, the largest-MACs arch): its seeds."""
+    q = run["search_quality"]
+    picks = [p[m] for p in q.get("search_seeds", []) for m in METHODS] + list(q["picks"].values())
+    return {json.dumps(p["arch"]): p["retrained_top1_seeds"] for p in picks}
+
+
+def markdown(rows: dict) -> str:
+    def cell(d: dict) -> str:
+        return f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+
+    lines = ["| JSON | search score | evolution / random search / largest MACs (mean) | evolution - random search "
+             "(paired) | evolution - largest | random - largest | seed SD (3-seed mean) | target met |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        m = r["mean_over_search_seeds"]
+        lines.append(f"| {name} | {r['search_score']} | {m['evolution']:.2f} / {m['random']:.2f} / "
+                     f"{r['largest_macs_mean']:.2f} | {cell(r['evolution_minus_random'])} | "
+                     f"{cell(r['evolution_minus_largest_macs'])} | {cell(r['random_minus_largest_macs'])} | "
+                     f"{r['standalone_seed_sd']:.2f} ({r['sd_of_3_seed_mean']:.2f}) | {'yes' if r['target_met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="ranking.py results JSONs with --search-seeds 2 or more")
+    ap.add_argument("--name", default="search_picks")
+    a = ap.parse_args()
+    with exits_on_refusal(ap, "search_picks"):
+        runs = {Path(p).name: load(Path(p)) for p in a.runs}
+        rows = {name: judged(name, run) for name, run in runs.items()}
+    seen: dict[str, dict[str, list[float]]] = {}
+    for name, run in runs.items():
+        for arch, seeds in retrained_archs(run).items():
+            seen.setdefault(arch, {})[name] = seeds
+    again = [{"arch": json.loads(arch), "retrained_top1_seeds": by} for arch, by in seen.items() if len(by) > 1]
+    table = markdown(rows)
+    print(table)
+    for r in again:
+        print(f"retrained in {len(r['retrained_top1_seeds'])} runs: {r['arch']}: "
+              + "; ".join(f"{n} {s}" for n, s in r["retrained_top1_seeds"].items()))
+    write_result(a.name, {"runs": a.runs, "rows": rows, "same_arch_in_several_runs": again, "table": table})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
