@@ -14,7 +14,7 @@ A view whose within-subnet SD is half the trained one's would make a 3-seed trut
     python benchmarks/standalone_noise.py --from ... --subnets 24,25,26,27,28,29 --seeds 3 --ema "" \\
         --calib-images 0 --channels-last --lr 0.05 --control benchmarks/results/standalone_noise_control_cl.json
         # a recipe probe against the truth's recipe run here (the control: the same command without --lr)
-    python benchmarks/standalone_noise.py --from benchmarks/results/ranking_t2000_s7_nr1_cl_deep_search5.json \
+    python benchmarks/standalone_noise.py --from benchmarks/results/ranking_t2000_s7_nr1_cl_deep_search5.json \\
         --picks largest_macs,evolution --seeds 3 --ema "" --calib-images 0    # a search pick's retrains, rerun here
 
 Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
