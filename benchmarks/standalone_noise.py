@@ -112,7 +112,7 @@ def control_runs(path: str, subnets: list[int], seeds: int, steps: int) -> np.nd
     return np.array(control["top1"]["final"], dtype=float)
 
 
-def plot_curves(curves: list, subnets: list[int], path: Path) -> None:
+def plot_curves(curves: list, labels: list[str], path: Path) -> None:
     """Train top-1 per interval, one line per run: where the seeds of a subnet part ways."""
     import matplotlib
 
@@ -120,9 +120,9 @@ def plot_curves(curves: list, subnets: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for number, runs in zip(subnets, curves):
+    for label, runs in zip(labels, curves):
         for seed, curve in enumerate(runs):
-            ax.plot([c[0] for c in curve], [c[2] for c in curve], label=f"subnet {number}, seed {seed}")
+            ax.plot([c[0] for c in curve], [c[2] for c in curve], label=f"{label}, seed {seed}")
     ax.set_xlabel("step")
     ax.set_ylabel("train top-1 over the interval (%)")
     ax.legend()
@@ -209,7 +209,8 @@ def main() -> None:
                   f"{r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-{r['sd_ratio_ci95'][1]:.2f}); "
                   f"mean {r['mean_top1']:.2f} vs {r[f'{name}_mean_top1']:.2f}")
     if a.curve_every:
-        plot_curves(out["curves"], a.subnets, RESULTS / f"{a.name}.png")
+        plot_curves(out["curves"], [f"subnet {i}" for i in a.subnets] + [f"pick {p}" for p in a.picks],
+                    RESULTS / f"{a.name}.png")
     write_result(a.name, out)
 
 
