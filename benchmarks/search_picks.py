@@ -9,10 +9,13 @@ than the stand-alone seed SD. Per JSON, with percentile bootstrap 95 % CIs:
 - evolution - random search, paired by search seed (the differences resampled);
 - each method - the largest-MACs arch (the picks' means over search seeds; its 3 seeds);
 - the same arch retrained in more than one JSON: each run's seeds side by side (one arch, one
-  recipe, other runs: how far a 3-seed figure moves between machines and layouts).
+  recipe, other runs: how far a 3-seed figure moves between machines and layouts);
+- with ``--retrains``, the same picks rerun by ``standalone_noise.py --picks all`` (e.g. at twice
+  the truth's steps), judged against the seed SD of those reruns.
 
     python benchmarks/search_picks.py results/ranking_t2000_s3_nr1_m40_chance.json \\
-        results/ranking_t2000_s7_nr1_cl_deep_search5.json
+        results/ranking_t2000_s7_nr1_cl_deep_search5.json \\
+        --retrains results/standalone_noise_picks_all_t4000_cl.json
 
 Writes ``benchmarks/results/<--name>.json`` and prints a Markdown table.
 """
@@ -37,17 +40,37 @@ def difference(a, b) -> dict:
     return {"mean": round(diff, 2), "ci95": [round(lo, 2), round(hi, 2)]}
 
 
-def judged(path: str, run: dict) -> dict:
-    """One JSON's picks against each other and against the seed SD (of one run, and of a 3-seed mean)."""
+def rerun_seeds(path: str, retrains: dict) -> tuple[dict[str, list[float]], float, int]:
+    """A ``standalone_noise.py --picks all`` JSON: each arch's rerun seeds (by arch), their seed SD pooled
+    over the archs (the spread at that budget, not the truth's), and the steps they ran."""
+    archs, final = retrains.get("archs"), retrains.get("top1", {}).get("final")
+    if not archs or not final or len(archs) != len(final):
+        raise Refused(f"{path} names no archs (rerun it with standalone_noise.py --picks all)")
+    sd = float(np.sqrt(np.mean([np.var(s, ddof=1) for s in final])))
+    return {json.dumps(a): s for a, s in zip(archs, final)}, round(sd, 2), retrains["truth_steps"]
+
+
+def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
+    """One JSON's picks against each other and against the seed SD (of one run, and of a 3-seed mean).
+    With ``retrains`` (``rerun_seeds``) the picks are read from those reruns and judged against their SD."""
     q = run["search_quality"]
     per_seed = q.get("search_seeds")
     if not per_seed or len(per_seed) < 2:
         raise Refused(f"{path} has fewer than 2 search seeds (ranking.py --search-seeds)")
-    means = {m: [p[m]["retrained_top1_mean"] for p in per_seed] for m in METHODS}
-    largest = q["picks"]["largest_macs"]["retrained_top1_seeds"]
-    sd = q["standalone_seed_sd"]
+    by_arch, sd, steps = retrains or ({}, q["standalone_seed_sd"], run.get("truth_steps"))
+
+    def seeds(pick: dict) -> list[float]:
+        if not retrains:
+            return pick["retrained_top1_seeds"]
+        if (key := json.dumps(pick["arch"])) not in by_arch:
+            raise Refused(f"the reruns for {path} miss the pick {key}")
+        return by_arch[key]
+
+    means = {m: [float(np.mean(seeds(p[m]))) for p in per_seed] for m in METHODS}
+    largest = seeds(q["picks"]["largest_macs"])
     out = {"variant": q["variant"], "search_score": q.get("search_score", "top1"), "search_seeds": len(per_seed),
-           "evaluations": q["evaluations"], "standalone_seed_sd": sd, "sd_of_3_seed_mean": round(sd / np.sqrt(3), 2),
+           "retrain_steps": steps, "evaluations": q["evaluations"], "standalone_seed_sd": sd,
+           "sd_of_3_seed_mean": round(sd / np.sqrt(3), 2),
            "pick_means": means, "largest_macs_seeds": largest,
            "mean_over_search_seeds": {m: round(float(np.mean(v)), 2) for m, v in means.items()},
            "largest_macs_mean": round(float(np.mean(largest)), 2),
@@ -69,12 +92,13 @@ def markdown(rows: dict) -> str:
     def cell(d: dict) -> str:
         return f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
 
-    lines = ["| JSON | search score | evolution / random search / largest MACs (mean) | evolution - random search "
-             "(paired) | evolution - largest | random - largest | seed SD (3-seed mean) | target met |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| JSON | search score | retrain steps | evolution / random search / largest MACs (mean) | "
+             "evolution - random search (paired) | evolution - largest | random - largest | seed SD (3-seed mean) | "
+             "target met |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows.items():
         m = r["mean_over_search_seeds"]
-        lines.append(f"| {name} | {r['search_score']} | {m['evolution']:.2f} / {m['random']:.2f} / "
+        lines.append(f"| {name} | {r['search_score']} | {r['retrain_steps']} | {m['evolution']:.2f} / {m['random']:.2f} / "
                      f"{r['largest_macs_mean']:.2f} | {cell(r['evolution_minus_random'])} | "
                      f"{cell(r['evolution_minus_largest_macs'])} | {cell(r['random_minus_largest_macs'])} | "
                      f"{r['standalone_seed_sd']:.2f} ({r['sd_of_3_seed_mean']:.2f}) | {'yes' if r['target_met'] else 'no'} |")
@@ -84,11 +108,19 @@ def markdown(rows: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="ranking.py results JSONs with --search-seeds 2 or more")
+    ap.add_argument("--retrains", nargs="*", default=[], metavar="JSON",
+                    help="standalone_noise.py --picks all JSONs: the picks of the ranking JSON each names as its "
+                         "source, rerun (another budget); judged as one more row against their own seed SD")
     ap.add_argument("--name", default="search_picks")
     a = ap.parse_args()
     with exits_on_refusal(ap, "search_picks"):
         runs = {Path(p).name: load(Path(p)) for p in a.runs}
         rows = {name: judged(name, run) for name, run in runs.items()}
+        for path in a.retrains:
+            retrains = load(Path(path))
+            if (source := Path(retrains["source"]).name) not in runs:
+                raise Refused(f"{path} reran the picks of {source}; name that JSON too")
+            rows[f"{source}, reruns {Path(path).name}"] = judged(source, runs[source], rerun_seeds(path, retrains))
     seen: dict[str, dict[str, list[float]]] = {}
     for name, run in runs.items():
         for arch, seeds in retrained_archs(run).items():
@@ -99,7 +131,7 @@ def main() -> int:
     for r in again:
         print(f"retrained in {len(r['retrained_top1_seeds'])} runs: {r['arch']}: "
               + "; ".join(f"{n} {s}" for n, s in r["retrained_top1_seeds"].items()))
-    write_result(a.name, {"runs": a.runs, "rows": rows, "same_arch_in_several_runs": again, "table": table})
+    write_result(a.name, {"runs": a.runs, "retrains": a.retrains, "rows": rows, "same_arch_in_several_runs": again, "table": table})
     return 0
 
 

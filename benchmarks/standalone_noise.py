@@ -58,6 +58,21 @@ def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch
     return cached(Path(work), key.replace(" ", ""), run)
 
 
+def search_picks(quality: dict, names: list[str]) -> dict[str, dict]:
+    """The ranking JSON's search picks by name (search seed 0's); ``all``: the largest-MACs arch and every
+    search seed's picks (``evolution@3``), each arch once (a pick two searches share is retrained once)."""
+    if "all" not in names:
+        return {n: quality["picks"][n] for n in names}
+    every = {"largest_macs": quality["picks"]["largest_macs"]}
+    every |= {f"{m}@{i}": s[m] for i, s in enumerate(quality.get("search_seeds", [])) for m in ("evolution", "random")}
+    out, seen = {}, set()
+    for label, pick in every.items():
+        if (arch := json.dumps(pick["arch"])) not in seen:
+            seen.add(arch)
+            out[label] = pick
+    return out
+
+
 def pooled_sd(runs: np.ndarray) -> float:
     """Within-subnet SD pooled over subnets (rows: subnets, columns: seeds)."""
     return float(np.sqrt(np.mean(np.var(runs, axis=1, ddof=1))))
@@ -136,8 +151,9 @@ def main() -> None:
     ap.add_argument("--from", dest="source", required=True, help="a ranking.py results JSON (subnets, recipe)")
     ap.add_argument("--subnets", type=lambda v: [int(x) for x in v.split(",") if x], default=[])
     ap.add_argument("--picks", type=lambda v: [x for x in v.split(",") if x], default=[],
-                    help="also the JSON's search picks by name (largest_macs, evolution, random: search seed 0's), "
-                         "their retrained seeds as the recorded runs")
+                    help="also the JSON's search picks by name (largest_macs, evolution, random: search seed 0's; "
+                         "all: every search seed's and the largest-MACs arch, each arch once), their retrained "
+                         "seeds as the recorded runs")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ema", type=lambda v: tuple(float(x) for x in v.split(",") if x), default=(0.99, 0.995, 0.998))
     ap.add_argument("--calib-images", type=int, default=2000)
@@ -155,10 +171,10 @@ def main() -> None:
     try:
         ranking = json.loads(Path(a.source).read_text())
         subnets = [ranking["subnets"][i] for i in a.subnets]
-        picks = [ranking["search_quality"]["picks"][p] for p in a.picks]
+        picks = search_picks(ranking["search_quality"], a.picks)
     except (OSError, ValueError, KeyError, IndexError) as e:
         ap.exit(2, f"standalone_noise: cannot take subnets {a.subnets} and picks {a.picks} from {a.source}: {e!r}\n")
-    subnets += [{"arch": p["arch"], "test_top1_seeds": p["retrained_top1_seeds"]} for p in picks]
+    subnets += [{"arch": p["arch"], "test_top1_seeds": p["retrained_top1_seeds"]} for p in picks.values()]
     if not subnets:
         ap.exit(2, "standalone_noise: name --subnets or --picks\n")
     if a.seeds < 2:
@@ -183,7 +199,8 @@ def main() -> None:
     # seed by seed where recorded (NaN past a pick's 3 retrains); the set comparison on the seeds all have
     recorded = np.array([(s["test_top1_seeds"] + [np.nan] * a.seeds)[:a.seeds] for s in subnets], dtype=float)
     common = min(len(s["test_top1_seeds"]) for s in subnets)
-    out = {"source": a.source, "subnets": a.subnets, "picks": a.picks, "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
+    out = {"source": a.source, "subnets": a.subnets, "picks": list(picks), "archs": [s["arch"] for s in subnets],
+           "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
            "warmup": warmup, "channels_last": a.channels_last, "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
            "top1": {v: t.tolist() for v, t in top1.items()},
            "test_loss": {v: [[r[v]["loss"] for r in seeds] for seeds in runs] for v in views},
@@ -209,7 +226,7 @@ def main() -> None:
                   f"{r['sd_ratio']:.2f}, CI {r['sd_ratio_ci95'][0]:.2f}-{r['sd_ratio_ci95'][1]:.2f}); "
                   f"mean {r['mean_top1']:.2f} vs {r[f'{name}_mean_top1']:.2f}")
     if a.curve_every:
-        plot_curves(out["curves"], [f"subnet {i}" for i in a.subnets] + [f"pick {p}" for p in a.picks],
+        plot_curves(out["curves"], [f"subnet {i}" for i in a.subnets] + [f"pick {p}" for p in picks],
                     RESULTS / f"{a.name}.png")
     write_result(a.name, out)
 

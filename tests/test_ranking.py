@@ -224,3 +224,13 @@ def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_see
     assert archs[json.dumps([[9]])] == [60, 61, 62] and len(archs) == 5
     with pytest.raises(Refused):
         search_picks.judged("x", run([72], [70], [60, 61, 62], sd=1.0))
+    # the same picks rerun at another budget: read by arch, judged against the reruns' own seed SD
+    reruns = {"archs": [[[9]], [[0, 0]], [[0, 1]], [[1, 0]], [[1, 1]]], "truth_steps": 4000,
+              "top1": {"final": [[80, 80, 80], [85, 86, 87], [83, 84, 85], [91, 90, 89], [87, 88, 89]]}}
+    by_arch, sd, steps = search_picks.rerun_seeds("r", reruns)
+    assert sd == round(np.sqrt(0.8), 2) and steps == 4000
+    again = search_picks.judged("x", run([72, 82], [70, 80], [60, 61, 62], sd=9.0), (by_arch, sd, steps))
+    assert again["mean_over_search_seeds"] == {"evolution": 88.0, "random": 86.0}
+    assert again["largest_macs_mean"] == 80.0 and again["retrain_steps"] == 4000 and again["target_met"]
+    with pytest.raises(Refused):  # a pick the reruns do not have
+        search_picks.judged("x", run([72, 82, 92], [70, 80, 90], [60, 61, 62], sd=1.0), (by_arch, sd, steps))
