@@ -78,6 +78,11 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
            "evolution_minus_random": difference(np.subtract(means["evolution"], means["random"]), [0.0]),
            **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in METHODS}}
     out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
+    if not retrains:  # the headroom: the truth's own subnets under the budget, same recipe as the retrains
+        under = sorted(float(np.mean(t["test_top1_seeds"])) for t in run.get("subnets", [])
+                       if t["macs"] <= q["budget_macs"])
+        out["truth_under_budget"] = {"subnets": len(under), "best": round(under[-1], 2) if under else None,
+                                     "median": round(float(np.median(under)), 2) if under else None}
     return out
 
 
@@ -128,6 +133,10 @@ def main() -> int:
     again = [{"arch": json.loads(arch), "retrained_top1_seeds": by} for arch, by in seen.items() if len(by) > 1]
     table = markdown(rows)
     print(table)
+    for name, r in rows.items():
+        if (h := r.get("truth_under_budget")) and h["subnets"]:
+            print(f"{name}: the truth's {h['subnets']} subnets under the budget: best {h['best']:.2f}, "
+                  f"median {h['median']:.2f} (seed means)")
     for r in again:
         print(f"retrained in {len(r['retrained_top1_seeds'])} runs: {r['arch']}: "
               + "; ".join(f"{n} {s}" for n, s in r["retrained_top1_seeds"].items()))

@@ -211,14 +211,18 @@ def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_see
         seeds = [{m: {"arch": [[i, k]], "retrained_top1_mean": v, "retrained_top1_seeds": [v] * 3}
                   for k, (m, v) in enumerate((("evolution", e), ("random", r)))}
                  for i, (e, r) in enumerate(zip(evolution, random))]
-        return {"search_quality": {"variant": "v", "evaluations": 64, "standalone_seed_sd": sd, "search_seeds": seeds,
-                                   "picks": {**seeds[0], "largest_macs": {"arch": [[9]], "retrained_top1_seeds": largest}}}}
+        truth = [{"macs": m, "test_top1_seeds": [t, t + 2]} for m, t in ((90, 70), (100, 80), (110, 99))]
+        return {"subnets": truth, "search_quality": {"variant": "v", "evaluations": 64, "budget_macs": 100,
+                                                     "standalone_seed_sd": sd, "search_seeds": seeds,
+                                                     "picks": {**seeds[0], "largest_macs": {
+                                                         "arch": [[9]], "retrained_top1_seeds": largest}}}}
 
     # random search's picks vary a lot between seeds, but evolution is 2 points ahead in every one
     far = search_picks.judged("x", run([72, 82, 92, 77], [70, 80, 90, 75], [60, 61, 62], sd=1.5))
     assert far["evolution_minus_random"]["mean"] == pytest.approx(2.0)
     assert far["evolution_minus_random"]["ci95"] == pytest.approx([2.0, 2.0])  # paired: no spread left
     assert far["evolution_minus_largest_macs"]["mean"] == pytest.approx(19.75) and far["target_met"]
+    assert far["truth_under_budget"] == {"subnets": 2, "best": 81.0, "median": 76.0}  # the headroom, over budget left out
     assert not search_picks.judged("x", run([72, 82, 92, 77], [70, 80, 90, 75], [60, 61, 62], sd=3.0))["target_met"]
     archs = search_picks.retrained_archs(run([72, 82], [70, 80], [60, 61, 62], sd=1.0))
     assert archs[json.dumps([[9]])] == [60, 61, 62] and len(archs) == 5
