@@ -11,7 +11,9 @@ than the stand-alone seed SD. Per JSON, with percentile bootstrap 95 % CIs:
 - the same arch retrained in more than one JSON: each run's seeds side by side (one arch, one
   recipe, other runs: how far a 3-seed figure moves between machines and layouts);
 - with ``--retrains``, the same picks rerun by ``standalone_noise.py --picks all`` (e.g. at twice
-  the truth's steps), judged against the seed SD of those reruns.
+  the truth's steps), judged against the seed SD of those reruns; where the reruns also hold the
+  random archs of the band that ``ranking.py`` set the picks against (``--subnets``), the picks
+  against them at that budget.
 
     python benchmarks/search_picks.py results/ranking_t2000_s3_nr1_m40_chance.json \\
         results/ranking_t2000_s7_nr1_cl_deep_search5.json \\
@@ -30,7 +32,7 @@ import numpy as np
 from ranking_table import Refused, exits_on_refusal, load
 
 from _common import write_result
-from elastic_nas.search.ranking import mean_difference_ci
+from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, mean_difference_ci
 
 METHODS = ("evolution", "random")
 
@@ -78,7 +80,21 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
            "evolution_minus_random": difference(np.subtract(means["evolution"], means["random"]), [0.0]),
            **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in METHODS}}
     out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
-    if not retrains:  # the headroom: the truth's own subnets under the budget, same recipe as the retrains
+    if retrains:  # do the reruns keep the recorded retrains' order of the same archs?
+        picks = [p[m] for p in per_seed for m in METHODS] + [q["picks"]["largest_macs"]]
+        unique = {json.dumps(p["arch"]): p for p in picks}.values()
+        recorded = [float(np.mean(p["retrained_top1_seeds"])) for p in unique]
+        rerun = [float(np.mean(seeds(p))) for p in unique]
+        lo, hi = bootstrap_ci(kendall_tau, recorded, rerun)
+        out["tau_recorded_vs_reruns"] = {"archs": len(rerun), "tau": round(kendall_tau(recorded, rerun), 2),
+                                         "ci95": [round(lo, 2), round(hi, 2)]}
+        # chance at the reruns' budget, where they also reran the random archs ranking.py set the picks against
+        chance = [json.dumps(run["subnets"][i]["arch"]) for i in q.get("against_random_archs", {}).get("subnets", [])]
+        if chance and all(c in by_arch for c in chance):
+            base = [float(np.mean(by_arch[c])) for c in chance]
+            out["random_archs"] = {"archs": len(base), "mean": round(float(np.mean(base)), 2)}
+            out |= {f"{m}_minus_random_archs": difference(means[m], base) for m in METHODS}
+    else:  # the headroom: the truth's own subnets under the budget, same recipe as the retrains
         under = sorted(float(np.mean(t["test_top1_seeds"])) for t in run.get("subnets", [])
                        if t["macs"] <= q["budget_macs"])
         out["truth_under_budget"] = {"subnets": len(under), "best": round(under[-1], 2) if under else None,
@@ -134,6 +150,13 @@ def main() -> int:
     table = markdown(rows)
     print(table)
     for name, r in rows.items():
+        if c := r.get("random_archs"):
+            print(f"{name}: against {c['archs']} random archs of the band (mean {c['mean']:.2f}): " + ", ".join(
+                f"{m} {r[f'{m}_minus_random_archs']['mean']:+.2f} [{r[f'{m}_minus_random_archs']['ci95'][0]:+.2f}, "
+                f"{r[f'{m}_minus_random_archs']['ci95'][1]:+.2f}]" for m in METHODS))
+        if t := r.get("tau_recorded_vs_reruns"):
+            print(f"{name}: Kendall tau of the {t['archs']} archs' recorded means against the reruns' "
+                  f"{t['tau']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]")
         if (h := r.get("truth_under_budget")) and h["subnets"]:
             print(f"{name}: the truth's {h['subnets']} subnets under the budget: best {h['best']:.2f}, "
                   f"median {h['median']:.2f} (seed means)")

@@ -236,5 +236,17 @@ def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_see
     again = search_picks.judged("x", run([72, 82], [70, 80], [60, 61, 62], sd=9.0), (by_arch, sd, steps))
     assert again["mean_over_search_seeds"] == {"evolution": 88.0, "random": 86.0}
     assert again["largest_macs_mean"] == 80.0 and again["retrain_steps"] == 4000 and again["target_met"]
+    # recorded means 72, 70, 82, 80, 61 against reruns 86, 84, 90, 88, 80: the same order
+    assert again["tau_recorded_vs_reruns"]["archs"] == 5 and again["tau_recorded_vs_reruns"]["tau"] == 1.0
+    assert "random_archs" not in again  # the reruns hold no random archs of the band
+    chance = run([72, 82], [70, 80], [60, 61, 62], sd=9.0)
+    chance["search_quality"]["against_random_archs"] = {"subnets": [0, 1]}
+    with_chance = ({**by_arch, json.dumps(90): [80, 82], json.dumps(100): [84, 86]}, sd, steps)
+    for i, t in enumerate(chance["subnets"]):
+        t["arch"] = 90 + 10 * i
+    judged = search_picks.judged("x", chance, with_chance)
+    assert judged["random_archs"] == {"archs": 2, "mean": 83.0}
+    assert judged["evolution_minus_random_archs"]["mean"] == pytest.approx(5.0)
+    assert judged["random_minus_random_archs"]["mean"] == pytest.approx(3.0)
     with pytest.raises(Refused):  # a pick the reruns do not have
         search_picks.judged("x", run([72, 82, 92], [70, 80, 90], [60, 61, 62], sd=1.0), (by_arch, sd, steps))
