@@ -17,7 +17,7 @@ than the stand-alone seed SD. Per JSON, with percentile bootstrap 95 % CIs:
 
     python benchmarks/search_picks.py results/ranking_t2000_s3_nr1_m40_chance.json \\
         results/ranking_t2000_s7_nr1_cl_deep_search5.json \\
-        --retrains results/standalone_noise_picks_all_t4000_cl.json
+        --retrains results/standalone_noise_picks_chance_t4000_cl.json
 
 Writes ``benchmarks/results/<--name>.json`` and prints a Markdown table.
 """
