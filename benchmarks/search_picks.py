@@ -139,7 +139,7 @@ def main() -> int:
         rows = {name: judged(name, run) for name, run in runs.items()}
         for path in a.retrains:
             retrains = load(Path(path))
-            if (source := Path(retrains["source"]).name) not in runs:
+            if (source := Path(retrains.get("source", "?")).name) not in runs:
                 raise Refused(f"{path} reran the picks of {source}; name that JSON too")
             rows[f"{source}, reruns {Path(path).name}"] = judged(source, runs[source], rerun_seeds(path, retrains))
     seen: dict[str, dict[str, list[float]]] = {}
