@@ -61,12 +61,13 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
         raise Refused(f"{path} has fewer than 2 search seeds (ranking.py --search-seeds)")
     by_arch, sd, steps = retrains or ({}, q["standalone_seed_sd"], run.get("truth_steps"))
 
-    def seeds(pick: dict) -> list[float]:
-        if not retrains:
-            return pick["retrained_top1_seeds"]
-        if (key := json.dumps(pick["arch"])) not in by_arch:
+    def rerun(key: str) -> list[float]:
+        if key not in by_arch:
             raise Refused(f"the reruns for {path} miss the pick {key}")
         return by_arch[key]
+
+    def seeds(pick: dict) -> list[float]:
+        return rerun(json.dumps(pick["arch"])) if retrains else pick["retrained_top1_seeds"]
 
     means = {m: [float(np.mean(seeds(p[m]))) for p in per_seed] for m in METHODS}
     largest = seeds(q["picks"]["largest_macs"])
@@ -81,12 +82,11 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
            **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in METHODS}}
     out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
     if retrains:  # do the reruns keep the recorded retrains' order of the same archs?
-        picks = [p[m] for p in per_seed for m in METHODS] + [q["picks"]["largest_macs"]]
-        unique = {json.dumps(p["arch"]): p for p in picks}.values()
-        recorded = [float(np.mean(p["retrained_top1_seeds"])) for p in unique]
-        rerun = [float(np.mean(seeds(p))) for p in unique]
-        lo, hi = bootstrap_ci(kendall_tau, recorded, rerun)
-        out["tau_recorded_vs_reruns"] = {"archs": len(rerun), "tau": round(kendall_tau(recorded, rerun), 2),
+        recorded = retrained_archs(run)
+        before = [float(np.mean(v)) for v in recorded.values()]
+        after = [float(np.mean(rerun(k))) for k in recorded]
+        lo, hi = bootstrap_ci(kendall_tau, before, after)
+        out["tau_recorded_vs_reruns"] = {"archs": len(after), "tau": round(kendall_tau(before, after), 2),
                                          "ci95": [round(lo, 2), round(hi, 2)]}
         # chance at the reruns' budget, where they also reran the random archs ranking.py set the picks against
         chance = [json.dumps(run["subnets"][i]["arch"]) for i in q.get("against_random_archs", {}).get("subnets", [])]
