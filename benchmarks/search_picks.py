@@ -32,7 +32,7 @@ import numpy as np
 from ranking_table import Refused, exits_on_refusal, load
 
 from _common import write_result
-from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, mean_difference_ci
+from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, mean_difference_ci, seed_agreement
 
 METHODS = ("evolution", "random")
 
@@ -43,12 +43,12 @@ def difference(a, b) -> dict:
 
 
 def rerun_seeds(path: str, retrains: dict) -> tuple[dict[str, list[float]], float, int]:
-    """A ``standalone_noise.py --picks all`` JSON: each arch's rerun seeds (by arch), their seed SD pooled
-    over the archs (the spread at that budget, not the truth's), and the steps they ran."""
+    """A ``standalone_noise.py --picks all`` JSON: each arch's rerun seeds (by arch), their seed SD as the
+    truth's is taken (``seed_agreement``: the spread at that budget, not the truth's), and the steps they ran."""
     archs, final = retrains.get("archs"), retrains.get("top1", {}).get("final")
     if not archs or not final or len(archs) != len(final):
         raise Refused(f"{path} names no archs (rerun it with standalone_noise.py --picks all)")
-    sd = float(np.sqrt(np.mean([np.var(s, ddof=1) for s in final])))
+    sd = seed_agreement(final)["seed_sd"]
     return {json.dumps(a): s for a, s in zip(archs, final)}, round(sd, 2), retrains["truth_steps"]
 
 
