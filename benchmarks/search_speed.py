@@ -39,6 +39,12 @@ snapshot and the same random legal candidates. Reports
   same CPU (then the cost is the preemptions, not the Ray worker's process);
 * ``--compare-default-allocator`` adds batched Tune with the evaluators' allocator left at glibc's
   drifting thresholds (the evaluator before ``elastic_nas.allocator``): the A/B of that change;
+* ``--generations G`` splits the candidates into G + 1 generations of random legal archs, and the
+  Tune phases search them as the product does, each generation behind the searcher's barrier (the
+  plain phases evaluate the same archs without one); ``--compare-barrier-at-trial-end`` adds
+  batched Tune with the barrier lifted only when the generation's last trial ends (the searcher
+  before it lifted on that trial's report), when Tune stopped an evaluator at every barrier and
+  started a fresh process for the next generation;
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -114,11 +120,37 @@ def setup(args):
     return space, snapshot, data
 
 
+GENERATIONS = 0  # --generations: the candidates split into this many more generations, each behind a barrier
+
+
 def generator(space, n: int):
-    settings = EvolutionSettings(population=n, generations=0, max_tries=50)
+    """Random legal candidates, ``n`` in all: one generation, or ``GENERATIONS + 1`` of equal size with
+    the product's generation barrier between them in the Tune phases (random search's candidates do
+    not depend on the scores, so every phase evaluates the same ones)."""
     from elastic_nas.search.runner import SpaceCost
 
+    size = n // (GENERATIONS + 1)
+    settings = EvolutionSettings(population=n - GENERATIONS * size, generations=GENERATIONS, mutation_children=size,
+                                 crossover_children=0, max_tries=50)
     return make_generator("random", space, SpaceCost(space), Constraints(), settings, 0)
+
+
+def candidates(space, n: int) -> list:
+    """Every generation's archs, in order (a dummy score lets the generator past each barrier)."""
+    gen, archs = generator(space, n), []
+    while (fresh := gen.next_generation()) is not None:
+        archs += [c.arch for c in fresh]
+        for c in fresh:
+            gen.tell(c.key, 0.0)
+    return archs
+
+
+class BarrierAtTrialEnd(GenerationSearcher):
+    """The searcher before the barrier lifted on the last batch's report: only once its trial ended,
+    when Tune had no staged trial to keep that trial's evaluator for (``--compare-barrier-at-trial-end``)."""
+
+    def _scored_in_full(self, trial_id: str) -> bool:
+        return False
 
 
 def sequential(space, snapshot, data, n: int) -> dict:
@@ -187,7 +219,7 @@ def plain_parallel(space, snapshot, data, n: int, procs: int) -> dict:
     for parallel evaluation at best, the ceiling for Tune's speed-up."""
     import multiprocessing as mp
 
-    archs = [c.arch for c in generator(space, n).next_generation()]
+    archs = candidates(space, n)
     shares = [(snapshot, data, archs[i::procs]) for i in range(procs)]
     with mp.get_context("spawn").Pool(procs) as pool:
         return _summary(pool.starmap(_plain_loop, shares), n)
@@ -229,7 +261,7 @@ def ray_tasks(space, snapshot, data, n: int, procs: int) -> dict:
     and a worker process cost before any Tune bookkeeping."""
     import ray
 
-    archs = [c.arch for c in generator(space, n).next_generation()]
+    archs = candidates(space, n)
     start_ray(procs)
     try:
         task = ray.remote(num_cpus=1)(_plain_loop)
@@ -294,23 +326,29 @@ class CpuAccount:
                 "evaluator_niceness": nice}
 
 
-def idle_slot_seconds(reports: list[dict], started: float, ended: float) -> dict[str, float]:
-    """Where each evaluator's time outside evaluations went, summed over evaluators: before its
-    first candidate (Tune's start, the worker's imports, the supernet build), between candidates
-    of one trial (reporting, while evaluators reported each candidate), between trials (the
-    batch's report, ending the trial, the searcher's next, the actor's reset),
-    after its last candidate (the other evaluators' tail, Tune's shutdown)."""
+def idle_slot_seconds(reports: list[dict], started: float, ended: float, slots: int) -> dict[str, float]:
+    """Where the slots' time outside evaluations went, summed over slots: before the first
+    candidates (Tune's start, the workers' imports, the supernet build), between candidates of one
+    trial (reporting, while evaluators reported each candidate), between trials (the batch's report,
+    ending the trial, the searcher's next, the actor's reset), after the last candidates (the other
+    evaluators' tail, Tune's shutdown), and ``restarts``: the rest, a slot's time between one evaluator
+    process's last candidate and the next process's first (0 while every evaluator lives through
+    the search; each process's own start and tail count only for the first and last ``slots``)."""
     out = dict.fromkeys(("start", "within_trials", "between_trials", "tail"), 0.0)
+    firsts, lasts = [], []
     for pid in {m["pid"] for m in reports}:
         mine = sorted((m["ended_at"] - m["eval_s"], m["ended_at"], m["index"]) for m in reports if m["pid"] == pid)
-        out["start"] += mine[0][0] - started
-        out["tail"] += ended - mine[-1][1]
+        firsts.append(mine[0][0] - started)
+        lasts.append(ended - mine[-1][1])
         for (_, end, _), (begin, _, index) in zip(mine, mine[1:]):
             out["between_trials" if index == 0 else "within_trials"] += begin - end
+    out["start"], out["tail"] = sum(sorted(firsts)[:slots]), sum(sorted(lasts)[:slots])
+    out["restarts"] = (ended - started) * slots - sum(m["eval_s"] for m in reports) - sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, policy: str = "") -> dict:
+def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, policy: str = "",
+          searcher_cls=GenerationSearcher) -> dict:
     """The product's Tune run (``search.runner.run_tune``) on the same candidates, ``per_trial``
     candidates a trial (0: the runner's automatic batch)."""
     import ray
@@ -330,7 +368,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
         t_sizing = time.perf_counter()
         per_trial, slots = trial_batching(cfg)
         sizing_s = time.perf_counter() - t_sizing
-        searcher = GenerationSearcher(generator(space, n), candidates_per_trial=per_trial, slots=slots)
+        searcher = searcher_cls(generator(space, n), candidates_per_trial=per_trial, slots=slots)
         account = CpuAccount()
         t0, started = time.perf_counter(), time.time()
         with trainable(counted(runner.evaluate_candidate, str(counts), policy)):
@@ -351,7 +389,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
     return {
         "candidates_per_trial": searcher.candidates_per_trial, "trials": len(grid),
         "batch_sizing_s": round(sizing_s, 2),  # the runner's work before the fit
-        "slot_seconds_not_evaluating": idle_slot_seconds(reports, started, started + wall),
+        "slot_seconds_not_evaluating": idle_slot_seconds(reports, started, started + wall, slots),
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
         "eval_s_mean": eval_mean,
         "overhead_per_candidate": (slot_s_per_cand - eval_mean) / eval_mean,
@@ -380,6 +418,8 @@ BATCHED_COMPARISONS = {
     "idle_threads": ("each evaluator process's other threads under SCHED_IDLE (needs CAP_SYS_NICE)", "idle_others"),
     "pinned": ("each evaluator's thread bound to a CPU of its own", "pinned"),
     "default_allocator": ("the evaluators' allocator thresholds left to glibc", "default_allocator"),
+    "barrier_at_trial_end": ("the generation barrier lifted when the last trial ends, not on its report "
+                             "(the searcher before; needs --generations)", ""),
 }
 REPORT_EACH_PHASE = BATCHED_VARIANT + "report_each"
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
@@ -399,6 +439,8 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
     if name == REPORT_EACH_PHASE:  # the batched run again, a report per candidate as before
         with trainable(report_each_candidate):
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
+    if name == BATCHED_VARIANT + "barrier_at_trial_end":
+        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=BarrierAtTrialEnd)
     if name in POLICIES:
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, POLICIES[name])
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
@@ -600,6 +642,9 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=24)
     p.add_argument("--evaluators", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="every phase once per round, the order reversed each round")
+    p.add_argument("--generations", type=int, default=0,
+                   help="split the candidates into this many more generations, the Tune phases waiting at each "
+                   "barrier as a search does (jobs/search.yaml: 6, 224 = 7 x 32); 0: one generation")
     add_setup_args(p)
     p.add_argument("--worker-niceness", type=int, default=None,
                    help="niceness of Ray's worker processes (Ray's default 15 yields to every nice-0 process)")
@@ -618,6 +663,10 @@ def main() -> int:
     args = p.parse_args()
     if args.rounds < 1 or args.candidates < args.evaluators:
         p.error("--rounds must be >= 1 and --candidates >= --evaluators")
+    if not 0 <= args.generations < args.candidates // args.evaluators:
+        p.error("--generations takes 0 to candidates / evaluators - 1")
+    global GENERATIONS
+    GENERATIONS = args.generations
     if args.compare_wakers is not None and args.compare_wakers <= 0:
         p.error("--compare-wakers takes wakeups per second > 0")
     if set(args.skip) - set(OPTIONAL_PHASES):

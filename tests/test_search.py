@@ -161,6 +161,33 @@ def test_searcher_barrier_and_state_without_tune_running():
     assert sorted(scores.values()) == [-math.inf, 1.0, 30.0, 40.0, 50.0]  # the errored trial's candidate failed
 
 
+def test_a_batch_scored_in_full_lifts_the_barrier_before_its_trial_ends():
+    """The next generation is handed out as soon as the last batch's report arrives, while its
+    trial still runs: Tune then has trials staged when that trial ends and gives them its
+    evaluator, instead of stopping it and starting a fresh one (process, torch import) each
+    generation."""
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    settings = EvolutionSettings(population=4, top_k=2, mutation_children=2, crossover_children=2,
+                                 generations=1, max_tries=50)
+    s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
+                           candidates_per_trial=2, slots=1)
+    finished = []
+    s.on_generation = lambda gen, candidates, seconds: finished.append(candidates)
+    a, b = s.suggest("a"), s.suggest("b")  # the generation in two batches of 2
+    s.on_trial_complete("a", _batch_report(a, [50.0, 51.0]))
+    assert s.suggest("x") is None  # b's batch is not scored yet
+    s.on_trial_result("b", {"accuracy": 60.0, "scored": _batch_report(b, [60.0, 61.0])["scored"][:1]})
+    assert s.suggest("x") is None and finished == []  # half of b's batch reported: still the barrier
+    s.on_trial_result("b", _batch_report(b, [60.0, 61.0]))
+    assert finished == [4]  # generation 0 is done before its last trial ends
+    nxt = s.suggest("c")
+    assert nxt is not None and {c["generation"] for c in nxt["candidates"]} == {1}
+    s.on_trial_complete("b", _batch_report(b, [60.0, 61.0]))  # the trial ends after: nothing changes
+    assert finished == [4] and list(s.current.running) == ["c"]
+    assert sorted(c.score for c in s.generator.candidates.values() if c.generation == 0) == [50.0, 51.0, 60.0, 61.0]
+
+
 def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_as_reported():
     from elastic_nas.search.searcher import GenerationSearcher
 

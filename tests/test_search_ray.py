@@ -179,6 +179,18 @@ def test_search_scored_by_loss_ranks_by_the_lowest_loss(cluster, tmp_path, data_
         assert b["arch"] is None if under.empty else b["loss"] == under["loss"].min()
     assert pd.read_csv(out / "pareto_front.csv")["loss"].is_monotonic_decreasing
     assert f"best loss {table['loss'].min():.4f}" in run.output() and "chosen loss " in run.output()
+    # The two evaluators live through both generation barriers: Tune hands the next generation's
+    # trials the actors it has, rather than stopping one and starting a fresh process (torch
+    # import and all) for each generation.
+    import ray
+    from ray._private.state import actors  # the GCS actor table, dead actors included
+
+    ray.init(address=cluster.address)
+    try:
+        evaluators = [a for a in actors().values() if "ImplicitFunc" in a["ActorClassName"]]
+    finally:
+        ray.shutdown()
+    assert len(evaluators) == 2, [(a["State"], a["Pid"]) for a in evaluators]
 
 
 def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir, snapshot_run):

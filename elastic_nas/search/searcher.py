@@ -3,8 +3,10 @@
 All search logic lives in :mod:`elastic_nas.search.evolution`; this class maps Tune trials
 to candidates and enforces the generation barrier: ``suggest`` hands out the current
 generation's candidates, a batch per trial, returns ``None`` ("not now") while any of them
-is still running, asks the generator for the next generation once all are scored, and
-returns ``Searcher.FINISHED`` when the generator is done.
+is still running, asks the generator for the next generation once all are scored (as the
+last batch's report arrives, before its trial ends: Tune then reuses that trial's evaluator
+for the next generation instead of starting a new one), and returns ``Searcher.FINISHED``
+when the generator is done.
 
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
 drains, so no evaluator slot idles through another's last full batch) and reports the batch
@@ -122,19 +124,34 @@ class GenerationSearcher(Searcher):
                 self.generator.tell(key, value if value is None or self.mode == "max" else -value)
         if not self.candidates_per_trial and scored and scored[0].get("eval_s"):
             self.candidates_per_trial = max(1, round(self.trial_seconds / scored[0]["eval_s"]))
+        if self._scored_in_full(trial_id):
+            # The barrier lifts now, not when the trial ends, so the next generation's trials are
+            # staged while its actor lives and Tune hands them that actor. Waiting for the end left
+            # Tune no staged trial to cache the actor for: it stopped it and started a fresh
+            # evaluator (process, torch import) for the next generation.
+            self._batch_done(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        batch = self.current.running.pop(trial_id, None)
-        if batch is None:  # e.g. a resumed errored trial of an earlier generation
-            batch = [k for k in (self._key(c) for c in ((result or {}).get("config") or {}).get("candidates", []))
-                     if k is not None]
         if result is not None and not error:
             self.on_trial_result(trial_id, result)
+        batch = self.current.running.get(trial_id)
+        if batch is None:  # scored in full already, or e.g. a resumed errored trial of an earlier generation
+            batch = [k for k in (self._key(c) for c in ((result or {}).get("config") or {}).get("candidates", []))
+                     if k is not None]
         for key in batch:
             if not self.generator.candidates[key].evaluated:  # never reported: its evaluation failed
                 self.generator.tell(key, None)
+        if trial_id in self.current.running:
+            self._batch_done(trial_id)
         if self._state_path:  # ahead of Tune's trial table, which will list this trial as finished
             self.save(self._state_path)
+
+    def _scored_in_full(self, trial_id: str) -> bool:
+        batch = self.current.running.get(trial_id)
+        return bool(batch) and all(self.generator.candidates[key].evaluated for key in batch)
+
+    def _batch_done(self, trial_id: str) -> None:
+        self.current.running.pop(trial_id)
         if self.current.done() and self.on_generation is not None:
             self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 
