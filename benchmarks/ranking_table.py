@@ -5,12 +5,14 @@ the truth of its day (3, 4, 5 ... stand-alone seeds), so figures from different 
 compare. This reads the scores back from those JSONs (``ROWS``) and judges every supernet, the
 MACs and params proxies and one held-out stand-alone run against one truth: the ``--truth`` JSON's
 seeds, normally the newest run with the most. It also recomputes every ranker against the truth of
-its first 2, 3, ... seeds (``growth``): how far each figure moved as seeds were added.
+its first 2, 3, ... seeds (``growth``): how far each figure moved as seeds were added, and for every
+supernet setting with 2+ seeds the tau of their averaged scores (``seeds_averaged``): whether the
+supernets' disagreement with the truth is seed noise that an ensemble averages out, or shared bias.
 
     python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s7_nr1_cl_steps1970.json
 
 Writes ``benchmarks/results/<--name>.json`` and ``<--name>.png`` (tau against the truth's seed
-count for the rankers of ``--plot``), and prints the table as Markdown.
+count for the rankers of ``--plot``), and prints both tables as Markdown.
 """
 
 from __future__ import annotations
@@ -119,7 +121,20 @@ def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict
                        for name, idx in subsets.items()}
     out["growth"] = {name: [round(float(np.mean([taus(p, runs[:, :k].mean(1), subsets)[name] for p in preds])), 4)
                             for k in range(2, runs.shape[1] + 1)] for name in SUBSETS}
+    if len(preds) > 1:  # the supernet seeds' scores averaged: what an ensemble of them would rank
+        out["seeds_averaged"] = {name: round(t, 4) for name, t in taus(np.mean(preds, 0), target, subsets).items()}
     return out
+
+
+def averaged_markdown(rows: dict) -> str:
+    """Per ranker with 2+ supernet seeds: the seeds' mean tau, then the tau of their averaged scores."""
+    lines = ["| ranker | supernet seeds | " + " | ".join(f"tau {n}: mean of seeds → seeds averaged" for n in SUBSETS)
+             + " |", "| --- | --- |" + " --- |" * len(SUBSETS)]
+    for label, r in rows.items():
+        if "seeds_averaged" in r:
+            cells = " | ".join(f"{r[n]['mean']:.2f} → {r['seeds_averaged'][n]:.2f}" for n in SUBSETS)
+            lines.append(f"| {label} | {len(r['all']['per_seed'])} | {cells} |")
+    return "\n".join(lines)
 
 
 def markdown(rows: dict, held_out: dict, seeds: int) -> str:
@@ -220,12 +235,13 @@ def main() -> int:
         rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets)
     held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}
     table = markdown(rows, held_out, runs.shape[1])
-    print(table)
+    averaged = averaged_markdown(rows)
+    print(table + "\n\n" + averaged)
     png = RESULTS / f"{a.name}.png"
     plot(rows, names, 2, png)
     write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "subsets": subsets,
                           "seed_agreement": seed_agreement(runs), "one_standalone_run_held_out": held_out,
-                          "rows": rows, "table": table, "plot": str(png.relative_to(RESULTS.parent.parent))})
+                          "rows": rows, "table": table, "seeds_averaged_table": averaged, "plot": str(png.relative_to(RESULTS.parent.parent))})
     return 0
 
 

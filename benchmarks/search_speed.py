@@ -45,6 +45,10 @@ snapshot and the same random legal candidates. Reports
   batched Tune with the barrier lifted only when the generation's last trial ends (the searcher
   before it lifted on that trial's report), when Tune stopped an evaluator at every barrier and
   started a fresh process for the next generation;
+* ``--compare-no-holds`` adds batched Tune with the searcher before hold trials (needs
+  ``--generations`` and 3+ evaluators): an evaluator that freed up at a barrier then got no trial,
+  Tune kept one such actor at most and started fresh processes for the next generation; the
+  figures count evaluator processes and the slot-seconds of those restarts;
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -84,6 +88,7 @@ import torch
 
 from _common import env_var
 from elastic_nas.config import DataConfig, SpaceConfig
+from elastic_nas.search.barrier import HOLD
 from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_arch
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.searcher import GenerationSearcher
@@ -151,6 +156,14 @@ class BarrierAtTrialEnd(GenerationSearcher):
 
     def _scored_in_full(self, trial_id: str) -> bool:
         return False
+
+
+class NoHolds(GenerationSearcher):
+    """The searcher before hold trials: at a barrier an idle evaluator got no trial, and Tune kept
+    one such actor at most (``--compare-no-holds``; matters from 3 evaluators on)."""
+
+    def _hold(self, trial_id: str) -> None:
+        return None
 
 
 def sequential(space, snapshot, data, n: int) -> dict:
@@ -388,6 +401,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
     niceness = cpu.pop("evaluator_niceness")
     return {
         "candidates_per_trial": searcher.candidates_per_trial, "trials": len(grid),
+        "hold_trials": sum(1 for r in grid if HOLD in (r.config or {})),
         "batch_sizing_s": round(sizing_s, 2),  # the runner's work before the fit
         "slot_seconds_not_evaluating": idle_slot_seconds(reports, started, started + wall, slots),
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
@@ -420,6 +434,8 @@ BATCHED_COMPARISONS = {
     "default_allocator": ("the evaluators' allocator thresholds left to glibc", "default_allocator"),
     "barrier_at_trial_end": ("the generation barrier lifted when the last trial ends, not on its report "
                              "(the searcher before; needs --generations)", ""),
+    "no_holds": ("no hold trials at the barriers (the searcher before them; needs --generations and 3+ "
+                 "evaluators)", ""),
 }
 REPORT_EACH_PHASE = BATCHED_VARIANT + "report_each"
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
@@ -441,6 +457,8 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
     if name == BATCHED_VARIANT + "barrier_at_trial_end":
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=BarrierAtTrialEnd)
+    if name == BATCHED_VARIANT + "no_holds":
+        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=NoHolds)
     if name in POLICIES:
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, POLICIES[name])
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
@@ -582,6 +600,8 @@ def round_figures(r: dict) -> dict:
         "eval_time_ratio_tune_vs_plain": tun["eval_s_mean"] / par["eval_s_mean"],
         "sequential_eval_s": seq["eval_s_mean"],
         "max_supernet_builds_per_process": tun["max_builds_per_process"],
+        "evaluator_processes": tun["evaluator_processes"],
+        "restart_slot_seconds": tun["slot_seconds_not_evaluating"]["restarts"],
         # the evaluating thread per candidate: its CPU against a plain process's, and how often it
         # was preempted in each; the evaluator process's CPU against its evaluating thread's
         "eval_thread_cpu_ratio_tune_vs_plain": tun["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
@@ -621,6 +641,8 @@ def round_figures(r: dict) -> dict:
             f"{tag}_speedup_vs_sequential": other["candidates_per_s"] / seq["candidates_per_s"],
             f"{tag}_vs_tune_batched": other["candidates_per_s"] / tun["candidates_per_s"],
             f"{tag}_overhead_per_candidate": other["overhead_per_candidate"],
+            f"{tag}_evaluator_processes": other["evaluator_processes"],
+            f"{tag}_restart_slot_seconds": other["slot_seconds_not_evaluating"]["restarts"],
             f"{tag}_eval_time_ratio_vs_plain": other["eval_s_mean"] / par["eval_s_mean"],
             f"{tag}_eval_thread_cpu_ratio_vs_plain": other["eval_thread"]["cpu_s"] / par["eval_thread"]["cpu_s"],
             f"{tag}_involuntary_switches_per_candidate": other["eval_thread"]["involuntary_switches"],

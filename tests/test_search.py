@@ -188,6 +188,69 @@ def test_a_batch_scored_in_full_lifts_the_barrier_before_its_trial_ends():
     assert sorted(c.score for c in s.generator.candidates.values() if c.generation == 0) == [50.0, 51.0, 60.0, 61.0]
 
 
+def test_evaluators_idle_at_the_barrier_get_hold_trials_that_end_when_it_lifts(monkeypatch):
+    """With 3+ slots, a slot that frees up at the barrier gets a hold trial (no candidates) so Tune
+    keeps its evaluator; never more holds than idle slots, none with 2 slots or without a signal,
+    and the barrier's lift tells the signal how many lifts there were."""
+    from elastic_nas.search import barrier
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    settings = EvolutionSettings(population=4, top_k=2, mutation_children=2, crossover_children=2,
+                                 generations=1, max_tries=50)
+
+    def searcher(slots):
+        return GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
+                                  candidates_per_trial=2, slots=slots)
+
+    lifts = []
+    monkeypatch.setattr(barrier, "lift", lifts.append)
+    s = searcher(4)
+    batches = {t: s.suggest(t) for t in "abcd"}  # 4 candidates over 4 slots: one each
+    s.on_trial_result("a", _batch_report(batches["a"], [50.0]))
+    assert s.suggest("h") is None  # no signal actor in this driver: no holds
+    monkeypatch.setitem(barrier._DRIVER, "name", "sig")
+    hold = {"hold": 0, "signal": "sig", "candidates": []}
+    s.on_trial_result("b", _batch_report(batches["b"], [51.0]))
+    assert s.suggest("h1") == hold and s.suggest("h2") == hold
+    assert s.suggest("h3") is None  # c's and d's batches plus two holds fill the 4 slots
+    s.on_trial_complete("a", _batch_report(batches["a"], [50.0]))
+    s.on_trial_result("c", _batch_report(batches["c"], [52.0]))
+    assert s.suggest("h3") == hold and s.suggest("h4") is None and lifts == []  # c's slot holds too
+    s.on_trial_result("d", _batch_report(batches["d"], [53.0]))
+    assert lifts == [1]  # generation 0 scored: the holds may end
+    nxt = s.suggest("e")
+    assert {c["generation"] for c in nxt["candidates"]} == {1}
+    s.on_trial_complete("h1", {"accuracy": math.nan, "loss": math.nan, "scored": []})
+    s.on_trial_complete("h2", None, error=True)  # its evaluator died while holding: nothing to tell
+    s.on_trial_complete("h3", {"accuracy": math.nan, "loss": math.nan, "scored": []})
+    assert [c.score for c in s.generator.candidates.values() if c.generation == 0] == [50.0, 51.0, 52.0, 53.0]
+    children = [nxt] + [s.suggest(t) for t in "fgk"]  # 4 children over the 4 slots: one each
+    assert [len(c["candidates"]) for c in children] == [1, 1, 1, 1] and s.suggest("x") is None
+    s.on_trial_result("e", _batch_report(nxt, [1.0]))
+    assert s.suggest("h5") == {**hold, "hold": 1} and s.suggest("h6") is None  # waits for the second lift
+    two = searcher(2)
+    trials = {t: two.suggest(t) for t in "abc"}  # batches of 2, 1, 1
+    for t in "ab":
+        two.on_trial_result(t, _batch_report(trials[t], [1.0] * len(trials[t]["candidates"])))
+    assert two.suggest("h") is None  # 2 slots: Tune keeps both evaluators without holds
+
+
+def test_a_hold_waits_for_the_next_lift_or_its_timeout():
+    import asyncio
+
+    from elastic_nas.search.barrier import BarrierSignal
+
+    async def scenario():
+        sig = BarrierSignal()
+        early = await sig.wait(0, 0.05)  # nothing lifted yet: times out
+        waiting = asyncio.ensure_future(sig.wait(0, 5.0))
+        await asyncio.sleep(0.01)
+        await sig.lift(1)
+        return early, await waiting, await sig.wait(0, 0.05), await sig.wait(1, 0.05)
+
+    assert asyncio.run(scenario()) == (False, True, True, False)
+
+
 def test_searcher_batches_a_generation_over_the_slots_and_tells_each_candidate_as_reported():
     from elastic_nas.search.searcher import GenerationSearcher
 

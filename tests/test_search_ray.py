@@ -165,8 +165,10 @@ def test_small_search_completes_under_a_latency_bound(cluster, tmp_path, data_di
 def test_search_scored_by_loss_ranks_by_the_lowest_loss(cluster, tmp_path, data_dir, snapshot_run):
     """``evaluator.score: loss`` on real Tune: the searcher's metric is the loss (Tune checks
     every report carries it), and the choice, each budget's best and the Pareto front go by the
-    lowest loss; the console says so."""
-    run = CliRun(search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.score": "loss"}),
+    lowest loss; the console says so. On 4 evaluator slots (half a CPU each), so that at each
+    generation barrier some evaluators wait out the others' last candidates in hold trials."""
+    run = CliRun(search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.score": "loss",
+                                                                  "evaluator.cpus_per_trial": 0.5}),
                  env={"RAY_ADDRESS": cluster.address})
     assert run.finish(240) == 0, run.output()[-4000:]
     out = tmp_path / "out" / "s"
@@ -179,18 +181,26 @@ def test_search_scored_by_loss_ranks_by_the_lowest_loss(cluster, tmp_path, data_
         assert b["arch"] is None if under.empty else b["loss"] == under["loss"].min()
     assert pd.read_csv(out / "pareto_front.csv")["loss"].is_monotonic_decreasing
     assert f"best loss {table['loss'].min():.4f}" in run.output() and "chosen loss " in run.output()
-    # The two evaluators live through both generation barriers: Tune hands the next generation's
-    # trials the actors it has, rather than stopping one and starting a fresh process (torch
-    # import and all) for each generation.
+    # The four evaluators live through both generation barriers: Tune hands the next generation's
+    # trials the actors it has (the last batch's, and those of the hold trials), rather than
+    # stopping them and starting fresh processes (torch import and all) for each generation. So
+    # every trial, batch or hold, ran in one of at most 4 processes. (Counted from the trials'
+    # results, not Ray's actor table: at the start Tune may drop an actor still booting when a
+    # started one frees up first, a churn the barriers have nothing to do with.)
+    ran = [json.loads(line) for f in (out / "tune").glob("trial_*/result.json")
+           for line in f.read_text().splitlines() if line.strip()]
+    holds = [r for r in ran if "hold" in r["config"]]
+    assert holds and len({r["pid"] for r in ran}) <= 4, sorted((r["date"], r["pid"], "hold" in r["config"])
+                                                               for r in ran)
     import ray
     from ray._private.state import actors  # the GCS actor table, dead actors included
 
     ray.init(address=cluster.address)
     try:
-        evaluators = [a for a in actors().values() if "ImplicitFunc" in a["ActorClassName"]]
+        table = list(actors().values())
     finally:
         ray.shutdown()
-    assert len(evaluators) == 2, [(a["State"], a["Pid"]) for a in evaluators]
+    assert [a["State"] for a in table if "BarrierSignal" in a["ActorClassName"]] == ["DEAD"]  # gone with the search
 
 
 def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir, snapshot_run):

@@ -10,6 +10,7 @@ actors that land in a reused worker process.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -118,9 +119,17 @@ def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu
 
 def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None:
     """Tune function trainable: score each candidate of ``config["candidates"]`` (a batch),
-    then report the batch once (``SCORED``: one result per candidate, in order)."""
+    then report the batch once (``SCORED``: one result per candidate, in order). A hold trial
+    (:mod:`~elastic_nas.search.barrier`) only waits out the generation barrier and reports no candidate."""
     import ray.tune
 
+    from elastic_nas.search import barrier
+
+    if barrier.HOLD in config:
+        barrier.wait_out(config)
+        # no candidate in it, but Tune checks every trial's last result for the searcher's metric
+        ray.tune.report({"accuracy": math.nan, "loss": math.nan, SCORED: []})
+        return
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, int(os.environ.get("ELASTIC_NAS_EVAL_THREADS", "1"))))
     keep_freed_memory()  # activations reused, not faulted in again for every candidate

@@ -25,6 +25,7 @@ from elastic_nas.cluster.launcher import init_ray, resolve_storage
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact
+from elastic_nas.search import barrier
 from elastic_nas.search.evaluator import EvalData, Snapshot, candidate_results, eval_data, evaluate_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import SCORES, write_outputs
@@ -313,6 +314,8 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
     # writer for the whole search in place of a CSV and a TensorBoard file per trial.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     init_ray()  # a no-op when the caller has connected already
+    if max(searcher.slots, trial_batching(cfg)[1]) >= barrier.HOLD_FROM_SLOTS:  # (a restored searcher has its own)
+        barrier.start_signal()  # evaluators idle at a generation barrier hold on to their actors
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
         {"cpu": cfg.evaluator.cpus_per_trial, "gpu": cfg.evaluator.gpus_per_trial},
@@ -332,7 +335,10 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
                 callbacks=[JsonLoggerCallback(), CandidateBoard(str(tune_path / "tensorboard"))],
             ),
         )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        barrier.stop_signal()
 
 
 __all__ = ["CandidateBoard", "GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher",

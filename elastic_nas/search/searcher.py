@@ -6,7 +6,8 @@ generation's candidates, a batch per trial, returns ``None`` ("not now") while a
 is still running, asks the generator for the next generation once all are scored (as the
 last batch's report arrives, before its trial ends: Tune then reuses that trial's evaluator
 for the next generation instead of starting a new one), and returns ``Searcher.FINISHED``
-when the generator is done.
+when the generator is done. With 3+ evaluator slots an evaluator that frees up at the barrier
+gets a hold trial instead of "not now", so Tune keeps its actor too (:mod:`.barrier`).
 
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
 drains, so no evaluator slot idles through another's last full batch) and reports the batch
@@ -43,6 +44,7 @@ import time
 from ray.tune.search import Searcher
 
 from elastic_nas.io import atomic_write
+from elastic_nas.search import barrier
 from elastic_nas.search.evaluator import candidate_results
 from elastic_nas.search.evolution import _Generator, arch_key
 
@@ -84,6 +86,8 @@ class GenerationSearcher(Searcher):
         self.trial_seconds = trial_seconds
         self.current = _Generation()
         self._state_path = ""  # where Tune last saved this searcher
+        self._holds: set[str] = set()  # hold trials: evaluators waiting out the barrier (barrier.py)
+        self._lifts = 0  # barriers lifted in this process
         # on_generation(generator, candidates, seconds): a generation of that many candidates
         # was fully scored, that many seconds after it was handed out (in this process)
         self.on_generation = None
@@ -92,7 +96,7 @@ class GenerationSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | None:
         if not self.current.unsuggested:
             if self.current.running:
-                return None  # generation barrier: parents need every score of this generation
+                return self._hold(trial_id)  # generation barrier: parents need every score of this generation
             fresh = self.generator.next_generation()
             if fresh is None:
                 return Searcher.FINISHED
@@ -108,6 +112,16 @@ class GenerationSearcher(Searcher):
         batch, self.current.unsuggested = self.current.unsuggested[:per_trial], self.current.unsuggested[per_trial:]
         self.current.running[trial_id] = batch
         return {"candidates": [self._candidate(key) for key in batch]}
+
+    def _hold(self, trial_id: str) -> dict | None:
+        """At the barrier, a hold trial for an evaluator slot that would idle (else None: "not now"),
+        so Tune keeps its actor for the next generation instead of stopping it."""
+        if self.slots < barrier.HOLD_FROM_SLOTS or len(self.current.running) + len(self._holds) >= self.slots:
+            return None
+        config = barrier.hold_config(self._lifts)
+        if config is not None:
+            self._holds.add(trial_id)
+        return config
 
     def _candidate(self, key: str) -> dict:
         cand = self.generator.candidates[key]
@@ -132,6 +146,9 @@ class GenerationSearcher(Searcher):
             self._batch_done(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._holds:
+            self._holds.discard(trial_id)
+            return
         if result is not None and not error:
             self.on_trial_result(trial_id, result)
         batch = self.current.running.get(trial_id)
@@ -152,8 +169,11 @@ class GenerationSearcher(Searcher):
 
     def _batch_done(self, trial_id: str) -> None:
         self.current.running.pop(trial_id)
-        if self.current.done() and self.on_generation is not None:
-            self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
+        if self.current.done():
+            self._lifts += 1
+            barrier.lift(self._lifts)  # the holds end once the next generation's trials are staged
+            if self.on_generation is not None:
+                self.on_generation(self.generator, self.current.size, time.monotonic() - self.current.started)
 
     def _key(self, result_or_candidate: dict | None) -> str | None:
         arch = (result_or_candidate or {}).get("arch")
