@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -226,6 +227,31 @@ def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir,
     counts = reports(tune_dir)
     assert all(counts[arch] == 1 for arch in finished), {a: counts[a] for a in finished}
     assert sum(counts.values()) - BUDGET <= 2 * 3  # at most the two running batches were redone
+
+
+def test_driver_killed_while_evaluators_hold_resumes(cluster, tmp_path, data_dir, snapshot_run):
+    """4 slots: the driver dies while a hold trial waits out a barrier. The restarted driver's Tune
+    re-runs that hold, whose signal actor died with the old driver: it ends at once, and the search
+    completes, redoing at most the batches that were running (4 slots, batches of at most 2)."""
+    args = search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.calib_images": 600,
+                                                            "evaluator.cpus_per_trial": 0.5})
+    first = CliRun(args, env={"RAY_ADDRESS": cluster.address, "TUNE_GLOBAL_CHECKPOINT_S": "0"})
+    tune_dir = tmp_path / "out" / "s" / "tune"
+    holding, end = None, time.monotonic() + 180
+    while holding is None and time.monotonic() < end:
+        for params in tune_dir.glob("trial_*/params.json"):
+            with contextlib.suppress(OSError, ValueError):  # a file still being written
+                if "hold" in json.loads(params.read_text()) and not (params.parent / "result.json").stat().st_size:
+                    holding = params.parent.name  # started, not yet reported: waiting at the barrier
+        time.sleep(0.02)
+    first.kill()
+    assert holding, first.output()[-4000:]
+    second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    assert second.finish(240) == 0, second.output()[-4000:]
+    assert "resuming the search" in second.output()
+    check_outputs(tmp_path / "out" / "s", BUDGET, exactly_once=False)
+    counts = reports(tune_dir)
+    assert len(counts) == BUDGET and sum(counts.values()) - BUDGET <= 4 * 2  # at most the running batches redone
 
 
 def test_killed_evaluator_is_retried_and_search_completes(cluster, tmp_path, data_dir, snapshot_run):
