@@ -473,6 +473,8 @@ def report_each_candidate(config: dict, snapshot, data) -> None:
     counts as between trials in the breakdown)."""
     from elastic_nas.search.evaluator import evaluate_candidate
 
+    if HOLD in config:  # a hold trial (3+ evaluators) reports once, as before
+        return evaluate_candidate(config, snapshot, data)
     for cand in config["candidates"]:
         evaluate_candidate({**config, "candidates": [cand]}, snapshot, data)
 
@@ -489,6 +491,8 @@ def counted(fn, out_dir: str, policy: str = ""):
     def evaluate(config: dict, snapshot, data) -> None:
         from elastic_nas.search.evaluator import get_supernet
 
+        if HOLD in config:  # a hold trial evaluates nothing: its wait stays out of the per-candidate counts
+            return fn(config, snapshot, data)
         if policy == "batch":
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: this thread
         elif policy == "idle_others":

@@ -48,8 +48,8 @@ class BarrierSignal:
         return True
 
 
-def start_signal() -> str:
-    """Start this driver's signal actor (Ray connected) on its own node; returns its name."""
+def start_signal() -> None:
+    """Start this driver's signal actor (Ray connected) on its own node."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -58,12 +58,11 @@ def start_signal() -> str:
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     actor = ray.remote(BarrierSignal).options(name=name, num_cpus=0, scheduling_strategy=here).remote()
     _DRIVER.update(name=name, actor=actor)
-    return name
 
 
 def stop_signal() -> None:
     """Free the signal's worker (after the fit); a no-op without one."""
-    actor = _DRIVER.pop("actor", None)
+    actor = _DRIVER.get("actor")
     _DRIVER.clear()
     if actor is not None:
         import ray

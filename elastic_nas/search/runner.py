@@ -314,7 +314,7 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
     # writer for the whole search in place of a CSV and a TensorBoard file per trial.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     init_ray()  # a no-op when the caller has connected already
-    if max(searcher.slots, trial_batching(cfg)[1]) >= barrier.HOLD_FROM_SLOTS:  # (a restored searcher has its own)
+    if trial_batching(cfg)[1] >= barrier.HOLD_FROM_SLOTS:  # the cluster's slots (a restored searcher has its own)
         barrier.start_signal()  # evaluators idle at a generation barrier hold on to their actors
     trainable = tune.with_resources(
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
