@@ -49,6 +49,11 @@ snapshot and the same random legal candidates. Reports
   ``--generations`` and 3+ evaluators): an evaluator that freed up at a barrier then got no trial,
   Tune kept one such actor at most and started fresh processes for the next generation; the
   figures count evaluator processes and the slot-seconds of those restarts;
+* ``--compare-early-start`` adds batched Tune with ``evolution.early_start`` (needs
+  ``--generations``): an evaluator that frees up at a barrier starts the next generation instead
+  of waiting for this one's last candidates; the Tune phases count the trials of a withdrawn
+  early generation (none for these random archs, whose next generation never depends on the
+  scores);
 * ``--compare-report-each`` adds batched Tune with a report per candidate (the evaluator as it
   was before a batch was reported once) to every round: the A/B of that change;
 * ``--skip ray_tasks,tune_one_per_trial`` leaves out the phases that explain the gaps (and
@@ -156,6 +161,14 @@ class BarrierAtTrialEnd(GenerationSearcher):
 
     def _scored_in_full(self, trial_id: str) -> bool:
         return False
+
+
+class EarlyStart(GenerationSearcher):
+    """``evolution.early_start``: at a barrier an idle evaluator starts the next generation instead
+    of waiting for this one's last candidates (``--compare-early-start``; needs --generations)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs, early_start=True)
 
 
 class NoHolds(GenerationSearcher):
@@ -369,7 +382,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
     from elastic_nas.config import SearchConfig
     from elastic_nas.search import runner
     from elastic_nas.search.evaluator import candidate_results
-    from elastic_nas.search.runner import run_tune, trial_batching
+    from elastic_nas.search.runner import run_tune, standing, trial_batching
 
     cfg = SearchConfig()
     cfg.evaluator.candidates_per_trial = per_trial
@@ -387,7 +400,9 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
         with trainable(counted(runner.evaluate_candidate, str(counts), policy)):
             grid = run_tune(cfg, searcher, snapshot, data, tune_path)
         wall = time.perf_counter() - t0
-        reports = [c for r in grid for line in (Path(r.path) / "result.json").read_text().splitlines()
+        kept = standing([r.config or {} for r in grid])  # a withdrawn early generation's trials left out
+        reports = [c for r, keep in zip(grid, kept) if keep
+                   for line in (Path(r.path) / "result.json").read_text().splitlines()
                    if line.strip() for c in candidate_results(json.loads(line))]
         cpu = account.stop({m["pid"] for m in reports})  # before shutdown: Ray's processes still listed
     finally:
@@ -402,6 +417,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
     return {
         "candidates_per_trial": searcher.candidates_per_trial, "trials": len(grid),
         "hold_trials": sum(1 for r in grid if HOLD in (r.config or {})),
+        "withdrawn_trials": kept.count(False),  # their evaluations count as time not evaluating
         "batch_sizing_s": round(sizing_s, 2),  # the runner's work before the fit
         "slot_seconds_not_evaluating": idle_slot_seconds(reports, started, started + wall, slots),
         "wall_s": wall, "candidates": len(reports), "candidates_per_s": len(reports) / wall,
@@ -434,6 +450,8 @@ BATCHED_COMPARISONS = {
     "default_allocator": ("the evaluators' allocator thresholds left to glibc", "default_allocator"),
     "barrier_at_trial_end": ("the generation barrier lifted when the last trial ends, not on its report "
                              "(the searcher before; needs --generations)", ""),
+    "early_start": ("evolution.early_start: idle evaluators at a generation barrier start the next "
+                    "generation (needs --generations)", ""),
     "no_holds": ("no hold trials at the barriers (the searcher before them; needs --generations and 3+ "
                  "evaluators)", ""),
 }
@@ -457,6 +475,8 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
             return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0)
     if name == BATCHED_VARIANT + "barrier_at_trial_end":
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=BarrierAtTrialEnd)
+    if name == BATCHED_VARIANT + "early_start":
+        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=EarlyStart)
     if name == BATCHED_VARIANT + "no_holds":
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=NoHolds)
     if name in POLICIES:

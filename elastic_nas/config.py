@@ -379,6 +379,10 @@ class EvolutionConfig:
     latency_min_ms: float = 0.0  # predicted latency bounds, ms (0 = none); they need search.latency_table
     latency_max_ms: float = 0.0
     max_tries: int = 500  # draws per child before falling back to a random legal candidate
+    # idle evaluators at a generation barrier start the next generation, withdrawn if a last
+    # candidate turns out a parent: the same search, without the wait (searcher.py). Off: on 2
+    # evaluators it measured no faster (benchmarks/early_start.py; evolution withdrew 1-3 a search)
+    early_start: bool = False
 
     def validate(self, prefix: str) -> None:
         for key in ("population", "top_k", "max_tries"):

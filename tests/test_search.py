@@ -145,7 +145,7 @@ def test_searcher_barrier_and_state_without_tune_running():
     s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=7))
     s2.set_state(state)
     finished = []
-    s2.on_generation = lambda gen, candidates, seconds: finished.append((gen.generation, candidates))
+    s2.on_generation = lambda gen, number, candidates, seconds: finished.append((number, candidates))
     assert s2.suggest("t4") is None
     s2.on_trial_complete("t2", _report(cfgs[2], 30.0))
     assert finished == [(0, 1)]  # the restored generation's last running candidate ended it
@@ -173,7 +173,7 @@ def test_a_batch_scored_in_full_lifts_the_barrier_before_its_trial_ends():
     s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
                            candidates_per_trial=2, slots=1)
     finished = []
-    s.on_generation = lambda gen, candidates, seconds: finished.append(candidates)
+    s.on_generation = lambda gen, number, candidates, seconds: finished.append(candidates)
     a, b = s.suggest("a"), s.suggest("b")  # the generation in two batches of 2
     s.on_trial_complete("a", _batch_report(a, [50.0, 51.0]))
     assert s.suggest("x") is None  # b's batch is not scored yet
@@ -200,7 +200,7 @@ def test_evaluators_idle_at_the_barrier_get_hold_trials_that_end_when_it_lifts(m
 
     def searcher(slots):
         return GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
-                                  candidates_per_trial=2, slots=slots)
+                                  candidates_per_trial=2, slots=slots, early_start=False)  # the holds alone
 
     lifts = []
     monkeypatch.setattr(barrier, "lift", lifts.append)
@@ -233,6 +233,98 @@ def test_evaluators_idle_at_the_barrier_get_hold_trials_that_end_when_it_lifts(m
     for t in "ab":
         two.on_trial_result(t, _batch_report(trials[t], [1.0] * len(trials[t]["candidates"])))
     assert two.suggest("h") is None  # 2 slots: Tune keeps both evaluators without holds
+
+
+@pytest.mark.parametrize("method", ["evolution", "random"])
+def test_a_generation_started_early_is_the_one_the_barrier_gives(method):
+    """Started while a generation's last candidate is pending, the next generation stands when
+    that score leaves the parents as they were, is withdrawn when it does not, and either way the
+    search proposes exactly the generations a plain barrier does. The state saved meanwhile is
+    the barrier's (the early generation is not in it)."""
+    settings = EvolutionSettings(population=8, top_k=3, mutation_children=3, crossover_children=3,
+                                 generations=6, max_tries=50)
+    plain = run(make_generator(method, SPACE, cost, Constraints(), settings, seed=3))
+    gen = make_generator(method, SPACE, cost, Constraints(), settings, seed=3)
+    gens, outcomes = [], []
+    fresh = gen.next_generation()
+    while fresh is not None:
+        gens.append([c.arch for c in fresh])
+        for c in fresh[:-1]:
+            gen.tell(c.arch, score(c.arch))
+        at_barrier = json.dumps(gen.get_state())
+        early = gen.start_early()  # the last candidate still pending
+        if early is None:
+            assert gen.start_early() is None and gen.settle_early() is None
+            gen.tell(fresh[-1].arch, score(fresh[-1].arch))
+            fresh = gen.next_generation()
+            continue
+        assert json.dumps(gen.get_state()) == at_barrier and gen.start_early() is None
+        with pytest.raises(RuntimeError):
+            gen.settle_early()  # the last candidate is not told yet
+        gen.tell(early[0].arch, 99.0)  # an early candidate's score never decides the parents
+        gen.tell(fresh[-1].arch, score(fresh[-1].arch))
+        stands = gen.settle_early()
+        outcomes.append(stands)
+        fresh = early if stands else gen.next_generation()
+        if stands:
+            gen.tell(early[0].arch, None)
+            gen.tell(early[0].arch, score(early[0].arch))
+    assert gens == plain
+    assert len(outcomes) == settings.generations and (all(outcomes) if method == "random" else not all(outcomes))
+    assert method == "random" or any(outcomes)  # the scenario covers both: standing and withdrawn
+
+
+def test_idle_slots_at_the_barrier_start_the_next_generation_early():
+    """A slot that frees up at the barrier gets one candidate of the next generation (no more than
+    the idle slots); the generation stands and the rest is batched as usual, or, when a last score
+    makes a new parent, is withdrawn: its late report is ignored, the generation proposed anew (the
+    same one a plain barrier gives) and the withdrawn trial's config no longer counts."""
+    from elastic_nas.search.runner import standing
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    settings = EvolutionSettings(population=4, top_k=2, mutation_children=3, crossover_children=3,
+                                 generations=2, max_tries=50)
+
+    def searcher(early_start=True):
+        return GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), settings, seed=0),
+                                  candidates_per_trial=2, slots=2, early_start=early_start)
+
+    s, ref = searcher(), searcher(early_start=False)  # ref: the plain barrier (the default)
+    gen0 = [s.suggest(t) for t in "abc"]  # 4 candidates over 2 slots: batches of 2, 1, 1
+    assert [ref.suggest(t) for t in "abc"] == gen0 and [len(c["candidates"]) for c in gen0] == [2, 1, 1]
+    scores0 = {"a": [10.0, 11.0], "b": [1.0], "c": [2.0]}  # c's below the parents (10, 11)
+    for t, cfg in zip("abc", gen0):
+        ref.on_trial_complete(t, _batch_report(cfg, scores0[t]))
+    for t, cfg in zip("ab", gen0):
+        s.on_trial_complete(t, _batch_report(cfg, scores0[t]))
+    e1 = s.suggest("e1")  # c still runs: one slot is idle
+    assert [c["generation"] for c in e1["candidates"]] == [1] and s.suggest("x") is None  # c and e1: 2 slots
+    saved = json.loads(json.dumps(s.get_state()))  # as at the barrier: a resume proposes generation 1 again
+    assert list(saved["running"]) == ["c"] and {c["generation"] for c in saved["generator"]["candidates"]} == {0}
+    s.on_trial_complete("e1", _batch_report(e1, [5.0]))
+    e2 = s.suggest("e2")
+    s.on_trial_complete("c", _batch_report(gen0[2], scores0["c"]))  # the parents stay: it stands
+    rest = [s.suggest(t) for t in "def"]
+    assert [len(c["candidates"]) for c in rest] == [2, 1, 1] and s.suggest("x") is None
+    first = [ref.suggest(t) for t in "pqrs"]  # the plain barrier's generation 1: the same candidates
+    assert sorted(c["arch"] for cfg in first for c in cfg["candidates"]) == sorted(
+        c["arch"] for cfg in [e1, e2, *rest] for c in cfg["candidates"])
+    for t, cfg in (("e2", e2), ("d", rest[0]), ("e", rest[1])):
+        s.on_trial_complete(t, _batch_report(cfg, [3.0] * len(cfg["candidates"])))
+    g1 = s.suggest("g1")  # generation 2 started early, f's candidate pending
+    assert [c["generation"] for c in g1["candidates"]] == [2]
+    last = rest[2]["candidates"][0]["arch"]
+    s.on_trial_result("g1", _batch_report(g1, [7.0]))  # reported while the barrier stands
+    s.on_trial_complete("f", _batch_report(rest[2], [50.0]))  # a new best: a parent, so g1 is withdrawn
+    s.on_trial_complete("g1", _batch_report(g1, [7.0]))  # its end, after the withdrawal: ignored
+    again = s.suggest("h")
+    assert not any(c.evaluated for c in s.generator.candidates.values() if c.generation == 2)
+    assert again["candidates"][0]["proposal"] > g1["candidates"][0]["proposal"]
+    assert standing([*gen0, e1, e2, *rest, g1, again]) == [True] * 8 + [False, True]
+    for t, cfg in zip("pqrs", first):
+        ref.on_trial_complete(t, _batch_report(cfg, [50.0 if c["arch"] == last else 3.0 for c in cfg["candidates"]]))
+    plain = ref.suggest("h")  # the plain barrier proposes the same generation 2 (it counts fewer proposals)
+    assert [c["arch"] for c in plain["candidates"]] == [c["arch"] for c in again["candidates"]]
 
 
 def test_a_hold_waits_for_the_next_lift_or_its_timeout():

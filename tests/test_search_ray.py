@@ -17,6 +17,7 @@ import torch
 
 from elastic_nas.config import DataConfig, SpaceConfig
 from elastic_nas.search.evaluator import candidate_results
+from elastic_nas.search.runner import standing
 from tests.ray_utils import CliRun
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -72,10 +73,13 @@ BUDGET = 6 + 2 * (2 + 2)
 
 
 def reports(tune_dir: Path) -> Counter:
-    """How often each candidate (arch JSON) was reported: a trial reports each of its batch."""
+    """How often each candidate (arch JSON) was reported: a trial reports each of its batch
+    (the trials of a withdrawn early generation left out, as the results table leaves them)."""
     counts: Counter = Counter()
-    for f in tune_dir.glob("trial_*/result.json"):
-        for line in f.read_text().splitlines():
+    dirs = sorted(tune_dir.glob("trial_*"))
+    for d, keep in zip(dirs, standing([json.loads((d / "params.json").read_text()) for d in dirs])):
+        f = d / "result.json"
+        for line in (f.read_text().splitlines() if keep and f.is_file() else []):
             if line.strip():
                 for cand in candidate_results(json.loads(line)):
                     counts[json.dumps(cand["arch"])] += 1
@@ -185,11 +189,8 @@ def test_search_scored_by_loss_ranks_by_the_lowest_loss(cluster, tmp_path, data_
     # The four evaluators live through both generation barriers: Tune hands the next generation's
     # trials the actors it has (the last batch's, and those of the hold trials), rather than
     # stopping them and starting fresh processes (torch import and all) for each generation. So
-    # every trial, batch or hold, ran in one of at most 4 processes. (Counted from the trials'
-    # results, not Ray's actor table: at the start Tune may drop an actor still booting when a
-    # started one frees up first, a churn the barriers have nothing to do with.)
-    ran = [json.loads(line) for f in (out / "tune").glob("trial_*/result.json")
-           for line in f.read_text().splitlines() if line.strip()]
+    # every trial, batch or hold, ran in one of at most 4 processes.
+    ran = trial_results(out / "tune")
     holds = [r for r in ran if "hold" in r["config"]]
     assert holds and len({r["pid"] for r in ran}) <= 4, sorted((r["date"], r["pid"], "hold" in r["config"])
                                                                for r in ran)
@@ -202,6 +203,31 @@ def test_search_scored_by_loss_ranks_by_the_lowest_loss(cluster, tmp_path, data_
     finally:
         ray.shutdown()
     assert [a["State"] for a in table if "BarrierSignal" in a["ActorClassName"]] == ["DEAD"]  # gone with the search
+
+
+def trial_results(tune_dir: Path) -> list[dict]:
+    """Every result line of every trial. (Evaluator processes are counted from these, not from
+    Ray's actor table: at the start Tune may drop an actor still booting when a started one frees
+    up first, a churn the barriers have nothing to do with.)"""
+    return [json.loads(line) for f in tune_dir.glob("trial_*/result.json")
+            for line in f.read_text().splitlines() if line.strip()]
+
+
+def test_early_start_keeps_the_search_and_its_evaluators(cluster, tmp_path, data_dir, snapshot_run):
+    """``evolution.early_start`` on 4 slots (half a CPU each): evaluators that free up at a barrier
+    start the next generation before its last candidates are scored; the outputs hold exactly the
+    budget's candidates, each reported once (a withdrawn early generation's trials left out), and
+    every trial ran in one of at most 4 evaluator processes."""
+    run = CliRun(search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.cpus_per_trial": 0.5,
+                                                                  "evolution.early_start": "true"}),
+                 env={"RAY_ADDRESS": cluster.address})
+    assert run.finish(240) == 0, run.output()[-4000:]
+    check_outputs(tmp_path / "out" / "s", BUDGET)
+    ran = trial_results(tmp_path / "out" / "s" / "tune")
+    assert len({r["pid"] for r in ran}) <= 4, sorted((r["date"], r["pid"]) for r in ran)
+    scored = [c for r in ran for c in candidate_results(r)]
+    last_end = {g: max(c["ended_at"] for c in scored if c["generation"] == g) for g in (0, 1)}
+    assert any(c["ended_at"] - c["eval_s"] < last_end[c["generation"] - 1] for c in scored if c["generation"]), scored
 
 
 def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir, snapshot_run):
@@ -232,9 +258,11 @@ def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir,
 def test_driver_killed_while_evaluators_hold_resumes(cluster, tmp_path, data_dir, snapshot_run):
     """4 slots: the driver dies while a hold trial waits out a barrier. The restarted driver's Tune
     re-runs that hold, whose signal actor died with the old driver: it ends at once, and the search
-    completes, redoing at most the batches that were running (4 slots, batches of at most 2)."""
+    completes, redoing at most the batches that were running (4 slots, batches of at most 2). No early
+    start (the default, set here all the same), so that every idle slot holds."""
     args = search_args(tmp_path, data_dir, snapshot_run, **{"evaluator.calib_images": 600,
-                                                            "evaluator.cpus_per_trial": 0.5})
+                                                            "evaluator.cpus_per_trial": 0.5,
+                                                            "evolution.early_start": "false"})
     first = CliRun(args, env={"RAY_ADDRESS": cluster.address, "TUNE_GLOBAL_CHECKPOINT_S": "0"})
     tune_dir = tmp_path / "out" / "s" / "tune"
     holding, end = None, time.monotonic() + 180

@@ -9,7 +9,10 @@ function* ``arch -> (macs, params)``. A search proceeds in generations:
    evaluate (or ``None`` once the budget is spent);
 2. the caller evaluates them and reports each with ``tell(arch, score)``;
 3. the next generation may only be asked for when every candidate of this one is told
-   (the generation barrier: parents come from complete information).
+   (the generation barrier: parents come from complete information). ``start_early()``
+   proposes it before that, as if the pending scores left the parents unchanged, and
+   ``settle_early()`` keeps it or withdraws it once they are told, so the result is the
+   same as waiting.
 
 Generation 0 is ``population`` random legal candidates. Every later generation is
 ``mutation_children`` mutants of random top-k parents (gene prob ``mutation_prob``) and
@@ -129,6 +132,7 @@ class _Generator:
         self.generation = -1  # the last generation handed out
         self.shortfall = 0  # children replaced by random legal candidates, over the run
         self.exhausted = False  # no new legal candidate could be found
+        self._early: dict | None = None  # the next generation, started before this one is scored (start_early)
 
     # -- the generation protocol ------------------------------------------------------
     def pending(self) -> list[Candidate]:
@@ -153,6 +157,51 @@ class _Generator:
             return None
         return fresh
 
+    # -- starting the next generation before the barrier ---------------------------------
+    def start_early(self) -> list[Candidate] | None:
+        """The next generation while the last candidates of this one are still pending: proposed
+        now, as the barrier would propose it if their scores leave the parents as they are (random
+        search: always; evolution: unless one of them enters the top k). ``settle_early`` keeps or
+        withdraws it once they are told. None: no next generation, or one is started already."""
+        if (self._early is not None or not self.pending() or self.exhausted
+                or self.generation >= self.settings.generations):
+            return None
+        before = {"rng": self.rng.bit_generator.state, "generation": self.generation,
+                  "shortfall": self.shortfall, "exhausted": self.exhausted}
+        parents = self._parent_keys(self.generation)
+        self.generation += 1
+        fresh = self._propose(self.generation)
+        if not fresh:  # exhaustion is decided at the barrier, as without an early start
+            self._roll_back(before, [])
+            return None
+        self._early = {**before, "parents": parents, "keys": [c.key for c in fresh]}
+        return fresh
+
+    def settle_early(self) -> bool | None:
+        """Once every candidate before the early generation is told: True if it stands (the same
+        generation the barrier gives), False if it was withdrawn (its candidates forgotten, the RNG
+        and counters as before it: ``next_generation`` proposes anew). None: none was started."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if any(not c.evaluated for c in self.candidates.values() if c.generation <= early["generation"]):
+            self._early = early
+            raise RuntimeError(f"generation {early['generation']} still has pending candidates")
+        if self._parent_keys(early["generation"]) == early["parents"]:
+            return True
+        self._roll_back(early, early["keys"])
+        return False
+
+    def _parent_keys(self, generation: int) -> list[str]:
+        """What the next generation is drawn from, besides the RNG: nothing for random search."""
+        return []
+
+    def _roll_back(self, before: dict, keys: list[str]) -> None:
+        for key in keys:
+            del self.candidates[key]
+        self.rng.bit_generator.state = before["rng"]
+        self.generation, self.shortfall, self.exhausted = before["generation"], before["shortfall"], before["exhausted"]
+
     def tell(self, arch_or_key: Any, score: float | None) -> Candidate:
         """Record a score; None or NaN marks a failed evaluation (never a parent)."""
         key = arch_or_key if isinstance(arch_or_key, str) else arch_key(self.encoder, arch_or_key)
@@ -163,9 +212,11 @@ class _Generator:
     def evaluated(self) -> list[Candidate]:
         return [c for c in self.candidates.values() if c.evaluated]
 
-    def top(self, k: int) -> list[Candidate]:
-        """The k best evaluated candidates (ties: fewer MACs, then key), failures excluded."""
-        good = [c for c in self.evaluated() if c.score != -math.inf]
+    def top(self, k: int, upto_generation: int | None = None) -> list[Candidate]:
+        """The k best evaluated candidates (ties: fewer MACs, then key), failures excluded; with
+        ``upto_generation``, of the generations up to it only."""
+        good = [c for c in self.evaluated() if c.score != -math.inf
+                and (upto_generation is None or c.generation <= upto_generation)]
         return sorted(good, key=lambda c: (-c.score, c.macs, c.key))[:k]
 
     # -- helpers ----------------------------------------------------------------------
@@ -209,18 +260,22 @@ class _Generator:
     # -- state ------------------------------------------------------------------------
     def get_state(self) -> dict:
         """Plain JSON-able state: RNG, counters and every candidate with its score."""
+        # An early generation is not saved: a restored search proposes it again at the barrier.
+        at = self._early or {"rng": self.rng.bit_generator.state, "generation": self.generation,
+                             "shortfall": self.shortfall, "exhausted": self.exhausted, "keys": []}
+        early = set(at["keys"])
         return {
             "version": STATE_VERSION,
             "method": self.method,
-            "rng": self.rng.bit_generator.state,
-            "generation": self.generation,
-            "shortfall": self.shortfall,
-            "exhausted": self.exhausted,
+            "rng": at["rng"],
+            "generation": at["generation"],
+            "shortfall": at["shortfall"],
+            "exhausted": at["exhausted"],
             "candidates": [
                 {"arch": json.loads(c.key), "macs": c.macs, "params": c.params, "latency_ms": c.latency_ms,
                  "generation": c.generation,
                  "score": None if c.score is None else (c.score if c.score != -math.inf else "failed")}
-                for c in self.candidates.values()
+                for c in self.candidates.values() if c.key not in early
             ],
         }
 
@@ -233,6 +288,7 @@ class _Generator:
         self.generation = int(state["generation"])
         self.shortfall = int(state["shortfall"])
         self.exhausted = bool(state["exhausted"])
+        self._early = None
         self.candidates = {}
         for row in state["candidates"]:
             arch = self.encoder.validate(row["arch"])
@@ -269,6 +325,9 @@ class EvolutionSearch(_Generator):
         self.shortfall += missing
         self._fill_random(missing, generation, batch)
         return batch
+
+    def _parent_keys(self, generation: int) -> list[str]:
+        return [c.key for c in self.top(self.settings.top_k, generation)]
 
     def _children(self, n: int, batch: list[Candidate], generation: int, make: Callable[[], Any]) -> None:
         target = len(batch) + n

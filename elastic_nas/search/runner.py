@@ -109,7 +109,7 @@ def make_searcher(cfg: SearchConfig, space) -> GenerationSearcher:
                               evo.latency_min_ms, evo.latency_max_ms)
     generator = make_generator(evo.method, space, SpaceCost(space, table), constraints, settings, cfg.run.seed)
     column, lower = SCORES[cfg.evaluator.score]
-    return GenerationSearcher(generator, metric=column, mode="min" if lower else "max")
+    return GenerationSearcher(generator, metric=column, mode="min" if lower else "max", early_start=evo.early_start)
 
 
 def shown(score: str, value: float, named: bool = True) -> str:
@@ -126,8 +126,10 @@ def trial_dirname(trial) -> str:
 
 def results_table(grid) -> pd.DataFrame:
     """One row per candidate from the trials' reports (a trial reports its batch; a retried
-    trial's repeat counts once); candidates never reported have NaN accuracy."""
+    trial's repeat counts once); candidates never reported have NaN accuracy. Trials of a
+    withdrawn early generation are left out (:func:`standing`)."""
     rows: dict[str, dict] = {}
+    grid = [r for r, keep in zip(grid, standing([r.config or {} for r in grid])) if keep]
     for result in grid:
         for cand in (result.config or {}).get("candidates") or []:
             rows.setdefault(_key(cand["arch"]), _row(cand, {}, result.metrics or {}))
@@ -135,6 +137,16 @@ def results_table(grid) -> pd.DataFrame:
             rows[_key(report["arch"])] = _row(report, report, report)
     columns = ["arch", "macs", "params", "latency_ms", "accuracy", "loss", "generation", "trial_id", "eval_s"]
     return pd.DataFrame(list(rows.values()), columns=columns)
+
+
+def standing(configs: list[dict]) -> list[bool]:
+    """For each trial config: False for a trial of a withdrawn early generation, whose proposal
+    (the searcher's count of proposed generations) is below a later proposal of its generation."""
+    last: dict[int, int] = {}
+    for cand in (c for config in configs for c in config.get("candidates") or []):
+        last[cand["generation"]] = max(last.get(cand["generation"], 0), cand.get("proposal", 0))
+    return [all(c.get("proposal", 0) >= last[c["generation"]] for c in config.get("candidates") or [])
+            for config in configs]
 
 
 def _key(arch) -> str:
@@ -172,10 +184,11 @@ class GenerationProgress:
         self.budget, self.folder, self.score = budget, str(folder.local), score
         _FOLDERS[self.folder] = folder
 
-    def __call__(self, generator, candidates: int, seconds: float) -> None:
-        done = len(generator.evaluated())
-        best = generator.top(1)
-        line = f"elastic-nas: generation {generator.generation}: {done}/{self.budget} candidates"
+    def __call__(self, generator, generation: int, candidates: int, seconds: float) -> None:
+        # (not the next generation's candidates, which may have started early)
+        done = sum(1 for c in generator.evaluated() if c.generation <= generation)
+        best = generator.top(1, generation)
+        line = f"elastic-nas: generation {generation}: {done}/{self.budget} candidates"
         lower = SCORES[self.score][1]  # the generator maximises: a loss comes back negated
         line += f", best {shown(self.score, -best[0].score if lower else best[0].score)}" if best else ", no score yet"
         rate = candidates / max(seconds, 1e-9)
@@ -342,4 +355,4 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
 
 
 __all__ = ["CandidateBoard", "GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher",
-           "results_table", "run_search", "run_tune", "trial_batching"]
+           "results_table", "run_search", "standing", "run_tune", "trial_batching"]
