@@ -166,8 +166,7 @@ class _Generator:
         if (self._early is not None or not self.pending() or self.exhausted
                 or self.generation >= self.settings.generations):
             return None
-        before = {"rng": self.rng.bit_generator.state, "generation": self.generation,
-                  "shortfall": self.shortfall, "exhausted": self.exhausted}
+        before = self._counters()
         parents = self._parent_keys(self.generation)
         self.generation += 1
         fresh = self._propose(self.generation)
@@ -195,6 +194,11 @@ class _Generator:
     def _parent_keys(self, generation: int) -> list[str]:
         """What the next generation is drawn from, besides the RNG: nothing for random search."""
         return []
+
+    def _counters(self) -> dict:
+        """What an early start changes besides the candidates: restored by ``_roll_back``."""
+        return {"rng": self.rng.bit_generator.state, "generation": self.generation,
+                "shortfall": self.shortfall, "exhausted": self.exhausted}
 
     def _roll_back(self, before: dict, keys: list[str]) -> None:
         for key in keys:
@@ -261,8 +265,7 @@ class _Generator:
     def get_state(self) -> dict:
         """Plain JSON-able state: RNG, counters and every candidate with its score."""
         # An early generation is not saved: a restored search proposes it again at the barrier.
-        at = self._early or {"rng": self.rng.bit_generator.state, "generation": self.generation,
-                             "shortfall": self.shortfall, "exhausted": self.exhausted, "keys": []}
+        at = self._early or {**self._counters(), "keys": []}
         early = set(at["keys"])
         return {
             "version": STATE_VERSION,

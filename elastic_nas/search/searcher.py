@@ -9,16 +9,15 @@ for the next generation instead of starting a new one), and returns ``Searcher.F
 when the generator is done.
 
 With ``early_start``, an evaluator slot that frees up at the barrier starts the next
-generation early, a candidate at a time: the generator proposes it as if the last running candidates' scores left the
-parents as they are, and once those scores arrive it either stands (the generation the
-barrier would have given: always for random search, for evolution unless a last candidate
-entered the top k) or is withdrawn (its trials' reports are ignored, the generation is
-proposed anew), so the search is the same as with a plain barrier, its slots no longer idle
-through another's last candidate (on 2 slots no faster: the barrier's wait comes back as the
-search's tail, and evolution withdraws often). Otherwise, or where nothing is left to start
-early, with 3+ evaluator
-slots the slot gets a hold trial instead of "not now", so Tune keeps its actor too
-(:mod:`.barrier`).
+generation early, a candidate at a time: the generator proposes it as if the last running
+candidates' scores left the parents as they are, and once those scores arrive it either stands
+(the generation the barrier would have given: always for random search, for evolution unless a
+last candidate entered the top k) or is withdrawn (its trials' reports are ignored, the
+generation is proposed anew), so the search is the same as with a plain barrier, its slots no
+longer idle through another's last candidate (on 2 slots no faster: the barrier's wait comes
+back as the search's tail, and evolution withdraws often). Otherwise, or where nothing is left
+to start early, with 3+ evaluator slots the slot gets a hold trial instead of "not now", so
+Tune keeps its actor too (:mod:`.barrier`).
 
 A trial evaluates a batch of ``candidates_per_trial`` candidates (fewer as the generation
 drains, so no evaluator slot idles through another's last full batch) and reports the batch
@@ -72,7 +71,7 @@ class _Generation:
         self.proposal = proposal  # the searcher's count of proposed generations: a withdrawn one's is lower
         self.unsuggested = list(keys or [])
         self.running = {trial: list(batch) for trial, batch in (running or {}).items()}
-        self.trials = set(self.running)  # every trial handed a batch of it, finished ones too
+        self.trials: set[str] = set()  # (an early generation) every trial handed a candidate of it, finished too
         self.size = len(self.unsuggested) + sum(len(b) for b in self.running.values())
         self.started = time.monotonic()  # in this process: a restored generation counts from its restore
 
@@ -133,7 +132,6 @@ class GenerationSearcher(Searcher):
         per_trial = min(per_trial, math.ceil(len(self.current.unsuggested) / max(1, self.slots)))
         batch, self.current.unsuggested = self.current.unsuggested[:per_trial], self.current.unsuggested[per_trial:]
         self.current.running[trial_id] = batch
-        self.current.trials.add(trial_id)
         return {"candidates": [self._candidate(key, self.current.proposal) for key in batch]}
 
     def _busy_slots(self) -> int:
