@@ -8,7 +8,8 @@ and waits out ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, and a joined node goes
 This driver-side thread (``elastic.node_watch``) polls the live node set (one GCS call
 every ``interval_s``) and, when it changes, asks the coordinator to recompute. Before it
 lets Ray see a joined node it asks the workers for a checkpoint (:mod:`~elastic_nas.cluster.kv`),
-waiting at most ``join_checkpoint_timeout_s``, and gathers the nodes that join within
+waiting at most ``join_checkpoint_timeout_s`` (Ray's own tick may still see the node first: that
+restart resumes from the last periodic checkpoint, and the new group answers), and gathers the nodes that join within
 ``join_settle_s`` of each other, so that they cost one restart; and it keeps the warm worker processes of
 :mod:`~elastic_nas.cluster.warm_workers` topped up, so the next restart finds its
 processes booted and torch imported. The coordinator is a private actor
