@@ -13,6 +13,11 @@ supernets' disagreement with the truth is seed noise that an ensemble averages o
 
 Writes ``benchmarks/results/<--name>.json`` and ``<--name>.png`` (tau against the truth's seed
 count for the rankers of ``--plot``), and prints both tables as Markdown.
+
+``--longer JSON`` (a ``standalone_noise.py`` run of some of the truth's subnets at more steps, the
+same recipe and seeds) adds a third table on those subnets: whether the truth's order holds at the
+longer budget (tau of the two means, with a bootstrap CI, beside the longer runs' own seed
+agreement), and every ranker's tau against each.
 """
 
 from __future__ import annotations
@@ -213,11 +218,61 @@ def read_rows(truth: dict) -> dict[str, dict]:
     return out
 
 
+def longer_runs(path: str, truth: dict) -> tuple[dict, list[int], np.ndarray]:
+    """A ``standalone_noise.py`` JSON that reran some of the truth's subnets: their indices among the
+    truth's subnets and their final top-1 ``[subnet, seed]``."""
+    other = load(Path(path))
+    archs = [s["arch"] for s in truth["subnets"]]
+    missing = [a for a in other["archs"] if a not in archs]
+    if missing:
+        raise Refused(f"{path} reran {len(missing)} arch(s) that are not the truth's subnets (search picks?)")
+    runs = np.array(other["top1"]["final"], dtype=float)
+    if runs.ndim != 2 or runs.shape[1] < 2 or len(runs) < 3:
+        raise Refused(f"{path} has fewer than 3 subnets or 2 seeds")
+    return other, [archs.index(a) for a in other["archs"]], runs
+
+
+def judged_longer(preds: dict[str, list], runs: np.ndarray, idx: list[int], longer: np.ndarray) -> dict:
+    """On the subnets ``idx`` that ``longer`` reran: the truth's seed-mean against the longer runs'
+    (tau, bootstrap 95 % CI), the longer runs' own seed agreement, and each ranker's tau (per
+    supernet seed: mean, min, max) against both."""
+    short, long = runs[idx].mean(1), longer.mean(1)
+    low, high = bootstrap_ci(kendall_tau, short, long)
+    out = {"subnets": list(idx), "longer_seeds": longer.shape[1],
+           "truth_vs_longer": {"tau": round(kendall_tau(short, long), 4), "ci95": [round(low, 4), round(high, 4)]},
+           "longer_seed_agreement": seed_agreement(longer),
+           "one_longer_run_held_out": round(held_out_tau(longer), 4), "rankers": {}}
+    for label, p in preds.items():
+        scores = [np.asarray(x, dtype=float)[idx] for x in p]
+        out["rankers"][label] = {
+            name: {"mean": round(float(np.mean(t)), 4), "min": round(min(t), 4), "max": round(max(t), 4)}
+            for name, target in (("truth", short), ("longer", long))
+            for t in [[kendall_tau(x, target) for x in scores]]}
+    return out
+
+
+def longer_markdown(r: dict, truth_seeds: int, steps: int, longer_steps: int) -> str:
+    agree = r["truth_vs_longer"]
+    lines = [f"{steps:,} against {longer_steps:,} steps on these subnets: tau {agree['tau']:.2f} (95 % CI "
+             f"{agree['ci95'][0]:.2f} to {agree['ci95'][1]:.2f}); the {longer_steps:,}-step seeds agree at tau "
+             f"{r['longer_seed_agreement']['pairwise_kendall_tau_mean']:.2f}, one run held out "
+             f"{r['one_longer_run_held_out']:.2f}", "",
+             f"| ranker | tau against the {steps:,}-step truth ({truth_seeds} seeds) | "
+             f"tau against the {longer_steps:,}-step runs ({r['longer_seeds']} seeds) |", "| --- | --- | --- |"]
+    for label, t in r["rankers"].items():
+        cells = [f"{t[n]['mean'] + 0.0:.2f}" + (f" [{t[n]['min']:.2f} to {t[n]['max']:.2f}]"  # + 0.0: no "-0.00"
+                                                if t[n]["min"] != t[n]["max"] else "") for n in ("truth", "longer")]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
     ap.add_argument("--plot", default=",".join(PLOTTED),
                     help=f"rankers drawn against the truth's seed count, of: {', '.join(PLOTTED)}")
+    ap.add_argument("--longer", default="", metavar="JSON",
+                    help="a standalone_noise.py run of some of the truth's subnets at more steps: judge on those too")
     ap.add_argument("--name", default="ranking_table")
     a = ap.parse_args()
     with exits_on_refusal(ap, "ranking_table"):
@@ -226,6 +281,7 @@ def main() -> int:
             raise Refused(f"--plot names {sorted(set(names) - set(PLOTTED))}; it draws {', '.join(PLOTTED)}")
         truth, runs = load_truth(a.truth)
         sources = read_rows(truth)
+        longer = longer_runs(a.longer, truth) if a.longer else None
     subsets = subset_indices(truth)
     rows = {}
     for label, v in sources.items():
@@ -237,11 +293,22 @@ def main() -> int:
     table = markdown(rows, held_out, runs.shape[1])
     averaged = averaged_markdown(rows)
     print(table + "\n\n" + averaged)
+    extra = {}
+    if longer is not None:
+        other, idx, longer_top1 = longer
+        preds = {label: v["scores"] for label, v in sources.items()}
+        preds |= {label: [[s[proxy] for s in truth["subnets"]]] for proxy, label in (("macs", "MACs alone"),
+                                                                                      ("params", "params alone"))}
+        judged_l = judged_longer(preds, runs, idx, longer_top1)
+        text = longer_markdown(judged_l, runs.shape[1], truth["truth_steps"], other["truth_steps"])
+        print("\n" + text)
+        extra = {"longer": {"source": a.longer, "steps": other["truth_steps"], **judged_l}, "longer_table": text}
     png = RESULTS / f"{a.name}.png"
     plot(rows, names, 2, png)
     write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "subsets": subsets,
                           "seed_agreement": seed_agreement(runs), "one_standalone_run_held_out": held_out,
-                          "rows": rows, "table": table, "seeds_averaged_table": averaged, "plot": str(png.relative_to(RESULTS.parent.parent))})
+                          "rows": rows, "table": table, "seeds_averaged_table": averaged, "plot": str(png.relative_to(RESULTS.parent.parent)),
+                          **extra})
     return 0
 
 

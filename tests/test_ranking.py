@@ -250,3 +250,33 @@ def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_see
     assert judged["random_minus_random_archs"]["mean"] == pytest.approx(3.0)
     with pytest.raises(Refused):  # a pick the reruns do not have
         search_picks.judged("x", run([72, 82, 92], [70, 80, 90], [60, 61, 62], sd=1.0), (by_arch, sd, steps))
+
+
+def test_ranking_table_judges_rankers_on_the_subnets_a_longer_run_retrained(monkeypatch, tmp_path):
+    """benchmarks/ranking_table.py --longer: the reruns are matched to the truth's subnets by arch
+    (any order), each ranker is judged against both budgets on those subnets only, and a rerun of
+    an arch the truth never trained is refused."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_table
+
+    truth = {"subnets": [{"arch": [[i]]} for i in range(5)]}
+    runs = np.array([[70, 71], [80, 81], [75, 76], [90, 91], [60, 61]], dtype=float)  # order 4 < 0 < 2 < 1 < 3
+    # the longer budget reverses subnets 1 and 2, and leaves 4 out
+    rerun = {"archs": [[[3]], [[2]], [[0]], [[1]]], "truth_steps": 4000,
+             "top1": {"final": [[95, 94], [89, 90], [85, 86], [87, 88]]}}
+    path = tmp_path / "rerun.json"
+    path.write_text(json.dumps(rerun))
+    _, idx, longer = ranking_table.longer_runs(str(path), truth)
+    assert idx == [3, 2, 0, 1] and longer.shape == (4, 2)
+    by_truth, by_longer = [70, 80, 75, 90, 60], [50, 87, 89, 95, 99]  # subnet 4's 99 must not count
+    r = ranking_table.judged_longer({"short": [by_truth], "long": [by_longer]}, runs, idx, longer)
+    assert r["truth_vs_longer"]["tau"] == pytest.approx(4 / 6, abs=1e-4)  # one of six pairs swapped
+    assert r["rankers"]["short"]["truth"]["mean"] == 1.0 and r["rankers"]["long"]["longer"]["mean"] == 1.0
+    assert r["rankers"]["long"]["truth"]["mean"] == pytest.approx(4 / 6, abs=1e-4)
+    assert r["longer_seeds"] == 2 and r["subnets"] == [3, 2, 0, 1]
+    rerun["archs"][0] = [[7]]
+    path.write_text(json.dumps(rerun))
+    with pytest.raises(ranking_table.Refused):
+        ranking_table.longer_runs(str(path), truth)
