@@ -226,6 +226,8 @@ def longer_runs(path: str, truth: dict) -> tuple[dict, list[int], np.ndarray]:
     missing = [a for a in other["archs"] if a not in archs]
     if missing:
         raise Refused(f"{path} reran {len(missing)} arch(s) that are not the truth's subnets (search picks?)")
+    if other.get("batch") != truth.get("batch"):  # steps differ by design; the recipe must not
+        raise Refused(f"{path} trained at batch {other.get('batch')}, the truth at {truth.get('batch')}")
     runs = np.array(other["top1"]["final"], dtype=float)
     if runs.ndim != 2 or runs.shape[1] < 2 or len(runs) < 3:
         raise Refused(f"{path} has fewer than 3 subnets or 2 seeds")
