@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 from _common import write_result
-from elastic_nas.search.evaluator import candidate_results
-from elastic_nas.search.runner import standing
+from elastic_nas.search.runner import standing, trial_reports
 
 # --shape: the pipeline's search settings (jobs/pipeline.yaml), or jobs/search.yaml as shipped
 SHAPES = {
@@ -47,9 +46,7 @@ def one_search(snapshot: str, shape: str, early: bool, out: Path) -> dict:
     dirs = sorted((out / "tune").glob("trial_*"))
     configs = [json.loads((d / "params.json").read_text()) for d in dirs]
     kept = standing(configs)
-    reports = [c for d in dirs if (d / "result.json").is_file()
-               for line in (d / "result.json").read_text().splitlines() if line.strip()
-               for c in candidate_results(json.loads(line))]
+    reports = [c for d in dirs for c in trial_reports(str(d))]
     chosen = json.loads((out / "chosen_arch.json").read_text())
     return {"early_start": early, "wall_s": round(wall, 2), "trials": len(configs), "withdrawn_trials": kept.count(False),
             "evaluations": len(reports), "evaluator_processes": len({r["pid"] for r in reports}),

@@ -106,6 +106,12 @@ def taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict[str, f
     return {name: kendall_tau(pred[idx], target[idx]) for name, idx in subsets.items()}
 
 
+def per_seed(values: list[float]) -> dict:
+    """One figure per supernet seed, rounded, with their mean and range."""
+    values = [round(v, 4) for v in values]
+    return {"per_seed": values, "mean": round(float(np.mean(values)), 4), "min": min(values), "max": max(values)}
+
+
 def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict:
     """One ranker (one prediction per supernet seed) against the mean of ``runs``' seeds: each
     subset's tau per seed, their mean and range, the stratified CI's lower bound per seed, the
@@ -116,9 +122,7 @@ def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict
     reports = [taus(p, target, subsets) for p in preds]
     out = {}
     for name in SUBSETS:
-        values = [round(r[name], 4) for r in reports]
-        out[name] = {"per_seed": values, "mean": round(float(np.mean(values)), 4),
-                     "min": min(values), "max": max(values)}
+        out[name] = per_seed([r[name] for r in reports])
     out["stratified"]["ci95_low_per_seed"] = [round(bootstrap_ci(kendall_tau, p[strat], target[strat])[0], 4)
                                               for p in preds]
     # on the targets one stand-alone run is judged on (each seed held out against the others' mean)
@@ -237,7 +241,7 @@ def longer_runs(path: str, truth: dict) -> tuple[dict, list[int], np.ndarray]:
 def judged_longer(preds: dict[str, list], runs: np.ndarray, idx: list[int], longer: np.ndarray) -> dict:
     """On the subnets ``idx`` that ``longer`` reran: the truth's seed-mean against the longer runs'
     (tau, bootstrap 95 % CI), the longer runs' own seed agreement, and each ranker's tau (per
-    supernet seed: mean, min, max) against both."""
+    supernet seed, their mean and range) against both."""
     short, long = runs[idx].mean(1), longer.mean(1)
     low, high = bootstrap_ci(kendall_tau, short, long)
     out = {"subnets": list(idx), "longer_seeds": longer.shape[1],
@@ -246,10 +250,8 @@ def judged_longer(preds: dict[str, list], runs: np.ndarray, idx: list[int], long
            "one_longer_run_held_out": round(held_out_tau(longer), 4), "rankers": {}}
     for label, p in preds.items():
         scores = [np.asarray(x, dtype=float)[idx] for x in p]
-        out["rankers"][label] = {
-            name: {"mean": round(float(np.mean(t)), 4), "min": round(min(t), 4), "max": round(max(t), 4)}
-            for name, target in (("truth", short), ("longer", long))
-            for t in [[kendall_tau(x, target) for x in scores]]}
+        out["rankers"][label] = {name: per_seed([kendall_tau(x, target) for x in scores])
+                                 for name, target in (("truth", short), ("longer", long))}
     return out
 
 

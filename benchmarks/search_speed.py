@@ -381,8 +381,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
 
     from elastic_nas.config import SearchConfig
     from elastic_nas.search import runner
-    from elastic_nas.search.evaluator import candidate_results
-    from elastic_nas.search.runner import run_tune, standing, trial_batching
+    from elastic_nas.search.runner import run_tune, standing, trial_batching, trial_reports
 
     cfg = SearchConfig()
     cfg.evaluator.candidates_per_trial = per_trial
@@ -401,9 +400,7 @@ def tuned(space, snapshot, data, n: int, slots: int, tmp: str, per_trial: int, p
             grid = run_tune(cfg, searcher, snapshot, data, tune_path)
         wall = time.perf_counter() - t0
         kept = standing([r.config or {} for r in grid])  # a withdrawn early generation's trials left out
-        reports = [c for r, keep in zip(grid, kept) if keep
-                   for line in (Path(r.path) / "result.json").read_text().splitlines()
-                   if line.strip() for c in candidate_results(json.loads(line))]
+        reports = [c for r, keep in zip(grid, kept) if keep for c in trial_reports(r.path)]
         cpu = account.stop({m["pid"] for m in reports})  # before shutdown: Ray's processes still listed
     finally:
         ray.shutdown()

@@ -17,7 +17,7 @@ import torch
 
 from elastic_nas.config import DataConfig, SpaceConfig
 from elastic_nas.search.evaluator import candidate_results
-from elastic_nas.search.runner import standing
+from elastic_nas.search.runner import standing, trial_reports
 from tests.ray_utils import CliRun
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -78,11 +78,8 @@ def reports(tune_dir: Path) -> Counter:
     counts: Counter = Counter()
     dirs = sorted(tune_dir.glob("trial_*"))
     for d, keep in zip(dirs, standing([json.loads((d / "params.json").read_text()) for d in dirs])):
-        f = d / "result.json"
-        for line in (f.read_text().splitlines() if keep and f.is_file() else []):
-            if line.strip():
-                for cand in candidate_results(json.loads(line)):
-                    counts[json.dumps(cand["arch"])] += 1
+        for cand in trial_reports(str(d)) if keep else []:
+            counts[json.dumps(cand["arch"])] += 1
     return counts
 
 

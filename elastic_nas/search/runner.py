@@ -133,7 +133,7 @@ def results_table(grid) -> pd.DataFrame:
     for result in grid:
         for cand in (result.config or {}).get("candidates") or []:
             rows.setdefault(_key(cand["arch"]), _row(cand, {}, result.metrics or {}))
-        for report in _reports(result.path):
+        for report in trial_reports(result.path):
             rows[_key(report["arch"])] = _row(report, report, report)
     columns = ["arch", "macs", "params", "latency_ms", "accuracy", "loss", "generation", "trial_id", "eval_s"]
     return pd.DataFrame(list(rows.values()), columns=columns)
@@ -153,7 +153,7 @@ def _key(arch) -> str:
     return json.dumps(arch, separators=(",", ":"))
 
 
-def _reports(trial_dir: str) -> list[dict]:
+def trial_reports(trial_dir: str) -> list[dict]:
     """Every candidate's result a trial reported (Tune's result.json, one JSON line per report)."""
     path = Path(trial_dir) / "result.json"
     lines = path.read_text().splitlines() if path.is_file() else []
@@ -355,4 +355,4 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
 
 
 __all__ = ["CandidateBoard", "GenerationProgress", "build_eval_data", "check_snapshot_matches", "make_searcher",
-           "results_table", "run_search", "standing", "run_tune", "trial_batching"]
+           "results_table", "run_search", "standing", "run_tune", "trial_batching", "trial_reports"]
