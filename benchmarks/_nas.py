@@ -24,17 +24,18 @@ def cosine(step: int, total: int, lr: float) -> float:
 
 def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_clip: float = 0.0,
                warmup: int = 0, every: int = 0, on_interval=None, weight_decay: float = 4e-5,
-               channels_last: bool = False) -> None:
+               channels_last: bool = False, device: str = "cpu") -> None:
     """The project's training step (``TrainStep``: the strategy's archs and loss, SGD, its
     hooks) in one process, on random batches, cosine LR over ``steps``.
 
     ``task`` has ``model`` and ``strategy``. ``warmup``: linear LR warm-up steps.
     ``on_interval(step, train_loss, train_top1)`` is called every ``every`` steps and after
     the last, with the interval's means. ``channels_last``: fp32 in that layout (the model is
-    converted in place), as the laptop configs train.
+    converted in place), as the laptop configs train. ``device``: where the model is and the
+    batches go (the images are drawn and augmented on the CPU either way).
     """
-    prec = Precision("fp32", channels_last)
-    prec.model(task.model)
+    prec = Precision("fp32", channels_last, device)
+    prec.model(task.model.to(device))
     optimizer = make_optimizer(task.model, OptimConfig(lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay))
     train_step = TrainStep(task.model, task.strategy, grad_clip, precision=prec)
     rng = np.random.default_rng(seed)
@@ -44,7 +45,8 @@ def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_c
         idx = rng.choice(len(split), batch, replace=False)
         x, y, _ = split.get_batch(idx, augment=True, rng=rng)
         step_lr = cosine(step, steps, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
-        stats = train_step(step, optimizer, step_lr, Batch(x, y, torch.ones(batch)), batch)
+        batch_ = Batch(x.to(device), y.to(device), torch.ones(batch, device=device))
+        stats = train_step(step, optimizer, step_lr, batch_, batch)
         if on_interval is not None:
             interval.loss_sum += stats.loss_sum
             interval.correct += stats.correct
@@ -94,7 +96,7 @@ def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, w
 
 def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0,
                   ema_decays: tuple[float, ...] = (), calib_images: int = 0, curve_every: int = 0,
-                  channels_last: bool = False) -> dict[str, dict]:
+                  channels_last: bool = False, device: str = "cpu") -> dict[str, dict]:
     """``retrain``'s run, read several ways, each ``evaluate``'s figures on the test split:
     ``final`` (the weights and BN statistics as trained), and with ``calib_images``
     class-balanced train images ``recal`` (BN statistics recomputed exactly over them) and
@@ -102,7 +104,8 @@ def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: 
     The views differ only in how the end of one training run is read: their seed-to-seed
     spread says how much of a stand-alone truth's noise is the end point's. ``curve_every``:
     also ``curve``, the train loss and top-1 of every that many steps (where a run's path went).
-    ``channels_last``: trained and evaluated in fp32 channels_last (the same math, faster on CPUs)."""
+    ``channels_last``: trained and evaluated in fp32 channels_last (the same math, faster on CPUs).
+    ``device``: where it trains and is read (fp32 there: TF32 off, the CPU truth's math)."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from elastic_nas.data import class_balanced_subset
@@ -110,8 +113,10 @@ def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: 
 
     if ema_decays and not calib_images:
         raise ValueError("EMA weights need calib_images: their BN statistics are recomputed")
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(seed)
-    net = space.build_subnet(arch)
+    net = space.build_subnet(arch).to(device)
     emas = {d: AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(d)) for d in ema_decays}
 
     curve: list[list[float]] = []
@@ -128,13 +133,13 @@ def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: 
     every = 1 if emas else curve_every
     train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, steps, batch,
                lr, seed + 1000, warmup=warmup, every=every, on_interval=update if every else None,
-               channels_last=channels_last)
-    prec = Precision("fp32", channels_last)
-    views: dict = {"final": evaluate(net, splits.test, 256, precision=prec)}
+               channels_last=channels_last, device=device)
+    prec = Precision("fp32", channels_last, device)
+    views: dict = {"final": evaluate(net, splits.test, 256, device, prec)}
     if calib_images:
         calib, _, _ = class_balanced_subset(splits.train, calib_images, seed).get_batch(np.arange(calib_images))
         for name, model in [("recal", net), *((f"ema{d}", ema.module) for d, ema in emas.items())]:
             with torch.no_grad():
-                recalibrate_bn(model, model, [prec.input(x) for x in calib.split(200)])
-            views[name] = evaluate(prec.model(model), splits.test, 256, precision=prec)
+                recalibrate_bn(model, model, [prec.input(x.to(device)) for x in calib.split(200)])
+            views[name] = evaluate(prec.model(model), splits.test, 256, device, prec)
     return {**views, **({"curve": curve} if curve_every else {})}

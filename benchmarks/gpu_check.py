@@ -7,10 +7,13 @@ Runs the product's own code (``TrainStep`` with its ``Precision``, ``evaluate_ar
 * device facts (name, memory, torch / CUDA / cuDNN versions);
 * the supernet training step (one random arch per step, as SPOS) at the laptop default
   (``jobs/supernet.yaml``'s space, 32x32) and at the published width (Cream at 224x224):
-  samples/s in fp32, bf16 and bf16 + channels_last, as ratios to fp32; and the supernet-path
-  step of one arch against the same arch's stand-alone subnet step;
+  samples/s in fp32, bf16, bf16 + channels_last and fp32 + channels_last (the shipped
+  configs), as ratios to fp32; and the supernet-path step of one arch against the same
+  arch's stand-alone subnet step;
 * the evaluator: BN recalibration plus scoring of N candidates from one supernet,
   candidates/s in fp32 and bf16, and 2 evaluator processes sharing the device against 1;
+  the trial core (``score_batch``) with 1 and with batched candidates per trial, and a new
+  evaluator process's time to its first result; a profile of one candidate's host time;
 * a few retrain steps of a subnet in bf16 (its loss falls), its export, and the exported
   model's output on the CPU against the device model's (fp32, TF32 off);
 * peak device memory of each part (CUDA only).
@@ -40,14 +43,14 @@ import torch
 
 from _common import machine
 from elastic_nas.config import OptimConfig, SpaceConfig, SupernetConfig, load_config
-from elastic_nas.search.evaluator import EvalData, evaluate_arch
+from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_arch, score_batch
 from elastic_nas.spaces import build_space
 from elastic_nas.spaces.precision import Precision
 from elastic_nas.train.evaluate import export_model, load_exported
 from elastic_nas.train.step import Batch, TrainStep, make_optimizer
 from elastic_nas.train.strategies import Strategy
 
-MODES = [("fp32", False), ("bf16", False), ("bf16", True)]
+MODES = [("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True)]  # fp32 + channels_last: the shipped configs
 
 
 class Archs(Strategy):
@@ -167,6 +170,87 @@ def _score_in_process(args) -> tuple[float, int]:
     return _score(*job)
 
 
+def _trials(snapshot: Snapshot, cands: list[dict], data: EvalData, device: str, per_trial: int) -> float:
+    """candidates/s of trials of ``per_trial`` candidates each, run as the product's evaluator runs
+    one trial (``score_batch``) in a process that has scored before (Tune reuses its actors)."""
+    sync(torch.device(device))
+    t0 = time.perf_counter()
+    for i in range(0, len(cands), per_trial):
+        for _ in score_batch(cands[i:i + per_trial], snapshot, data, device):
+            pass
+    sync(torch.device(device))
+    return len(cands) / (time.perf_counter() - t0)
+
+
+def _cold_trial(args) -> dict:
+    """A fresh evaluator process's first trial of one candidate, in parts (the process start and
+    imports: from the parent's clock before the start to this function's entry)."""
+    started, snapshot, cands, data, device = args
+    entered = time.time()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # the context made
+    t1 = time.perf_counter()
+    list(score_batch(cands[:1], snapshot, data, device))  # the supernet built and moved, first kernels chosen
+    sync(torch.device(device))
+    t2 = time.perf_counter()
+    list(score_batch(cands[1:2], snapshot, data, device))
+    sync(torch.device(device))
+    t3 = time.perf_counter()
+    return {"start_and_imports_s": round(entered - started, 3), "device_init_s": round(t1 - t0, 3),
+            "first_trial_s": round(t2 - t1, 3), "next_trial_s": round(t3 - t2, 3)}
+
+
+def profile_scoring(snapshot: Snapshot, cands: list[dict], data: EvalData, device: str, top: int = 6) -> dict:
+    """Where one candidate's scoring spends its host time (``torch.profiler``, per candidate): the
+    ops of most self CPU time, and how often the host waited for the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        for _ in score_batch(cands, snapshot, data, device):
+            pass
+        sync(torch.device(device))
+    events = prof.key_averages()
+    n = len(cands)
+    ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"candidates": n, "host_waits_per_candidate": sum(e.count for e in events if "Synchronize" in e.key) / n,
+            "top_ops": [{"op": e.key, "self_cpu_ms_per_candidate": round(e.self_cpu_time_total / 1e3 / n, 2),
+                         "calls_per_candidate": round(e.count / n, 1)} for e in ops]}
+
+
+def trials_part(cfg: SpaceConfig, state: dict, archs: list, data: EvalData, device, per_trial: list[int]) -> dict:
+    """Issue 19's evaluator core on this device: candidates/s with one candidate per trial and with
+    batched trials (Tune's own per-trial cost is measured where Ray runs: search_speed.py), and
+    what a new evaluator process pays before its first result."""
+    import multiprocessing as mp
+    from dataclasses import asdict
+
+    snapshot = Snapshot("gpu-check", asdict(cfg), {k: v.numpy() for k, v in state.items()})
+    cands = [{"arch": arch, "macs": 0, "params": 0, "generation": 0} for arch in archs]
+    # built once, as in a reused actor, and every arch's shapes seen once: the first trial size timed
+    # must not pay the kernels' first use (run 2 on the H200 timed 1 per trial before this pass)
+    _trials(snapshot, cands, data, str(device), len(cands))
+    out = {"mode": data.precision + ("+channels_last" if data.channels_last else ""), "per_trial": {}}
+    for n in per_trial:
+        rate = _trials(snapshot, cands, data, str(device), n)
+        out["per_trial"][str(n)] = {"candidates_per_s": round(rate, 2)}
+        print(f"  evaluator trials of {n}: {rate:.2f} candidates/s", flush=True)
+    base = out["per_trial"][str(per_trial[0])]["candidates_per_s"]
+    for v in out["per_trial"].values():
+        v["ratio_to_first"] = round(v["candidates_per_s"] / base, 3)
+    started = time.time()
+    with mp.get_context("spawn").Pool(1) as pool:
+        cold = pool.map(_cold_trial, [(started, snapshot, cands, data, str(device))])[0]
+    out["cold_process"] = {**cold, "wall_s": round(time.time() - started, 3)}
+    print(f"  a new evaluator process: {cold}", flush=True)
+    out["profile"] = profile_scoring(snapshot, cands[:3], data, str(device))
+    print(f"  host waits per candidate: {out['profile']['host_waits_per_candidate']:.0f}; top ops: "
+          + ", ".join(f"{o['op']} {o['self_cpu_ms_per_candidate']} ms" for o in out["profile"]["top_ops"][:3]), flush=True)
+    return out
+
+
 def evaluator_part(cfg: SpaceConfig, a, device) -> dict:
     import multiprocessing as mp
     from dataclasses import asdict
@@ -207,6 +291,7 @@ def evaluator_part(cfg: SpaceConfig, a, device) -> dict:
               f"({time.perf_counter() - t0:.0f} s with process start)", flush=True)
     out["processes"] = {"mode": best, "one_candidates_per_s": round(shared[1], 2),
                         "two_candidates_per_s": round(shared[2], 2), "ratio": round(shared[2] / shared[1], 3)}
+    out["trials"] = trials_part(cfg, state, archs, data, device, a.per_trial)
     return out
 
 
@@ -271,6 +356,16 @@ def summary(result: dict) -> str:
     modes = ", ".join(f"{k} {m['candidates_per_s']:.2f}/s" for k, m in ev["modes"].items())
     pr = ev["processes"]
     lines.append(f"evaluator ({ev['candidates']} candidates): {modes}; 2 processes / 1: {pr['ratio']:.2f}x ({pr['mode']})")
+    tr = ev["trials"]
+    per = ", ".join(f"{k} per trial {v['candidates_per_s']:.2f}/s" for k, v in tr["per_trial"].items())
+    cold = tr["cold_process"]
+    lines.append(f"evaluator trials ({tr['mode']}): {per}; a new evaluator process: {cold['wall_s']:.1f} s to its "
+                 f"first result (device init {cold['device_init_s']:.1f} s, first trial {cold['first_trial_s']:.2f} s, "
+                 f"next {cold['next_trial_s']:.3f} s)")
+    if "profile" in tr:  # (runs before the profile was added have none)
+        prof = tr["profile"]
+        lines.append(f"evaluator host time per candidate: {prof['host_waits_per_candidate']:.0f} waits for the device; "
+                     + ", ".join(f"{o['op']} {o['self_cpu_ms_per_candidate']} ms" for o in prof["top_ops"][:4]))
     rt = result["retrain_export"]
     lines.append(f"retrain bf16: loss {rt['first_loss']} -> {rt['last_loss']}; export matches the device model: "
                  f"{rt['exported_matches']} (max abs diff {rt['exported_vs_device_max_abs_diff']:.2e})")
@@ -291,11 +386,11 @@ def main(argv=None) -> int:
         return 2
     gpu = device.type == "cuda"
     sizes = dict(batch=256 if gpu else 64, published_batch=128 if gpu else 8, warmup=5 if gpu else 2,
-                 steps=20 if gpu else 5, candidates=50 if gpu else 10, calib=1000, val=2000, eval_batch=250,
-                 retrain_steps=20)
+                 steps=20 if gpu else 5, candidates=64 if gpu else 10, calib=1000, val=2000, eval_batch=250,
+                 retrain_steps=20, per_trial=[1, 8, 32] if gpu else [1, 5])
     if a.quick:
         sizes = dict(batch=4, published_batch=2, warmup=1, steps=2, candidates=2, calib=8, val=8, eval_batch=4,
-                     retrain_steps=4)
+                     retrain_steps=4, per_trial=[1, 2])
     for k, v in sizes.items():
         setattr(a, k, v)
     t0 = time.time()

@@ -17,7 +17,8 @@ count for the rankers of ``--plot``), and prints both tables as Markdown.
 ``--longer JSON`` (a ``standalone_noise.py`` run of some of the truth's subnets at more steps, the
 same recipe and seeds) adds a third table on those subnets: whether the truth's order holds at the
 longer budget (tau of the two means, with a bootstrap CI, beside the longer runs' own seed
-agreement), and every ranker's tau against each.
+agreement), and every ranker's tau against each. Several such JSONs, comma-separated (one batch's
+seeds run in several runs with ``--first-seed``), are pooled seed by seed.
 """
 
 from __future__ import annotations
@@ -222,20 +223,35 @@ def read_rows(truth: dict) -> dict[str, dict]:
     return out
 
 
-def longer_runs(path: str, truth: dict) -> tuple[dict, list[int], np.ndarray]:
-    """A ``standalone_noise.py`` JSON that reran some of the truth's subnets: their indices among the
-    truth's subnets and their final top-1 ``[subnet, seed]``."""
-    other = load(Path(path))
+def longer_runs(paths: str, truth: dict) -> tuple[dict, list[int], np.ndarray]:
+    """``standalone_noise.py`` JSONs (comma-separated: seeds of one batch run in several runs,
+    ``--first-seed``) that reran some of the truth's subnets: their indices among the truth's
+    subnets and their final top-1 ``[subnet, seed]``, every file's seeds side by side."""
+    files = [p for p in paths.split(",") if p]
+    others = [load(Path(p)) for p in files]
     archs = [s["arch"] for s in truth["subnets"]]
-    missing = [a for a in other["archs"] if a not in archs]
-    if missing:
-        raise Refused(f"{path} reran {len(missing)} arch(s) that are not the truth's subnets (search picks?)")
-    if other.get("batch") != truth.get("batch"):  # steps differ by design; the recipe must not
-        raise Refused(f"{path} trained at batch {other.get('batch')}, the truth at {truth.get('batch')}")
-    runs = np.array(other["top1"]["final"], dtype=float)
+    first = others[0]
+    seeds: set[int] = set()
+    blocks = []
+    for path, other in zip(files, others):
+        missing = [a for a in other["archs"] if a not in archs]
+        if missing:
+            raise Refused(f"{path} reran {len(missing)} arch(s) that are not the truth's subnets (search picks?)")
+        if other.get("batch") != truth.get("batch"):  # steps differ by design; the recipe must not
+            raise Refused(f"{path} trained at batch {other.get('batch')}, the truth at {truth.get('batch')}")
+        if sorted(map(str, other["archs"])) != sorted(map(str, first["archs"])) or \
+                other["truth_steps"] != first["truth_steps"]:
+            raise Refused(f"{path} reran other subnets or steps than {files[0]}")
+        top1 = np.array(other["top1"]["final"], dtype=float)
+        ran = set(range(other.get("first_seed", 0), other.get("first_seed", 0) + top1.shape[1]))
+        if ran & seeds:
+            raise Refused(f"{path} repeats seeds {sorted(ran & seeds)} of another file")
+        seeds |= ran
+        blocks.append(top1[[other["archs"].index(a) for a in first["archs"]]])  # the first file's order
+    runs = np.concatenate(blocks, axis=1)
     if runs.ndim != 2 or runs.shape[1] < 2 or len(runs) < 3:
-        raise Refused(f"{path} has fewer than 3 subnets or 2 seeds")
-    return other, [archs.index(a) for a in other["archs"]], runs
+        raise Refused(f"{paths} has fewer than 3 subnets or 2 seeds")
+    return first, [archs.index(a) for a in first["archs"]], runs
 
 
 def judged_longer(preds: dict[str, list], runs: np.ndarray, idx: list[int], longer: np.ndarray) -> dict:
@@ -276,7 +292,8 @@ def main() -> int:
     ap.add_argument("--plot", default=",".join(PLOTTED),
                     help=f"rankers drawn against the truth's seed count, of: {', '.join(PLOTTED)}")
     ap.add_argument("--longer", default="", metavar="JSON",
-                    help="a standalone_noise.py run of some of the truth's subnets at more steps: judge on those too")
+                    help="a standalone_noise.py run of some of the truth's subnets at more steps (several, "
+                         "comma-separated: their seeds pooled): judge on those too")
     ap.add_argument("--name", default="ranking_table")
     a = ap.parse_args()
     with exits_on_refusal(ap, "ranking_table"):

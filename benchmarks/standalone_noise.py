@@ -16,6 +16,9 @@ A view whose within-subnet SD is half the trained one's would make a 3-seed trut
         # a recipe probe against the truth's recipe run here (the control: the same command without --lr)
     python benchmarks/standalone_noise.py --from benchmarks/results/ranking_t2000_s7_nr1_cl_deep_search5.json \\
         --picks largest_macs,evolution --seeds 3 --ema "" --calib-images 0    # a search pick's retrains, rerun here
+    python benchmarks/standalone_noise.py --from ... --subnets 6,7,8 --seeds 2 --first-seed 3 --steps 4000 \\
+        --ema "" --calib-images 0 --device cuda --procs 12 --name band_t4000_gpu_s3
+        # more seeds of a CPU run, on a GPU (fp32, TF32 off: the same math); ranking_table.py --longer pools them
 
 Each run is cached in ``--work`` as it ends (an interrupted run resumes). Its ``final`` view
 is the truth's own reading; the JSON sets it beside the ranking JSON's recorded top-1 of that
@@ -32,12 +35,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 from _common import RESULTS, cpu_model, run_jobs, write_result
 
 
 def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch: int, ema: tuple, calib: int,
-        curve_every: int, warmup: int, channels_last: bool) -> dict:
+        curve_every: int, warmup: int, channels_last: bool, device: str = "cpu") -> dict:
     from ranking import cached, supernet_cfg
 
     from _nas import retrain_views
@@ -49,11 +53,13 @@ def job(work: str, settings: dict, arch, seed: int, steps: int, lr: float, batch
         space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
         t0 = time.perf_counter()
         views = retrain_views(space, space.validate(arch), splits, steps, batch, lr, seed, warmup, ema, calib,
-                              curve_every, channels_last)
-        return {"views": views, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model()}
+                              curve_every, channels_last, device)
+        return {"views": views, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model(),
+                **({"device": torch.cuda.get_device_name()} if device != "cpu" else {})}
 
     recipe = (f"_cv{curve_every}" if curve_every else "") + (f"_w{warmup}" if warmup != steps // 20 else "") + \
-        ("_lr" + str(lr) if lr != 0.1 else "") + ("_cl" if channels_last else "")
+        ("_lr" + str(lr) if lr != 0.1 else "") + ("_cl" if channels_last else "") + \
+        ("" if device == "cpu" else "_" + device)
     key = f"noise_{json.dumps(arch, separators=(',', ':'))}_s{seed}_t{steps}_ema{','.join(map(str, ema))}_c{calib}{recipe}"
     return cached(Path(work), key.replace(" ", ""), run)
 
@@ -155,6 +161,9 @@ def main() -> None:
                          "all: every search seed's and the largest-MACs arch, each arch once), their retrained "
                          "seeds as the recorded runs")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed + seeds - 1 (more seeds of an earlier run, in another run)")
+    ap.add_argument("--device", default="cpu", help="where each run trains: cpu, or cuda (fp32, TF32 off)")
     ap.add_argument("--ema", type=lambda v: tuple(float(x) for x in v.split(",") if x), default=(0.99, 0.995, 0.998))
     ap.add_argument("--calib-images", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=0, help="training steps (default: the JSON's truth steps)")
@@ -177,30 +186,37 @@ def main() -> None:
     subnets += [{"arch": p["arch"], "test_top1_seeds": p["retrained_top1_seeds"]} for p in picks.values()]
     if not subnets:
         ap.exit(2, "standalone_noise: name --subnets or --picks\n")
+    if a.device != "cpu" and not (a.device == "cuda" and torch.cuda.is_available()):
+        ap.exit(2, f"standalone_noise: --device {a.device}: torch sees no such device here\n")
     if a.seeds < 2:
         ap.exit(2, "standalone_noise: --seeds takes 2 or more (an SD needs two runs)\n")
     settings = {**ranking["settings"], "data": ""}  # the shared synthetic cache, as ranking.py's default
     steps, lr, batch = a.steps or ranking["truth_steps"], a.lr or ranking["settings"]["truth_lr"], ranking["batch"]
     warmup = steps // 20 if a.warmup < 0 else a.warmup
-    truth_recipe = (steps, lr, warmup) == (ranking["truth_steps"], ranking["settings"]["truth_lr"], steps // 20)
+    truth_recipe = (steps, lr, warmup) == (ranking["truth_steps"], ranking["settings"]["truth_lr"], steps // 20) \
+        and a.device == "cpu"
     try:
         control = control_runs(a.control, a.subnets, a.seeds, steps) if a.control else None
     except (OSError, ValueError, KeyError) as e:
         ap.exit(2, f"standalone_noise: --control: {e}\n")
     Path(a.work).mkdir(parents=True, exist_ok=True)
+    from ranking import ensure_data
+
+    ensure_data(SimpleNamespace(**settings))  # generated once here, not by every job process at once
     jobs = [(a.work, settings, s["arch"], seed, steps, lr, batch, a.ema, a.calib_images, a.curve_every, warmup,
-             a.channels_last)
-            for s in subnets for seed in range(a.seeds)]
+             a.channels_last, a.device)
+            for s in subnets for seed in range(a.first_seed, a.first_seed + a.seeds)]
     t0 = time.time()
     results = run_jobs(job, jobs, a.procs)
     views = [v for v in results[0]["views"] if v != "curve"]
     runs = [[r["views"] for r in results[i * a.seeds:(i + 1) * a.seeds]] for i in range(len(subnets))]  # [subnet][seed]
     top1 = {v: np.array([[r[v]["top1"] for r in seeds] for seeds in runs]) for v in views}
     # seed by seed where recorded (NaN past a pick's 3 retrains); the set comparison on the seeds all have
-    recorded = np.array([(s["test_top1_seeds"] + [np.nan] * a.seeds)[:a.seeds] for s in subnets], dtype=float)
+    first, last = a.first_seed, a.first_seed + a.seeds
+    recorded = np.array([(s["test_top1_seeds"] + [np.nan] * last)[first:last] for s in subnets], dtype=float)
     common = min(len(s["test_top1_seeds"]) for s in subnets)
     out = {"source": a.source, "subnets": a.subnets, "picks": list(picks), "archs": [s["arch"] for s in subnets],
-           "seeds": a.seeds, "truth_steps": steps, "truth_lr": lr,
+           "seeds": a.seeds, "first_seed": a.first_seed, "device": a.device, "truth_steps": steps, "truth_lr": lr,
            "warmup": warmup, "channels_last": a.channels_last, "batch": batch, "ema_decays": list(a.ema), "calib_images": a.calib_images,
            "top1": {v: t.tolist() for v, t in top1.items()},
            "test_loss": {v: [[r[v]["loss"] for r in seeds] for seeds in runs] for v in views},

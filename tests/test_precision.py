@@ -140,9 +140,12 @@ def test_the_device_check_dry_runs_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
     for part in result["train_step"].values():
-        assert set(part["modes"]) == {"fp32", "bf16", "bf16+channels_last"}
+        assert set(part["modes"]) == {"fp32", "bf16", "bf16+channels_last", "fp32+channels_last"}
         assert all(m["samples_per_s"] > 0 for m in part["modes"].values())
         assert set(part["supernet_path_vs_subnet"]) == {"fp32", "bf16"}
     assert result["evaluator"]["processes"]["two_candidates_per_s"] > 0
+    trials = result["evaluator"]["trials"]  # issue 19's core: trials of 1 and of a batch, a new process
+    assert set(trials["per_trial"]) == {"1", "2"} and trials["cold_process"]["first_trial_s"] > 0
+    assert trials["profile"]["host_waits_per_candidate"] == 0 and trials["profile"]["top_ops"]
     assert result["retrain_export"]["loss_falls"] and result["retrain_export"]["exported_matches"]
     assert "evaluator" in (tmp_path / "gpu_check_cpu.txt").read_text()

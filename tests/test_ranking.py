@@ -254,8 +254,9 @@ def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_see
 
 def test_ranking_table_judges_rankers_on_the_subnets_a_longer_run_retrained(monkeypatch, tmp_path):
     """benchmarks/ranking_table.py --longer: the reruns are matched to the truth's subnets by arch
-    (any order), each ranker is judged against both budgets on those subnets only, and a rerun of
-    an arch the truth never trained is refused."""
+    (any order), each ranker is judged against both budgets on those subnets only, later seeds of
+    the same batch are pooled (a repeated seed is refused), and a rerun of an arch the truth never
+    trained is refused."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -276,6 +277,17 @@ def test_ranking_table_judges_rankers_on_the_subnets_a_longer_run_retrained(monk
     assert r["rankers"]["short"]["truth"]["mean"] == 1.0 and r["rankers"]["long"]["longer"]["mean"] == 1.0
     assert r["rankers"]["long"]["truth"]["mean"] == pytest.approx(4 / 6, abs=1e-4)
     assert r["longer_seeds"] == 2 and r["subnets"] == [3, 2, 0, 1]
+    # more seeds of the same batch, run later in another order: pooled seed by seed
+    more = {"archs": [[[0]], [[1]], [[2]], [[3]]], "truth_steps": 4000, "first_seed": 2,
+            "top1": {"final": [[84, 83], [86, 85], [88, 87], [96, 97]]}}
+    (tmp_path / "more.json").write_text(json.dumps(more))
+    both = f"{path},{tmp_path / 'more.json'}"
+    _, idx, pooled = ranking_table.longer_runs(both, truth)
+    assert idx == [3, 2, 0, 1] and pooled.tolist() == [[95, 94, 96, 97], [89, 90, 88, 87], [85, 86, 84, 83],
+                                                       [87, 88, 86, 85]]
+    with pytest.raises(ranking_table.Refused, match="repeats seeds"):
+        (tmp_path / "again.json").write_text(json.dumps({**more, "first_seed": 1}))
+        ranking_table.longer_runs(f"{path},{tmp_path / 'again.json'}", truth)
     rerun["archs"][0] = [[7]]
     path.write_text(json.dumps(rerun))
     with pytest.raises(ranking_table.Refused):

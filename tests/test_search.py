@@ -471,6 +471,27 @@ def test_recalibrate_bn_on_supernet_path_is_deterministic_and_path_specific():
         torch.testing.assert_close(s1[k], s2[k])
 
 
+def test_scoring_a_candidate_reads_back_only_its_two_results():
+    """Each value read back from a GPU waits for it: recalibrating a sliced supernet path and
+    scoring it read nothing back (no masked indexing, no BN batch counts) but top-1 and loss.
+    Counted on the CPU, where the same ops run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from elastic_nas.search.evaluator import EvalData, evaluate_arch
+
+    space = build_space(SpaceConfig(width_mult=0.25, channel_search=True, weight_sharing="entangled"))
+    torch.manual_seed(0)
+    net = space.build_supernet().eval()
+    arch = space.smallest_arch()  # sliced widths and kernels: BN layers some channels never reach
+    g = torch.Generator().manual_seed(0)
+    data = EvalData(torch.randn(20, 3, 32, 32, generator=g).numpy(), torch.randn(12, 3, 32, 32, generator=g).numpy(),
+                    torch.randint(0, 10, (12,), generator=g).numpy(), batch_size=8)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = evaluate_arch(net, arch, data)
+    reads = {e.key: e.count for e in prof.key_averages() if e.key in ("aten::_local_scalar_dense", "aten::nonzero")}
+    assert reads == {"aten::_local_scalar_dense": 2} and 0 <= result["accuracy"] <= 100
+
+
 def test_results_table_has_a_row_per_candidate_from_batch_and_older_per_candidate_reports(tmp_path):
     """A trial's one report lists its batch; a search started before that has a line per
     candidate; a candidate its trial never reported has no score."""

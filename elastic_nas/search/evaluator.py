@@ -111,10 +111,30 @@ def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu
         x = prec.input(torch.from_numpy(np.array(data.val_x[i:i + data.batch_size])).to(device))
         y = torch.from_numpy(np.array(data.val_y[i:i + data.batch_size])).to(device)
         logits = forward(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        # summed on the device, read once: each read waits for the GPU
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double()
+        correct = correct + (logits.argmax(1) == y).sum()
     n = len(data.val_x)
-    return {"accuracy": 100.0 * correct / n, "loss": loss_sum / n}
+    return {"accuracy": 100.0 * int(correct) / n, "loss": float(loss_sum) / n}
+
+
+def score_batch(candidates: list[dict], snapshot: Snapshot, data: EvalData, device: str = "cpu"):
+    """The Ray-free core of one evaluator trial: yields each candidate's result as it is scored
+    (the supernet of ``snapshot`` built at most once per process, then BN recalibrated and
+    scored per arch). A GPU check times it without Ray (``benchmarks/gpu_check.py``)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(os.environ.get("ELASTIC_NAS_EVAL_THREADS", "1"))))
+    keep_freed_memory()  # activations reused, not faulted in again for every candidate
+    space, model = get_supernet(snapshot, device, data.channels_last)
+    setup_s = time.perf_counter() - t0
+    for index, cand in enumerate(candidates):
+        t1 = time.perf_counter()
+        metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)
+        yield dict(
+            metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
+            latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
+            eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
+            setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS))
 
 
 def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None:
@@ -130,26 +150,12 @@ def evaluate_candidate(config: dict, snapshot: Snapshot, data: EvalData) -> None
         # no candidate in it, but Tune checks every trial's last result for the searcher's metric
         ray.tune.report({"accuracy": math.nan, "loss": math.nan, SCORED: []})
         return
-    t0 = time.perf_counter()
-    torch.set_num_threads(max(1, int(os.environ.get("ELASTIC_NAS_EVAL_THREADS", "1"))))
-    keep_freed_memory()  # activations reused, not faulted in again for every candidate
     device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-    # 1. the supernet of this snapshot, built once per process
-    space, model = get_supernet(snapshot, device, data.channels_last)
-    setup_s = time.perf_counter() - t0
     scored = []
     try:
-        for index, cand in enumerate(config["candidates"]):
-            # 2. recalibrate BN for this arch and score it on the fixed validation subset
-            t1 = time.perf_counter()
-            metrics = evaluate_arch(model, space.validate(cand["arch"]), data, device)
-            scored.append(dict(
-                metrics, arch=cand["arch"], macs=int(cand["macs"]), params=int(cand["params"]),
-                latency_ms=float(cand.get("latency_ms", 0.0)), generation=int(cand["generation"]), index=index,
-                eval_s=time.perf_counter() - t1, ended_at=time.time(),  # wall clock: a timeline across evaluators
-                setup_s=setup_s if index == 0 else 0.0, pid=os.getpid(), builds_in_process=len(BUILDS)))
+        scored.extend(score_batch(config["candidates"], snapshot, data, device))
     finally:
-        # 3. one report per batch: each tune.report waits for the driver's next call, a round trip
+        # one report per batch: each tune.report waits for the driver's next call, a round trip
         # that per candidate cost ~1 % of a search's slot time (benchmarks/search_speed.py). After a
         # failure it keeps the scores before it: the trial is retried, and may fail again.
         if scored:
@@ -166,4 +172,4 @@ def candidate_results(result: dict | None) -> list[dict]:
 
 
 __all__ = ["BUILDS", "SCORED", "EvalData", "Snapshot", "candidate_results", "eval_data", "evaluate_arch",
-           "evaluate_candidate", "get_supernet"]
+           "evaluate_candidate", "get_supernet", "score_batch"]
