@@ -64,9 +64,9 @@ def recalibrate_bn(model: nn.Module, forward_fn: Callable[[Any], Any], batches: 
                 ms += n * m * hit
                 ss += n * (v + m ** 2) * hit
         for bn, w, ms, ss in zip(bns, weight, mean_sum, sq_sum):
-            hit = w > 0
-            mean = torch.where(hit, ms / w.clamp_min(1.0), 0.0)
-            var = torch.where(hit, (ss / w.clamp_min(1.0) - mean ** 2).clamp_min(0.0), 1.0)
+            hit, seen_w = w > 0, w.clamp_min(1.0)  # (no division by 0 where no batch reached)
+            mean = torch.where(hit, ms / seen_w, 0.0)
+            var = torch.where(hit, (ss / seen_w - mean ** 2).clamp_min(0.0), 1.0)
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
             bn.num_batches_tracked.fill_(1)
