@@ -11,7 +11,8 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    of seeds, with their mean); the budget check trains 8 subnets (spread
    over the MACs range) for twice the steps: the budget holds where tau >= 0.8 between the
    two (``budget_check.stable``).
-3. **Supernets.** Each variant (weight sharing x strategy) x 2 seeds trained for equal
+3. **Supernets.** Each variant (weight sharing x strategy; batch 64 unless ``SUPERNET_BATCH``
+   says otherwise, the LR scaled with it) x 2 seeds trained for equal
    time: each variant's step is timed first and its steps set to ``--supernet-minutes`` of
    one core (a 2-core machine gives it half that wall-clock, or runs two at once).
 4. **Scores.** Each supernet scores every subnet as the search does (exact BN
@@ -134,7 +135,18 @@ VARIANTS = {
     # the lower path at full depth (k3e4 in every block) instead of the one-block smallest arch
     "entangled_sandwich_deep": ["space.weight_sharing=entangled", "strategy=sandwich", "sandwich.smallest=deepest"],
 }
+# the same at twice the batch (the pipeline's per_worker_batch 64): more samples a second on a CPU
+VARIANTS["entangled_sandwich_deep_b128"] = VARIANTS["entangled_sandwich_deep"]
 BATCH = 64
+# a supernet variant's batch where it is not BATCH; its LR scales with it (--supernet-lr is at BATCH),
+# as the trainer's batch_policy scale does against optim.reference_batch
+SUPERNET_BATCH = {"entangled_sandwich_deep_b128": 128}
+
+
+def supernet_batch(a, variant: str) -> tuple[int, float]:
+    """``variant``'s supernet batch and its learning rate."""
+    batch = SUPERNET_BATCH.get(variant, BATCH)
+    return batch, a.supernet_lr * batch / BATCH
 
 
 # -- configs and subnets --------------------------------------------------------------
@@ -325,9 +337,10 @@ def step_seconds(a, variant: str) -> float:
     cfg = supernet_cfg(a, variant, 0)
     task = build_supernet_task(cfg)
     split = build_dataset(cfg.data, cfg.space.input_size).train
-    train_task(task, split, 3, BATCH, 0.01, 0, channels_last=a.channels_last)  # warm-up: allocations, first calls
+    batch = supernet_batch(a, variant)[0]
+    train_task(task, split, 3, batch, 0.01, 0, channels_last=a.channels_last)  # warm-up: allocations, first calls
     t0 = time.perf_counter()
-    train_task(task, split, 12, BATCH, 0.01, 1, channels_last=a.channels_last)
+    train_task(task, split, 12, batch, 0.01, 1, channels_last=a.channels_last)
     return (time.perf_counter() - t0) / 12
 
 
@@ -341,7 +354,8 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
     torch.manual_seed(seed)
     task = build_supernet_task(cfg)
     t0 = time.perf_counter()
-    train_task(task, splits.train, steps, BATCH, a.supernet_lr, seed, weight_decay=a.supernet_wd,
+    batch, lr = supernet_batch(a, variant)
+    train_task(task, splits.train, steps, batch, lr, seed, weight_decay=a.supernet_wd,
                warmup=steps // 20, channels_last=a.channels_last)
     seconds = time.perf_counter() - t0
     torch.save(plain_state_dict(task.model), Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt")
@@ -722,6 +736,7 @@ def rank_figures(a, variants, archs, groups, budget, truth, results, steps, per_
                           if k.endswith("kendall_tau")})
         taus = [p["kendall_tau"] for p in per_seed]
         out["variants"][v] = {"steps": steps[v], "step_seconds": round(per_step[v], 4), "overrides": overrides(a, v),
+                              **({"batch": supernet_batch(a, v)[0]} if v in SUPERNET_BATCH else {}),
                               "seeds": per_seed,
                               "scores": [r["scores"] for r in runs],
                               **({"val_losses": losses} if len(losses) == len(runs) else {}),

@@ -292,3 +292,31 @@ def test_ranking_table_judges_rankers_on_the_subnets_a_longer_run_retrained(monk
     path.write_text(json.dumps(rerun))
     with pytest.raises(ranking_table.Refused):
         ranking_table.longer_runs(str(path), truth)
+
+
+def test_the_ranking_benchmarks_batch_128_supernet_is_the_one_the_laptop_trains(monkeypatch):
+    """benchmarks/ranking.py's ``entangled_sandwich_deep_b128`` (one process) stands for what
+    jobs/supernet.yaml trains on its two workers: the same rule and space, the global batch of two
+    workers and the LR the trainer's batch policy gives it there (the deep variant stays at 64)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from elastic_nas.config import SupernetConfig, load_config
+    from elastic_nas.elastic.policy import ElasticLRPolicy, LRSettings
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking
+
+    shipped = load_config(SupernetConfig, "jobs/supernet.yaml", [])
+    policy = ElasticLRPolicy(LRSettings.from_config(shipped.optim, shipped.elastic, 18000))
+    plan = policy.on_world_size(0, shipped.elastic.max_workers)
+    a = SimpleNamespace(supernet_lr=shipped.optim.lr * ranking.BATCH / shipped.optim.reference_batch, budget=1.54,
+                        source="synthetic", num_train=20000, difficulty="standard", data="", num_random=1)
+    batch, lr = ranking.supernet_batch(a, "entangled_sandwich_deep_b128")
+    assert batch == plan.global_batch == 128
+    assert lr == pytest.approx(shipped.optim.lr * policy.ramp.to_mult) == pytest.approx(0.2)
+    assert ranking.supernet_batch(a, "entangled_sandwich_deep") == (64, pytest.approx(0.1))
+    cfg = ranking.supernet_cfg(a, "entangled_sandwich_deep_b128", 0)
+    assert (cfg.strategy, cfg.sandwich.smallest, cfg.sandwich.num_random) == \
+        (shipped.strategy, shipped.sandwich.smallest, shipped.sandwich.num_random)
+    assert cfg.space == shipped.space

@@ -261,7 +261,7 @@ def test_storage_lost_mid_run_costs_no_training(s3, tmp_path):
     relay = Relay(s3.port)
     uri = s3.uri("outage").replace(f":{s3.port}&", f":{relay.port}&")
     cfg = [f"run.storage_path={uri}", "run.name=o", "optim.epochs=8", "elastic.checkpoint_every_steps=8",
-           "elastic.report_every_steps=4", "elastic.checkpoint_every_s=1000",
+           "elastic.report_every_steps=4", "elastic.checkpoint_every_s=1000", "elastic.per_worker_batch=32",
            *[s.removeprefix("supernet.") for s in TINY if s.startswith("data.")]]
     env = {k: "" for k in os.environ if k.startswith("AWS_")}
     run = CliRun(["supernet", "--config", "supernet", *sets(*cfg)], env=dict(env, ELASTIC_NAS_CACHE=str(tmp_path)))
@@ -282,5 +282,5 @@ def test_storage_lost_mid_run_costs_no_training(s3, tmp_path):
     assert int(back.group(1)) > int(again.group(1))
     steps = sorted(int(re.search(r"checkpoint_step(\d+)", p).group(1)) for p in s3.files("outage/o")
                    if p.endswith("/meta.json"))
-    assert steps[-1] == 128  # 1,000 images, batch 64: 16 steps an epoch, 8 epochs
+    assert steps[-1] == 128  # 1,000 images, batch 64 (32 a worker): 16 steps an epoch, 8 epochs
     assert KEY not in run.output() and SECRET not in run.output()
