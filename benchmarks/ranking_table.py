@@ -75,6 +75,8 @@ ROWS = {
         "ranking_t2000_s7_nr1_cl_deep_steps1780.json", "entangled_sandwich_deep"),
     "the same at batch 128 (`elastic.per_worker_batch: 64`), the pipeline's time": (
         "ranking_t2000_s7_nr1_cl_deep_b128_steps1200.json", "entangled_sandwich_deep_b128"),
+    "the same at batch 128, twice the time (`--set supernet.optim.epochs=17`)": (
+        "ranking_t2000_s7_nr1_cl_deep_b128_steps2400.json", "entangled_sandwich_deep_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",
