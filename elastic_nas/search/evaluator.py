@@ -14,6 +14,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +89,14 @@ def get_supernet(snapshot: Snapshot, device: torch.device | str = "cpu",
     return cached
 
 
-def _batches(x: np.ndarray, batch_size: int, device, prec: Precision) -> list[torch.Tensor]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return [prec.input(torch.from_numpy(x[i:i + batch_size]).to(device)) for i in range(0, len(x), batch_size)]
+def _batches(x: np.ndarray, batch_size: int, device, prec: Precision) -> Iterator[torch.Tensor]:
+    """``x`` in batches on ``device`` in the model's layout, one at a time: views on the object
+    store's read-only buffer, not copies (the model only reads its input)."""
+    for i in range(0, len(x), batch_size):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            batch = torch.from_numpy(x[i:i + batch_size])
+        yield prec.input(batch.to(device))
 
 
 @torch.no_grad()
@@ -107,9 +112,8 @@ def evaluate_arch(model: torch.nn.Module, arch: Any, data: EvalData, device="cpu
     recalibrate_bn(model, forward, _batches(data.calib_x, data.batch_size, device, prec))
     model.eval()
     correct, loss_sum = 0, 0.0
-    for i in range(0, len(data.val_x), data.batch_size):
-        x = prec.input(torch.from_numpy(np.array(data.val_x[i:i + data.batch_size])).to(device))
-        y = torch.from_numpy(np.array(data.val_y[i:i + data.batch_size])).to(device)
+    for x, y in zip(_batches(data.val_x, data.batch_size, device, prec),
+                    _batches(data.val_y, data.batch_size, device, prec)):  # labels: 1-D, no layout
         logits = forward(x)
         # summed on the device, read once: each read waits for the GPU
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum").double()
