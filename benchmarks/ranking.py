@@ -137,10 +137,16 @@ VARIANTS = {
 }
 # the same at twice the batch (the pipeline's per_worker_batch 64): more samples a second on a CPU
 VARIANTS["entangled_sandwich_deep_b128"] = VARIANTS["entangled_sandwich_deep"]
+# that (the shipped supernet), k = 5 and 3 each with a per-channel offset of their own on the shared centre
+VARIANTS["entangled_sandwich_deep_offsets_b128"] = VARIANTS["entangled_sandwich_deep"] + ["space.kernel_offsets=true"]
+# the shipped supernet with the lower path k3e6 at full depth instead of k3e4
+VARIANTS["entangled_sandwich_deepwide_b128"] = ["space.weight_sharing=entangled", "strategy=sandwich",
+                                                "sandwich.smallest=deepest_wide"]
 BATCH = 64
 # a supernet variant's batch where it is not BATCH; its LR scales with it (--supernet-lr is at BATCH),
 # as the trainer's batch_policy scale does against optim.reference_batch
-SUPERNET_BATCH = {"entangled_sandwich_deep_b128": 128}
+SUPERNET_BATCH = {"entangled_sandwich_deep_b128": 128, "entangled_sandwich_deep_offsets_b128": 128,
+                  "entangled_sandwich_deepwide_b128": 128}
 
 
 def supernet_batch(a, variant: str) -> tuple[int, float]:

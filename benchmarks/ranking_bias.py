@@ -23,7 +23,16 @@ from pathlib import Path
 
 import numpy as np
 from ranking_ceiling import subset_indices
-from ranking_table import ROWS, Refused, check_same_subnets, exits_on_refusal, load, load_truth, read_rows
+from ranking_table import (
+    ROWS,
+    Refused,
+    check_same_subnets,
+    exits_on_refusal,
+    load,
+    load_truth,
+    longer_runs,
+    read_rows,
+)
 
 from _common import RESULTS, write_result
 from elastic_nas.search.ranking import kendall_tau
@@ -37,8 +46,16 @@ LOSS_ROWS = {
         "ranking_t2000_s7_nr0_cl_steps2760.json", "entangled_sandwich"),
     "the lower path at full depth (`sandwich.smallest: deepest`), the pipeline's time, by the loss": (
         "ranking_t2000_s7_nr1_cl_deep_steps1780.json", "entangled_sandwich_deep"),
+    "the same at batch 128 (the pipeline's now), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_b128_steps1200.json", "entangled_sandwich_deep_b128"),
+    "the same at batch 64, 4,800 steps, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_steps4800.json", "entangled_sandwich_deep"),
+    "the pipeline's with kernel offsets (`space.kernel_offsets`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_offsets_b128_steps1200.json", "entangled_sandwich_deep_offsets_b128"),
+    "the pipeline's with the lower path k3e6 at full depth (`deepest_wide`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
 }
-SHOWN = ("kernel s0", "depth", "expansion s1")  # the features the Markdown table prints
+SHOWN = ("kernel s0", "expansion s0", "depth", "expansion s1")  # the features the Markdown table prints
 
 
 def arch_features(arch) -> dict[str, float]:
@@ -56,14 +73,16 @@ def preferences(score, features: dict[str, np.ndarray], idx: list[int]) -> dict[
     return {name: round(kendall_tau(f[idx], score[idx]), 4) for name, f in features.items()}
 
 
-def judged(preds: list, target: np.ndarray, features: dict[str, np.ndarray], subsets: dict) -> dict:
-    """One ranker (a prediction per supernet seed): each subset's tau and feature preferences,
-    the mean over seeds, and the seeds' mean prediction (their consensus) as one ranker."""
+def judged(preds: list, targets: dict[str, np.ndarray], features: dict[str, np.ndarray], subsets: dict) -> dict:
+    """One ranker (a prediction per supernet seed): each subset's tau (against that subset's
+    target) and feature preferences, the mean over seeds, and the seeds' mean prediction (their
+    consensus) as one ranker."""
     preds = [np.asarray(p, dtype=float) for p in preds]
     consensus = np.mean(preds, 0)
     out = {}
     for name, idx in subsets.items():
         prefs = [preferences(p, features, idx) for p in preds]
+        target = targets[name]
         out[name] = {"tau": round(float(np.mean([kendall_tau(p[idx], target[idx]) for p in preds])), 4),
                      "consensus_tau": round(kendall_tau(consensus[idx], target[idx]), 4),
                      "prefers": {f: round(float(np.mean([p[f] for p in prefs])), 4) for f in features}}
@@ -99,7 +118,7 @@ def markdown(rows: dict, truth: dict) -> str:
     head = " | ".join(f"prefers {f}: band / all" for f in SHOWN)
     lines = [f"| ranker | score | steps | seeds | tau band (consensus) | {head} |",
              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in SHOWN) + " |",
-             "| **the truth** (7 stand-alone seeds' mean) | | | | | " +
+             f"| **the truth** ({truth['label']}) | | | | | " +
              " | ".join(f"{truth['band'][f]:+.2f} / {truth['all'][f]:+.2f}" for f in SHOWN) + " |"]
     for label, r in rows.items():
         prefs = " | ".join(f"{r['band']['prefers'][f]:+.2f} / {r['all']['prefers'][f]:+.2f}" for f in SHOWN)
@@ -144,26 +163,37 @@ def plot(rows: dict, truth: dict, features: list[str], across: dict, path: Path)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
+    ap.add_argument("--longer", default="", help="standalone_noise.py JSON(s) of the band's subnets at more "
+                    "steps (comma-separated, pooled seed by seed): the band is judged against them")
     ap.add_argument("--name", default="ranking_bias")
     a = ap.parse_args()
     with exits_on_refusal(ap, "ranking_bias"):
         truth, runs = load_truth(a.truth)
         rankers = read_rankers(truth)
-    target, subsets = runs.mean(1), subset_indices(truth)
+        subsets = subset_indices(truth)
+        targets = {name: runs.mean(1) for name in subsets}
+        truth_label = f"{runs.shape[1]} stand-alone seeds' mean"
+        if a.longer:
+            longer, idx, lruns = longer_runs(a.longer, truth)
+            if sorted(idx) != sorted(subsets["band"]):
+                raise Refused(f"{a.longer} reran other subnets than the band's {len(subsets['band'])}")
+            targets["band"] = np.full(len(runs), np.nan)
+            targets["band"][idx] = lruns.mean(1)
+            truth_label += f"; band: {lruns.shape[1]} seeds of {longer['truth_steps']:,} steps"
     feats = [arch_features(s["arch"]) for s in truth["subnets"]]
     features = {f: np.array([x[f] for x in feats]) for f in feats[0]}
-    truth_prefers = {name: preferences(target, features, idx) for name, idx in subsets.items()}
+    truth_prefers = {name: preferences(targets[name], features, idx) for name, idx in subsets.items()}
     rows = {label: {"source": r["source"], "variant": r["variant"], "score": r["score"], "steps": r["steps"],
-                    "seeds": len(r["preds"]), **judged(r["preds"], target, features, subsets)}
+                    "seeds": len(r["preds"]), **judged(r["preds"], targets, features, subsets)}
             for label, r in rankers.items()}
     across = across_rows(rows, truth_prefers["band"])
-    table = markdown(rows, truth_prefers)
+    table = markdown(rows, {**truth_prefers, "label": truth_label})
     print(table)
     print("across the supernets, each feature's band bias against the band tau: " +
           ", ".join(f"{f} {t:+.2f}" for f, t in sorted(across.items(), key=lambda kv: kv[1])))
     png = RESULTS / f"{a.name}.png"
     plot(rows, truth_prefers, list(features), across, png)
-    write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "subsets": subsets,
+    write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "longer": a.longer, "subsets": subsets,
                           "features": list(features), "truth_prefers": truth_prefers, "rows": rows,
                           "across_rows_band": across, "table": table,
                           "plot": png.name})

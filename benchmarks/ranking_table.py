@@ -77,6 +77,12 @@ ROWS = {
         "ranking_t2000_s7_nr1_cl_deep_b128_steps1200.json", "entangled_sandwich_deep_b128"),
     "the same at batch 128, twice the time (`--set supernet.optim.epochs=17`)": (
         "ranking_t2000_s7_nr1_cl_deep_b128_steps2400.json", "entangled_sandwich_deep_b128"),
+    "the same at batch 64, those samples (4,800 steps, about 15 min on 2 cores)": (
+        "ranking_t2000_s7_nr1_cl_deep_steps4800.json", "entangled_sandwich_deep"),
+    "the pipeline's with an offset of their own on k = 5 and 3 (`space.kernel_offsets`)": (
+        "ranking_t2000_s7_nr1_cl_deep_offsets_b128_steps1200.json", "entangled_sandwich_deep_offsets_b128"),
+    "the pipeline's with the lower path k3e6 at full depth (`sandwich.smallest: deepest_wide`), its time": (
+        "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -92,6 +92,9 @@ class SpaceConfig:
     # expansions its leading channels, so every arch trains the same tensors
     weight_sharing: Literal["independent", "entangled"] = "independent"
     kernel_transform: bool = False  # cream + entangled: OFA's learned 7->5->3 kernel-transform matrices
+    # cream + entangled: k = 5 and 3 add their own per-channel offset (zero at start) to the centre
+    # they share, so a small kernel need not be every tap of the largest one's centre
+    kernel_offsets: bool = False
 
     def validate(self, prefix: str) -> None:
         _positive(self.input_size, f"{prefix}.input_size")
@@ -105,8 +108,9 @@ class SpaceConfig:
         if self.stage_repeats and (self.name != "spos" or len(self.stage_repeats) != 4
                                    or any(r < 1 for r in self.stage_repeats)):
             raise ConfigError(f"{prefix}.stage_repeats", f"spos only: 4 block counts >= 1, got {self.stage_repeats}")
-        if self.kernel_transform and (self.name != "cream" or self.weight_sharing != "entangled"):
-            raise ConfigError(f"{prefix}.kernel_transform", "needs space.name: cream and weight_sharing: entangled")
+        for key in ("kernel_transform", "kernel_offsets"):
+            if getattr(self, key) and (self.name != "cream" or self.weight_sharing != "entangled"):
+                raise ConfigError(f"{prefix}.{key}", "needs space.name: cream and weight_sharing: entangled")
 
 
 @dataclass
@@ -285,9 +289,11 @@ class SandwichConfig:
     # so the archs the search compares get the random paths' updates
     random_macs_min: float = 0.0
     random_macs_max: float = 0.0
-    # the lower path: "min_macs" (the sandwich rule's smallest arch) or "deepest" (the cheapest op in
-    # every block at full depth, so the later blocks' small ops train every step too)
-    smallest: Literal["min_macs", "deepest"] = "min_macs"
+    # the lower path: "min_macs" (the sandwich rule's smallest arch), "deepest" (the cheapest op in
+    # every block at full depth, so the later blocks' small ops train every step too) or "deepest_wide"
+    # (every block at full depth, its smallest kernel at the widest expansion: cream's k3e6, so the
+    # small kernels train on every channel, not only the leading ones)
+    smallest: Literal["min_macs", "deepest", "deepest_wide"] = "min_macs"
 
     def validate(self, prefix: str) -> None:
         _non_negative(self.num_random, f"{prefix}.num_random")

@@ -23,6 +23,8 @@ SPACE_CONFIGS = {
     "cream-entangled": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled"),
     "cream-entangled-transform": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled",
                                              kernel_transform=True),
+    "cream-entangled-offsets": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled",
+                                           kernel_offsets=True),
 }
 
 

@@ -249,8 +249,8 @@ def test_constrained_sampling_narrow_range_and_bounds():
 
 
 def _randomise_bn(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """BN statistics and affine weights, and kernel transforms, away from their identity init,
-    so that equality tests see every slice."""
+    """BN statistics and affine weights, kernel transforms and offsets, away from their
+    identity init, so that equality tests see every slice."""
     for m in module.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
@@ -259,7 +259,7 @@ def _randomise_bn(module: torch.nn.Module, gen: torch.Generator) -> None:
                 m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
     for name, p in module.named_parameters():
-        if "kernel_transforms" in name:
+        if "kernel_transforms" in name or "kernel_offsets" in name:
             p.data.add_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
@@ -298,8 +298,8 @@ def test_supernet_train_step_touches_only_its_arch(key):
     sup = space.build_supernet().train()
     rng = np.random.default_rng(3)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    # A kernel transform only runs for the kernels below the largest: left out here.
-    transforms = {id(p) for n, p in sup.named_parameters() if "kernel_transforms" in n}
+    # Kernel transforms and offsets only run for some kernels below the largest: left out here.
+    transforms = {id(p) for n, p in sup.named_parameters() if "kernel_transforms" in n or "kernel_offsets" in n}
     for _ in range(2):
         arch = space.sample(rng)
         sup.zero_grad(set_to_none=True)
@@ -381,3 +381,15 @@ def test_kernel_transforms_train_only_below_the_largest_kernel():
         sup(x, tuple((op,) for _ in range(5))).sum().backward()
         transforms = sup.stages[2][0].kernel_transforms
         assert {name for name, p in transforms.items() if p.grad is not None} == used
+
+
+def test_kernel_offsets_train_only_their_own_kernel():
+    space = build_space(CONFIGS["cream-entangled-offsets"])
+    sup = space.build_supernet().train()
+    x = torch.randn(2, 3, 32, 32)
+    for op, used in ((5, set()), (3, {"k5"}), (1, {"k3"})):  # k7e6, k5e6, k3e6
+        sup.zero_grad(set_to_none=True)
+        sup(x, tuple((op,) for _ in range(5))).sum().backward()
+        block = sup.stages[2][0]
+        assert {name for name, p in block.kernel_offsets.items() if p.grad is not None} == used
+        assert block.conv_dw.weight.grad is not None  # the shared kernel trains with every size

@@ -87,6 +87,25 @@ def test_sandwich_deepest_smallest_trains_the_cheapest_op_of_every_block(tmp_pat
     assert spos.deepest_smallest_arch() == spos.smallest_arch()  # one depth: the smallest arch
 
 
+def test_sandwich_deepest_wide_runs_the_small_kernel_on_every_channel(tmp_path):
+    """``sandwich.smallest: deepest_wide``: every block at full depth with kernel 3 at expansion 6;
+    refused before any work in a space without those choices."""
+    from elastic_nas.spaces.cream import OPS
+
+    space = build_space(cfg(tmp_path).space)
+    wide = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1",
+                                   "sandwich.smallest=deepest_wide")).strategy
+    lower = wide.archs(3)[1]
+    assert [len(ops) for ops in lower] == list(space.max_depths)
+    assert {OPS[op] for ops in lower for op in ops} == {(3, 6)}
+    assert space.macs(space.deepest_smallest_arch()) < space.macs(lower) < space.macs(space.largest_arch())
+    assert wide.fingerprint()["sandwich"]["smallest"] == "deepest_wide"
+    spos_cfg = load_config(SupernetConfig, None, [f"data.path={tmp_path}", "strategy=sandwich",
+                                                  "sandwich.smallest=deepest_wide"])
+    with pytest.raises(ConfigError, match="sandwich.smallest.*no kernel and expansion choices"):
+        SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
+
+
 def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
     task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1"))
     strategy, model = task.strategy, task.model

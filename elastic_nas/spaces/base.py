@@ -106,6 +106,10 @@ class SearchSpace(abc.ABC):
         """The cheapest arch at the greatest depth (in a space of one depth: the smallest arch)."""
         return self.smallest_arch()
 
+    def deepest_wide_arch(self) -> Arch:
+        """The greatest depth, each block its smallest kernel at its widest expansion."""
+        raise ArchError(f"the {type(self).__name__} has no kernel and expansion choices per block")
+
     def macs_range(self) -> tuple[int, int]:
         """The smallest and largest MACs of any architecture in the space."""
         return self.macs(self.smallest_arch()), self.macs(self.largest_arch())

@@ -147,11 +147,13 @@ class EntangledInvertedResidual(nn.Module):
 
     The depthwise kernel is allocated at 7x7 and k = 5 and 3 run its centre, either as is or
     through OFA's learned kernel-transform matrices (7->5 on the 5x5 centre, 5->3 on the
-    3x3 centre of that; identity at start). Expansion 4 runs the leading channels of
+    3x3 centre of that; identity at start), and with ``kernel_offsets`` plus a per-channel
+    offset of their own (zero at start). Expansion 4 runs the leading channels of
     expansion 6 in pw, BN, dw, SE and pw-linear alike. Every op thus trains the same tensors.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, kernel_transform: bool = False):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, kernel_transform: bool = False,
+                 kernel_offsets: bool = False):
         super().__init__()
         self.in_chs = in_chs
         max_mid_chs = make_divisible(in_chs * max(e for _, e in OPS))
@@ -166,24 +168,35 @@ class EntangledInvertedResidual(nn.Module):
         self.kernel_transforms = nn.ParameterDict(
             {f"{k}to{k - 2}": nn.Parameter(torch.eye((k - 2) ** 2)) for k in range(MAX_KERNEL, 3, -2)}
         ) if kernel_transform else None
+        self.kernel_offsets = nn.ParameterDict(
+            {f"k{k}": nn.Parameter(torch.zeros(max_mid_chs, 1, k, k)) for k in range(MAX_KERNEL - 2, 2, -2)}
+        ) if kernel_offsets else None
 
     def kernel(self, kernel_size: int) -> torch.Tensor:
         """The depthwise kernel of op size ``kernel_size``, for every allocated channel."""
         weight = self.conv_dw.weight
         if self.kernel_transforms is None:
-            return centre_kernel(weight, kernel_size)
-        for size in range(MAX_KERNEL, kernel_size, -2):
-            weight = centre_kernel(weight, size - 2)
-            shape = weight.shape
-            weight = F.linear(weight.reshape(-1, (size - 2) ** 2), self.kernel_transforms[f"{size}to{size - 2}"])
-            weight = weight.reshape(shape)
+            weight = centre_kernel(weight, kernel_size)
+        else:
+            for size in range(MAX_KERNEL, kernel_size, -2):
+                weight = centre_kernel(weight, size - 2)
+                shape = weight.shape
+                weight = F.linear(weight.reshape(-1, (size - 2) ** 2), self.kernel_transforms[f"{size}to{size - 2}"])
+                weight = weight.reshape(shape)
+        if self.kernel_offsets is not None and kernel_size < MAX_KERNEL:
+            weight = weight + self.kernel_offsets[f"k{kernel_size}"]
         return weight
+
+    @property
+    def _own_kernels(self) -> bool:
+        """Whether a smaller kernel is more than the largest one's centre."""
+        return self.kernel_transforms is not None or self.kernel_offsets is not None
 
     def forward(self, x: torch.Tensor, op: int) -> torch.Tensor:
         kernel_size, exp_ratio = OPS[op]
         shortcut = x
         x = self.act(sliced_bn(self.bn1, sliced_conv(self.conv_pw, x, make_divisible(self.in_chs * exp_ratio))))
-        weight = self.kernel(kernel_size) if self.kernel_transforms is not None else None
+        weight = self.kernel(kernel_size) if self._own_kernels else None
         x = self.act(sliced_bn(self.bn2, sliced_conv(self.conv_dw, x, kernel_size=kernel_size, weight=weight)))
         x = self.se(x)
         x = self.bn3(sliced_conv(self.conv_pwl, x))
@@ -195,7 +208,7 @@ class EntangledInvertedResidual(nn.Module):
     def copy_weights_to(self, block: InvertedResidual, op: int) -> None:
         """``block`` (op ``op``, standalone) takes exactly the weights the op runs here."""
         inherit_weights(block, self)
-        if self.kernel_transforms is not None:
+        if self._own_kernels:
             with torch.no_grad():
                 block.conv_dw.weight.copy_(self.kernel(OPS[op][0])[:block.conv_dw.out_channels])
 
@@ -236,7 +249,8 @@ class CreamSupernet(Supernet):
 
         def position(b: _BlockSpec) -> nn.Module:
             if cfg.weight_sharing == "entangled":
-                return EntangledInvertedResidual(b.in_chs, b.out_chs, b.stride, cfg.kernel_transform)
+                return EntangledInvertedResidual(b.in_chs, b.out_chs, b.stride, cfg.kernel_transform,
+                                                 cfg.kernel_offsets)
             return ChoiceBlock(b.in_chs, b.out_chs, b.stride)
 
         self.stages = nn.ModuleList(nn.ModuleList(position(b) for b in stage) for stage in lay.stages)
@@ -485,6 +499,11 @@ class CreamSpace(SearchSpace):
     def deepest_smallest_arch(self) -> Arch:
         """Every stage at its deepest, each block its cheapest op (k3e4)."""
         return tuple(tuple(int(np.argmin(row)) for row in t) for t in self._macs_table)
+
+    def deepest_wide_arch(self) -> Arch:
+        """Every stage at its deepest, each block k3e6."""
+        op = OPS.index((min(k for k, _ in OPS), max(e for _, e in OPS)))
+        return tuple((op,) * len(t) for t in self._macs_table)
 
     # -- latency -------------------------------------------------------------------
     def latency_parts(self) -> LatencyParts:

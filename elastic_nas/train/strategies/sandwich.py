@@ -9,9 +9,10 @@ every arch of step t is a function of (seed, t). ``sandwich.random_macs_min`` / 
 the random archs from another MACs range (the search's band, say) while largest and smallest
 stay the sampling range's. ``sandwich.smallest: deepest`` trains the cheapest op of every block at
 full depth in the smallest's place, so the later blocks' small ops get an update every step (the
-smallest arch uses only each stage's first block). The step accumulates the gradients of
-all archs before one all-reduce and one optimizer step; the per-step sample count stays
-the batch, and the extra archs are extra compute.
+smallest arch uses only each stage's first block); ``deepest_wide`` the smallest kernel at the
+widest expansion there (k3e6), so the small kernels train on every channel. The step
+accumulates the gradients of all archs before one all-reduce and one optimizer step; the
+per-step sample count stays the batch, and the extra archs are extra compute.
 
 It works best with ``space.weight_sharing: entangled``, where every arch updates the same
 shared tensors, but runs on independent weights too.
@@ -47,9 +48,12 @@ class SandwichStrategy(SupernetStrategy):
         hi = arch_sampler.hi if arch_sampler.constrained else 0.0
         if smallest == "min_macs":
             return space.extreme_arch(True, lo, hi), space.extreme_arch(False, lo, hi)
-        lower = space.deepest_smallest_arch()
+        try:
+            lower = space.deepest_smallest_arch() if smallest == "deepest" else space.deepest_wide_arch()
+        except ArchError as e:
+            raise ConfigError("sandwich.smallest", str(e)) from None
         if not (lo or 0) <= space.macs(lower) <= (hi or float("inf")):
-            raise ConfigError("sandwich.smallest", f"the deepest smallest arch has {space.macs(lower) / 1e6:.3f}M "
+            raise ConfigError("sandwich.smallest", f"the {smallest} lower path has {space.macs(lower) / 1e6:.3f}M "
                                                    "MACs, outside the sampling range")
         return space.extreme_arch(True, lo, hi), lower
 
