@@ -142,11 +142,14 @@ VARIANTS["entangled_sandwich_deep_offsets_b128"] = VARIANTS["entangled_sandwich_
 # the shipped supernet with the lower path k3e6 at full depth instead of k3e4
 VARIANTS["entangled_sandwich_deepwide_b128"] = ["space.weight_sharing=entangled", "strategy=sandwich",
                                                 "sandwich.smallest=deepest_wide"]
+# ... and with k3e4 and k3e6 at full depth on alternate steps
+VARIANTS["entangled_sandwich_deepalt_b128"] = ["space.weight_sharing=entangled", "strategy=sandwich",
+                                               "sandwich.smallest=deepest_alternate"]
 BATCH = 64
 # a supernet variant's batch where it is not BATCH; its LR scales with it (--supernet-lr is at BATCH),
 # as the trainer's batch_policy scale does against optim.reference_batch
 SUPERNET_BATCH = {"entangled_sandwich_deep_b128": 128, "entangled_sandwich_deep_offsets_b128": 128,
-                  "entangled_sandwich_deepwide_b128": 128}
+                  "entangled_sandwich_deepwide_b128": 128, "entangled_sandwich_deepalt_b128": 128}
 
 
 def supernet_batch(a, variant: str) -> tuple[int, float]:

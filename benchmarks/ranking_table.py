@@ -83,6 +83,8 @@ ROWS = {
         "ranking_t2000_s7_nr1_cl_deep_offsets_b128_steps1200.json", "entangled_sandwich_deep_offsets_b128"),
     "the pipeline's with the lower path k3e6 at full depth (`sandwich.smallest: deepest_wide`), its time": (
         "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
+    "the pipeline's with k3e4 and k3e6 lower paths on alternate steps (`deepest_alternate`)": (
+        "ranking_t2000_s7_nr1_cl_deepalt_b128_steps1200.json", "entangled_sandwich_deepalt_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -292,8 +292,9 @@ class SandwichConfig:
     # the lower path: "min_macs" (the sandwich rule's smallest arch), "deepest" (the cheapest op in
     # every block at full depth, so the later blocks' small ops train every step too) or "deepest_wide"
     # (every block at full depth, its smallest kernel at the widest expansion: cream's k3e6, so the
-    # small kernels train on every channel, not only the leading ones)
-    smallest: Literal["min_macs", "deepest", "deepest_wide"] = "min_macs"
+    # small kernels train on every channel, not only the leading ones) or "deepest_alternate" (the
+    # two on alternate steps)
+    smallest: Literal["min_macs", "deepest", "deepest_wide", "deepest_alternate"] = "min_macs"
 
     def validate(self, prefix: str) -> None:
         _non_negative(self.num_random, f"{prefix}.num_random")

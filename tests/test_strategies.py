@@ -88,8 +88,9 @@ def test_sandwich_deepest_smallest_trains_the_cheapest_op_of_every_block(tmp_pat
 
 
 def test_sandwich_deepest_wide_runs_the_small_kernel_on_every_channel(tmp_path):
-    """``sandwich.smallest: deepest_wide``: every block at full depth with kernel 3 at expansion 6;
-    refused before any work in a space without those choices."""
+    """``sandwich.smallest: deepest_wide``: every block at full depth with kernel 3 at expansion 6
+    (``deepest_alternate``: k3e4 and k3e6 on alternate steps); refused before any work in a space
+    without those choices."""
     from elastic_nas.spaces.cream import OPS
 
     space = build_space(cfg(tmp_path).space)
@@ -100,6 +101,9 @@ def test_sandwich_deepest_wide_runs_the_small_kernel_on_every_channel(tmp_path):
     assert {OPS[op] for ops in lower for op in ops} == {(3, 6)}
     assert space.macs(space.deepest_smallest_arch()) < space.macs(lower) < space.macs(space.largest_arch())
     assert wide.fingerprint()["sandwich"]["smallest"] == "deepest_wide"
+    alternate = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1",
+                                        "sandwich.smallest=deepest_alternate")).strategy
+    assert [alternate.archs(step)[1] for step in range(4)] == [space.deepest_smallest_arch(), lower] * 2
     spos_cfg = load_config(SupernetConfig, None, [f"data.path={tmp_path}", "strategy=sandwich",
                                                   "sandwich.smallest=deepest_wide"])
     with pytest.raises(ConfigError, match="sandwich.smallest.*no kernel and expansion choices"):

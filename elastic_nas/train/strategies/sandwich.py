@@ -10,7 +10,8 @@ the random archs from another MACs range (the search's band, say) while largest 
 stay the sampling range's. ``sandwich.smallest: deepest`` trains the cheapest op of every block at
 full depth in the smallest's place, so the later blocks' small ops get an update every step (the
 smallest arch uses only each stage's first block); ``deepest_wide`` the smallest kernel at the
-widest expansion there (k3e6), so the small kernels train on every channel. The step
+widest expansion there (k3e6), so the small kernels train on every channel, and
+``deepest_alternate`` the two on alternate steps. The step
 accumulates the gradients of all archs before one all-reduce and one optimizer step; the
 per-step sample count stays the batch, and the extra archs are extra compute.
 
@@ -36,26 +37,30 @@ class SandwichStrategy(SupernetStrategy):
 
     def __init__(self, cfg, space: SearchSpace, model, splits):
         super().__init__(cfg, space, model, splits)
-        self.largest, self.smallest = self.sandwich_bounds(space, self.arch_sampler, cfg.sandwich.smallest)
+        self.largest, self.lowers = self.sandwich_bounds(space, self.arch_sampler, cfg.sandwich.smallest)
         self.random_sampler = self.make_random_sampler(cfg, space, self.arch_sampler)
         self.num_random = cfg.sandwich.num_random
         self.distill = cfg.sandwich.distill
         self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
 
     @staticmethod
-    def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, Arch]:
+    def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, tuple[Arch, ...]]:
+        """The largest arch and the lower path(s), taken in turn step by step."""
         lo = arch_sampler.lo if arch_sampler.constrained else 0.0
         hi = arch_sampler.hi if arch_sampler.constrained else 0.0
         if smallest == "min_macs":
-            return space.extreme_arch(True, lo, hi), space.extreme_arch(False, lo, hi)
-        try:
-            lower = space.deepest_smallest_arch() if smallest == "deepest" else space.deepest_wide_arch()
-        except ArchError as e:
-            raise ConfigError("sandwich.smallest", str(e)) from None
-        if not (lo or 0) <= space.macs(lower) <= (hi or float("inf")):
-            raise ConfigError("sandwich.smallest", f"the {smallest} lower path has {space.macs(lower) / 1e6:.3f}M "
-                                                   "MACs, outside the sampling range")
-        return space.extreme_arch(True, lo, hi), lower
+            return space.extreme_arch(True, lo, hi), (space.extreme_arch(False, lo, hi),)
+        lowers = []
+        for name in ("deepest", "deepest_wide") if smallest == "deepest_alternate" else (smallest,):
+            try:
+                lower = space.deepest_smallest_arch() if name == "deepest" else space.deepest_wide_arch()
+            except ArchError as e:
+                raise ConfigError("sandwich.smallest", str(e)) from None
+            if not (lo or 0) <= space.macs(lower) <= (hi or float("inf")):
+                raise ConfigError("sandwich.smallest", f"the {name} lower path has {space.macs(lower) / 1e6:.3f}M "
+                                                       "MACs, outside the sampling range")
+            lowers.append(lower)
+        return space.extreme_arch(True, lo, hi), tuple(lowers)
 
     @staticmethod
     def make_random_sampler(cfg, space: SearchSpace, arch_sampler: ArchSampler) -> ArchSampler:
@@ -84,7 +89,8 @@ class SandwichStrategy(SupernetStrategy):
         return {"sandwich": out}
 
     def archs(self, step: int) -> list[Arch]:
-        return [self.largest, self.smallest] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
+        lower = self.lowers[step % len(self.lowers)]
+        return [self.largest, lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
 
     def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
         logits = forward(x, arch)
