@@ -135,21 +135,21 @@ VARIANTS = {
     # the lower path at full depth (k3e4 in every block) instead of the one-block smallest arch
     "entangled_sandwich_deep": ["space.weight_sharing=entangled", "strategy=sandwich", "sandwich.smallest=deepest"],
 }
-# the same at twice the batch (the pipeline's per_worker_batch 64): more samples a second on a CPU
-VARIANTS["entangled_sandwich_deep_b128"] = VARIANTS["entangled_sandwich_deep"]
-# that (the shipped supernet), k = 5 and 3 each with a per-channel offset of their own on the shared centre
-VARIANTS["entangled_sandwich_deep_offsets_b128"] = VARIANTS["entangled_sandwich_deep"] + ["space.kernel_offsets=true"]
-# the shipped supernet with the lower path k3e6 at full depth instead of k3e4
-VARIANTS["entangled_sandwich_deepwide_b128"] = ["space.weight_sharing=entangled", "strategy=sandwich",
-                                                "sandwich.smallest=deepest_wide"]
-# ... and with k3e4 and k3e6 at full depth on alternate steps
-VARIANTS["entangled_sandwich_deepalt_b128"] = ["space.weight_sharing=entangled", "strategy=sandwich",
-                                               "sandwich.smallest=deepest_alternate"]
 BATCH = 64
-# a supernet variant's batch where it is not BATCH; its LR scales with it (--supernet-lr is at BATCH),
-# as the trainer's batch_policy scale does against optim.reference_batch
-SUPERNET_BATCH = {"entangled_sandwich_deep_b128": 128, "entangled_sandwich_deep_offsets_b128": 128,
-                  "entangled_sandwich_deepwide_b128": 128, "entangled_sandwich_deepalt_b128": 128}
+# the shipped supernet's rule at twice the batch (the pipeline's per_worker_batch 64: more samples a
+# second on a CPU), and variations of it; each variant's LR scales with its batch (--supernet-lr is at
+# BATCH), as the trainer's batch_policy scale does against optim.reference_batch
+AT_BATCH_128 = {
+    "entangled_sandwich_deep_b128": VARIANTS["entangled_sandwich_deep"],
+    # k = 5 and 3 each with a per-channel offset of their own on the shared centre
+    "entangled_sandwich_deep_offsets_b128": VARIANTS["entangled_sandwich_deep"] + ["space.kernel_offsets=true"],
+    # the lower path k3e6 at full depth instead of k3e4
+    "entangled_sandwich_deepwide_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_wide"],
+    # k3e4 and k3e6 at full depth on alternate steps
+    "entangled_sandwich_deepalt_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_alternate"],
+}
+VARIANTS.update(AT_BATCH_128)
+SUPERNET_BATCH = dict.fromkeys(AT_BATCH_128, 128)  # a variant's batch where it is not BATCH
 
 
 def supernet_batch(a, variant: str) -> tuple[int, float]:
