@@ -147,6 +147,11 @@ AT_BATCH_128 = {
     "entangled_sandwich_deepwide_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_wide"],
     # k3e4 and k3e6 at full depth on alternate steps
     "entangled_sandwich_deepalt_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_alternate"],
+    # the teacher at full depth and width with each block's kernel drawn per step
+    "entangled_sandwich_deep_rteacher_b128": VARIANTS["entangled_sandwich_deep"] + ["sandwich.largest=random_kernels"],
+    # the same teacher with the k3e6 lower path
+    "entangled_sandwich_deepwide_rteacher_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_wide",
+                                                                                   "sandwich.largest=random_kernels"],
 }
 VARIANTS.update(AT_BATCH_128)
 SUPERNET_BATCH = dict.fromkeys(AT_BATCH_128, 128)  # a variant's batch where it is not BATCH

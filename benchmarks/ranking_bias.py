@@ -56,6 +56,10 @@ LOSS_ROWS = {
         "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
     "the pipeline's with the lower paths on alternate steps (`deepest_alternate`), by the loss": (
         "ranking_t2000_s7_nr1_cl_deepalt_b128_steps1200.json", "entangled_sandwich_deepalt_b128"),
+    "the pipeline's with the teacher's kernels drawn per step (`random_kernels`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_b128_steps1200.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the same teacher with the lower path k3e6 (`deepest_wide` + `random_kernels`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deepwide_rteacher_b128_steps1200.json", "entangled_sandwich_deepwide_rteacher_b128"),
 }
 SHOWN = ("kernel s0", "expansion s0", "depth", "expansion s1")  # the features the Markdown table prints
 

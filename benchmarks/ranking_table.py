@@ -85,6 +85,10 @@ ROWS = {
         "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
     "the pipeline's with k3e4 and k3e6 lower paths on alternate steps (`deepest_alternate`)": (
         "ranking_t2000_s7_nr1_cl_deepalt_b128_steps1200.json", "entangled_sandwich_deepalt_b128"),
+    "the pipeline's with the teacher's kernels drawn per step (`sandwich.largest: random_kernels`)": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_b128_steps1200.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the same teacher with the lower path k3e6 (`deepest_wide` + `random_kernels`)": (
+        "ranking_t2000_s7_nr1_cl_deepwide_rteacher_b128_steps1200.json", "entangled_sandwich_deepwide_rteacher_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -295,6 +295,10 @@ class SandwichConfig:
     # small kernels train on every channel, not only the leading ones) or "deepest_alternate" (the
     # two on alternate steps)
     smallest: Literal["min_macs", "deepest", "deepest_wide", "deepest_alternate"] = "min_macs"
+    # the teacher: "max_macs" (the sandwich rule's largest arch) or "random_kernels" (every block at
+    # full depth and the widest expansion, each block's kernel drawn per step: the later blocks then
+    # do not learn to expect one kernel's features, which the largest arch's every-step update favours)
+    largest: Literal["max_macs", "random_kernels"] = "max_macs"
 
     def validate(self, prefix: str) -> None:
         _non_negative(self.num_random, f"{prefix}.num_random")

@@ -35,6 +35,7 @@ def test_job_config_loads_with_overrides():
         ("sampling.flops_min=50", "flops_min (50.0) > flops_max (10.0)"),
         ("sandwich.random_macs_min=50", "random_macs_min (50.0) > random_macs_max (10.0)"),
         ("sandwich.smallest=tiny", "must be one of 'min_macs', 'deepest'"),
+        ("sandwich.largest=huge", "must be one of 'max_macs', 'random_kernels'"),
         ("space.kernel_offsets=true", "needs space.name: cream and weight_sharing: entangled"),
     ],
 )

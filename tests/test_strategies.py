@@ -110,6 +110,33 @@ def test_sandwich_deepest_wide_runs_the_small_kernel_on_every_channel(tmp_path):
         SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
 
 
+def test_sandwich_random_kernel_teacher_is_full_width_and_agrees_across_ranks(tmp_path):
+    """``sandwich.largest: random_kernels``: the teacher is every block at full depth and expansion 6,
+    its kernels drawn per step as a function of (seed, step) (every rank builds the same teacher);
+    refused before any work in a space without those choices or where the range cuts the family."""
+    from elastic_nas.spaces.cream import OPS
+
+    space = build_space(cfg(tmp_path).space)
+    sets = ("strategy=sandwich", "sandwich.num_random=1", "sandwich.largest=random_kernels")
+    strategy = build_supernet_task(cfg(tmp_path, *sets)).strategy
+    again = build_supernet_task(cfg(tmp_path, *sets)).strategy
+    teachers = [strategy.archs(step)[0] for step in range(8)]
+    assert teachers == [again.archs(step)[0] for step in range(8)]
+    assert all([len(ops) for ops in t] == list(space.max_depths) for t in teachers)
+    assert {OPS[op][1] for t in teachers for ops in t for op in ops} == {6}
+    assert {OPS[op][0] for t in teachers for ops in t for op in ops} == {3, 5, 7}
+    assert len(set(teachers)) == 8
+    assert strategy.fingerprint()["sandwich"]["largest"] == "random_kernels"
+    assert "largest" not in build_supernet_task(cfg(tmp_path, "strategy=sandwich")).strategy.fingerprint()["sandwich"]
+    with pytest.raises(ConfigError, match="sandwich.largest.*outside the sampling range"):
+        SandwichStrategy.check(cfg(tmp_path, *sets, f"sampling.flops_max={(space.macs(space.largest_arch()) - 1000) / 1e6}"),
+                               space)
+    spos_cfg = load_config(SupernetConfig, None, [f"data.path={tmp_path}", "strategy=sandwich",
+                                                  "sandwich.largest=random_kernels"])
+    with pytest.raises(ConfigError, match="sandwich.largest.*no kernel and expansion choices"):
+        SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
+
+
 def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
     task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1"))
     strategy, model = task.strategy, task.model

@@ -106,8 +106,9 @@ class SearchSpace(abc.ABC):
         """The cheapest arch at the greatest depth (in a space of one depth: the smallest arch)."""
         return self.smallest_arch()
 
-    def deepest_wide_arch(self) -> Arch:
-        """The greatest depth, each block its smallest kernel at its widest expansion."""
+    def deepest_wide_arch(self, rng: np.random.Generator | None = None) -> Arch:
+        """The greatest depth, each block at its widest expansion with its smallest kernel (or,
+        given ``rng``, a kernel drawn from it)."""
         raise ArchError(f"the {type(self).__name__} has no kernel and expansion choices per block")
 
     def macs_range(self) -> tuple[int, int]:

@@ -500,10 +500,12 @@ class CreamSpace(SearchSpace):
         """Every stage at its deepest, each block its cheapest op (k3e4)."""
         return tuple(tuple(int(np.argmin(row)) for row in t) for t in self._macs_table)
 
-    def deepest_wide_arch(self) -> Arch:
-        """Every stage at its deepest, each block k3e6."""
-        op = OPS.index((min(k for k, _ in OPS), max(e for _, e in OPS)))
-        return tuple((op,) * len(t) for t in self._macs_table)
+    def deepest_wide_arch(self, rng: np.random.Generator | None = None) -> Arch:
+        """Every stage at its deepest, each block k3e6 (or, given ``rng``, e6 with a drawn kernel)."""
+        kernels, e = sorted({k for k, _ in OPS}), max(e for _, e in OPS)
+        if rng is None:
+            return tuple((OPS.index((kernels[0], e)),) * len(t) for t in self._macs_table)
+        return tuple(tuple(OPS.index((int(rng.choice(kernels)), e)) for _ in t) for t in self._macs_table)
 
     # -- latency -------------------------------------------------------------------
     def latency_parts(self) -> LatencyParts:

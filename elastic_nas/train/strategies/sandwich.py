@@ -11,7 +11,9 @@ stay the sampling range's. ``sandwich.smallest: deepest`` trains the cheapest op
 full depth in the smallest's place, so the later blocks' small ops get an update every step (the
 smallest arch uses only each stage's first block); ``deepest_wide`` the smallest kernel at the
 widest expansion there (k3e6), so the small kernels train on every channel, and
-``deepest_alternate`` the two on alternate steps. The step
+``deepest_alternate`` the two on alternate steps. ``sandwich.largest: random_kernels`` makes the
+teacher the full-depth, widest arch with each block's kernel drawn per step, so the shared later
+blocks are not fitted to one kernel's features by the teacher's every-step update. The step
 accumulates the gradients of all archs before one all-reduce and one optimizer step; the
 per-step sample count stays the batch, and the extra archs are extra compute.
 
@@ -31,6 +33,8 @@ from elastic_nas.spaces.base import Arch, SearchSpace
 from elastic_nas.train.losses import kd_per_sample
 from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
 
+TEACHER_STREAM = 1000  # the teacher's draws: apart from the random archs' streams 1..num_random
+
 
 class SandwichStrategy(SupernetStrategy):
     name = "sandwich"
@@ -38,6 +42,7 @@ class SandwichStrategy(SupernetStrategy):
     def __init__(self, cfg, space: SearchSpace, model, splits):
         super().__init__(cfg, space, model, splits)
         self.largest, self.lowers = self.sandwich_bounds(space, self.arch_sampler, cfg.sandwich.smallest)
+        self.random_teacher = self.check_teacher(space, self.arch_sampler, cfg.sandwich.largest)
         self.random_sampler = self.make_random_sampler(cfg, space, self.arch_sampler)
         self.num_random = cfg.sandwich.num_random
         self.distill = cfg.sandwich.distill
@@ -63,6 +68,27 @@ class SandwichStrategy(SupernetStrategy):
         return space.extreme_arch(True, lo, hi), tuple(lowers)
 
     @staticmethod
+    def check_teacher(space: SearchSpace, arch_sampler, largest: str) -> bool:
+        """Whether the teacher's kernels are drawn per step; one line if the space or range cannot."""
+        if largest == "max_macs":
+            return False
+        try:
+            family = (space.deepest_wide_arch(), space.largest_arch())  # MACs are monotone in the kernel
+        except ArchError as e:
+            raise ConfigError("sandwich.largest", str(e)) from None
+        lo, hi = (arch_sampler.lo, arch_sampler.hi) if arch_sampler.constrained else (0.0, float("inf"))
+        if not all(lo <= space.macs(a) <= hi for a in family):
+            raise ConfigError("sandwich.largest", "random_kernels teachers reach "
+                              f"{space.macs(family[0]) / 1e6:.3f}-{space.macs(family[1]) / 1e6:.3f}M MACs, "
+                              "outside the sampling range")
+        return True
+
+    def teacher(self, step: int) -> Arch:
+        if not self.random_teacher:
+            return self.largest
+        return self.space.deepest_wide_arch(self.arch_sampler.rng(step, stream=TEACHER_STREAM))
+
+    @staticmethod
     def make_random_sampler(cfg, space: SearchSpace, arch_sampler: ArchSampler) -> ArchSampler:
         """The random archs' sampler: the arch sampler, or one bounded to ``random_macs_*``."""
         lo, hi = cfg.sandwich.random_macs_min, cfg.sandwich.random_macs_max
@@ -75,6 +101,7 @@ class SandwichStrategy(SupernetStrategy):
         arch_sampler = cls.make_arch_sampler(cfg, space)
         arch_sampler(0)
         cls.sandwich_bounds(space, arch_sampler, cfg.sandwich.smallest)
+        cls.check_teacher(space, arch_sampler, cfg.sandwich.largest)
         try:
             cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
         except ArchError as e:  # name the setting that asked for the impossible range
@@ -86,15 +113,17 @@ class SandwichStrategy(SupernetStrategy):
             out["random_macs"] = [self.cfg.sandwich.random_macs_min, self.cfg.sandwich.random_macs_max]
         if self.cfg.sandwich.smallest != "min_macs":
             out["smallest"] = self.cfg.sandwich.smallest
+        if self.random_teacher:
+            out["largest"] = self.cfg.sandwich.largest
         return {"sandwich": out}
 
     def archs(self, step: int) -> list[Arch]:
         lower = self.lowers[step % len(self.lowers)]
-        return [self.largest, lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
+        return [self.teacher(step), lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
 
     def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
         logits = forward(x, arch)
-        if index == 0:  # the largest arch learns from the labels and teaches the others
+        if index == 0:  # the teacher (the largest arch by default) learns from the labels, teaches the others
             self._teacher = logits.detach()
         if index == 0 or not self.distill:
             return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none"), logits
