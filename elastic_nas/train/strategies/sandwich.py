@@ -36,6 +36,16 @@ from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
 TEACHER_STREAM = 1000  # the teacher's draws: apart from the random archs' streams 1..num_random
 
 
+def require_in_range(space: SearchSpace, arch_sampler: ArchSampler, archs, setting: str, what: str) -> None:
+    """One line naming ``setting`` if any of ``archs`` (a path or the ends of a family) lies outside
+    the sampling range."""
+    lo, hi = (arch_sampler.lo, arch_sampler.hi) if arch_sampler.constrained else (0.0, float("inf"))
+    macs = [space.macs(a) for a in archs]
+    if not all(lo <= m <= hi for m in macs):
+        raise ConfigError(setting, f"{what} {'-'.join(f'{m / 1e6:.3f}' for m in macs)}M MACs, outside the "
+                                   "sampling range")
+
+
 class SandwichStrategy(SupernetStrategy):
     name = "sandwich"
 
@@ -61,9 +71,7 @@ class SandwichStrategy(SupernetStrategy):
                 lower = space.deepest_smallest_arch() if name == "deepest" else space.deepest_wide_arch()
             except ArchError as e:
                 raise ConfigError("sandwich.smallest", str(e)) from None
-            if not (lo or 0) <= space.macs(lower) <= (hi or float("inf")):
-                raise ConfigError("sandwich.smallest", f"the {name} lower path has {space.macs(lower) / 1e6:.3f}M "
-                                                       "MACs, outside the sampling range")
+            require_in_range(space, arch_sampler, [lower], "sandwich.smallest", f"the {name} lower path has")
             lowers.append(lower)
         return space.extreme_arch(True, lo, hi), tuple(lowers)
 
@@ -76,11 +84,7 @@ class SandwichStrategy(SupernetStrategy):
             family = (space.deepest_wide_arch(), space.largest_arch())  # MACs are monotone in the kernel
         except ArchError as e:
             raise ConfigError("sandwich.largest", str(e)) from None
-        lo, hi = (arch_sampler.lo, arch_sampler.hi) if arch_sampler.constrained else (0.0, float("inf"))
-        if not all(lo <= space.macs(a) <= hi for a in family):
-            raise ConfigError("sandwich.largest", "random_kernels teachers reach "
-                              f"{space.macs(family[0]) / 1e6:.3f}-{space.macs(family[1]) / 1e6:.3f}M MACs, "
-                              "outside the sampling range")
+        require_in_range(space, arch_sampler, family, "sandwich.largest", "random_kernels teachers reach")
         return True
 
     def teacher(self, step: int) -> Arch:
