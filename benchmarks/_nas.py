@@ -24,7 +24,7 @@ def cosine(step: int, total: int, lr: float) -> float:
 
 def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_clip: float = 0.0,
                warmup: int = 0, every: int = 0, on_interval=None, weight_decay: float = 4e-5,
-               channels_last: bool = False, device: str = "cpu") -> None:
+               channels_last: bool = False, device: str = "cpu", lr_at=None) -> None:
     """The project's training step (``TrainStep``: the strategy's archs and loss, SGD, its
     hooks) in one process, on random batches, cosine LR over ``steps``.
 
@@ -32,7 +32,8 @@ def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_c
     ``on_interval(step, train_loss, train_top1)`` is called every ``every`` steps and after
     the last, with the interval's means. ``channels_last``: fp32 in that layout (the model is
     converted in place), as the laptop configs train. ``device``: where the model is and the
-    batches go (the images are drawn and augmented on the CPU either way).
+    batches go (the images are drawn and augmented on the CPU either way). ``lr_at(step)``: each
+    step's LR in place of the cosine and warm-up (a run trained in phases, each a part of one schedule).
     """
     prec = Precision("fp32", channels_last, device)
     prec.model(task.model.to(device))
@@ -44,7 +45,7 @@ def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_c
     for step in range(steps):
         idx = rng.choice(len(split), batch, replace=False)
         x, y, _ = split.get_batch(idx, augment=True, rng=rng)
-        step_lr = cosine(step, steps, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+        step_lr = lr_at(step) if lr_at else cosine(step, steps, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
         batch_ = Batch(x.to(device), y.to(device), torch.ones(batch, device=device))
         stats = train_step(step, optimizer, step_lr, batch_, batch)
         if on_interval is not None:

@@ -99,7 +99,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, cpu_model, run_jobs, write_result
-from _nas import search, train_task
+from _nas import cosine, search, train_task
 from elastic_nas.config import SpaceConfig, SupernetConfig, from_dict, load_config
 from elastic_nas.errors import ArchError
 from elastic_nas.io import atomic_write
@@ -114,6 +114,7 @@ from elastic_nas.search.ranking import (
     seed_agreement,
 )
 from elastic_nas.spaces import build_space
+from elastic_nas.spaces.cream import OPS
 from elastic_nas.spaces.precision import Precision, plain_state_dict
 
 SPACE = {"name": "cream", "input_size": 32, "num_classes": 10, "stem_stride": 2, "width_mult": 0.5,
@@ -153,6 +154,12 @@ AT_BATCH_128 = {
     "entangled_sandwich_deepwide_rteacher_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_wide",
                                                                                    "sandwich.largest=random_kernels"],
 }
+# Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
+# one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each
+# trained on its part of the space alone; a subnet is scored by its part's copy. The value: the copies'
+# steps together as a multiple of the shared half (1: the compute of the unsplit supernet).
+FEW_SHOT = {"entangled_sandwich_deep_rteacher_fewshot_b128": 1, "entangled_sandwich_deep_rteacher_fewshot3_b128": 3}
+AT_BATCH_128.update(dict.fromkeys(FEW_SHOT, AT_BATCH_128["entangled_sandwich_deep_rteacher_b128"]))
 VARIANTS.update(AT_BATCH_128)
 SUPERNET_BATCH = dict.fromkeys(AT_BATCH_128, 128)  # a variant's batch where it is not BATCH
 
@@ -367,17 +374,80 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
     splits = build_dataset(cfg.data, cfg.space.input_size)
     torch.manual_seed(seed)
     task = build_supernet_task(cfg)
+    space = build_space(cfg.space)
     t0 = time.perf_counter()
     batch, lr = supernet_batch(a, variant)
-    train_task(task, splits.train, steps, batch, lr, seed, weight_decay=a.supernet_wd,
-               warmup=steps // 20, channels_last=a.channels_last)
+    if variant in FEW_SHOT:
+        copies = few_shot(a, variant, task, splits.train, steps, batch, lr, seed)
+    else:
+        train_task(task, splits.train, steps, batch, lr, seed, weight_decay=a.supernet_wd,
+                   warmup=steps // 20, channels_last=a.channels_last)
+        copies = {None: task}
     seconds = time.perf_counter() - t0
-    torch.save(plain_state_dict(task.model), Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt")
+    for kernel, copy in copies.items():
+        suffix = "" if kernel is None else f"_k{kernel}"
+        torch.save(plain_state_dict(copy.model), Path(a.work) / f"supernet_{variant}_{seed}_{steps}{suffix}.pt")
     data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
-    space = build_space(cfg.space)
-    evals = [evaluate_arch(task.model, space.validate(arch), data) for arch in archs]
+    archs = [space.validate(arch) for arch in archs]
+    evals = [evaluate_arch(copies[first_kernel(arch) if variant in FEW_SHOT else None].model, arch, data)
+             for arch in archs]
     return {"steps": steps, "train_seconds": round(seconds, 1), "scores": [e["accuracy"] for e in evals],
             "val_losses": [round(e["loss"], 5) for e in evals]}
+
+
+def first_kernel(arch) -> int:
+    """The kernel of the first choice block (stage 0's first): the few-shot supernets' split."""
+    return OPS[arch[0][0]][0]
+
+
+def with_first_kernel(arch, kernel: int):
+    """``arch`` with its first choice block's kernel set to ``kernel`` (its expansion kept)."""
+    first = arch[0]
+    return ((OPS.index((kernel, OPS[first[0]][1])), *first[1:]), *arch[1:])
+
+
+def split_archs(strategy, kernel: int, offset: int):
+    """The sandwich's archs of step t + ``offset`` in the part of the space whose first choice block has
+    ``kernel``: the teacher and lower path set to it, each random arch drawn again (its own streams,
+    so a function of seed and step) until it lies in the part, as uniform over the part as before."""
+    draw = strategy.archs
+
+    def archs(step: int) -> list:
+        out = []
+        for i, arch in enumerate(draw(step + offset)):
+            if i < 2:
+                out.append(with_first_kernel(arch, kernel))
+                continue
+            tries = 1
+            while first_kernel(arch) != kernel:
+                arch = strategy.random_sampler(step + offset, stream=i - 1 + 100 * tries)
+                tries += 1
+            out.append(arch)
+        return out
+
+    return archs
+
+
+def few_shot(a, variant: str, task, split, steps: int, batch: int, lr: float, seed: int) -> dict:
+    """``task`` trained shared for half of ``steps`` (the first half of a cosine over ``steps``), then
+    one copy per first-block kernel on its part for the second half's schedule in ``FEW_SHOT[variant]``
+    x (half) / 3 steps each (fresh momentum); returns kernel -> copy."""
+    import copy
+
+    shared, warmup = steps // 2, max(1, steps // 20)
+    train_task(task, split, shared, batch, lr, seed, weight_decay=a.supernet_wd, channels_last=a.channels_last,
+               lr_at=lambda t: cosine(t, steps, lr) * min(1.0, (t + 1) / warmup))
+    each = max(1, round((steps - shared) * FEW_SHOT[variant] / 3))
+    kernels = sorted({k for k, _ in OPS})
+    copies = {}
+    for n, kernel in enumerate(kernels):
+        part = copy.deepcopy(task)
+        part.strategy.archs = split_archs(part.strategy, kernel, shared + n * each)
+        train_task(part, split, each, batch, lr, seed + 1000 * kernel, weight_decay=a.supernet_wd,
+                   channels_last=a.channels_last,
+                   lr_at=lambda t: cosine(shared + t * (steps - shared) / each, steps, lr))
+        copies[kernel] = part
+    return copies
 
 
 def trained_supernet(a, variant: str, seed: int, steps: int):
@@ -1081,6 +1151,9 @@ def main() -> None:
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
+    if set(FEW_SHOT) & set(a.variants) and not (a.no_search and a.bf16 is None and not a.score_images):
+        ap.error("few-shot variants score their subnets once, each on its part's copy: add --no-search, "
+                 "without --bf16 or --score-images")
     if a.truth_seeds < 2:
         ap.error("--truth-seeds takes 2 or more: the noise ceiling compares seeds")
     if a.supernet_steps.keys() - {"*", *a.variants}:

@@ -60,6 +60,9 @@ LOSS_ROWS = {
         "ranking_t2000_s7_nr1_cl_deep_rteacher_b128_steps1200.json", "entangled_sandwich_deep_rteacher_b128"),
     "the same teacher with the lower path k3e6 (`deepest_wide` + `random_kernels`), by the loss": (
         "ranking_t2000_s7_nr1_cl_deepwide_rteacher_b128_steps1200.json", "entangled_sandwich_deepwide_rteacher_b128"),
+    "the drawn teacher, few-shot: split by the first block's kernel at half time, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_fewshot_b128"),
 }
 SHOWN = ("kernel s0", "expansion s0", "depth", "expansion s1")  # the features the Markdown table prints
 
@@ -171,6 +174,9 @@ def main() -> int:
     ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
     ap.add_argument("--longer", default="", help="standalone_noise.py JSON(s) of the band's subnets at more "
                     "steps (comma-separated, pooled seed by seed): the band is judged against them")
+    ap.add_argument("--other-truth", action="append", default=[], metavar="JSON",
+                    help="another ranking.py JSON of the same subnets at another stand-alone budget (repeatable): "
+                    "what its truth prefers, beside this one's")
     ap.add_argument("--name", default="ranking_bias")
     a = ap.parse_args()
     with exits_on_refusal(ap, "ranking_bias"):
@@ -189,6 +195,17 @@ def main() -> int:
     feats = [arch_features(s["arch"]) for s in truth["subnets"]]
     features = {f: np.array([x[f] for x in feats]) for f in feats[0]}
     truth_prefers = {name: preferences(targets[name], features, idx) for name, idx in subsets.items()}
+    other_truths = {}
+    with exits_on_refusal(ap, "ranking_bias"):
+        for path in a.other_truth:
+            other, other_runs = load_truth(path)
+            if [s["arch"] for s in other["subnets"]] != [s["arch"] for s in truth["subnets"]]:
+                raise Refused(f"{path} trained other subnets than {a.truth}")
+            other_truths[path] = {"truth_steps": other.get("truth_steps"), "seeds": other_runs.shape[1],
+                                  **{name: preferences(other_runs.mean(1), features, idx) for name, idx in subsets.items()}}
+    for path, o in other_truths.items():
+        print(f"{path} ({o['seeds']} seeds of {o['truth_steps']:,} steps) prefers, band / all: " + ", ".join(
+            f"{f} {o['band'][f]:+.2f} / {o['all'][f]:+.2f}" for f in SHOWN))
     rows = {label: {"source": r["source"], "variant": r["variant"], "score": r["score"], "steps": r["steps"],
                     "seeds": len(r["preds"]), **judged(r["preds"], targets, features, subsets)}
             for label, r in rankers.items()}
@@ -200,7 +217,7 @@ def main() -> int:
     png = RESULTS / f"{a.name}.png"
     plot(rows, truth_prefers, list(features), across, png)
     write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "longer": a.longer, "subsets": subsets,
-                          "features": list(features), "truth_prefers": truth_prefers, "rows": rows,
+                          "features": list(features), "truth_prefers": truth_prefers, "other_truths": other_truths, "rows": rows,
                           "across_rows_band": across, "table": table,
                           "plot": png.name})
     return 0

@@ -89,6 +89,13 @@ ROWS = {
         "ranking_t2000_s7_nr1_cl_deep_rteacher_b128_steps1200.json", "entangled_sandwich_deep_rteacher_b128"),
     "the same teacher with the lower path k3e6 (`deepest_wide` + `random_kernels`)": (
         "ranking_t2000_s7_nr1_cl_deepwide_rteacher_b128_steps1200.json", "entangled_sandwich_deepwide_rteacher_b128"),
+    "8 seeds: the shipped rule's k7e6 teacher, 1,200 steps of 128 (seeds 0-3 as above)": (
+        "ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json", "entangled_sandwich_deep_b128"),
+    "8 seeds: the teacher's kernels drawn (`random_kernels`, shipped), 1,200 steps of 128 (seeds 0-3 as above)": (
+        "ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the drawn teacher, few-shot (Zhao et al.): split by the first block's kernel at half time, 3 copies": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_fewshot_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -146,7 +146,10 @@ def main() -> int:
     for name, run in runs.items():
         for arch, seeds in retrained_archs(run).items():
             seen.setdefault(arch, {})[name] = seeds
-    again = [{"arch": json.loads(arch), "retrained_top1_seeds": by} for arch, by in seen.items() if len(by) > 1]
+    # the CPU of each run: the same seed rounds differently on another CPU's kernels and ends elsewhere
+    again = [{"arch": json.loads(arch), "retrained_top1_seeds": by,
+              "cpu_model": {n: runs[n].get("machine", {}).get("cpu_model") for n in by}}
+             for arch, by in seen.items() if len(by) > 1]
     table = markdown(rows)
     print(table)
     for name, r in rows.items():
@@ -162,7 +165,7 @@ def main() -> int:
                   f"median {h['median']:.2f} (seed means)")
     for r in again:
         print(f"retrained in {len(r['retrained_top1_seeds'])} runs: {r['arch']}: "
-              + "; ".join(f"{n} {s}" for n, s in r["retrained_top1_seeds"].items()))
+              + "; ".join(f"{n} ({r['cpu_model'][n]}) {s}" for n, s in r["retrained_top1_seeds"].items()))
     write_result(a.name, {"runs": a.runs, "retrains": a.retrains, "rows": rows, "same_arch_in_several_runs": again, "table": table})
     return 0
 
