@@ -22,6 +22,11 @@ def cosine(step: int, total: int, lr: float) -> float:
     return 0.5 * lr * (1 + np.cos(np.pi * step / total))
 
 
+def warm_cosine(step: int, total: int, lr: float, warmup: int) -> float:
+    """The cosine over ``total`` steps after a linear warm-up of ``warmup`` steps (0: none)."""
+    return cosine(step, total, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+
+
 def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_clip: float = 0.0,
                warmup: int = 0, every: int = 0, on_interval=None, weight_decay: float = 4e-5,
                channels_last: bool = False, device: str = "cpu", lr_at=None) -> None:
@@ -45,7 +50,7 @@ def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_c
     for step in range(steps):
         idx = rng.choice(len(split), batch, replace=False)
         x, y, _ = split.get_batch(idx, augment=True, rng=rng)
-        step_lr = lr_at(step) if lr_at else cosine(step, steps, lr) * min(1.0, (step + 1) / warmup if warmup else 1.0)
+        step_lr = lr_at(step) if lr_at else warm_cosine(step, steps, lr, warmup)
         batch_ = Batch(x.to(device), y.to(device), torch.ones(batch, device=device))
         stats = train_step(step, optimizer, step_lr, batch_, batch)
         if on_interval is not None:

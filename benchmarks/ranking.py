@@ -99,7 +99,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, cpu_model, run_jobs, write_result
-from _nas import cosine, search, train_task
+from _nas import cosine, search, train_task, warm_cosine
 from elastic_nas.config import SpaceConfig, SupernetConfig, from_dict, load_config
 from elastic_nas.errors import ArchError
 from elastic_nas.io import atomic_write
@@ -434,9 +434,9 @@ def few_shot(a, variant: str, task, split, steps: int, batch: int, lr: float, se
     x (half) / 3 steps each (fresh momentum); returns kernel -> copy."""
     import copy
 
-    shared, warmup = steps // 2, max(1, steps // 20)
+    shared = steps // 2
     train_task(task, split, shared, batch, lr, seed, weight_decay=a.supernet_wd, channels_last=a.channels_last,
-               lr_at=lambda t: cosine(t, steps, lr) * min(1.0, (t + 1) / warmup))
+               lr_at=lambda t: warm_cosine(t, steps, lr, steps // 20))
     each = max(1, round((steps - shared) * FEW_SHOT[variant] / 3))
     kernels = sorted({k for k, _ in OPS})
     copies = {}

@@ -192,17 +192,16 @@ def main() -> int:
             targets["band"] = np.full(len(runs), np.nan)
             targets["band"][idx] = lruns.mean(1)
             truth_label += f"; band: {lruns.shape[1]} seeds of {longer['truth_steps']:,} steps"
+        others = {path: load_truth(path) for path in a.other_truth}  # other budgets' truths of these subnets
+        for path, (other, _) in others.items():
+            if [s["arch"] for s in other["subnets"]] != [s["arch"] for s in truth["subnets"]]:
+                raise Refused(f"{path} trained other subnets than {a.truth}")
     feats = [arch_features(s["arch"]) for s in truth["subnets"]]
     features = {f: np.array([x[f] for x in feats]) for f in feats[0]}
     truth_prefers = {name: preferences(targets[name], features, idx) for name, idx in subsets.items()}
-    other_truths = {}
-    with exits_on_refusal(ap, "ranking_bias"):
-        for path in a.other_truth:
-            other, other_runs = load_truth(path)
-            if [s["arch"] for s in other["subnets"]] != [s["arch"] for s in truth["subnets"]]:
-                raise Refused(f"{path} trained other subnets than {a.truth}")
-            other_truths[path] = {"truth_steps": other.get("truth_steps"), "seeds": other_runs.shape[1],
-                                  **{name: preferences(other_runs.mean(1), features, idx) for name, idx in subsets.items()}}
+    other_truths = {path: {"truth_steps": other.get("truth_steps"), "seeds": other_runs.shape[1],
+                           **{name: preferences(other_runs.mean(1), features, idx) for name, idx in subsets.items()}}
+                    for path, (other, other_runs) in others.items()}
     for path, o in other_truths.items():
         print(f"{path} ({o['seeds']} seeds of {o['truth_steps']:,} steps) prefers, band / all: " + ", ".join(
             f"{f} {o['band'][f]:+.2f} / {o['all'][f]:+.2f}" for f in SHOWN))
