@@ -63,15 +63,20 @@ def board_log(tmp_path: Path) -> list[dict]:
     return sorted(records, key=lambda r: r["time"])
 
 
-def assert_ranks_agree(records: list[dict]) -> int:
+def assert_ranks_agree(records: list[dict], cut: bool = False) -> int:
     """Within a two-worker attempt, rank 1 logged exactly rank 0's board and meta network at
-    every step it logged; returns the number of (step, event) pairs compared."""
+    every step it logged; returns the number of (step, event) pairs compared. With ``cut``
+    (the attempt lost a node, or its records were cut at a time), one rank may be missing
+    only at the attempt's last steps: the ranks log the same step a moment apart."""
     by_key = defaultdict(dict)
     for r in records:
         if r["world"] == 2:
             by_key[(r["step"], r["event"])][r["rank"]] = r
+    last_complete = max((key[0] for key, ranks in by_key.items() if set(ranks) == {0, 1}), default=-1)
     compared = 0
     for key, ranks in by_key.items():
+        if cut and len(ranks) == 1 and key[0] >= last_complete >= 0:
+            continue
         assert set(ranks) == {0, 1}, f"{key}: only ranks {sorted(ranks)} logged"
         assert ranks[0]["digest"] == ranks[1]["digest"], f"boards differ at {key}"
         assert ranks[0]["meta_digest"] == ranks[1]["meta_digest"], f"meta networks differ at {key}"
@@ -166,7 +171,7 @@ def test_cream_board_survives_node_removal(cluster, tmp_path, data_dir):
     resumed_step = int(m.group(1))
     assert resumed_step >= CKPT_EVERY
     records = board_log(tmp_path)
-    assert assert_ranks_agree([r for r in records if r["time"] < removed_at]) >= 2
+    assert assert_ranks_agree([r for r in records if r["time"] < removed_at], cut=True) >= 2
     before = {r["step"]: r["digest"] for r in records if r["time"] < removed_at and r["rank"] == 0
               and r["event"] != "load"}
     loads = [r for r in records if r["event"] == "load" and r["step"] == resumed_step]
