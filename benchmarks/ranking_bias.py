@@ -63,6 +63,9 @@ LOSS_ROWS = {
     "the drawn teacher, few-shot: split by the first block's kernel at half time, by the loss": (
         "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_fewshot_b128"),
+    "the same few-shot split at twice the compute, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot3_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_fewshot3_b128"),
 }
 SHOWN = ("kernel s0", "expansion s0", "depth", "expansion s1")  # the features the Markdown table prints
 

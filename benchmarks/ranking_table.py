@@ -96,6 +96,9 @@ ROWS = {
     "the drawn teacher, few-shot (Zhao et al.): split by the first block's kernel at half time, 3 copies": (
         "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_fewshot_b128"),
+    "the same few-shot split, each copy the whole second half (twice the compute)": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot3_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_fewshot3_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

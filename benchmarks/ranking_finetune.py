@@ -1,0 +1,159 @@
+"""Subnets scored after a short fine-tune of their inherited weights: does it undo weight sharing's bias?
+
+A supernet's order carries weight sharing's bias (RESULTS.md: every supernet prefers the large stage-0
+kernel, which stand-alone training at every budget does not). Here each of the ranking benchmark's
+subnets, on each kept supernet of a ``ranking.py`` run (``--from``: its JSON, whose settings are
+used; ``--work``: its work dir, whose weights are), is scored as the search scores it (exact BN
+recalibration, top-1 on search_val) after ``K`` SGD steps of the subnet alone, from its inherited
+weights: batch 64, cosine from ``--lr`` over the K steps, label smoothing 0.1 as the stand-alone truth trains, the same batches
+for every subnet of one supernet (their order's noise is common to all of them, not a ranker's).
+``K = 0`` scores the inherited weights as they are: the supernet's own scores, checked against the
+``--from`` JSON's. ``--init scratch`` trains the same K steps from a fresh init instead: how much
+of a fine-tune's ranking K steps of stand-alone training would give alone.
+
+Judged as ``ranking_table.py`` judges: against the ``--truth`` JSON's seed-mean (all, stratified,
+band) and, with ``--longer``, on the band's subnets against the longer runs too.
+
+    cd benchmarks && python ranking_finetune.py \\
+        --from results/ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json \\
+        --work ~/.cache/elastic-nas/ranking-v2-t2000-nr1-cl \\
+        --variant entangled_sandwich_deep_rteacher_b128 --seeds 4 --finetune-steps 0,100 \\
+        --truth results/ranking_t2000_s7_nr1_cl_steps1970.json \\
+        --longer results/standalone_noise_band_t4000_cl.json,results/standalone_noise_band_t4000_cl_s3.json
+
+Each (K, supernet seed) is one job, cached in the work dir as it ends (``finetune_*.json``); ``--procs``
+at a time, one thread each. Writes ``results/<--name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from ranking import cached, supernet_batch, supernet_cfg, trained_supernet
+from ranking_bias import arch_features, preferences
+from ranking_ceiling import subset_indices
+from ranking_table import Refused, exits_on_refusal, judged, judged_longer, load, load_truth, longer_runs
+
+from _common import run_jobs, write_result
+from _nas import train_task
+from elastic_nas.search.evaluator import eval_data, evaluate_arch
+from elastic_nas.spaces.precision import Precision
+from elastic_nas.train.strategies import Strategy
+
+BATCH = 64
+
+
+class _Fixed(torch.nn.Module):
+    """A subnet behind the supernet's ``forward(x, arch)``, so ``evaluate_arch`` scores it as the search does."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, arch) -> torch.Tensor:
+        return self.net(x)
+
+
+def finetuned(settings: dict, variant: str, seed: int, steps: int, archs: list, k: int, lr: float, init: str) -> dict:
+    """Every subnet of one supernet seed scored after ``k`` steps of fine-tuning (from ``init``)."""
+    from elastic_nas.data import build_dataset
+
+    a = SimpleNamespace(**settings)
+    cfg = supernet_cfg(a, variant, seed)
+    splits = build_dataset(cfg.data, cfg.space.input_size)
+    data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
+    space, supernet = trained_supernet(a, variant, seed, steps)
+    out = []
+    for i, arch in enumerate(space.validate(x) for x in archs):
+        torch.manual_seed(1000 * seed + i)  # a fresh init's (the inherited weights overwrite it)
+        net = space.build_subnet(arch, supernet if init == "inherited" else None)
+        if k:
+            train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, k,
+                       BATCH, lr, seed, channels_last=a.channels_last)
+        out.append(evaluate_arch(Precision("fp32", a.channels_last).model(_Fixed(net)), None, data))
+    return {"scores": [e["accuracy"] for e in out], "val_losses": [round(e["loss"], 5) for e in out]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from", dest="source", required=True, metavar="JSON",
+                    help="a ranking.py results JSON whose supernets (weights in its --work) are rescored")
+    ap.add_argument("--variant", required=True)
+    ap.add_argument("--seeds", type=int, default=4, help="supernet seeds 0..N-1")
+    ap.add_argument("--finetune-steps", default="0,100", help="K, comma-separated")
+    ap.add_argument("--lr", type=float, default=0.02, help="the fine-tune's starting LR (cosine to 0 over K)")
+    ap.add_argument("--init", choices=("inherited", "scratch"), default="inherited")
+    ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
+    ap.add_argument("--longer", default="", help="standalone_noise.py JSONs of the band at more steps (as ranking_table.py)")
+    ap.add_argument("--work", required=True, help="the --from run's work dir (its supernets' weights)")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--name", default="ranking_finetune")
+    a = ap.parse_args()
+    with exits_on_refusal(ap, "ranking_finetune"):
+        ks = [int(k) for k in a.finetune_steps.split(",") if k.strip()]
+        if not ks or min(ks) < 0:
+            raise Refused(f"--finetune-steps takes step counts >= 0, got {a.finetune_steps!r}")
+        source, (truth, runs) = load(Path(a.source)), load_truth(a.truth)
+        if [s["arch"] for s in source["subnets"]] != [s["arch"] for s in truth["subnets"]]:
+            raise Refused(f"{a.source} scored other subnets than {a.truth}")
+        if a.variant not in source.get("variants", {}):
+            raise Refused(f"{a.source} has no variant {a.variant!r}")
+        kept = source["variants"][a.variant]
+        if a.seeds > len(kept["scores"]):
+            raise Refused(f"{a.source} kept {len(kept['scores'])} seeds of {a.variant}, --seeds asks {a.seeds}")
+        settings = {**source["settings"], "work": str(Path(a.work).expanduser()), "data": ""}  # the shared data cache
+        missing = [s for s in range(a.seeds)
+                   if not (Path(settings["work"]) / f"supernet_{a.variant}_{s}_{kept['steps']}.pt").exists()]
+        if missing:
+            raise Refused(f"{settings['work']} has no weights of {a.variant} seeds {missing} at {kept['steps']} steps")
+        longer = longer_runs(a.longer, truth) if a.longer else None
+    work, archs, steps = Path(settings["work"]), [s["arch"] for s in truth["subnets"]], kept["steps"]
+    batch, sn_lr = supernet_batch(SimpleNamespace(**settings), a.variant)
+    tag = "" if a.init == "inherited" else "scratch_"
+
+    def key(k: int, s: int) -> str:  # K = 0 is the same job at every LR
+        return f"finetune_{tag}k{k}{f'_lr{a.lr}' if k else ''}_{a.variant}_s{s}_{steps}"
+
+    jobs = [(work, key(k, s), finetuned, settings, a.variant, s, steps, archs, k, a.lr, a.init)
+            for k in ks for s in range(a.seeds)]
+    done = dict(zip((j[1] for j in jobs), run_jobs(cached, jobs, a.procs)))
+    subsets = subset_indices(truth)
+    feats = [arch_features(x) for x in archs]
+    stage0 = {f: np.array([x[f] for x in feats]) for f in ("kernel s0", "expansion s0")}
+    band = subsets["band"]
+    prefers = {"truth": preferences(runs.mean(1), stage0, band)}  # what the truths reward in stage 0
+    if longer is not None:
+        _, idx, longer_top1 = longer
+        prefers["longer"] = preferences(longer_top1.mean(1), {f: v[idx] for f, v in stage0.items()},
+                                                list(range(len(idx))))
+    figures = {}
+    for k in ks:
+        preds = [done[key(k, s)]["scores"] for s in range(a.seeds)]
+        row = judged(preds, runs, subsets)
+        if longer is not None:
+            _, idx, longer_top1 = longer
+            row["longer"] = judged_longer({"x": preds}, runs, idx, longer_top1)["rankers"]["x"]["longer"]
+        if k == 0 and a.init == "inherited":  # the inherited weights must score as the supernet did
+            diff = np.abs(np.array(preds) - np.array(kept["scores"][:a.seeds])).max()
+            row["max_abs_diff_vs_supernet_scores"] = round(float(diff), 4)
+        # weight sharing's bias: what the band's scores reward in stage 0, beside the truth's preference
+        row["band_prefers"] = {f: round(float(np.mean([preferences(p, stage0, band)[f] for p in preds])), 4)
+                               for f in stage0}
+        figures[str(k)] = {"scores": preds, **row}
+        print(f"K={k}: tau all {row['all']['mean']:.2f} stratified {row['stratified']['mean']:.2f} band "
+              f"{row['band']['mean']:.2f}" + (f" band vs longer {row['longer']['mean']:.2f}" if "longer" in row else "")
+              + f"; the band prefers {row['band_prefers']} (the truths {prefers})", flush=True)
+    write_result(a.name, {"source": a.source, "variant": a.variant, "supernet_steps": steps, "supernet_batch": batch,
+                          "supernet_lr": sn_lr, "seeds": a.seeds, "finetune_lr": a.lr, "finetune_batch": BATCH,
+                          "init": a.init, "truth": a.truth, "truth_seeds": runs.shape[1], "longer": a.longer,
+                          "subsets": subsets, "band_prefers": prefers,
+                          "by_finetune_steps": figures})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
