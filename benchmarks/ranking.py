@@ -386,7 +386,7 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
     seconds = time.perf_counter() - t0
     for kernel, copy in copies.items():
         suffix = "" if kernel is None else f"_k{kernel}"
-        torch.save(plain_state_dict(copy.model), Path(a.work) / f"supernet_{variant}_{seed}_{steps}{suffix}.pt")
+        torch.save(plain_state_dict(copy.model), weights_path(a.work, variant, seed, steps, suffix))
     data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
     archs = [space.validate(arch) for arch in archs]
     evals = [evaluate_arch(copies[first_kernel(arch) if variant in FEW_SHOT else None].model, arch, data)
@@ -450,11 +450,16 @@ def few_shot(a, variant: str, task, split, steps: int, batch: int, lr: float, se
     return copies
 
 
+def weights_path(work: str, variant: str, seed: int, steps: int, suffix: str = "") -> Path:
+    """Where a supernet job keeps its trained weights (``suffix``: a few-shot copy's)."""
+    return Path(work) / f"supernet_{variant}_{seed}_{steps}{suffix}.pt"
+
+
 def trained_supernet(a, variant: str, seed: int, steps: int):
     """``(space, supernet)`` of a supernet job's kept weights."""
     space = build_space(supernet_cfg(a, variant, seed).space)
     model = space.build_supernet()
-    model.load_state_dict(torch.load(Path(a.work) / f"supernet_{variant}_{seed}_{steps}.pt", weights_only=True))
+    model.load_state_dict(torch.load(weights_path(a.work, variant, seed, steps), weights_only=True))
     return space, Precision(channels_last=a.channels_last).model(model)
 
 

@@ -5,8 +5,9 @@ kernel, which stand-alone training at every budget does not). Here each of the r
 subnets, on each kept supernet of a ``ranking.py`` run (``--from``: its JSON, whose settings are
 used; ``--work``: its work dir, whose weights are), is scored as the search scores it (exact BN
 recalibration, top-1 on search_val) after ``K`` SGD steps of the subnet alone, from its inherited
-weights: batch 64, cosine from ``--lr`` over the K steps, label smoothing 0.1 as the stand-alone truth trains, the same batches
-for every subnet of one supernet (their order's noise is common to all of them, not a ranker's).
+weights: batch 64, cosine from ``--lr`` over the K steps, label smoothing 0.1 as the stand-alone
+truth trains, the same batches for every subnet of one supernet (their order's noise is common to
+all of them, not a ranker's).
 ``K = 0`` scores the inherited weights as they are: the supernet's own scores, checked against the
 ``--from`` JSON's. ``--init scratch`` trains the same K steps from a fresh init instead: how much
 of a fine-tune's ranking K steps of stand-alone training would give alone.
@@ -33,14 +34,24 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from ranking import cached, supernet_batch, supernet_cfg, trained_supernet
+from ranking import cached, supernet_batch, supernet_cfg, trained_supernet, weights_path
 from ranking_bias import arch_features, preferences
 from ranking_ceiling import subset_indices
-from ranking_table import Refused, exits_on_refusal, judged, judged_longer, load, load_truth, longer_runs
+from ranking_table import (
+    Refused,
+    check_same_subnets,
+    exits_on_refusal,
+    judged,
+    load,
+    load_truth,
+    longer_runs,
+    per_seed,
+)
 
 from _common import run_jobs, write_result
 from _nas import train_task
 from elastic_nas.search.evaluator import eval_data, evaluate_arch
+from elastic_nas.search.ranking import kendall_tau
 from elastic_nas.spaces.precision import Precision
 from elastic_nas.train.strategies import Strategy
 
@@ -98,16 +109,14 @@ def main() -> int:
         if not ks or min(ks) < 0:
             raise Refused(f"--finetune-steps takes step counts >= 0, got {a.finetune_steps!r}")
         source, (truth, runs) = load(Path(a.source)), load_truth(a.truth)
-        if [s["arch"] for s in source["subnets"]] != [s["arch"] for s in truth["subnets"]]:
-            raise Refused(f"{a.source} scored other subnets than {a.truth}")
+        check_same_subnets(truth, source, a.source)
         if a.variant not in source.get("variants", {}):
             raise Refused(f"{a.source} has no variant {a.variant!r}")
         kept = source["variants"][a.variant]
         if a.seeds > len(kept["scores"]):
             raise Refused(f"{a.source} kept {len(kept['scores'])} seeds of {a.variant}, --seeds asks {a.seeds}")
         settings = {**source["settings"], "work": str(Path(a.work).expanduser()), "data": ""}  # the shared data cache
-        missing = [s for s in range(a.seeds)
-                   if not (Path(settings["work"]) / f"supernet_{a.variant}_{s}_{kept['steps']}.pt").exists()]
+        missing = [s for s in range(a.seeds) if not weights_path(settings["work"], a.variant, s, kept["steps"]).exists()]
         if missing:
             raise Refused(f"{settings['work']} has no weights of {a.variant} seeds {missing} at {kept['steps']} steps")
         longer = longer_runs(a.longer, truth) if a.longer else None
@@ -128,21 +137,20 @@ def main() -> int:
     prefers = {"truth": preferences(runs.mean(1), stage0, band)}  # what the truths reward in stage 0
     if longer is not None:
         _, idx, longer_top1 = longer
-        prefers["longer"] = preferences(longer_top1.mean(1), {f: v[idx] for f, v in stage0.items()},
-                                                list(range(len(idx))))
+        longer_mean = longer_top1.mean(1)
+        prefers["longer"] = preferences(longer_mean, {f: v[idx] for f, v in stage0.items()}, list(range(len(idx))))
     figures = {}
     for k in ks:
         preds = [done[key(k, s)]["scores"] for s in range(a.seeds)]
         row = judged(preds, runs, subsets)
         if longer is not None:
-            _, idx, longer_top1 = longer
-            row["longer"] = judged_longer({"x": preds}, runs, idx, longer_top1)["rankers"]["x"]["longer"]
+            row["longer"] = per_seed([kendall_tau(np.asarray(p)[idx], longer_mean) for p in preds])
         if k == 0 and a.init == "inherited":  # the inherited weights must score as the supernet did
             diff = np.abs(np.array(preds) - np.array(kept["scores"][:a.seeds])).max()
             row["max_abs_diff_vs_supernet_scores"] = round(float(diff), 4)
         # weight sharing's bias: what the band's scores reward in stage 0, beside the truth's preference
-        row["band_prefers"] = {f: round(float(np.mean([preferences(p, stage0, band)[f] for p in preds])), 4)
-                               for f in stage0}
+        seeds_prefer = [preferences(p, stage0, band) for p in preds]
+        row["band_prefers"] = {f: round(float(np.mean([x[f] for x in seeds_prefer])), 4) for f in stage0}
         figures[str(k)] = {"scores": preds, **row}
         print(f"K={k}: tau all {row['all']['mean']:.2f} stratified {row['stratified']['mean']:.2f} band "
               f"{row['band']['mean']:.2f}" + (f" band vs longer {row['longer']['mean']:.2f}" if "longer" in row else "")
