@@ -76,11 +76,18 @@ def reports(tune_dir: Path) -> Counter:
     """How often each candidate (arch JSON) was reported: a trial reports each of its batch
     (the trials of a withdrawn early generation left out, as the results table leaves them)."""
     counts: Counter = Counter()
-    dirs = sorted(tune_dir.glob("trial_*"))
+    # A trial dir without params.json is one a killed driver created and never started (the
+    # resumed Tune does not know it, as the results table does not): it reported nothing.
+    dirs = [d for d in sorted(tune_dir.glob("trial_*")) if (d / "params.json").exists() or (d / "result.json").exists()]
     for d, keep in zip(dirs, standing([json.loads((d / "params.json").read_text()) for d in dirs])):
         for cand in trial_reports(str(d)) if keep else []:
             counts[json.dumps(cand["arch"])] += 1
     return counts
+
+
+def tune_files(tune_dir: Path) -> list[tuple[str, int]]:
+    """What a driver left in its Tune folder (path, size): a failed wait shows how far it got."""
+    return sorted((str(p.relative_to(tune_dir)), p.stat().st_size) for p in tune_dir.rglob("*") if p.is_file())
 
 
 def result_lines(tune_dir: Path) -> int:
@@ -242,7 +249,7 @@ def test_killed_driver_resumes_without_reevaluating(cluster, tmp_path, data_dir,
         time.sleep(0.05)
     finished = saved_as_finished(tune_dir)
     first.kill()  # os.killpg: the whole driver process group
-    assert finished and len(finished) < BUDGET, first.output()[-4000:]
+    assert finished and len(finished) < BUDGET, (first.output()[-4000:], tune_files(tune_dir))
     second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     assert second.finish(240) == 0, second.output()[-4000:]
     assert "resuming the search" in second.output()
@@ -270,7 +277,7 @@ def test_driver_killed_while_evaluators_hold_resumes(cluster, tmp_path, data_dir
                     holding = params.parent.name  # started, not yet reported: waiting at the barrier
         time.sleep(0.02)
     first.kill()
-    assert holding, first.output()[-4000:]
+    assert holding, (first.output()[-4000:], tune_files(tune_dir))
     second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     assert second.finish(240) == 0, second.output()[-4000:]
     assert "resuming the search" in second.output()
