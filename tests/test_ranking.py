@@ -320,3 +320,18 @@ def test_the_ranking_benchmarks_batch_128_supernet_is_the_one_the_laptop_trains(
     assert (cfg.strategy, cfg.sandwich.smallest, cfg.sandwich.num_random) == \
         (shipped.strategy, shipped.sandwich.smallest, shipped.sandwich.num_random)
     assert cfg.space == shipped.space
+
+
+def test_benchmark_jobs_return_in_order_with_a_line_each(monkeypatch, capsys):
+    """benchmarks/_common.run_jobs: results in the jobs' order, in spawned processes or in this one,
+    and one progress line per finished job (a ranking run's jobs take hours)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _common
+
+    jobs = [(2, 10), (3, 2), (5, 1)]
+    assert _common.run_jobs(pow, jobs, 2) == [1024, 9, 5]
+    assert _common.run_jobs(pow, jobs, 1) == [1024, 9, 5]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "jobs done" in line]
+    assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["1/3", "2/3", "3/3"] * 2
