@@ -76,9 +76,10 @@ def reports(tune_dir: Path) -> Counter:
     """How often each candidate (arch JSON) was reported: a trial reports each of its batch
     (the trials of a withdrawn early generation left out, as the results table leaves them)."""
     counts: Counter = Counter()
-    # A trial dir without params.json is one a killed driver created and never started (the
-    # resumed Tune does not know it, as the results table does not): it reported nothing.
-    dirs = [d for d in sorted(tune_dir.glob("trial_*")) if (d / "params.json").exists() or (d / "result.json").exists()]
+    # Tune writes params.json as a trial starts, before any report. A trial dir without it is one a
+    # killed driver created and never started (the resumed Tune does not know it, nor does the
+    # results table): it reported nothing.
+    dirs = [d for d in sorted(tune_dir.glob("trial_*")) if (d / "params.json").exists()]
     for d, keep in zip(dirs, standing([json.loads((d / "params.json").read_text()) for d in dirs])):
         for cand in trial_reports(str(d)) if keep else []:
             counts[json.dumps(cand["arch"])] += 1
@@ -87,7 +88,12 @@ def reports(tune_dir: Path) -> Counter:
 
 def tune_files(tune_dir: Path) -> list[tuple[str, int]]:
     """What a driver left in its Tune folder (path, size): a failed wait shows how far it got."""
-    return sorted((str(p.relative_to(tune_dir)), p.stat().st_size) for p in tune_dir.rglob("*") if p.is_file())
+    found = []
+    for p in tune_dir.rglob("*"):
+        with contextlib.suppress(OSError):  # a file replaced as it is listed
+            if p.is_file():
+                found.append((str(p.relative_to(tune_dir)), p.stat().st_size))
+    return sorted(found)
 
 
 def result_lines(tune_dir: Path) -> int:
