@@ -82,22 +82,22 @@ def timed_blocks(run: dict, steps: int, block: int) -> dict[str, float]:
 def run_jobs(fn, jobs: list[tuple], procs: int) -> list:
     """``fn(*job)`` for every job, ``procs`` at a time in spawned processes (1 = in this one), in
     the jobs' order; one line as each job ends, since a benchmark's jobs can take hours."""
-    t0, out = time.monotonic(), [None] * len(jobs)
+    t0, out = time.monotonic(), []
 
-    def ended(i: int, result) -> None:  # called in the jobs' order
-        out[i] = result
-        print(f"{Path(sys.argv[0]).stem}: {i + 1}/{len(jobs)} jobs done, {time.monotonic() - t0:.0f} s", flush=True)
+    def ended(result) -> None:  # called in the jobs' order
+        out.append(result)
+        print(f"{Path(sys.argv[0]).stem}: {len(out)}/{len(jobs)} jobs done, {time.monotonic() - t0:.0f} s", flush=True)
 
     if procs <= 1:
-        for i, job in enumerate(jobs):
-            ended(i, fn(*job))
+        for job in jobs:
+            ended(fn(*job))
         return out
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(procs) as pool:
         pending = [pool.apply_async(fn, job) for job in jobs]
-        for i, r in enumerate(pending):  # in submission order: a line may wait on an earlier, longer job
-            ended(i, r.get())
+        for r in pending:  # in submission order: a line may wait on an earlier, longer job
+            ended(r.get())
     return out
 
 
