@@ -3,7 +3,7 @@
 Averaging supernet seeds does not lift the band's tau (the pipeline's six seeds: 0.28 each by the
 loss, 0.26 as one consensus), so its error inside the band is systematic, not seed noise. This reads
 every supernet's kept scores of the 36 subnets (``ranking_table.ROWS``, judged by top-1, and the runs
-of ``LOSS_ROWS``, judged by the search_val loss as the laptop search scores) and, per subset, Kendall
+of ``ranking_table.LOSS_ROWS``, judged by the search_val loss as the laptop search scores) and, per subset, Kendall
 tau between each arch feature (depth, each stage's mean kernel size and expansion) and the ranker's
 scores, beside the same tau for the stand-alone truth. A feature a supernet rewards more than the
 truth does is its bias; ``across_rows`` says which feature's bias goes with a poor band ranking over
@@ -23,50 +23,12 @@ from pathlib import Path
 
 import numpy as np
 from ranking_ceiling import subset_indices
-from ranking_table import (
-    ROWS,
-    Refused,
-    check_same_subnets,
-    exits_on_refusal,
-    load,
-    load_truth,
-    longer_runs,
-    read_rows,
-)
+from ranking_table import LOSS_ROWS, Refused, exits_on_refusal, load_truth, longer_runs, read_rows
 
 from _common import RESULTS, write_result
 from elastic_nas.search.ranking import kendall_tau
 from elastic_nas.spaces.cream import OPS
 
-# label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
-LOSS_ROWS = {
-    "the pipeline's (1 random arch), 6 seeds on a Xeon, by the loss": ("ranking_t2000_s7_nr1_cl_images20000.json",
-                                                                       "entangled_sandwich"),
-    "largest + smallest only (no random arch), the pipeline's time, by the loss": (
-        "ranking_t2000_s7_nr0_cl_steps2760.json", "entangled_sandwich"),
-    "the lower path at full depth (`sandwich.smallest: deepest`), the pipeline's time, by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_steps1780.json", "entangled_sandwich_deep"),
-    "the same at batch 128 (the pipeline's now), by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_b128_steps1200.json", "entangled_sandwich_deep_b128"),
-    "the same at batch 64, 4,800 steps, by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_steps4800.json", "entangled_sandwich_deep"),
-    "the pipeline's with kernel offsets (`space.kernel_offsets`), by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_offsets_b128_steps1200.json", "entangled_sandwich_deep_offsets_b128"),
-    "the pipeline's with the lower path k3e6 at full depth (`deepest_wide`), by the loss": (
-        "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
-    "the pipeline's with the lower paths on alternate steps (`deepest_alternate`), by the loss": (
-        "ranking_t2000_s7_nr1_cl_deepalt_b128_steps1200.json", "entangled_sandwich_deepalt_b128"),
-    "the pipeline's with the teacher's kernels drawn per step (`random_kernels`), by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_rteacher_b128_steps1200.json", "entangled_sandwich_deep_rteacher_b128"),
-    "the same teacher with the lower path k3e6 (`deepest_wide` + `random_kernels`), by the loss": (
-        "ranking_t2000_s7_nr1_cl_deepwide_rteacher_b128_steps1200.json", "entangled_sandwich_deepwide_rteacher_b128"),
-    "the drawn teacher, few-shot: split by the first block's kernel at half time, by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot_b128_steps1200.json",
-        "entangled_sandwich_deep_rteacher_fewshot_b128"),
-    "the same few-shot split at twice the compute, by the loss": (
-        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot3_b128_steps1200.json",
-        "entangled_sandwich_deep_rteacher_fewshot3_b128"),
-}
 SHOWN = ("kernel s0", "expansion s0", "depth", "expansion s1")  # the features the Markdown table prints
 
 
@@ -98,23 +60,6 @@ def judged(preds: list, targets: dict[str, np.ndarray], features: dict[str, np.n
         out[name] = {"tau": round(float(np.mean([kendall_tau(p[idx], target[idx]) for p in preds])), 4),
                      "consensus_tau": round(kendall_tau(consensus[idx], target[idx]), 4),
                      "prefers": {f: round(float(np.mean([p[f] for p in prefs])), 4) for f in features}}
-    return out
-
-
-def read_rankers(truth: dict) -> dict[str, dict]:
-    """label -> {source, variant, score, steps, preds}: the top-1 rows and the loss rows whose JSON exists."""
-    out = {label: {"source": ROWS[label][0], "variant": ROWS[label][1], "score": "top-1", "steps": v["steps"],
-                   "preds": v["scores"]} for label, v in read_rows(truth).items()}
-    for label, (name, variant) in LOSS_ROWS.items():
-        if not (RESULTS / name).exists():
-            continue
-        other = load(RESULTS / name)
-        check_same_subnets(truth, other, name)
-        v = other["variants"][variant]
-        if "val_losses" not in v:
-            raise Refused(f"{name} keeps no search_val losses (rerun its command with --report-only)")
-        out[label] = {"source": name, "variant": variant, "score": "loss", "steps": v["steps"],
-                      "preds": [[-x for x in seed] for seed in v["val_losses"]]}  # lower loss ranks higher
     return out
 
 
@@ -184,7 +129,7 @@ def main() -> int:
     a = ap.parse_args()
     with exits_on_refusal(ap, "ranking_bias"):
         truth, runs = load_truth(a.truth)
-        rankers = read_rankers(truth)
+        rankers = read_rows(truth)
         subsets = subset_indices(truth)
         targets = {name: runs.mean(1) for name in subsets}
         truth_label = f"{runs.shape[1]} stand-alone seeds' mean"
@@ -209,7 +154,7 @@ def main() -> int:
         print(f"{path} ({o['seeds']} seeds of {o['truth_steps']:,} steps) prefers, band / all: " + ", ".join(
             f"{f} {o['band'][f]:+.2f} / {o['all'][f]:+.2f}" for f in SHOWN))
     rows = {label: {"source": r["source"], "variant": r["variant"], "score": r["score"], "steps": r["steps"],
-                    "seeds": len(r["preds"]), **judged(r["preds"], targets, features, subsets)}
+                    "seeds": len(r["scores"]), **judged(r["scores"], targets, features, subsets)}
             for label, r in rankers.items()}
     across = across_rows(rows, truth_prefers["band"])
     table = markdown(rows, {**truth_prefers, "label": truth_label})

@@ -2,7 +2,8 @@
 
 Each ``ranking.py`` run kept its supernets' scores of the same 36 subnets, but judged them against
 the truth of its day (3, 4, 5 ... stand-alone seeds), so figures from different days do not
-compare. This reads the scores back from those JSONs (``ROWS``) and judges every supernet, the
+compare. This reads the scores back from those JSONs (``ROWS``; ``LOSS_ROWS``: the runs' search_val
+losses, as the laptop search orders) and judges every supernet, the
 MACs and params proxies and one held-out stand-alone run against one truth: the ``--truth`` JSON's
 seeds, normally the newest run with the most. It also recomputes every ranker against the truth of
 its first 2, 3, ... seeds (``growth``): how far each figure moved as seeds were added, and for every
@@ -99,6 +100,39 @@ ROWS = {
     "the same few-shot split, each copy the whole second half (twice the compute)": (
         "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot3_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_fewshot3_b128"),
+}
+# label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
+LOSS_ROWS = {
+    "the pipeline's (1 random arch), 6 seeds on a Xeon, by the loss": ("ranking_t2000_s7_nr1_cl_images20000.json",
+                                                                       "entangled_sandwich"),
+    "largest + smallest only (no random arch), the pipeline's time, by the loss": (
+        "ranking_t2000_s7_nr0_cl_steps2760.json", "entangled_sandwich"),
+    "the lower path at full depth (`sandwich.smallest: deepest`), the pipeline's time, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_steps1780.json", "entangled_sandwich_deep"),
+    "the same at batch 128 (the pipeline's now), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_b128_steps1200.json", "entangled_sandwich_deep_b128"),
+    "the same at batch 64, 4,800 steps, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_steps4800.json", "entangled_sandwich_deep"),
+    "the pipeline's with kernel offsets (`space.kernel_offsets`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_offsets_b128_steps1200.json", "entangled_sandwich_deep_offsets_b128"),
+    "the pipeline's with the lower path k3e6 at full depth (`deepest_wide`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deepwide_b128.json", "entangled_sandwich_deepwide_b128"),
+    "the pipeline's with the lower paths on alternate steps (`deepest_alternate`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deepalt_b128_steps1200.json", "entangled_sandwich_deepalt_b128"),
+    "the pipeline's with the teacher's kernels drawn per step (`random_kernels`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_b128_steps1200.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the same teacher with the lower path k3e6 (`deepest_wide` + `random_kernels`), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deepwide_rteacher_b128_steps1200.json", "entangled_sandwich_deepwide_rteacher_b128"),
+    "the drawn teacher, few-shot: split by the first block's kernel at half time, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_fewshot_b128"),
+    "the same few-shot split at twice the compute, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot3_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_fewshot3_b128"),
+    "8 seeds: the shipped rule's k7e6 teacher, by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json", "entangled_sandwich_deep_b128"),
+    "8 seeds: the teacher's kernels drawn (`random_kernels`, shipped), by the loss": (
+        "ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json", "entangled_sandwich_deep_rteacher_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",
@@ -238,14 +272,21 @@ def load_truth(path: str) -> tuple[dict, np.ndarray]:
 
 
 def read_rows(truth: dict) -> dict[str, dict]:
-    """Each row's variant as its results JSON recorded it, refused unless it scored the truth's subnets."""
+    """label -> {source, variant, score, steps, scores}: each row's supernet seeds' scores as its results
+    JSON recorded them (``LOSS_ROWS``: the search_val loss negated, so higher ranks higher), refused
+    unless it scored the truth's subnets."""
     out = {}
-    for label, (name, variant) in ROWS.items():
-        other = load(RESULTS / name)
-        check_same_subnets(truth, other, name)
-        if variant not in other.get("variants", {}):
-            raise Refused(f"{name} has no variant {variant!r}")
-        out[label] = other["variants"][variant]
+    for rows, score in ((ROWS, "top-1"), (LOSS_ROWS, "loss")):
+        for label, (name, variant) in rows.items():
+            other = load(RESULTS / name)
+            check_same_subnets(truth, other, name)
+            v = other.get("variants", {}).get(variant)
+            if v is None:
+                raise Refused(f"{name} has no variant {variant!r}")
+            if score == "loss" and "val_losses" not in v:
+                raise Refused(f"{name} keeps no search_val losses (rerun its command with --report-only)")
+            scores = v["scores"] if score == "top-1" else [[-x for x in seed] for seed in v["val_losses"]]
+            out[label] = {"source": name, "variant": variant, "score": score, "steps": v["steps"], "scores": scores}
     return out
 
 
@@ -332,8 +373,7 @@ def main() -> int:
     subsets = subset_indices(truth)
     rows = {}
     for label, v in sources.items():
-        name, variant = ROWS[label]
-        rows[label] = {"source": name, "variant": variant, "steps": v["steps"], **judged(v["scores"], runs, subsets)}
+        rows[label] = {k: v[k] for k in ("source", "variant", "score", "steps")} | judged(v["scores"], runs, subsets)
     for proxy, label in (("macs", "MACs alone"), ("params", "params alone")):
         rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets)
     held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}

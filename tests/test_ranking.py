@@ -294,6 +294,33 @@ def test_ranking_table_judges_rankers_on_the_subnets_a_longer_run_retrained(monk
         ranking_table.longer_runs(str(path), truth)
 
 
+def test_ranking_table_judges_loss_rows_by_the_lowest_loss(monkeypatch, tmp_path):
+    """benchmarks/ranking_table.py: a row of ``LOSS_ROWS`` ranks a run's subnets by their search_val
+    loss, the lowest first, as the laptop search orders them; the same run's ``ROWS`` row by top-1;
+    a run that kept no losses is refused."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_table
+
+    run = {"subnets": [{"arch": [[i]]} for i in range(3)], "truth_steps": 2000, "batch": 64, "space": {}, "data": {},
+           "variants": {"v": {"steps": 10, "scores": [[50.0, 60.0, 70.0]], "val_losses": [[0.9, 0.5, 0.7]]}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    monkeypatch.setattr(ranking_table, "RESULTS", tmp_path)
+    monkeypatch.setattr(ranking_table, "ROWS", {"by top-1": ("run.json", "v")})
+    monkeypatch.setattr(ranking_table, "LOSS_ROWS", {"by the loss": ("run.json", "v")})
+    rows = ranking_table.read_rows(run)
+    assert [rows[k]["score"] for k in rows] == ["top-1", "loss"]
+    truth = np.array([1.0, 3.0, 2.0])  # subnet 1 best, then 2, then 0: the loss's order, not top-1's
+    everything = {"all": [0, 1, 2]}
+    assert ranking_table.taus(rows["by the loss"]["scores"][0], truth, everything)["all"] == pytest.approx(1.0)
+    assert ranking_table.taus(rows["by top-1"]["scores"][0], truth, everything)["all"] == pytest.approx(1 / 3)
+    del run["variants"]["v"]["val_losses"]
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ranking_table.Refused, match="no search_val losses"):
+        ranking_table.read_rows(run)
+
+
 def test_the_ranking_benchmarks_batch_128_supernet_is_the_one_the_laptop_trains(monkeypatch):
     """benchmarks/ranking.py's ``entangled_sandwich_deep_b128`` (one process) stands for what
     jobs/supernet.yaml trains on its two workers: the same rule and space, the global batch of two
