@@ -3,8 +3,8 @@
 Each ``ranking.py`` run kept its supernets' scores of the same 36 subnets, but judged them against
 the truth of its day (3, 4, 5 ... stand-alone seeds), so figures from different days do not
 compare. This reads the scores back from those JSONs (``ROWS``; ``LOSS_ROWS``: the runs' search_val
-losses, as the laptop search orders) and judges every supernet, the
-MACs and params proxies and one held-out stand-alone run against one truth: the ``--truth`` JSON's
+losses, as the laptop search orders) and judges every supernet, the MACs and params proxies and one
+held-out stand-alone run against one truth: the ``--truth`` JSON's
 seeds, normally the newest run with the most. It also recomputes every ranker against the truth of
 its first 2, 3, ... seeds (``growth``): how far each figure moved as seeds were added, and for every
 supernet setting with 2+ seeds the tau of their averaged scores (``seeds_averaged``): whether the
