@@ -2,14 +2,15 @@
 
 Averaging supernet seeds does not lift the band's tau (the pipeline's six seeds: 0.28 each by the
 loss, 0.26 as one consensus), so its error inside the band is systematic, not seed noise. This reads
-every supernet's kept scores of the 36 subnets (``ranking_table.ROWS``, judged by top-1, and the runs
-of ``ranking_table.LOSS_ROWS``, judged by the search_val loss as the laptop search scores) and, per subset, Kendall
-tau between each arch feature (depth, each stage's mean kernel size and expansion) and the ranker's
-scores, beside the same tau for the stand-alone truth. A feature a supernet rewards more than the
-truth does is its bias; ``across_rows`` says which feature's bias goes with a poor band ranking over
-all the supernets (read with care: the band tau and the biases come from the same scores).
+every supernet's kept scores of the 36 subnets (``ranking_table.ROWS``, judged by top-1, and the
+runs of ``ranking_table.LOSS_ROWS``, judged by the search_val loss as the laptop search scores) and,
+per subset, Kendall tau between each arch feature (depth, each stage's mean kernel size and
+expansion) and the ranker's scores, beside the same tau for the stand-alone truth. A feature a
+supernet rewards more than the truth does is its bias; ``across_rows`` says which feature's bias
+goes with a poor band ranking over all the supernets (read with care: the band tau and the biases
+come from the same scores).
 
-    python benchmarks/ranking_bias.py --truth benchmarks/results/ranking_t2000_s7_nr1_cl_steps1970.json
+    python benchmarks/ranking_bias.py --truth benchmarks/results/ranking_t2000_s9_nr1_cl_steps1970.json
 
 Writes ``benchmarks/results/<--name>.json`` and ``.png`` (each feature's band tau for the truth and
 the pipeline's supernets; every supernet's band tau against its depth bias), and prints the table

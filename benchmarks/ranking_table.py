@@ -1,16 +1,16 @@
 """Every supernet the ranking benchmark has scored, against one stand-alone truth.
 
 Each ``ranking.py`` run kept its supernets' scores of the same 36 subnets, but judged them against
-the truth of its day (3, 4, 5 ... stand-alone seeds), so figures from different days do not
-compare. This reads the scores back from those JSONs (``ROWS``; ``LOSS_ROWS``: the runs' search_val
-losses, as the laptop search orders) and judges every supernet, the MACs and params proxies and one
-held-out stand-alone run against one truth: the ``--truth`` JSON's
-seeds, normally the newest run with the most. It also recomputes every ranker against the truth of
-its first 2, 3, ... seeds (``growth``): how far each figure moved as seeds were added, and for every
-supernet setting with 2+ seeds the tau of their averaged scores (``seeds_averaged``): whether the
-supernets' disagreement with the truth is seed noise that an ensemble averages out, or shared bias.
+the truth of its day (3, 4, 5 ... stand-alone seeds), so figures from different days do not compare.
+This reads the scores back from those JSONs (``ROWS``; ``LOSS_ROWS``: the runs' search_val losses,
+as the laptop search orders) and judges every supernet, the MACs and params proxies and one held-out
+stand-alone run against one truth: the ``--truth`` JSON's seeds, normally the newest run with the
+most. It also recomputes every ranker against the truth of its first 2, 3, ... seeds (``growth``):
+how far each figure moved as seeds were added, and for every supernet setting with 2+ seeds the tau
+of their averaged scores (``seeds_averaged``): whether the supernets' disagreement with the truth is
+seed noise that an ensemble averages out, or shared bias.
 
-    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s7_nr1_cl_steps1970.json
+    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s9_nr1_cl_steps1970.json
 
 Writes ``benchmarks/results/<--name>.json`` and ``<--name>.png`` (tau against the truth's seed
 count for the rankers of ``--plot``), and prints both tables as Markdown.
@@ -274,18 +274,22 @@ def load_truth(path: str) -> tuple[dict, np.ndarray]:
 def read_rows(truth: dict) -> dict[str, dict]:
     """label -> {source, variant, score, steps, scores}: each row's supernet seeds' scores as its results
     JSON recorded them (``LOSS_ROWS``: the search_val loss negated, so higher ranks higher), refused
-    unless it scored the truth's subnets."""
+    unless it scored the truth's subnets. Each JSON is read and checked once, however many rows it holds."""
+    runs: dict[str, dict] = {}
     out = {}
     for rows, score in ((ROWS, "top-1"), (LOSS_ROWS, "loss")):
         for label, (name, variant) in rows.items():
-            other = load(RESULTS / name)
-            check_same_subnets(truth, other, name)
-            v = other.get("variants", {}).get(variant)
+            if name not in runs:
+                runs[name] = load(RESULTS / name)
+                check_same_subnets(truth, runs[name], name)
+            v = runs[name].get("variants", {}).get(variant)
             if v is None:
                 raise Refused(f"{name} has no variant {variant!r}")
-            if score == "loss" and "val_losses" not in v:
-                raise Refused(f"{name} keeps no search_val losses (rerun its command with --report-only)")
-            scores = v["scores"] if score == "top-1" else [[-x for x in seed] for seed in v["val_losses"]]
+            scores = v["scores"]
+            if score == "loss":
+                if "val_losses" not in v:
+                    raise Refused(f"{name} keeps no search_val losses (rerun its command with --report-only)")
+                scores = [[-x for x in seed] for seed in v["val_losses"]]
             out[label] = {"source": name, "variant": variant, "score": score, "steps": v["steps"], "scores": scores}
     return out
 
