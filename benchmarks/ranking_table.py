@@ -8,12 +8,15 @@ stand-alone run against one truth: the ``--truth`` JSON's seeds, normally the ne
 most. It also recomputes every ranker against the truth of its first 2, 3, ... seeds (``growth``):
 how far each figure moved as seeds were added, and for every supernet setting with 2+ seeds the tau
 of their averaged scores (``seeds_averaged``): whether the supernets' disagreement with the truth is
-seed noise that an ensemble averages out, or shared bias.
+seed noise that an ensemble averages out, or shared bias. Per supernet seed, each ranker's lead over
+the MACs proxy (its tau less MACs') gets a paired bootstrap CI on the stratified and band subnets
+(``lead_over_macs``): whether it beats MACs on subnets like these, not only on these 36. One row adds
+a MACs prior to the shipped supernet's scores (``WITH_MACS``).
 
-    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s9_nr1_cl_steps1970.json
+    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s10_nr1_cl_steps1970.json
 
 Writes ``benchmarks/results/<--name>.json`` and ``<--name>.png`` (tau against the truth's seed
-count for the rankers of ``--plot``), and prints both tables as Markdown.
+count for the rankers of ``--plot``), and prints the tables as Markdown.
 
 ``--longer JSON`` (a ``standalone_noise.py`` run of some of the truth's subnets at more steps, the
 same recipe and seeds) adds a third table on those subnets: whether the truth's order holds at the
@@ -33,7 +36,7 @@ import numpy as np
 from ranking_ceiling import SUBSETS, subset_indices
 
 from _common import RESULTS, write_result
-from elastic_nas.search.ranking import bootstrap_ci, held_out_tau, kendall_tau, seed_agreement
+from elastic_nas.search.ranking import bootstrap_ci, held_out_tau, kendall_tau, lead_ci, seed_agreement
 
 # label -> (results JSON in benchmarks/results, variant): the supernets of README's ranking table.
 # Minutes are the supernet's training time on the 2-core machine of its run.
@@ -138,6 +141,13 @@ LOSS_ROWS = {
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",
            "14 epochs": "the same, 14 epochs (`--set supernet.optim.epochs=14`)",
            "40 min": "sandwich (1 random), 40 min of a faster machine"}
+# A MACs prior on a supernet's scores, as the CVPR'22 NAS track's FLOPs-prior rank loss and RD-NAS
+# build into training: each seed's scores and log MACs z-scored and summed (no weight to tune on
+# the truth). Where it does no better than the supernet alone, training the prior in will not either.
+WITH_MACS = {"8 seeds: the shipped supernet's loss + log MACs (z-scores summed)":
+             "8 seeds: the teacher's kernels drawn (`random_kernels`, shipped), by the loss"}
+# the subsets on which each ranker's lead over the MACs proxy gets a paired CI
+LEAD_SUBSETS = ("stratified", "band")
 # the truth recipe a row's scores must have been judged against (the same subnets, data and training)
 SAME = ("truth_steps", "batch", "space", "data")
 
@@ -162,6 +172,14 @@ def check_same_subnets(truth: dict, other: dict, name: str) -> None:
             raise Refused(f"{name} has {key} {other.get(key)!r}, the truth {truth.get(key)!r}")
 
 
+def with_macs(scores: list, macs: np.ndarray) -> list[np.ndarray]:
+    """Each seed's scores plus the log-MACs prior, both z-scored (``WITH_MACS``)."""
+    def z(x):
+        x = np.asarray(x, dtype=float)
+        return (x - x.mean()) / x.std()
+    return [z(s) + z(np.log(macs)) for s in scores]
+
+
 def taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict[str, float]:
     pred = np.asarray(pred, dtype=float)
     return {name: kendall_tau(pred[idx], target[idx]) for name, idx in subsets.items()}
@@ -173,11 +191,12 @@ def per_seed(values: list[float]) -> dict:
     return {"per_seed": values, "mean": round(float(np.mean(values)), 4), "min": min(values), "max": max(values)}
 
 
-def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict:
+def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]], macs: np.ndarray | None = None) -> dict:
     """One ranker (one prediction per supernet seed) against the mean of ``runs``' seeds: each
     subset's tau per seed, their mean and range, the stratified CI's lower bound per seed, the
-    mean held-out tau (as one stand-alone run is judged) and the mean tau against the truth of
-    the first k seeds for every k >= 2."""
+    lead over ``macs``' tau with its paired CI per seed (stratified and band), the mean held-out
+    tau (as one stand-alone run is judged) and the mean tau against the truth of the first k
+    seeds for every k >= 2."""
     preds = [np.asarray(p, dtype=float) for p in preds]
     target, strat = runs.mean(1), subsets["stratified"]
     reports = [taus(p, target, subsets) for p in preds]
@@ -186,6 +205,11 @@ def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict
         out[name] = per_seed([r[name] for r in reports])
     out["stratified"]["ci95_low_per_seed"] = [round(bootstrap_ci(kendall_tau, p[strat], target[strat])[0], 4)
                                               for p in preds]
+    for name in LEAD_SUBSETS if macs is not None else ():
+        idx = subsets[name]
+        leads = [lead_ci(kendall_tau, p[idx], macs[idx], target[idx]) for p in preds]
+        out[name]["lead_over_macs"] = per_seed([lead for lead, _, _ in leads]) | {
+            "ci95_per_seed": [[round(lo, 4), round(hi, 4)] for _, lo, hi in leads]}
     # on the targets one stand-alone run is judged on (each seed held out against the others' mean)
     out["held_out"] = {name: round(float(np.mean([held_out_tau(runs[idx], p[idx]) for p in preds])), 4)
                        for name, idx in subsets.items()}
@@ -194,6 +218,26 @@ def judged(preds: list, runs: np.ndarray, subsets: dict[str, list[int]]) -> dict
     if len(preds) > 1:  # the supernet seeds' scores averaged: what an ensemble of them would rank
         out["seeds_averaged"] = {name: round(t, 4) for name, t in taus(np.mean(preds, 0), target, subsets).items()}
     return out
+
+
+def lead_markdown(rows: dict) -> str:
+    """Per ranker: its tau less the MACs proxy's on the same subnets, and that lead's paired 95 %
+    CI (the lowest lower and highest upper bound over the supernet seeds, and how many seeds'
+    intervals lie above 0): whether it beats MACs on subnets like these, not only on these."""
+    head = " | ".join(f"{n}: lead over MACs | its 95 % CIs | seeds above 0" for n in LEAD_SUBSETS)
+    lines = [f"| ranker | {head} |", "| --- |" + " --- | --- | --- |" * len(LEAD_SUBSETS)]
+    for label, r in rows.items():
+        if "lead_over_macs" not in r["stratified"] or label == "MACs alone":
+            continue
+        cells = []
+        for n in LEAD_SUBSETS:
+            lead = r[n]["lead_over_macs"]
+            cis = lead["ci95_per_seed"]
+            lows, highs = [lo for lo, _ in cis], [hi for _, hi in cis]
+            cells.append(f"{lead['mean']:+.2f} | {min(lows):+.2f} to {max(highs):+.2f} | "
+                         f"{sum(lo > 0 for lo in lows)} of {len(cis)}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def averaged_markdown(rows: dict) -> str:
@@ -376,14 +420,20 @@ def main() -> int:
         longer = longer_runs(a.longer, truth) if a.longer else None
     subsets = subset_indices(truth)
     rows = {}
+    macs = np.array([s["macs"] for s in truth["subnets"]], dtype=float)
     for label, v in sources.items():
-        rows[label] = {k: v[k] for k in ("source", "variant", "score", "steps")} | judged(v["scores"], runs, subsets)
+        rows[label] = {k: v[k] for k in ("source", "variant", "score", "steps")} | judged(v["scores"], runs, subsets,
+                                                                                          macs)
+    for label, base in WITH_MACS.items():
+        rows[label] = {k: sources[base][k] for k in ("source", "variant", "score", "steps")} | judged(
+            with_macs(sources[base]["scores"], macs), runs, subsets, macs)
     for proxy, label in (("macs", "MACs alone"), ("params", "params alone")):
-        rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets)
+        rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets, macs)
     held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}
     table = markdown(rows, held_out, runs.shape[1])
     averaged = averaged_markdown(rows)
-    print(table + "\n\n" + averaged)
+    leads = lead_markdown(rows)
+    print(table + "\n\n" + leads + "\n\n" + averaged)
     extra = {}
     if longer is not None:
         other, idx, longer_top1 = longer
@@ -398,7 +448,8 @@ def main() -> int:
     plot(rows, names, 2, png)
     write_result(a.name, {"truth": a.truth, "truth_seeds": runs.shape[1], "subsets": subsets,
                           "seed_agreement": seed_agreement(runs), "one_standalone_run_held_out": held_out,
-                          "rows": rows, "table": table, "seeds_averaged_table": averaged, "plot": str(png.relative_to(RESULTS.parent.parent)),
+                          "rows": rows, "table": table, "lead_over_macs_table": leads,
+                          "seeds_averaged_table": averaged, "plot": str(png.relative_to(RESULTS.parent.parent)),
                           **extra})
     return 0
 

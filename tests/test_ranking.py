@@ -14,6 +14,7 @@ from elastic_nas.search.ranking import (
     bootstrap_ci,
     held_out_tau,
     kendall_tau,
+    lead_ci,
     mean_difference_ci,
     precision_at_k,
     rank_report,
@@ -80,6 +81,22 @@ def test_bootstrap_ci_brackets_the_statistic_and_is_wide_for_few_points():
     assert report["n"] == 40 and report["kendall_tau_ci95"][0] < report["kendall_tau"] < report["kendall_tau_ci95"][1]
 
 
+def test_lead_ci_brackets_one_rankers_lead_over_another_on_the_same_resamples():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=30)
+    better = truth + rng.normal(scale=0.3, size=30)
+    worse = truth + rng.normal(scale=1.5, size=30)
+    lead, lo, hi = lead_ci(kendall_tau, better, worse, truth)
+    assert lead == pytest.approx(kendall_tau(better, truth) - kendall_tau(worse, truth))
+    assert 0 < lo < lead < hi  # a clear lead: the interval excludes 0
+    assert lead_ci(kendall_tau, worse, better, truth)[0] == pytest.approx(-lead)
+    twin = truth + rng.normal(scale=0.3, size=30)  # as good as ``better``: no lead either way
+    _, lo, hi = lead_ci(kendall_tau, twin, better, truth)
+    assert lo < 0 < hi
+    same = lead_ci(kendall_tau, better, better, truth)
+    assert same == (0.0, 0.0, 0.0)  # a ranker never leads itself
+
+
 def test_seed_agreement_two_seeds_is_the_difference_sd_and_their_tau():
     rng = np.random.default_rng(3)
     runs = rng.normal(60, 5, size=(20, 2))
@@ -128,6 +145,7 @@ def test_truth_ceiling_is_perfect_without_noise_and_zero_without_differences():
     [row] = truth_ceiling(exact, rng.permutation(12), draws=20, resamples=50)
     assert row["truth_seeds"] == 3 and row["oracle_kendall_tau"] == 1.0 and row["oracle_ci_low"] == 1.0
     assert row["share_ci_low_above_baseline"] == 1.0  # a random order never reaches 1
+    assert row["oracle_lead_ci_low"] > 0 and row["share_lead_ci_above_zero"] == 1.0
     noise = rng.normal(0, 2, (12, 3))
     alike = 70 + noise - noise.mean(1, keepdims=True)  # seed noise only: every subnet's mean is 70
     [row] = truth_ceiling(alike, true, draws=20, resamples=50)
@@ -146,7 +164,7 @@ def test_truth_ceiling_rises_with_truth_seeds_and_sees_the_baseline_through_the_
     # a baseline in the model's true order (the seed means') is the perfect ranker, draw by draw
     rows = truth_ceiling(runs, runs.mean(1), (3, 12), draws=40, resamples=100)
     assert all(r["baseline_kendall_tau"] == r["oracle_kendall_tau"] and r["share_ci_low_above_baseline"] == 0.0
-               for r in rows)
+               and r["share_lead_ci_above_zero"] == 0.0 for r in rows)  # no lead over itself
 
 
 def test_score_images_figures_rank_a_lower_loss_higher_and_pool_blocks_by_size(monkeypatch):
@@ -319,6 +337,31 @@ def test_ranking_table_judges_loss_rows_by_the_lowest_loss(monkeypatch, tmp_path
     (tmp_path / "run.json").write_text(json.dumps(run))
     with pytest.raises(ranking_table.Refused, match="no search_val losses"):
         ranking_table.read_rows(run)
+
+
+def test_ranking_table_gives_each_rankers_lead_over_macs_with_a_paired_ci(monkeypatch):
+    """benchmarks/ranking_table.py: every ranker's tau less the MACs proxy's, per supernet seed, with
+    the paired CI; MACs leads itself by exactly 0, and the MACs-prior row sums z-scores."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_table
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(60, 5, 30)
+    runs = true[:, None] + rng.normal(0, 1, (30, 3))
+    macs = np.exp(true / 20 + rng.normal(0, 0.3, 30))  # a noisy proxy of the true order
+    subsets = {"all": list(range(30)), "stratified": list(range(20)), "band": list(range(20, 30))}
+    perfect = ranking_table.judged([true, true + rng.normal(0, 0.1, 30)], runs, subsets, macs)
+    lead = perfect["stratified"]["lead_over_macs"]
+    assert len(lead["per_seed"]) == len(lead["ci95_per_seed"]) == 2
+    assert all(lo < t < hi for t, (lo, hi) in zip(lead["per_seed"], lead["ci95_per_seed"]))
+    assert lead["mean"] > 0 and "lead_over_macs" in perfect["band"]
+    itself = ranking_table.judged([macs], runs, subsets, macs)["stratified"]["lead_over_macs"]
+    assert itself["per_seed"] == [0.0] and itself["ci95_per_seed"] == [[0.0, 0.0]]
+    blended = ranking_table.with_macs([true], macs)[0]
+    assert blended.mean() == pytest.approx(0) and np.argmax(blended) in np.argsort(true)[-5:]
+    assert set(ranking_table.WITH_MACS.values()) <= set(ranking_table.ROWS) | set(ranking_table.LOSS_ROWS)
 
 
 def test_the_ranking_benchmarks_batch_128_supernet_is_the_one_the_laptop_trains(monkeypatch):

@@ -1,8 +1,9 @@
 """Rank statistics for judging a supernet: does it order subnets as stand-alone training does?
 
-Pure numpy: Kendall's tau-b, Spearman's rho, a bootstrap confidence interval over the
-subnets, and precision@k. ``benchmarks/ranking.py`` reports them with the cheap baselines
-(MACs, params, random order) a supernet must beat.
+Pure numpy: Kendall's tau-b, Spearman's rho, bootstrap confidence intervals over the
+subnets (of one ranker's figure, and of its lead over another's), and precision@k.
+``benchmarks/ranking.py`` reports them with the cheap baselines (MACs, params, random order) a
+supernet must beat.
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ def bootstrap_ci(stat: Callable[[np.ndarray, np.ndarray], float], a: Sequence[fl
     draws = [stat(a[idx], b[idx]) for idx in rng.integers(0, len(a), size=(resamples, len(a)))
              if np.ptp(a[idx]) > 0 and np.ptp(b[idx]) > 0]
     return _percentile_ci(draws, level)
+
+
+def lead_ci(stat: Callable[[np.ndarray, np.ndarray], float], pred: Sequence[float], baseline: Sequence[float],
+            truth: Sequence[float], resamples: int = 2000, seed: int = 0,
+            level: float = 0.95) -> tuple[float, float, float]:
+    """``stat(pred, truth) - stat(baseline, truth)`` (e.g. a supernet's Kendall tau less the MACs
+    proxy's) and its percentile bootstrap CI, both rankers judged on the same resampled subnets:
+    whether ``pred`` leads ``baseline`` on subnets like these. Comparing ``pred``'s own CI with
+    ``baseline``'s figure instead treats that figure as exact, though it moves with the subnets
+    drawn too."""
+    pred, baseline, truth = (np.asarray(x, dtype=float) for x in (pred, baseline, truth))
+    rng = np.random.default_rng(seed)
+    draws = [stat(pred[idx], truth[idx]) - stat(baseline[idx], truth[idx])
+             for idx in rng.integers(0, len(truth), size=(resamples, len(truth)))
+             if min(np.ptp(pred[idx]), np.ptp(baseline[idx]), np.ptp(truth[idx])) > 0]
+    return (stat(pred, truth) - stat(baseline, truth), *_percentile_ci(draws, level))
 
 
 def _percentile_ci(draws, level: float) -> tuple[float, float]:
@@ -117,9 +134,10 @@ def truth_ceiling(runs: Sequence[Sequence[float]], baseline: Sequence[float], tr
     measured one less the noise's share (``var(mean) - sd**2 / k_measured``), in the same order.
     Each of ``draws`` simulated truths is the mean of ``k`` noisy runs. Per ``k``: the perfect
     ranker's (the true order's) Kendall tau against them, the lower bound of its bootstrap CI
-    (``resamples`` per draw), the baseline's tau, and the share of draws in which that lower bound
+    (``resamples`` per draw), the baseline's tau, the share of draws in which that lower bound
     clears the baseline's tau (what a supernet ranking perfectly would need to show it beats the
-    baseline). Medians over the draws."""
+    baseline), and the lower bound of its paired lead over the baseline (``lead_ci``) with the
+    share of draws in which that lies above 0. Medians over the draws."""
     runs, baseline = np.asarray(runs, dtype=float), np.asarray(baseline, dtype=float)
     n, k_measured = runs.shape
     sd = seed_agreement(runs)["seed_sd"]
@@ -131,16 +149,20 @@ def truth_ceiling(runs: Sequence[Sequence[float]], baseline: Sequence[float], tr
     rng = np.random.default_rng(seed)
     out = []
     for k in truth_seeds or (k_measured,):
-        oracle, low, base = [], [], []
+        oracle, low, base, lead_low = [], [], [], []
         for d in range(draws):
             truth = true + rng.normal(0.0, sd / np.sqrt(k), n)
             oracle.append(kendall_tau(true, truth))
             low.append(bootstrap_ci(kendall_tau, true, truth, resamples, seed + d, level)[0] if rankable else 0.0)
             base.append(kendall_tau(baseline, truth))
+            lead_low.append(lead_ci(kendall_tau, true, baseline, truth, resamples, seed + d, level)[1]
+                            if rankable and np.ptp(baseline) > 0 else 0.0)
         out.append({"truth_seeds": int(k), "oracle_kendall_tau": round(float(np.median(oracle)), 4),
                     "oracle_ci_low": round(float(np.median(low)), 4),
                     "baseline_kendall_tau": round(float(np.median(base)), 4),
-                    "share_ci_low_above_baseline": round(float(np.mean(np.array(low) > np.array(base))), 4)})
+                    "share_ci_low_above_baseline": round(float(np.mean(np.array(low) > np.array(base))), 4),
+                    "oracle_lead_ci_low": round(float(np.median(lead_low)), 4),
+                    "share_lead_ci_above_zero": round(float(np.mean(np.array(lead_low) > 0)), 4)})
     return out
 
 
@@ -155,5 +177,5 @@ def mean_difference_ci(a: Sequence[float], b: Sequence[float], resamples: int = 
     return (float(a.mean() - b.mean()), *_percentile_ci(draws, level))
 
 
-__all__ = ["bootstrap_ci", "held_out_tau", "kendall_tau", "mean_difference_ci", "precision_at_k", "rank_report",
-           "ranks", "seed_agreement", "spearman_rho", "truth_ceiling"]
+__all__ = ["bootstrap_ci", "held_out_tau", "kendall_tau", "lead_ci", "mean_difference_ci", "precision_at_k",
+           "rank_report", "ranks", "seed_agreement", "spearman_rho", "truth_ceiling"]
