@@ -13,7 +13,7 @@ the MACs proxy (its tau less MACs') gets a paired bootstrap CI on the stratified
 (``lead_over_macs``): whether it beats MACs on subnets like these, not only on these 36. One row adds
 a MACs prior to the shipped supernet's scores (``WITH_MACS``).
 
-    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s10_nr1_cl_steps1970.json
+    python benchmarks/ranking_table.py --truth benchmarks/results/ranking_t2000_s11_nr1_cl_steps1970.json
 
 Writes ``benchmarks/results/<--name>.json`` and ``<--name>.png`` (tau against the truth's seed
 count for the rankers of ``--plot``), and prints the tables as Markdown.
