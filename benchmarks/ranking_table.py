@@ -421,12 +421,13 @@ def main() -> int:
     subsets = subset_indices(truth)
     rows = {}
     macs = np.array([s["macs"] for s in truth["subnets"]], dtype=float)
+    def about(v: dict) -> dict:  # where a row's scores came from
+        return {k: v[k] for k in ("source", "variant", "score", "steps")}
+
     for label, v in sources.items():
-        rows[label] = {k: v[k] for k in ("source", "variant", "score", "steps")} | judged(v["scores"], runs, subsets,
-                                                                                          macs)
+        rows[label] = about(v) | judged(v["scores"], runs, subsets, macs)
     for label, base in WITH_MACS.items():
-        rows[label] = {k: sources[base][k] for k in ("source", "variant", "score", "steps")} | judged(
-            with_macs(sources[base]["scores"], macs), runs, subsets, macs)
+        rows[label] = about(sources[base]) | judged(with_macs(sources[base]["scores"], macs), runs, subsets, macs)
     for proxy, label in (("macs", "MACs alone"), ("params", "params alone")):
         rows[label] = judged([[s[proxy] for s in truth["subnets"]]], runs, subsets, macs)
     held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}
