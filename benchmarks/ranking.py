@@ -153,6 +153,12 @@ AT_BATCH_128 = {
     # the same teacher with the k3e6 lower path
     "entangled_sandwich_deepwide_rteacher_b128": VARIANTS["entangled_sandwich"] + ["sandwich.smallest=deepest_wide",
                                                                                    "sandwich.largest=random_kernels"],
+    # the shipped rule with its random arch drawn strictly fair (FairNAS): every block takes each of
+    # the 6 ops once in every 6 steps; and FairNAS proper, 6 fair random archs a step
+    "entangled_sandwich_deep_rteacher_fair_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sampling.method=fair"],
+    "entangled_sandwich_deep_rteacher_fair6_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sampling.method=fair", "sandwich.num_random=6"],
 }
 # Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
 # one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each

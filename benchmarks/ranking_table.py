@@ -103,6 +103,12 @@ ROWS = {
     "the same few-shot split, each copy the whole second half (twice the compute)": (
         "ranking_t2000_s7_nr1_cl_deep_rteacher_fewshot3_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_fewshot3_b128"),
+    "the shipped rule, its random arch strictly fair (FairNAS, `sampling.method: fair`), 1,200 steps of 128": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_fair_b128_steps1200.json", "entangled_sandwich_deep_rteacher_fair_b128"),
+    "FairNAS proper: 6 strictly fair random archs a step (`sandwich.num_random: 6`), the shipped rule's time": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_fair6_b128_m8.json", "entangled_sandwich_deep_rteacher_fair6_b128"),
+    "the shipped rule again, seeds 0-3 on the fair rows' machine (their control)": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_b128_steps1200_xeon.json", "entangled_sandwich_deep_rteacher_b128"),
 }
 # label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
 LOSS_ROWS = {
@@ -136,6 +142,12 @@ LOSS_ROWS = {
         "ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json", "entangled_sandwich_deep_b128"),
     "8 seeds: the teacher's kernels drawn (`random_kernels`, shipped), by the loss": (
         "ranking_t2000_s7_nr1_cl_deep_teachers_b128_steps1200_s8.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the shipped rule, its random arch strictly fair (`sampling.method: fair`), by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_fair_b128_steps1200.json", "entangled_sandwich_deep_rteacher_fair_b128"),
+    "FairNAS proper (6 fair random archs a step), the shipped rule's time, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_fair6_b128_m8.json", "entangled_sandwich_deep_rteacher_fair6_b128"),
+    "the shipped rule again on the fair rows' machine (their control), by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_b128_steps1200_xeon.json", "entangled_sandwich_deep_rteacher_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -115,7 +115,9 @@ class SpaceConfig:
 
 @dataclass
 class SamplingConfig:
-    method: Literal["uniform", "flops_bins"] = "uniform"  # SPOS: uniform over MACs bins
+    # SPOS: uniform over MACs bins; fair: FairNAS's strict fairness (every block takes every op once
+    # per window of draws; the spos and sandwich strategies, over the whole space)
+    method: Literal["uniform", "flops_bins", "fair"] = "uniform"
     flops_min: float = 0.0  # MACs lower bound for sampled archs, in millions (0 = none)
     flops_max: float = 0.0  # MACs upper bound, in millions (0 = none)
     num_bins: int = 7  # flops_bins: SPOS splits [290, 360] MFLOPs into 7 bins
@@ -130,6 +132,8 @@ class SamplingConfig:
             )
         _positive(self.num_bins, f"{prefix}.num_bins")
         _positive(self.max_tries, f"{prefix}.max_tries")
+        if self.method == "fair" and (self.flops_min or self.flops_max):
+            raise ConfigError(f"{prefix}.method", "fair draws over the whole space: drop flops_min/flops_max")
 
 
 @dataclass
@@ -368,6 +372,8 @@ class SupernetConfig:
     proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)  # strategy: proxyless only
 
     def validate(self, prefix: str = "") -> None:
+        if self.sampling.method == "fair" and self.strategy not in ("spos", "sandwich"):
+            raise ConfigError("sampling.method", f"fair is for the spos and sandwich strategies, not {self.strategy}")
         # The strategy's own section, where it has one, checks itself against the rest of the job.
         validate_job = getattr(getattr(self, self.strategy, None), "validate_job", None)
         if validate_job is not None:

@@ -67,6 +67,49 @@ def test_sandwich_draws_its_random_archs_from_their_own_macs_range(tmp_path):
         SandwichStrategy.check(cfg(tmp_path, "strategy=sandwich", f"sandwich.random_macs_min={2 * hi / 1e6}"), space)
 
 
+def test_fair_sampling_gives_every_block_every_op_once_a_window(tmp_path):
+    """``sampling.method: fair`` (FairNAS): six random archs of a sandwich step take each of the six
+    ops once in every block they reach; SPOS's one arch a step does so over six consecutive steps."""
+    fair = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=6",
+                                   "sampling.method=fair")).strategy
+    for step in (0, 7):
+        randoms = fair.archs(step)[2:]
+        assert randoms == fair.archs(step)[2:] and len(randoms) == 6
+        for stage in range(5):
+            first = [a[stage][0] for a in randoms]  # every arch has a stage's first block
+            assert sorted(first) == list(range(6)), (step, stage, first)
+            second = [a[stage][1] for a in randoms if len(a[stage]) > 1]  # where the depth reaches it
+            assert len(second) == len(set(second))
+    assert fair.archs(0)[2:] != fair.archs(1)[2:]
+    spos_task = build_supernet_task(cfg(tmp_path, "strategy=spos", "sampling.method=fair"))
+    assert spos_task.fingerprint["sampling"] == "fair"  # a resume must draw the same archs
+    assert "sampling" not in build_supernet_task(cfg(tmp_path, "strategy=spos")).fingerprint
+    spos = spos_task.strategy
+    for window in (0, 3):
+        archs = [spos.archs(6 * window + i)[0] for i in range(6)]
+        assert all(sorted(a[s][0] for a in archs) == list(range(6)) for s in range(5)), archs
+    with pytest.raises(ConfigError, match="sampling.method"):
+        cfg(tmp_path, "sampling.method=fair", "sampling.flops_max=5")
+    with pytest.raises(ConfigError, match="sampling.method.*cream"):
+        cfg(tmp_path, "strategy=cream", "sampling.method=fair")
+    with pytest.raises(ConfigError, match="sandwich.random_macs_min"):
+        SandwichStrategy.check(cfg(tmp_path, "strategy=sandwich", "sampling.method=fair",
+                                   "sandwich.random_macs_max=5"), fair.space)
+
+
+def test_fair_sampling_in_the_spos_space_permutes_each_blocks_ops():
+    from elastic_nas.config import SamplingConfig, SpaceConfig
+    from elastic_nas.train.strategies.base import ArchSampler
+
+    space = build_space(SpaceConfig(name="spos", width_mult=0.25))
+    sampler = ArchSampler(space, SamplingConfig(method="fair"), seed=3)
+    archs = [sampler(t) for t in range(8)]
+    for window in (archs[:4], archs[4:]):
+        assert all(sorted(ops) == [0, 1, 2, 3] for ops in zip(*window))
+    assert archs[:4] != archs[4:] and archs == [ArchSampler(space, SamplingConfig(method="fair"), seed=3)(t)
+                                                for t in range(8)]
+
+
 def test_sandwich_deepest_smallest_trains_the_cheapest_op_of_every_block(tmp_path):
     """``sandwich.smallest: deepest``: the lower path is every stage at its deepest with each block's
     cheapest op, not the one-block smallest arch; named in the fingerprint only when set (older

@@ -77,6 +77,15 @@ class SearchSpace(abc.ABC):
     def sample(self, rng: np.random.Generator) -> Arch:
         """A uniformly random architecture."""
 
+    # op choices per block, for FairNAS's strictly fair draws (0: the space has none)
+    fair_window = 0
+
+    def sample_fair(self, rng: np.random.Generator, order: np.random.Generator, position: int) -> Arch:
+        """The ``position``-th of ``fair_window`` draws in which each block takes every op once
+        (FairNAS, Chu et al. 2021): block b's op is entry ``position`` of a permutation that
+        ``order``, the same for the whole window, draws per block; every other gene comes from ``rng``."""
+        raise NotImplementedError(f"the {type(self).__name__} has no op choices per block")
+
     @abc.abstractmethod
     def mutate(self, arch: Any, rng: np.random.Generator, prob: float) -> Arch:
         """Resample each gene with probability ``prob`` (uniformly; it may keep its value, as SPOS)."""

@@ -416,6 +416,17 @@ class CreamSpace(SearchSpace):
             out.append(tuple(int(v) for v in rng.integers(NUM_OPS, size=depth)))
         return tuple(out)
 
+    fair_window = NUM_OPS
+
+    def sample_fair(self, rng: np.random.Generator, order: np.random.Generator, position: int) -> Arch:
+        """Depth uniform per stage from ``rng``; each block's op from its window's permutation, drawn
+        for every block a stage could have, so that a block's op does not depend on the depth."""
+        out = []
+        for d in self.max_depths:
+            depth = int(rng.integers(1, d + 1))
+            out.append(tuple(int(order.permutation(NUM_OPS)[position]) for _ in range(d))[:depth])
+        return tuple(out)
+
     def mutate(self, arch: Any, rng: np.random.Generator, prob: float) -> Arch:
         """Each depth gene and each op gene is resampled with probability ``prob``."""
         out = []

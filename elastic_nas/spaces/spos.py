@@ -354,6 +354,14 @@ class SposSpace(SearchSpace):
         scales = tuple(int(v) for v in rng.integers(len(SCALE_LIST), size=self.num_blocks))
         return (ops, scales)
 
+    fair_window = NUM_OPS
+
+    def sample_fair(self, rng: np.random.Generator, order: np.random.Generator, position: int) -> Arch:
+        ops = tuple(int(order.permutation(NUM_OPS)[position]) for _ in range(self.num_blocks))
+        if not self.cfg.channel_search:
+            return ops
+        return (ops, tuple(int(v) for v in rng.integers(len(SCALE_LIST), size=self.num_blocks)))
+
     def mutate(self, arch: Any, rng: np.random.Generator, prob: float) -> Arch:
         ops, scales = self.split(self.validate(arch))
         ops = _mutate_genes(ops, NUM_OPS, rng, prob)

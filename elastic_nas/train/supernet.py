@@ -17,8 +17,11 @@ from elastic_nas.train.task import TrainTask
 
 
 def supernet_fingerprint(cfg: SupernetConfig, num_train: int) -> dict:
-    return {"kind": "supernet", "space": asdict(cfg.space), "strategy": cfg.strategy,
-            "data": {"source": cfg.data.source, "seed": cfg.data.seed, "num_train": num_train}}
+    out = {"kind": "supernet", "space": asdict(cfg.space), "strategy": cfg.strategy,
+           "data": {"source": cfg.data.source, "seed": cfg.data.seed, "num_train": num_train}}
+    if cfg.sampling.method == "fair":  # named only when set: older checkpoints resume
+        out["sampling"] = "fair"  # another sequence of archs from the same steps
+    return out
 
 
 def build_supernet_task(cfg: SupernetConfig) -> TrainTask:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elastic_nas.errors import ConfigError
 from elastic_nas.io import RunFolder
 from elastic_nas.spaces.base import Arch, SearchSpace
 
@@ -78,16 +79,26 @@ class Strategy:
         pass
 
 
+FAIR_STREAM = 2000  # the fair windows' permutations: apart from every step's own streams
+
+
 class ArchSampler:
     """The arch of step t, a function of (seed, t) only: every rank agrees without
     communication and the sequence does not depend on the world size.
 
     Uniform over the space, or, with a MACs range or ``flops_bins`` (``sampling`` config),
-    SPOS's bounded sampling over MACs bins (:meth:`SearchSpace.sample_constrained`).
+    SPOS's bounded sampling over MACs bins (:meth:`SearchSpace.sample_constrained`), or, with
+    ``fair``, FairNAS's strict fairness: the draws, ``draws_per_step`` a step (streams 1.. of a
+    step; stream 0 is one a step), run in windows of the space's op count in which every block
+    takes every op once (:meth:`SearchSpace.sample_fair`). Within one step where the step draws
+    that many (FairNAS proper), across consecutive steps where it draws fewer.
     """
 
-    def __init__(self, space: SearchSpace, sampling, seed: int):
+    def __init__(self, space: SearchSpace, sampling, seed: int, draws_per_step: int = 1):
         self.space, self.seed = space, seed
+        self.fair, self.draws_per_step = sampling.method == "fair", max(1, draws_per_step)
+        if self.fair and not space.fair_window:
+            raise ConfigError("sampling.method", f"fair: the {type(space).__name__} has no op choices per block")
         self.constrained = sampling.method == "flops_bins" or sampling.flops_min > 0 or sampling.flops_max > 0
         self.num_bins = sampling.num_bins if sampling.method == "flops_bins" else 1
         lo, hi = space.macs_range()
@@ -101,6 +112,9 @@ class ArchSampler:
 
     def __call__(self, step: int, stream: int = 0) -> Arch:
         rng = self.rng(step, stream)
+        if self.fair:
+            window, position = divmod(step * self.draws_per_step + max(stream - 1, 0), self.space.fair_window)
+            return self.space.sample_fair(rng, np.random.default_rng([self.seed, window, FAIR_STREAM]), position)
         if self.constrained:
             return self.space.sample_constrained(rng, self.lo, self.hi, self.num_bins, self.max_tries)
         return self.space.sample(rng)

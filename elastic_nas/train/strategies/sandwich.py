@@ -7,8 +7,9 @@ Largest and smallest are taken within the configured MACs range (``sampling.flop
 ``flops_max``); the random archs come from the same per-step arch sampler as SPOS, so
 every arch of step t is a function of (seed, t). ``sandwich.random_macs_min`` / ``max`` draw
 the random archs from another MACs range (the search's band, say) while largest and smallest
-stay the sampling range's. ``sandwich.smallest: deepest`` trains the cheapest op of every block at
-full depth in the smallest's place, so the later blocks' small ops get an update every step (the
+stay the sampling range's; ``sampling.method: fair`` draws them strictly fair (FairNAS: every block
+takes every op once in each window of the space's op count of draws). ``sandwich.smallest:
+deepest`` trains the cheapest op of every block at full depth in the smallest's place, so the later blocks' small ops get an update every step (the
 smallest arch uses only each stage's first block); ``deepest_wide`` the smallest kernel at the
 widest expansion there (k3e6), so the small kernels train on every channel, and
 ``deepest_alternate`` the two on alternate steps. ``sandwich.largest: random_kernels`` makes the
@@ -92,12 +93,20 @@ class SandwichStrategy(SupernetStrategy):
             return self.largest
         return self.space.deepest_wide_arch(self.arch_sampler.rng(step, stream=TEACHER_STREAM))
 
+    @classmethod
+    def make_arch_sampler(cls, cfg, space: SearchSpace) -> ArchSampler:
+        # the random archs are a step's draws: with sampling.method fair, num_random of a fair window
+        return ArchSampler(space, cfg.sampling, cfg.run.seed, draws_per_step=cfg.sandwich.num_random)
+
     @staticmethod
     def make_random_sampler(cfg, space: SearchSpace, arch_sampler: ArchSampler) -> ArchSampler:
         """The random archs' sampler: the arch sampler, or one bounded to ``random_macs_*``."""
         lo, hi = cfg.sandwich.random_macs_min, cfg.sandwich.random_macs_max
         if not lo and not hi:
             return arch_sampler
+        if arch_sampler.fair:
+            raise ConfigError("sandwich.random_macs_min", "sampling.method fair draws over the whole space: "
+                                                          "drop random_macs_min/random_macs_max")
         return ArchSampler(space, replace(cfg.sampling, method="uniform", flops_min=lo, flops_max=hi), cfg.run.seed)
 
     @classmethod
