@@ -159,6 +159,13 @@ AT_BATCH_128 = {
         "sandwich.largest=random_kernels", "sampling.method=fair"],
     "entangled_sandwich_deep_rteacher_fair6_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "sampling.method=fair", "sandwich.num_random=6"],
+    # the shipped rule with landmark regularisation: a pair of LANDMARKS a step, ordered by their
+    # stand-alone top-1, the better one's loss held below the worse one's
+    "entangled_sandwich_deep_rteacher_landmarks_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "landmarks.path={landmarks}"],
+    # the same at a quarter of the hinge's weight
+    "entangled_sandwich_deep_rteacher_landmarks_w025_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "landmarks.path={landmarks}", "landmarks.weight=0.25"],
 }
 # Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
 # one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each
@@ -168,6 +175,11 @@ FEW_SHOT = {"entangled_sandwich_deep_rteacher_fewshot_b128": 1, "entangled_sandw
 AT_BATCH_128.update(dict.fromkeys(FEW_SHOT, AT_BATCH_128["entangled_sandwich_deep_rteacher_b128"]))
 VARIANTS.update(AT_BATCH_128)
 SUPERNET_BATCH = dict.fromkeys(AT_BATCH_128, 128)  # a variant's batch where it is not BATCH
+# Landmark regularisation's archs: drawn apart from the truth's subnets (other generator seeds, and
+# none of them), spread over MACs and inside the search band, each trained stand-alone at the truth's
+# budget with LANDMARK_SEEDS seeds: what a user pays for them, once.
+LANDMARKS = {"stratified": 6, "band": 6}
+LANDMARK_SEEDS = 1
 
 
 def supernet_batch(a, variant: str) -> tuple[int, float]:
@@ -189,9 +201,13 @@ def data_cfg(a) -> dict:
 
 
 def overrides(a, variant: str) -> list[str]:
-    """``variant``'s config overrides, the search band (``--budget`` +- 15 %, millions) filled in."""
+    """``variant``'s config overrides, the search band (``--budget`` +- 15 %, millions) and the
+    landmarks file filled in."""
     budget = search_budget(a.budget) / 1e6
-    return [o.format(band_lo=round(0.85 * budget, 4), band_hi=round(1.15 * budget, 4)) for o in VARIANTS[variant]]
+    fill = {"band_lo": round(0.85 * budget, 4), "band_hi": round(1.15 * budget, 4)}
+    if any("{landmarks}" in o for o in VARIANTS[variant]):  # the landmarks file in the work dir
+        fill["landmarks"] = landmarks_path(a)
+    return [o.format(**fill) for o in VARIANTS[variant]]
 
 
 def supernet_cfg(a, variant: str, seed: int) -> SupernetConfig:
@@ -254,6 +270,49 @@ def subnets(a) -> tuple[list, list[str], float]:
         add(space.sample_constrained(np.random.default_rng([999, t]), 0.85 * budget, 1.15 * budget, 1, 2000), "band")
         t += 1
     return archs, groups, budget
+
+
+def landmarks_path(a) -> Path:
+    return Path(a.work).resolve() / f"landmarks_{sum(LANDMARKS.values())}x{LANDMARK_SEEDS}_{a.truth_steps}.json"
+
+
+def landmark_archs(a, taken: list) -> list:
+    """LANDMARKS' archs (JSON): the stratified ones one per equal MACs bin, the band's in the
+    search band, none of them in ``taken`` (the truth's subnets)."""
+    space = build_space(from_dict(SpaceConfig, SPACE))
+    lo, hi = space.macs_range()
+    budget, n = search_budget(a.budget), LANDMARKS["stratified"]
+    ranges = [(lo + i * (hi - lo) / n, lo + (i + 1) * (hi - lo) / n) for i in range(n)]
+    ranges += [(0.85 * budget, 1.15 * budget)] * LANDMARKS["band"]
+    seen, out = {json.dumps(arch) for arch in taken}, []
+    for i, (lo_i, hi_i) in enumerate(ranges):
+        for t in range(100):
+            try:
+                arch = space.to_json(space.sample_constrained(np.random.default_rng([7000 + i, t]), lo_i, hi_i, 1, 2000))
+            except ArchError:  # a bin no arch reaches is skipped
+                break
+            if json.dumps(arch) not in seen:
+                seen.add(json.dumps(arch))
+                out.append(arch)
+                break
+    return out
+
+
+def make_landmarks(a, work: Path, taken: list) -> dict | None:
+    """The landmarks file (written once their stand-alone jobs are done) and its content, or None
+    while a job is missing (``--report-only``)."""
+    archs = landmark_archs(a, taken)
+    jobs = [(work, f"lm_{i}_s{s}_{a.truth_steps}", standalone, a, arch, s, a.truth_steps)
+            for i, arch in enumerate(archs) for s in range(LANDMARK_SEEDS)]
+    ran = finished(a, work, jobs)
+    if any(r is None for r in ran):
+        return None
+    space = build_space(from_dict(SpaceConfig, SPACE))
+    top1 = np.array([r["test_top1"] for r in ran]).reshape(len(archs), LANDMARK_SEEDS)
+    content = {"landmarks": [{"arch": arch, "score": round(float(t.mean()), 3), "test_top1_seeds": t.tolist(),
+                              "macs": space.macs(arch)} for arch, t in zip(archs, top1)]}
+    atomic_write(landmarks_path(a), json.dumps(content, indent=1))
+    return content
 
 
 # -- jobs (each in its own process, one thread; results cached by key) ----------------
@@ -670,6 +729,12 @@ def run(a) -> dict:
             return {"space": SPACE, "data": data_cfg(a), "truth_steps": a.truth_steps, "batch": BATCH,
                     "missing_jobs": [j[1] for j in mine if j[1] not in results],
                     "budget_check": budget_check(a, space, archs, check, results, [], {})}
+    landmarks = None  # the landmark variants' archs: trained before any supernet that learns from them
+    if any("landmarks.path={landmarks}" in VARIANTS[v] for v in a.variants):
+        landmarks = make_landmarks(a, work, archs)
+        if landmarks is None:
+            print("ranking: the landmarks' stand-alone jobs are not all done: no figures", flush=True)
+            return {"space": SPACE, "data": data_cfg(a), "missing_jobs": ["landmarks"]}
     # Supernets at equal time: each variant's step timed alone, one at a time.
     per_step = {v: cached(work, f"step_{v}", step_seconds, a, v) for v in a.variants}
     steps = {v: a.supernet_steps.get(v) or a.supernet_steps.get("*") or max(10, int(a.supernet_minutes * 60 / per_step[v]))
@@ -724,7 +789,7 @@ def run(a) -> dict:
            # every pair of seeds' tau, and one run's seed SD (what a difference must exceed)
            "truth_seeds": a.truth_seeds, "noise_ceiling_tau_pairs": agree["pairwise_kendall_tau"],
            "noise_ceiling_tau_mean": agree["pairwise_kendall_tau_mean"], "standalone_seed_sd": agree["seed_sd"],
-           "missing_jobs": missing, "interim": partial}
+           "missing_jobs": missing, "interim": partial, **({"landmarks": landmarks} if landmarks else {})}
     out.update(rank_figures(a, done, archs, groups, budget, truth, results, steps, per_step, space))
     if a.bf16 and partial is None:  # keyed by the calibration images of the rescoring
         out["bf16_channels_last"], not_scored = bf16_rescores(a, work, done, archs, truth.mean(1),

@@ -109,6 +109,12 @@ ROWS = {
         "ranking_t2000_s11_nr1_cl_deep_rteacher_fair6_b128_m8.json", "entangled_sandwich_deep_rteacher_fair6_b128"),
     "the shipped rule again, seeds 0-3 on the fair rows' machine (their control)": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_b128_steps1200_xeon.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the shipped rule with landmark regularisation (12 landmarks apart from the truth), 1,200 steps of 128": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_landmarks_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_landmarks_b128"),
+    "the same landmarks at a quarter of the weight (`landmarks.weight: 0.25`)": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_landmarks_w025_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_landmarks_w025_b128"),
 }
 # label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
 LOSS_ROWS = {
@@ -148,6 +154,12 @@ LOSS_ROWS = {
         "ranking_t2000_s11_nr1_cl_deep_rteacher_fair6_b128_m8.json", "entangled_sandwich_deep_rteacher_fair6_b128"),
     "the shipped rule again on the fair rows' machine (their control), by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_b128_steps1200_xeon.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the shipped rule with landmark regularisation (12 landmarks), by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_landmarks_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_landmarks_b128"),
+    "the same landmarks at a quarter of the weight, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_landmarks_w025_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_landmarks_w025_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -357,6 +357,22 @@ class ProxylessConfig:
 
 
 @dataclass
+class LandmarksConfig:
+    """Landmark regularisation (Yu et al., CVPR 2021): the supernet learns to order a few archs of
+    known stand-alone accuracy as that accuracy does."""
+
+    # a JSON file of landmark archs and their stand-alone scores (path inside the job's working dir):
+    # {"landmarks": [{"arch": ..., "score": top-1}, ...]}; "" = no landmark term
+    path: str = ""
+    weight: float = 1.0  # the hinge's weight against the step's other losses
+    every: int = 1  # steps between landmark pairs (each pair is 2 more forward and backward passes)
+
+    def validate(self, prefix: str) -> None:
+        _positive(self.weight, f"{prefix}.weight")
+        _positive(self.every, f"{prefix}.every")
+
+
+@dataclass
 class SupernetConfig:
     """``elastic-nas supernet``: weight-sharing supernet training."""
 
@@ -370,8 +386,11 @@ class SupernetConfig:
     cream: CreamConfig = field(default_factory=CreamConfig)  # strategy: cream only
     sandwich: SandwichConfig = field(default_factory=SandwichConfig)  # strategy: sandwich only
     proxyless: ProxylessConfig = field(default_factory=ProxylessConfig)  # strategy: proxyless only
+    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)  # strategies spos and sandwich
 
     def validate(self, prefix: str = "") -> None:
+        if self.landmarks.path and self.strategy not in ("spos", "sandwich"):
+            raise ConfigError("landmarks.path", f"landmarks are for the spos and sandwich strategies, not {self.strategy}")
         if self.sampling.method == "fair" and self.strategy not in ("spos", "sandwich"):
             raise ConfigError("sampling.method", f"fair is for the spos and sandwich strategies, not {self.strategy}")
         # The strategy's own section, where it has one, checks itself against the rest of the job.
@@ -773,6 +792,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "SamplingConfig",
+    "LandmarksConfig",
     "SandwichConfig",
     "SearchConfig",
     "SpaceConfig",

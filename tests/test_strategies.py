@@ -3,6 +3,9 @@ one real training step of each strategy on an entangled supernet."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,3 +214,49 @@ def test_one_real_step_of_every_strategy(tmp_path, strategy):
     assert moved  # the step trained the supernet
     if strategy == "sandwich":
         assert isinstance(task.strategy, SandwichStrategy) and len(task.strategy.archs(0)) == 4
+
+
+def write_landmarks(path, rows) -> str:
+    path.write_text(json.dumps({"landmarks": rows}))
+    return str(path)
+
+
+def test_landmarks_draw_ordered_pairs_per_step_and_bad_files_are_one_line(tmp_path):
+    """The pairs are [better, worse] by score, a function of (seed, step) on every ``every``-th
+    step; the fingerprint names the file's content; a file that cannot rank is a ConfigError
+    before work starts, and so are landmarks with a strategy that has none."""
+    space = build_space(cfg(tmp_path).space)
+    rng = np.random.default_rng(0)
+    archs = [space.to_json(space.sample(rng)) for _ in range(4)]
+    path = write_landmarks(tmp_path / "lm.json", [{"arch": a, "score": s} for a, s in zip(archs, (70, 60, 80, 60))])
+    task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", f"landmarks.path={path}", "landmarks.every=2"))
+    term = task.strategy.landmarks
+    score = {json.dumps(a): s for a, s in zip(archs, (70, 60, 80, 60))}
+    pairs = [task.strategy.ranking_archs(step) for step in range(40)]
+    assert all(p == [] for p in pairs[1::2])
+    assert all(score[json.dumps(space.to_json(b))] > score[json.dumps(space.to_json(w))] for b, w in pairs[::2])
+    assert len({str(p) for p in pairs[::2]}) > 2  # several of the 5 ordered pairs (the tie is none)
+    again = build_supernet_task(cfg(tmp_path, "strategy=sandwich", f"landmarks.path={path}", "landmarks.every=2"))
+    assert [again.strategy.ranking_archs(s) for s in range(40)] == pairs
+    assert task.fingerprint["landmarks"] == {"digest": term.digest, "weight": 1.0, "every": 2}
+    assert "landmarks" not in build_supernet_task(cfg(tmp_path, "strategy=sandwich")).fingerprint
+    other = write_landmarks(tmp_path / "other.json", [{"arch": a, "score": s} for a, s in zip(archs, (70, 60, 80, 61))])
+    assert build_supernet_task(cfg(tmp_path, "strategy=sandwich", f"landmarks.path={other}")).strategy.landmarks.digest \
+        != term.digest  # another score: a resume cannot switch files silently
+    stats = TrainStep(task.model, task.strategy)(0, torch.optim.SGD(task.model.parameters(), lr=0.1), 0.1,
+                                                 Batch(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)),
+                                                       torch.ones(8)), num_real=8)
+    assert stats.count == 8 and not stats.skipped
+    bad = {
+        "missing.json": None,
+        "one.json": [{"arch": archs[0], "score": 70}],
+        "ties.json": [{"arch": archs[0], "score": 70}, {"arch": archs[1], "score": 70}],
+        "noscore.json": [{"arch": archs[0]}, {"arch": archs[1], "score": 70}],
+        "arch.json": [{"arch": [[9]], "score": 60}, {"arch": archs[1], "score": 70}],
+    }
+    for name, rows in bad.items():
+        bad_path = tmp_path / name if rows is None else write_landmarks(tmp_path / name, rows)
+        with pytest.raises(ConfigError, match="landmarks.path"):
+            build_supernet_task(cfg(tmp_path, "strategy=spos", f"landmarks.path={bad_path}"))
+    with pytest.raises(ConfigError, match="landmarks.path"):
+        cfg(tmp_path, "strategy=cream", f"landmarks.path={path}")

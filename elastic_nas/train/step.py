@@ -2,7 +2,8 @@
 
 A step on one rank: the strategy names the step's arch(s); for every micro-batch and
 every arch, the strategy's per-sample loss (under the run's autocast), weighted (padding
-weighs 0) and normalised for a SUM over ranks, is back-propagated; gradients are then
+weighs 0) and normalised for a SUM over ranks, is back-propagated, and then the strategy's
+ranking term over several archs, where it has one this step; gradients are then
 summed over the ranks (DDP, or flat buckets of the archs' parameters), unscaled (fp16),
 clipped, and the optimizer steps once.
 The strategy's ``after_step`` hook ends it. Used by Ray Train workers
@@ -110,9 +111,13 @@ class TrainStep:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         archs = self.strategy.archs(step)
+        ranked = self.strategy.ranking_archs(step)  # a term over several archs at once (landmarks)
+        # Two forwards feeding one backward are more than DDP's reducer takes: a step with a ranking
+        # term accumulates without DDP's sync and sums its gradients in buckets after backward.
+        buckets = self.ddp is None or bool(ranked)
         # Sum of per-sample losses / real samples in the global batch: with a SUM over ranks
         # this is the exact global mean, padding included at weight 0.
-        denom = float(num_real) / self.loss_scale
+        denom = float(num_real) / (1.0 if buckets else self.loss_scale)
         micro = batch.split(accum_steps)
         stats = StepStats(global_count=int(num_real))
         saved = [b.clone() for b in self.buffers] if self.guard or self.precision.scaler is not None else []
@@ -120,15 +125,20 @@ class TrainStep:
         for m, part in enumerate(micro):
             x = prec.input(part.x)
             for i, arch in enumerate(archs):
-                last = m == len(micro) - 1 and i == len(archs) - 1
+                last = m == len(micro) - 1 and i == len(archs) - 1 and not buckets
                 with self._sync(last):  # with accumulation, DDP syncs on the last backward only
                     with prec.autocast():  # the forward only: backward runs in the forward's dtypes
                         per_sample, logits = self.strategy.loss(self.forward, x, part.y, arch, step, i)
                     prec.backward((per_sample.float() * part.weight).sum().div(denom))
                 if i == 0:
                     _add_stats(stats, per_sample, logits, part)
-        if self.ddp is None:
-            distributed.allreduce_grads(self.strategy.grad_params(archs))
+            if ranked:
+                with self._sync(False):
+                    with prec.autocast():
+                        per_sample = self.strategy.ranking_loss(self.forward, x, part.y, part.weight, ranked)
+                    prec.backward((per_sample.float() * part.weight).sum().div(denom))
+        if buckets:
+            distributed.allreduce_grads(self.strategy.grad_params(archs + ranked))
         prec.unscale(optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         # One norm serves both: the clip's (taken before it clips) and the guard's.

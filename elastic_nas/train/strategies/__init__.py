@@ -7,7 +7,9 @@
 * :mod:`~elastic_nas.train.strategies.sandwich` -- largest, smallest and random archs per
   step, the largest teaching the others (in-place distillation);
 * :mod:`~elastic_nas.train.strategies.proxyless` -- architecture parameters learnt by binary
-  gates on search_val, with a latency term (ProxylessNAS).
+  gates on search_val, with a latency term (ProxylessNAS);
+* :mod:`~elastic_nas.train.strategies.landmarks` -- not a strategy: the landmark ranking term
+  that spos and sandwich runs add with ``landmarks.path``.
 
 A new strategy is one new module with a :class:`SupernetStrategy` subclass, one line here
 and one name in ``SupernetConfig.strategy``.

@@ -9,6 +9,9 @@ A strategy answers, for every step:
 * ``grad_params(archs)`` -- the parameters whose gradients are all-reduced;
 * ``after_step(step, archs, batch, stats)`` -- called on every rank after the optimizer
   step (it may run collectives: all ranks call it);
+* ``ranking_archs(step)`` and ``ranking_loss(forward, x, y, weight, archs)`` -- a term over
+  several archs at once (landmark regularisation), back-propagated once per micro-batch after
+  the step's archs; none by default;
 
 and ``state_dict``/``load_state_dict`` (extra checkpoint state). :class:`SupernetStrategy`
 adds, around the run: ``fingerprint()`` (what a resumed run must agree on), ``check(cfg,
@@ -31,6 +34,7 @@ from torch import nn
 from elastic_nas.errors import ConfigError
 from elastic_nas.io import RunFolder
 from elastic_nas.spaces.base import Arch, SearchSpace
+from elastic_nas.train.strategies.landmarks import LandmarkTerm
 
 
 class Strategy:
@@ -69,6 +73,14 @@ class Strategy:
 
     def after_step(self, step: int, archs: list, batch, stats) -> None:
         pass
+
+    def ranking_archs(self, step: int) -> list[Arch]:
+        """The archs of the step's ranking term ([]: none this step)."""
+        return []
+
+    def ranking_loss(self, forward, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
+                     archs: list[Arch]) -> torch.Tensor:  # pragma: no cover - only with ranking_archs
+        raise NotImplementedError
 
     # -- checkpoints and the run ----------------------------------------------------------
     def state_dict(self) -> dict | None:
@@ -129,6 +141,7 @@ class SupernetStrategy(Strategy):
         super().__init__(model, cfg.optim.label_smoothing)
         self.cfg, self.space = cfg, space
         self.arch_sampler = self.make_arch_sampler(cfg, space)
+        self.landmarks = LandmarkTerm(cfg.landmarks, space, cfg.run.seed) if cfg.landmarks.path else None
 
     @classmethod
     def make_arch_sampler(cls, cfg, space: SearchSpace) -> ArchSampler:
@@ -141,6 +154,12 @@ class SupernetStrategy(Strategy):
 
     def archs(self, step: int) -> list[Arch]:
         return [self.arch_sampler(step)]
+
+    def ranking_archs(self, step: int) -> list[Arch]:
+        return self.landmarks.archs(step) if self.landmarks else []
+
+    def ranking_loss(self, forward, x, y, weight, archs):
+        return self.landmarks.loss(forward, x, y, weight, archs)
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with its checkpoints, beyond space and data."""
