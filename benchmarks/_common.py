@@ -86,13 +86,14 @@ def run_jobs(fn, jobs: list[tuple], procs: int) -> list:
     """``fn(*job)`` for every job, ``procs`` at a time in spawned processes (1 = in this one), in
     the jobs' order; a line as a job ends, since a benchmark's jobs can take hours, but at most one
     every ``PROGRESS_EVERY_S`` (cached jobs end hundreds a second), and always the first and the last."""
-    t0, out, shown = time.monotonic(), [], [-float("inf")]
+    t0, out, shown = time.monotonic(), [], -float("inf")
 
     def ended(result) -> None:  # called in the jobs' order
+        nonlocal shown
         out.append(result)
         now = time.monotonic()
-        if now - shown[0] >= PROGRESS_EVERY_S or len(out) == len(jobs):
-            shown[0] = now
+        if now - shown >= PROGRESS_EVERY_S or len(out) == len(jobs):
+            shown = now
             print(f"{Path(sys.argv[0]).stem}: {len(out)}/{len(jobs)} jobs done, {now - t0:.0f} s", flush=True)
 
     if procs <= 1:

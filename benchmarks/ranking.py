@@ -239,6 +239,20 @@ def search_budget(millions: float) -> float:
     return float(np.median([space.macs(space.sample(rng)) for _ in range(2000)]))
 
 
+def distinct_arch(space, seed: int, lo: float, hi: float, seen: set[str]):
+    """The first arch (JSON) of the generators ``[seed, t]`` (t = 0, 1, ...) with MACs in [lo, hi]
+    and not in ``seen`` (its JSON text, added there), or None where no arch reaches the range."""
+    for t in range(100):
+        try:
+            arch = space.to_json(space.sample_constrained(np.random.default_rng([seed, t]), lo, hi, 1, 2000))
+        except ArchError:
+            return None
+        if json.dumps(arch) not in seen:
+            seen.add(json.dumps(arch))
+            return arch
+    return None
+
+
 def subnets(a) -> tuple[list, list[str], float]:
     """(arch JSON list, group of each: stratified / band, the band's centre in MACs)."""
     space = build_space(from_dict(SpaceConfig, SPACE))
@@ -246,25 +260,19 @@ def subnets(a) -> tuple[list, list[str], float]:
     budget = search_budget(a.budget)
     archs, groups, seen = [], [], set()
 
-    def add(arch, group: str) -> bool:
+    def add(arch, group: str) -> None:
         key = json.dumps(space.to_json(arch))
-        if key in seen:
-            return False
-        seen.add(key)
-        archs.append(space.to_json(arch))
-        groups.append(group)
-        return True
+        if key not in seen:
+            seen.add(key)
+            archs.append(space.to_json(arch))
+            groups.append(group)
 
     width = (hi - lo) / a.stratified
-    for i in range(a.stratified):
-        for t in range(100):  # distinct archs; a bin no arch reaches is skipped
-            try:
-                arch = space.sample_constrained(np.random.default_rng([i, t]), lo + i * width, lo + (i + 1) * width,
-                                                1, 2000)
-            except ArchError:
-                break
-            if add(arch, "stratified"):
-                break
+    for i in range(a.stratified):  # a bin no arch reaches is skipped
+        arch = distinct_arch(space, i, lo + i * width, lo + (i + 1) * width, seen)
+        if arch is not None:
+            archs.append(arch)
+            groups.append("stratified")
     t = 0
     while groups.count("band") < a.band:
         add(space.sample_constrained(np.random.default_rng([999, t]), 0.85 * budget, 1.15 * budget, 1, 2000), "band")
@@ -284,18 +292,9 @@ def landmark_archs(a, taken: list) -> list:
     budget, n = search_budget(a.budget), LANDMARKS["stratified"]
     ranges = [(lo + i * (hi - lo) / n, lo + (i + 1) * (hi - lo) / n) for i in range(n)]
     ranges += [(0.85 * budget, 1.15 * budget)] * LANDMARKS["band"]
-    seen, out = {json.dumps(arch) for arch in taken}, []
-    for i, (lo_i, hi_i) in enumerate(ranges):
-        for t in range(100):
-            try:
-                arch = space.to_json(space.sample_constrained(np.random.default_rng([7000 + i, t]), lo_i, hi_i, 1, 2000))
-            except ArchError:  # a bin no arch reaches is skipped
-                break
-            if json.dumps(arch) not in seen:
-                seen.add(json.dumps(arch))
-                out.append(arch)
-                break
-    return out
+    seen = {json.dumps(arch) for arch in taken}
+    drawn = [distinct_arch(space, 7000 + i, lo_i, hi_i, seen) for i, (lo_i, hi_i) in enumerate(ranges)]
+    return [arch for arch in drawn if arch is not None]  # a bin no arch reaches is skipped
 
 
 def make_landmarks(a, work: Path, taken: list) -> dict | None:
