@@ -166,6 +166,10 @@ AT_BATCH_128 = {
     # the same at a quarter of the hinge's weight
     "entangled_sandwich_deep_rteacher_landmarks_w025_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "landmarks.path={landmarks}", "landmarks.weight=0.25"],
+    # the shipped rule under Once-for-All's progressive shrinking: the teacher alone for the first 20 %
+    # of the samples, then the kernel, the depth (at 35 %) and the expansion (at 50 %) elastic
+    "entangled_sandwich_deep_rteacher_ps_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sandwich.progressive=[0.2,0.35,0.5]"],
 }
 # Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
 # one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each
@@ -436,11 +440,12 @@ def supernet(a, variant: str, seed: int, steps: int, archs: list) -> dict:
 
     cfg = supernet_cfg(a, variant, seed)
     splits = build_dataset(cfg.data, cfg.space.input_size)
+    batch, lr = supernet_batch(a, variant)
+    cfg.optim.epochs = steps * batch / len(splits.train)  # the run's length, which a strategy's schedule follows
     torch.manual_seed(seed)
     task = build_supernet_task(cfg)
     space = build_space(cfg.space)
     t0 = time.perf_counter()
-    batch, lr = supernet_batch(a, variant)
     if variant in FEW_SHOT:
         copies = few_shot(a, variant, task, splits.train, steps, batch, lr, seed)
     else:

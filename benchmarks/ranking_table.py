@@ -115,6 +115,10 @@ ROWS = {
     "the same landmarks at a quarter of the weight (`landmarks.weight: 0.25`)": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_landmarks_w025_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_landmarks_w025_b128"),
+    "the shipped rule again, 8 seeds on one Xeon (the progressive rows' control; seeds 0-3 as above)": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_b128_steps1200_xeon_s8.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the shipped rule under progressive shrinking (`sandwich.progressive: [0.2, 0.35, 0.5]`), 8 seeds": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_ps_b128_steps1200_s8.json", "entangled_sandwich_deep_rteacher_ps_b128"),
 }
 # label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
 LOSS_ROWS = {
@@ -160,6 +164,10 @@ LOSS_ROWS = {
     "the same landmarks at a quarter of the weight, by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_landmarks_w025_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_landmarks_w025_b128"),
+    "the shipped rule again, 8 seeds on one Xeon (the progressive rows' control), by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_b128_steps1200_xeon_s8.json", "entangled_sandwich_deep_rteacher_b128"),
+    "the shipped rule under progressive shrinking, 8 seeds, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_ps_b128_steps1200_s8.json", "entangled_sandwich_deep_rteacher_ps_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -303,9 +303,18 @@ class SandwichConfig:
     # full depth and the widest expansion, each block's kernel drawn per step: the later blocks then
     # do not learn to expect one kernel's features, which the largest arch's every-step update favours)
     largest: Literal["max_macs", "random_kernels"] = "max_macs"
+    # Once-for-All's progressive shrinking: the shares of the run's samples after which the kernel,
+    # the depth and the expansion become elastic, in that order, e.g. [0.2, 0.35, 0.5]; before a
+    # dimension opens, every arch of the step has it at its largest (before the first, the step
+    # trains the teacher alone). [] = every dimension elastic from the start (the sandwich rule)
+    progressive: list[float] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
         _non_negative(self.num_random, f"{prefix}.num_random")
+        p = self.progressive
+        if p and (len(p) != 3 or any(not 0 <= v < 1 for v in p) or list(p) != sorted(p)):
+            raise ConfigError(f"{prefix}.progressive", f"three non-decreasing shares in [0, 1) (kernel, depth, "
+                                                       f"expansion), got {p}")
         _non_negative(self.random_macs_min, f"{prefix}.random_macs_min")
         _non_negative(self.random_macs_max, f"{prefix}.random_macs_max")
         if self.random_macs_max and self.random_macs_min > self.random_macs_max:

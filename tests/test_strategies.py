@@ -202,6 +202,56 @@ def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedule(tmp_path, capsys):
+    """``sandwich.progressive``: the teacher alone first, then every arch at full depth and expansion 6
+    (kernels drawn), then at expansion 6 (depths drawn), then the sandwich rule itself; the schedule
+    follows the samples seen, which a checkpoint carries, and every rank draws the same archs."""
+    from elastic_nas.spaces.cream import OPS
+    from elastic_nas.train.step import StepStats
+
+    sets = ("strategy=sandwich", "sandwich.num_random=2", "sandwich.smallest=deepest", "sandwich.largest=random_kernels",
+            "optim.epochs=1")
+    space = build_space(cfg(tmp_path).space)
+    shrinking = build_supernet_task(cfg(tmp_path, *sets, "sandwich.progressive=[0.2,0.4,0.6]")).strategy
+    plain = build_supernet_task(cfg(tmp_path, *sets)).strategy
+    assert shrinking.fingerprint()["sandwich"]["progressive"] == [0.2, 0.4, 0.6]
+    assert "progressive" not in plain.fingerprint()["sandwich"] and plain.state_dict() is None
+    total = shrinking.total_samples
+    assert [shrinking.archs(step) for step in range(3)] == [[space.largest_arch()]] * 3
+
+    def ops(archs):
+        return [OPS[op] for arch in archs for stage in arch for op in stage]
+
+    def advance(samples: int) -> None:
+        shrinking.after_step(0, [], None, StepStats(global_count=samples))
+
+    advance(int(0.2 * total))
+    kernel_phase = [a for step in range(10) for a in shrinking.archs(step)]
+    assert all([len(stage) for stage in arch] == list(space.max_depths) for arch in kernel_phase)
+    assert {e for _, e in ops(kernel_phase)} == {6} and {k for k, _ in ops(kernel_phase)} == {3, 5, 7}
+    assert shrinking.archs(3)[1] == space.deepest_wide_arch()  # the deepest lower path, k3e4 -> k3e6
+    advance(int(0.2 * total))
+    depth_phase = [a for step in range(10) for a in shrinking.archs(step)]
+    assert {e for _, e in ops(depth_phase)} == {6}
+    assert any([len(stage) for stage in arch] != list(space.max_depths) for arch in depth_phase)
+    resumed = build_supernet_task(cfg(tmp_path, *sets, "sandwich.progressive=[0.2,0.4,0.6]")).strategy
+    resumed.load_state_dict(shrinking.state_dict())
+    assert resumed.elastic() == ("kernel", "depth") and resumed.archs(7) == shrinking.archs(7)
+    advance(int(0.2 * total))
+    assert all(shrinking.archs(step) == plain.archs(step) for step in range(10))
+    printed = capsys.readouterr().out
+    assert "progressive shrinking: kernel, depth, expansion elastic from step 1" in printed
+    with pytest.raises(ConfigError, match="sandwich.progressive"):
+        cfg(tmp_path, *sets, "sandwich.progressive=[0.4,0.2,0.6]")
+    bounded = cfg(tmp_path, *sets, "sandwich.progressive=[0.2,0.4,0.6]", "sampling.flops_max=100")
+    with pytest.raises(ConfigError, match="sandwich.progressive.*draws over the whole space"):
+        SandwichStrategy.check(bounded, space)
+    spos_cfg = load_config(SupernetConfig, None, [f"data.path={tmp_path}", "strategy=sandwich",
+                                                  "sandwich.progressive=[0.2,0.4,0.6]"])
+    with pytest.raises(ConfigError, match="sandwich.progressive.*no elastic kernel"):
+        SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_one_real_step_of_every_strategy(tmp_path, strategy):
     task = build_supernet_task(cfg(tmp_path, f"strategy={strategy}", "cream.warmup_steps=0"))

@@ -11,6 +11,7 @@ the same seed gives the same sequence of architectures.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from typing import Any, Union
 
 import numpy as np
@@ -24,6 +25,8 @@ from elastic_nas.spaces.layers import centre_kernel
 
 # Nested tuples of ints, e.g. (2, 1, 0, ...) or ((3,), (3, 3), ...).
 Arch = tuple[Union[int, "Arch"], ...]
+# What progressive shrinking opens, in its order (Once-for-All): kernel, then depth, then expansion.
+ELASTIC = ("kernel", "depth", "expansion")
 
 
 class Supernet(nn.Module):
@@ -119,6 +122,11 @@ class SearchSpace(abc.ABC):
         """The greatest depth, each block at its widest expansion with its smallest kernel (or,
         given ``rng``, a kernel drawn from it)."""
         raise ArchError(f"the {type(self).__name__} has no kernel and expansion choices per block")
+
+    def shrink(self, arch: Any, elastic: Collection[str], rng: np.random.Generator) -> Arch:
+        """``arch`` with every dimension not in ``elastic`` (of ``ELASTIC``) at its largest:
+        Once-for-All's progressive shrinking."""
+        raise ArchError(f"the {type(self).__name__} has no elastic kernel, depth and expansion to shrink")
 
     def macs_range(self) -> tuple[int, int]:
         """The smallest and largest MACs of any architecture in the space."""

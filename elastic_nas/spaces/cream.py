@@ -30,6 +30,7 @@ Architectures, two accepted formats:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -517,6 +518,18 @@ class CreamSpace(SearchSpace):
         if rng is None:
             return tuple((OPS.index((kernels[0], e)),) * len(t) for t in self._macs_table)
         return tuple(tuple(OPS.index((int(rng.choice(kernels)), e)) for _ in t) for t in self._macs_table)
+
+    def shrink(self, arch: Any, elastic: Collection[str], rng: np.random.Generator) -> Arch:
+        """``arch`` at full depth where depth is not elastic, expansion 6 and kernel 7 where they
+        are not; a block that full depth adds draws its op from ``rng``."""
+        kernels, expansions = max(k for k, _ in OPS), max(e for _, e in OPS)
+        out = []
+        for ops, d in zip(self.validate(arch), self.max_depths):
+            depth = len(ops) if "depth" in elastic else d
+            drawn = ops + tuple(int(v) for v in rng.integers(NUM_OPS, size=depth - len(ops)))
+            out.append(tuple(OPS.index((k if "kernel" in elastic else kernels, e if "expansion" in elastic else expansions))
+                             for k, e in (OPS[op] for op in drawn)))
+        return tuple(out)
 
     # -- latency -------------------------------------------------------------------
     def latency_parts(self) -> LatencyParts:

@@ -14,7 +14,13 @@ smallest arch uses only each stage's first block); ``deepest_wide`` the smallest
 widest expansion there (k3e6), so the small kernels train on every channel, and
 ``deepest_alternate`` the two on alternate steps. ``sandwich.largest: random_kernels`` makes the
 teacher the full-depth, widest arch with each block's kernel drawn per step, so the shared later
-blocks are not fitted to one kernel's features by the teacher's every-step update. The step
+blocks are not fitted to one kernel's features by the teacher's every-step update.
+``sandwich.progressive`` is Once-for-All's progressive shrinking on the same step: the kernel,
+the depth and the expansion become elastic one after another at given shares of the run's
+samples; until then every arch of the step has that dimension at its largest, and an arch the
+shrinking makes equal to an earlier one of the step is trained once (before the kernel opens,
+the step trains the teacher alone). The samples seen are checkpointed, so a resumed or resized
+run shrinks on schedule. The step
 accumulates the gradients of all archs before one all-reduce and one optimizer step; the
 per-step sample count stays the batch, and the extra archs are extra compute.
 
@@ -30,11 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from elastic_nas.errors import ArchError, ConfigError
-from elastic_nas.spaces.base import Arch, SearchSpace
+from elastic_nas.spaces.base import ELASTIC, Arch, SearchSpace
+from elastic_nas.train import distributed
 from elastic_nas.train.losses import kd_per_sample
 from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
 
 TEACHER_STREAM = 1000  # the teacher's draws: apart from the random archs' streams 1..num_random
+SHRINK_STREAM = 1001  # the ops of blocks that progressive shrinking's full depth adds
+STATE_VERSION = 1
 
 
 def require_in_range(space: SearchSpace, arch_sampler: ArchSampler, archs, setting: str, what: str) -> None:
@@ -58,6 +67,9 @@ class SandwichStrategy(SupernetStrategy):
         self.num_random = cfg.sandwich.num_random
         self.distill = cfg.sandwich.distill
         self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
+        self.progressive = tuple(cfg.sandwich.progressive)
+        self.total_samples = cfg.optim.epochs * len(splits.train)
+        self.samples_seen = 0  # of the global batches: the same on every rank
 
     @staticmethod
     def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, tuple[Arch, ...]]:
@@ -119,6 +131,20 @@ class SandwichStrategy(SupernetStrategy):
             cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
         except ArchError as e:  # name the setting that asked for the impossible range
             raise ConfigError("sandwich.random_macs_min", str(e)) from None
+        if cfg.sandwich.progressive:
+            cls.check_progressive(cfg, space, arch_sampler)
+
+    @staticmethod
+    def check_progressive(cfg, space: SearchSpace, arch_sampler: ArchSampler) -> None:
+        """One line if the space cannot shrink, or if a MACs range or fair draws would be broken by it."""
+        if arch_sampler.constrained or arch_sampler.fair or cfg.sandwich.random_macs_min or cfg.sandwich.random_macs_max:
+            raise ConfigError("sandwich.progressive", "progressive shrinking draws over the whole space: drop "
+                                                      "sampling.flops_min/flops_max, sampling.method fair and "
+                                                      "sandwich.random_macs_min/random_macs_max")
+        try:
+            space.shrink(space.largest_arch(), (), arch_sampler.rng(0))
+        except ArchError as e:
+            raise ConfigError("sandwich.progressive", str(e)) from None
 
     def fingerprint(self) -> dict:
         out = {"num_random": self.num_random, "distill": self.distill}
@@ -128,11 +154,43 @@ class SandwichStrategy(SupernetStrategy):
             out["smallest"] = self.cfg.sandwich.smallest
         if self.random_teacher:
             out["largest"] = self.cfg.sandwich.largest
+        if self.progressive:
+            out["progressive"] = list(self.progressive)
         return {"sandwich": out}
 
     def archs(self, step: int) -> list[Arch]:
         lower = self.lowers[step % len(self.lowers)]
-        return [self.teacher(step), lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
+        archs = [self.teacher(step), lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
+        elastic = self.elastic()
+        if len(elastic) == len(ELASTIC):
+            return archs
+        rng = self.arch_sampler.rng(step, stream=SHRINK_STREAM)
+        shrunk = [self.space.shrink(a, elastic, rng) for a in archs]
+        return [a for i, a in enumerate(shrunk) if a not in shrunk[:i]]  # the teacher stays first
+
+    def elastic(self) -> tuple[str, ...]:
+        """The dimensions open at this point of the run (all of them without progressive shrinking)."""
+        if not self.progressive:
+            return ELASTIC
+        done = self.samples_seen / self.total_samples
+        return tuple(dim for dim, share in zip(ELASTIC, self.progressive) if done >= share)
+
+    def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
+        if not self.progressive:
+            return
+        before = self.elastic()
+        self.samples_seen += stats.global_count  # the same on every rank: no collective per step
+        opened = self.elastic()
+        if opened != before and distributed.rank() == 0:
+            print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
+
+    def state_dict(self) -> dict | None:
+        return {"version": STATE_VERSION, "samples_seen": int(self.samples_seen)} if self.progressive else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"sandwich state version {state.get('version')}, expected {STATE_VERSION}")
+        self.samples_seen = int(state["samples_seen"])
 
     def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
         logits = forward(x, arch)
