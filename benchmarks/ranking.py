@@ -262,25 +262,15 @@ def subnets(a) -> tuple[list, list[str], float]:
     space = build_space(from_dict(SpaceConfig, SPACE))
     lo, hi = space.macs_range()
     budget = search_budget(a.budget)
-    archs, groups, seen = [], [], set()
-
-    def add(arch, group: str) -> None:
-        key = json.dumps(space.to_json(arch))
-        if key not in seen:
-            seen.add(key)
-            archs.append(space.to_json(arch))
-            groups.append(group)
-
     width = (hi - lo) / a.stratified
-    for i in range(a.stratified):  # a bin no arch reaches is skipped
-        arch = distinct_arch(space, i, lo + i * width, lo + (i + 1) * width, seen)
+    ranges = [(i, lo + i * width, lo + (i + 1) * width, "stratified") for i in range(a.stratified)]
+    ranges += [(999, 0.85 * budget, 1.15 * budget, "band")] * a.band  # the next distinct arch of one seed each
+    archs, groups, seen = [], [], set()
+    for seed, lo_i, hi_i, group in ranges:  # a bin no arch reaches is skipped
+        arch = distinct_arch(space, seed, lo_i, hi_i, seen)
         if arch is not None:
             archs.append(arch)
-            groups.append("stratified")
-    t = 0
-    while groups.count("band") < a.band:
-        add(space.sample_constrained(np.random.default_rng([999, t]), 0.85 * budget, 1.15 * budget, 1, 2000), "band")
-        t += 1
+            groups.append(group)
     return archs, groups, budget
 
 

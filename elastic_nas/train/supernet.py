@@ -13,7 +13,6 @@ from elastic_nas.io import print_outputs
 from elastic_nas.train.driver import run_training
 from elastic_nas.train.loop import train_loop
 from elastic_nas.train.strategies import STRATEGIES
-from elastic_nas.train.strategies.landmarks import load_landmarks
 from elastic_nas.train.task import TrainTask
 
 
@@ -35,8 +34,7 @@ def build_supernet_task(cfg: SupernetConfig) -> TrainTask:
     torch.manual_seed(cfg.run.seed)
     model = space.build_supernet()
     strategy = STRATEGIES[cfg.strategy](cfg, space, model, splits)
-    fingerprint = dict(supernet_fingerprint(cfg, len(splits.train)), **strategy.fingerprint(),
-                       **(strategy.landmarks.fingerprint() if strategy.landmarks else {}))
+    fingerprint = dict(supernet_fingerprint(cfg, len(splits.train)), **strategy.run_fingerprint())
     return TrainTask(model=model, strategy=strategy, train_split=splits.train, fingerprint=fingerprint)
 
 
@@ -58,10 +56,7 @@ def train_supernet(cfg: SupernetConfig) -> dict:
     resolve_storage(cfg.run)
     splits = build_dataset(cfg.data, cfg.space.input_size)
     strategy = STRATEGIES[cfg.strategy]
-    space = build_space(cfg.space)
-    strategy.check(cfg, space)
-    if cfg.landmarks.path:
-        load_landmarks(cfg.landmarks.path, space)
+    strategy.check(cfg, build_space(cfg.space))
     print(f"elastic-nas: {cfg.strategy} supernet {cfg.space.name} on {cfg.data.source} "
           f"({len(splits.train)} train images)", flush=True)
     run = run_training(supernet_worker, cfg)

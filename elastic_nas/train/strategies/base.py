@@ -34,7 +34,7 @@ from torch import nn
 from elastic_nas.errors import ConfigError
 from elastic_nas.io import RunFolder
 from elastic_nas.spaces.base import Arch, SearchSpace
-from elastic_nas.train.strategies.landmarks import LandmarkTerm
+from elastic_nas.train.strategies.landmarks import LandmarkTerm, load_landmarks
 
 
 class Strategy:
@@ -149,8 +149,11 @@ class SupernetStrategy(Strategy):
 
     @classmethod
     def check(cls, cfg, space: SearchSpace) -> None:
-        """Fail before any work starts (e.g. a MACs range the space cannot meet)."""
+        """Fail before any work starts (e.g. a MACs range the space cannot meet, a landmarks file
+        that cannot rank)."""
         cls.make_arch_sampler(cfg, space)(0)
+        if cfg.landmarks.path:
+            load_landmarks(cfg.landmarks.path, space)
 
     def archs(self, step: int) -> list[Arch]:
         return [self.arch_sampler(step)]
@@ -164,6 +167,10 @@ class SupernetStrategy(Strategy):
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with its checkpoints, beyond space and data."""
         return {}
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        """:meth:`fingerprint` and the landmark term's, which any spos or sandwich run may add."""
+        return {**self.fingerprint(), **(self.landmarks.fingerprint() if self.landmarks else {})}
 
     @classmethod
     def write_results(cls, cfg, checkpoint_path: str, folder: RunFolder) -> dict[str, str]:

@@ -123,8 +123,8 @@ class SandwichStrategy(SupernetStrategy):
 
     @classmethod
     def check(cls, cfg, space: SearchSpace) -> None:
+        super().check(cfg, space)
         arch_sampler = cls.make_arch_sampler(cfg, space)
-        arch_sampler(0)
         cls.sandwich_bounds(space, arch_sampler, cfg.sandwich.smallest)
         cls.check_teacher(space, arch_sampler, cfg.sandwich.largest)
         try:
