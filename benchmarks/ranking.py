@@ -170,6 +170,10 @@ AT_BATCH_128 = {
     # of the samples, then the kernel, the depth (at 35 %) and the expansion (at 50 %) elastic
     "entangled_sandwich_deep_rteacher_ps_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "sandwich.progressive=[0.2,0.35,0.5]"],
+    # the same at about Once-for-All's own shares (the full net some 180 of its ~590 epochs, the
+    # kernel phase to about half, depth to three quarters): the teacher alone longer
+    "entangled_sandwich_deep_rteacher_psofa_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]"],
 }
 # Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
 # one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each

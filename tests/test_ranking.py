@@ -365,9 +365,10 @@ def test_ranking_table_gives_each_rankers_lead_over_macs_with_a_paired_ci(monkey
 
 
 def test_the_ranking_benchmarks_batch_128_supernet_is_the_one_the_laptop_trains(monkeypatch):
-    """benchmarks/ranking.py's ``entangled_sandwich_deep_b128`` (one process) stands for what
-    jobs/supernet.yaml trains on its two workers: the same rule and space, the global batch of two
-    workers and the LR the trainer's batch policy gives it there (the deep variant stays at 64)."""
+    """benchmarks/ranking.py's ``entangled_sandwich_deep_rteacher_psofa_b128`` (one process) stands for
+    what jobs/supernet.yaml trains on its two workers: the same rule, shrinking schedule and space,
+    the global batch of two workers and the LR the trainer's batch policy gives it there (the deep
+    variant stays at 64)."""
     from pathlib import Path
     from types import SimpleNamespace
 
@@ -382,14 +383,13 @@ def test_the_ranking_benchmarks_batch_128_supernet_is_the_one_the_laptop_trains(
     plan = policy.on_world_size(0, shipped.elastic.max_workers)
     a = SimpleNamespace(supernet_lr=shipped.optim.lr * ranking.BATCH / shipped.optim.reference_batch, budget=1.54,
                         source="synthetic", num_train=20000, difficulty="standard", data="", num_random=1)
-    batch, lr = ranking.supernet_batch(a, "entangled_sandwich_deep_b128")
+    pipeline = "entangled_sandwich_deep_rteacher_psofa_b128"
+    batch, lr = ranking.supernet_batch(a, pipeline)
     assert batch == plan.global_batch == 128
     assert lr == pytest.approx(shipped.optim.lr * policy.ramp.to_mult) == pytest.approx(0.2)
     assert ranking.supernet_batch(a, "entangled_sandwich_deep") == (64, pytest.approx(0.1))
-    cfg = ranking.supernet_cfg(a, "entangled_sandwich_deep_b128", 0)
-    assert (cfg.strategy, cfg.sandwich.smallest, cfg.sandwich.num_random) == \
-        (shipped.strategy, shipped.sandwich.smallest, shipped.sandwich.num_random)
-    assert cfg.space == shipped.space
+    cfg = ranking.supernet_cfg(a, pipeline, 0)
+    assert (cfg.strategy, cfg.sandwich, cfg.space) == (shipped.strategy, shipped.sandwich, shipped.space)
 
 
 def test_benchmark_jobs_return_in_order_with_a_line_each_interval(monkeypatch, capsys):

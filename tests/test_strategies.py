@@ -218,6 +218,7 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
     assert "progressive" not in plain.fingerprint()["sandwich"] and plain.state_dict() is None
     total = shrinking.total_samples
     assert [shrinking.archs(step) for step in range(3)] == [[space.largest_arch()]] * 3
+    assert shrinking.report() == {"elastic_dims": 0} and plain.report() == {}  # a report's TensorBoard figure
 
     def ops(archs):
         return [OPS[op] for arch in archs for stage in arch for op in stage]
@@ -237,6 +238,7 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
     resumed = build_supernet_task(cfg(tmp_path, *sets, "sandwich.progressive=[0.2,0.4,0.6]")).strategy
     resumed.load_state_dict(shrinking.state_dict())
     assert resumed.elastic() == ("kernel", "depth") and resumed.archs(7) == shrinking.archs(7)
+    assert resumed.report() == {"elastic_dims": 2}
     advance(int(0.2 * total))
     assert all(shrinking.archs(step) == plain.archs(step) for step in range(10))
     printed = capsys.readouterr().out
@@ -250,6 +252,21 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
                                                   "sandwich.progressive=[0.2,0.4,0.6]"])
     with pytest.raises(ConfigError, match="sandwich.progressive.*no elastic kernel"):
         SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
+
+
+def test_a_reports_metrics_carry_the_strategys_own_figures(tmp_path):
+    """What a report writes (the run's metrics, TensorBoard's ``train/*`` scalars) includes the
+    strategy's ``report()``: under progressive shrinking, how many dimensions are elastic."""
+    from types import SimpleNamespace
+
+    from elastic_nas.train.progress import Progress
+
+    sets = ("strategy=sandwich", "sandwich.smallest=deepest", "sandwich.progressive=[0.2,0.4,0.6]")
+    task = build_supernet_task(cfg(tmp_path, *sets))
+    sampler = SimpleNamespace(epoch=0, cursor=0, num_samples=1)
+    state = SimpleNamespace(task=task, step=1, sampler=sampler, samples_seen=0, skipped_steps=0)
+    m = Progress(0, "", 1.0).metrics(state, 1, 64, 0.1, torch.device("cpu"))
+    assert m["elastic_dims"] == 0 and m["step"] == 1
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

@@ -53,7 +53,7 @@ class Progress:
         return {"step": state.step, "loss": loss_sum / max(count, 1.0), "train_top1": 100.0 * correct / max(count, 1.0),
                 "world_size": world_size, "global_batch": global_batch, "lr": lr, "samples_per_s": rate,
                 "epoch": sampler.epoch + sampler.cursor / max(sampler.num_samples, 1),
-                "samples_seen": state.samples_seen, "skipped_steps": state.skipped_steps}
+                "samples_seen": state.samples_seen, "skipped_steps": state.skipped_steps, **state.task.strategy.report()}
 
     def log(self, m: dict) -> None:
         """Rank 0: the progress line and TensorBoard scalars of a report."""

@@ -83,6 +83,10 @@ class Strategy:
         raise NotImplementedError
 
     # -- checkpoints and the run ----------------------------------------------------------
+    def report(self) -> dict[str, float]:
+        """Figures of the strategy's own state for each report (the run's metrics, TensorBoard)."""
+        return {}
+
     def state_dict(self) -> dict | None:
         """Extra checkpoint state (plain containers and tensors), or None."""
         return None

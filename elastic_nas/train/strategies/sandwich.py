@@ -184,6 +184,10 @@ class SandwichStrategy(SupernetStrategy):
         if opened != before and distributed.rank() == 0:
             print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
 
+    def report(self) -> dict[str, float]:
+        # the dimensions open so far: TensorBoard shows where each phase began beside the loss
+        return {"elastic_dims": len(self.elastic())} if self.progressive else {}
+
     def state_dict(self) -> dict | None:
         return {"version": STATE_VERSION, "samples_seen": int(self.samples_seen)} if self.progressive else None
 
