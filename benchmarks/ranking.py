@@ -174,6 +174,10 @@ AT_BATCH_128 = {
     # kernel phase to about half, depth to three quarters): the teacher alone longer
     "entangled_sandwich_deep_rteacher_psofa_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]"],
+    # the teacher alone longer still (Delayed eps-Shrinking, arXiv 2407.06167: shrink once the full
+    # model is partly trained)
+    "entangled_sandwich_deep_rteacher_pslate_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sandwich.progressive=[0.4,0.6,0.8]"],
 }
 # Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
 # one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each
