@@ -522,12 +522,12 @@ class CreamSpace(SearchSpace):
     def shrink(self, arch: Any, elastic: Collection[str], rng: np.random.Generator) -> Arch:
         """``arch`` at full depth where depth is not elastic, expansion 6 and kernel 7 where they
         are not; a block that full depth adds draws its op from ``rng``."""
-        kernels, expansions = max(k for k, _ in OPS), max(e for _, e in OPS)
+        k_max, e_max = max(k for k, _ in OPS), max(e for _, e in OPS)
         out = []
         for ops, d in zip(self.validate(arch), self.max_depths):
             depth = len(ops) if "depth" in elastic else d
             drawn = ops + tuple(int(v) for v in rng.integers(NUM_OPS, size=depth - len(ops)))
-            out.append(tuple(OPS.index((k if "kernel" in elastic else kernels, e if "expansion" in elastic else expansions))
+            out.append(tuple(OPS.index((k if "kernel" in elastic else k_max, e if "expansion" in elastic else e_max))
                              for k, e in (OPS[op] for op in drawn)))
         return tuple(out)
 
