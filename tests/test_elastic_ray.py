@@ -221,8 +221,11 @@ def test_proxyless_alpha_is_the_same_on_every_rank_through_a_node_loss(cluster, 
     for r in records:
         if r["event"] == "update":
             updates.setdefault((r["world"], r["step"]), {})[r["rank"]] = r["digest"]
-    pairs = [by_rank for (world, _), by_rank in updates.items() if world == 2]
-    assert pairs and all(len(set(by_rank.values())) == 1 and len(by_rank) == 2 for by_rank in pairs), pairs
+    pairs = [by_rank for (world, _), by_rank in sorted(updates.items()) if world == 2]
+    # The node may go between the all-reduce and its rank's log line: only the step the loss
+    # interrupted may lack a rank; every rank that logged a step holds the same alpha.
+    assert len(pairs) >= 2 and all(len(by_rank) == 2 for by_rank in pairs[:-1]), pairs
+    assert all(len(set(by_rank.values())) == 1 for by_rank in pairs), pairs
     assert any(world == 1 for world, _ in updates), "no alpha step after the resize"
     loads = [r for r in records if r["event"] == "load" and r["world"] == 1]
     assert loads  # the one remaining worker took alpha from the checkpoint
