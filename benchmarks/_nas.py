@@ -52,7 +52,7 @@ def train_task(task, split, steps: int, batch: int, lr: float, seed: int, grad_c
         x, y, _ = split.get_batch(idx, augment=True, rng=rng)
         step_lr = lr_at(step) if lr_at else warm_cosine(step, steps, lr, warmup)
         batch_ = Batch(x.to(device), y.to(device), torch.ones(batch, device=device))
-        stats = train_step(step, optimizer, step_lr, batch_, batch)
+        stats = train_step(step, optimizer, step_lr, batch_, batch, samples_seen=step * batch)
         if on_interval is not None:
             interval.loss_sum += stats.loss_sum
             interval.correct += stats.correct

@@ -72,7 +72,8 @@ def train_supernet(space, train, seed: int, epochs: float, policy_kind: str, sch
         shards = [train.get_batch(sp.indices(rank), augment=True, rng=rng)[:2] for rank in range(k)]
         batch = Batch(torch.cat([x for x, _ in shards]), torch.cat([y for _, y in shards]),
                       torch.as_tensor(np.concatenate([sp.valid(rank) for rank in range(k)]), dtype=torch.float32))
-        train_step(state.step, state.optimizer, state.lr(), batch, sp.num_real, accum_steps=k)
+        train_step(state.step, state.optimizer, state.lr(), batch, sp.num_real, accum_steps=k,
+                   samples_seen=state.samples_seen)
         state.advance(sp)
     return model
 

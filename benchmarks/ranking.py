@@ -375,10 +375,11 @@ def _alive(pid: int) -> bool:
 
 
 # What decides a cached job's result (the keys name the job, not these): a work dir holds one set.
-# The truth budget is not among them: every job it decides has its steps in its key, so one work
-# dir holds truths of several budgets beside the same supernets and searches.
+# The truth budget and the searches' population and generations are not among them: every job
+# they decide has them in its key, so one work dir holds truths of several budgets and searches
+# of several sizes beside the same supernets.
 JOB_SETTINGS = ("stratified", "band", "budget", "truth_lr", "supernet_lr", "supernet_wd",
-                "num_random", "calib_images", "val_images", "population", "generations")
+                "num_random", "calib_images", "val_images")
 
 
 def check_work_dir(a) -> None:

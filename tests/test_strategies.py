@@ -205,7 +205,8 @@ def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
 def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedule(tmp_path, capsys):
     """``sandwich.progressive``: the teacher alone first, then every arch at full depth and expansion 6
     (kernels drawn), then at expansion 6 (depths drawn), then the sandwich rule itself; the schedule
-    follows the samples seen, which a checkpoint carries, and every rank draws the same archs."""
+    follows the run's own samples seen, which the step hands it (a resumed run's, from its
+    checkpoint), and every rank draws the same archs."""
     from elastic_nas.spaces.cream import OPS
     from elastic_nas.train.step import StepStats
 
@@ -223,8 +224,9 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
     def ops(archs):
         return [OPS[op] for arch in archs for stage in arch for op in stage]
 
-    def advance(samples: int) -> None:
+    def advance(samples: int) -> None:  # a step's hook, then the run's count moves on
         shrinking.after_step(0, [], None, StepStats(global_count=samples))
+        shrinking.samples_seen += samples
 
     advance(int(0.2 * total))
     kernel_phase = [a for step in range(10) for a in shrinking.archs(step)]
@@ -235,8 +237,12 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
     depth_phase = [a for step in range(10) for a in shrinking.archs(step)]
     assert {e for _, e in ops(depth_phase)} == {6}
     assert any([len(stage) for stage in arch] != list(space.max_depths) for arch in depth_phase)
-    resumed = build_supernet_task(cfg(tmp_path, *sets, "sandwich.progressive=[0.2,0.4,0.6]")).strategy
-    resumed.load_state_dict(shrinking.state_dict())
+    resumed = build_supernet_task(cfg(tmp_path, *sets, "sandwich.progressive=[0.2,0.4,0.6]"))
+    assert resumed.strategy.state_dict() is None  # nothing of its own to checkpoint: the run's count is the schedule's
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    TrainStep(resumed.model, resumed.strategy)(7, torch.optim.SGD(resumed.model.parameters(), lr=0.0), 0.0,
+                                               Batch(x, y, torch.ones(4)), num_real=4, samples_seen=shrinking.samples_seen)
+    resumed = resumed.strategy
     assert resumed.elastic() == ("kernel", "depth") and resumed.archs(7) == shrinking.archs(7)
     assert resumed.report() == {"elastic_dims": 2}
     advance(int(0.2 * total))

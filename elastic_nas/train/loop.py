@@ -79,7 +79,8 @@ def train_loop(task: TrainTask, cfg, tensorboard_dir: str = "", t_enter: float |
         batch, ids = _load_batch(task.train_split, step_plan, rank, cfg.data.augment, cfg.run.seed, state.step, device)
         state.read_ahead(rank)  # streamed data: the next row groups load while this step computes
         lr = state.lr()
-        stats = train_step(state.step, state.optimizer, lr, batch, step_plan.num_real, plan.accum_steps)
+        stats = train_step(state.step, state.optimizer, lr, batch, step_plan.num_real, plan.accum_steps,
+                           state.samples_seen)
         sample_log.write(state.sampler.epoch, state.step, world, ids, step_plan.valid(rank))
         state.advance(step_plan)
         progress.add(stats, step_plan.num_real)

@@ -106,9 +106,11 @@ class TrainStep:
         self.loss_scale = float(distributed.world_size()) if self.ddp is not None else 1.0
 
     def __call__(self, step: int, optimizer: torch.optim.Optimizer, lr: float, batch: Batch, num_real: int,
-                 accum_steps: int = 1) -> StepStats:
+                 accum_steps: int = 1, samples_seen: int = 0) -> StepStats:
+        """One optimizer step; ``samples_seen``: the run's samples before it (the strategy's schedules)."""
         for group in optimizer.param_groups:
             group["lr"] = lr
+        self.strategy.samples_seen = samples_seen
         optimizer.zero_grad(set_to_none=True)
         archs = self.strategy.archs(step)
         ranked = self.strategy.ranking_archs(step)  # a term over several archs at once (landmarks)

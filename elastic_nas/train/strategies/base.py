@@ -9,6 +9,8 @@ A strategy answers, for every step:
 * ``grad_params(archs)`` -- the parameters whose gradients are all-reduced;
 * ``after_step(step, archs, batch, stats)`` -- called on every rank after the optimizer
   step (it may run collectives: all ranks call it);
+* ``samples_seen`` -- the run's samples trained before the step, set by the step from the
+  run's own count (which checkpoints carry): a schedule over the run resumes where it was;
 * ``ranking_archs(step)`` and ``ranking_loss(forward, x, y, weight, archs)`` -- a term over
   several archs at once (landmark regularisation), back-propagated once per micro-batch after
   the step's archs; none by default;
@@ -44,6 +46,7 @@ class Strategy:
     # DDP's find_unused_parameters: on only where the step's archs leave parameters unused
     # (it costs an extra autograd traversal per step).
     leaves_parameters_unused = False
+    samples_seen = 0  # the run's samples before the current step (TrainStep sets it)
 
     def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         self.model = model
@@ -146,6 +149,7 @@ class SupernetStrategy(Strategy):
         self.cfg, self.space = cfg, space
         self.arch_sampler = self.make_arch_sampler(cfg, space)
         self.landmarks = LandmarkTerm(cfg.landmarks, space, cfg.run.seed) if cfg.landmarks.path else None
+        self.total_samples = cfg.optim.epochs * len(splits.train) if splits is not None else 0  # the run's length
 
     @classmethod
     def make_arch_sampler(cls, cfg, space: SearchSpace) -> ArchSampler:

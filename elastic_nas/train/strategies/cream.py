@@ -96,8 +96,6 @@ class CreamStrategy(SupernetStrategy):
         self.meta_optimizer = torch.optim.Adam(self.meta.parameters(), lr=cream.meta_lr)
         self.meta_val = meta_val_data(cfg, splits)
         self.warmup_samples = cream.warmup_epochs * len(splits.train)
-        self.total_samples = cfg.optim.epochs * len(splits.train)
-        self.samples_seen = 0  # all-reduced: the same on every rank
         self.next_step = 0
         self.meta_updates = 0
         self._teacher: tuple[int, tuple[Arch, float] | None] | None = None  # (step, choice) cache
@@ -175,7 +173,6 @@ class CreamStrategy(SupernetStrategy):
         count0 = stats.count if rank == 0 else 0.0
         correct, count, count0 = distributed.allreduce_sum([stats.correct, stats.count, count0], device)
         active = self.active(step)
-        self.samples_seen += int(round(count))
         self.next_step = step + 1
         changed = False
         if active and count0 > 0:
@@ -185,7 +182,7 @@ class CreamStrategy(SupernetStrategy):
                 changed = True
         if active and (step + 1) % self.cfg.cream.meta_update_every == 0 and self.board.candidates(arch):
             self.meta_update(arch)
-        done = self.samples_seen >= self.total_samples
+        done = self.samples_seen + stats.global_count >= self.total_samples
         if changed or (step + 1) % self.cfg.elastic.checkpoint_every_steps == 0 or done:
             self._log("done" if done else "enter" if changed else "step")
 
@@ -230,7 +227,7 @@ class CreamStrategy(SupernetStrategy):
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "board": self.board.state(),
                 "meta": {k: v.detach().cpu() for k, v in self.meta.state_dict().items()},
-                "meta_optimizer": self.meta_optimizer.state_dict(), "samples_seen": int(self.samples_seen),
+                "meta_optimizer": self.meta_optimizer.state_dict(),
                 "next_step": int(self.next_step), "meta_updates": int(self.meta_updates)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -240,7 +237,7 @@ class CreamStrategy(SupernetStrategy):
         self.board.load_state(state["board"], self.space, device)
         self.meta.load_state_dict(state["meta"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
-        self.samples_seen, self.next_step = int(state["samples_seen"]), int(state["next_step"])
+        self.next_step = int(state["next_step"])
         self.meta_updates = int(state["meta_updates"])
         self._teacher = None
         self._log("load")

@@ -206,8 +206,6 @@ class ProxylessStrategy(SupernetStrategy):
         self.optimizer = torch.optim.Adam(self.alpha.tensors(), lr=self.p.arch_lr, **ADAM)
         self.val = splits.search_val
         self.latency = latency_tensor(cfg, space) if self.p.latency_table else None
-        self.total_samples = cfg.optim.epochs * len(splits.train)
-        self.samples_seen = 0  # of the global batches: the same on every rank
         self.arch_updates = 0
         self.last: dict = {}  # the last alpha step's figures (cross-entropy, expected latency)
         self._device: torch.device | None = None
@@ -241,8 +239,8 @@ class ProxylessStrategy(SupernetStrategy):
         return [self.alpha.sample(self.arch_sampler.rng(step))]
 
     def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
-        self.samples_seen += stats.global_count  # the same on every rank: no collective per step
-        if self.samples_seen > self.p.warmup_fraction * self.total_samples and (step + 1) % self.p.update_every == 0:
+        seen = self.samples_seen + stats.global_count  # the run's, after this step: the same on every rank
+        if seen > self.p.warmup_fraction * self.total_samples and (step + 1) % self.p.update_every == 0:
             self.arch_step(step)
 
     # -- the alpha step ------------------------------------------------------------
@@ -313,7 +311,7 @@ class ProxylessStrategy(SupernetStrategy):
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "alpha_ops": self.alpha.ops.detach().cpu(),
                 "alpha_depths": self.alpha.depths.detach().cpu(), "adam": self.optimizer.state_dict(),
-                "samples_seen": int(self.samples_seen), "arch_updates": int(self.arch_updates),
+                "arch_updates": int(self.arch_updates),
                 "max_depths": list(self.alpha.max_depths)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -324,7 +322,7 @@ class ProxylessStrategy(SupernetStrategy):
             self.alpha.ops.copy_(state["alpha_ops"].to(device))
             self.alpha.depths.copy_(state["alpha_depths"].to(device))
         self.optimizer.load_state_dict(state["adam"])
-        self.samples_seen, self.arch_updates = int(state["samples_seen"]), int(state["arch_updates"])
+        self.arch_updates = int(state["arch_updates"])
         self._log("load", -1)
 
     @classmethod

@@ -43,7 +43,6 @@ from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
 
 TEACHER_STREAM = 1000  # the teacher's draws: apart from the random archs' streams 1..num_random
 SHRINK_STREAM = 1001  # the ops of blocks that progressive shrinking's full depth adds
-STATE_VERSION = 1
 
 
 def require_in_range(space: SearchSpace, arch_sampler: ArchSampler, archs, setting: str, what: str) -> None:
@@ -68,8 +67,6 @@ class SandwichStrategy(SupernetStrategy):
         self.distill = cfg.sandwich.distill
         self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
         self.progressive = tuple(cfg.sandwich.progressive)
-        self.total_samples = cfg.optim.epochs * len(splits.train)
-        self.samples_seen = 0  # of the global batches: the same on every rank
 
     @staticmethod
     def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, tuple[Arch, ...]]:
@@ -168,33 +165,22 @@ class SandwichStrategy(SupernetStrategy):
         shrunk = [self.space.shrink(a, elastic, rng) for a in archs]
         return [a for i, a in enumerate(shrunk) if a not in shrunk[:i]]  # the teacher stays first
 
-    def elastic(self) -> tuple[str, ...]:
-        """The dimensions open at this point of the run (all of them without progressive shrinking)."""
+    def elastic(self, samples_seen: int | None = None) -> tuple[str, ...]:
+        """The dimensions open after ``samples_seen`` of the run's samples (default: at this step;
+        all of them without progressive shrinking)."""
         if not self.progressive:
             return ELASTIC
-        done = self.samples_seen / self.total_samples
+        done = (self.samples_seen if samples_seen is None else samples_seen) / self.total_samples
         return tuple(dim for dim, share in zip(ELASTIC, self.progressive) if done >= share)
 
     def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
-        if not self.progressive:
-            return
-        before = self.elastic()
-        self.samples_seen += stats.global_count  # the same on every rank: no collective per step
-        opened = self.elastic()
-        if opened != before and distributed.rank() == 0:
+        opened = self.elastic(self.samples_seen + stats.global_count)
+        if opened != self.elastic() and distributed.rank() == 0:
             print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
 
     def report(self) -> dict[str, float]:
         # the dimensions open so far: TensorBoard shows where each phase began beside the loss
         return {"elastic_dims": len(self.elastic())} if self.progressive else {}
-
-    def state_dict(self) -> dict | None:
-        return {"version": STATE_VERSION, "samples_seen": int(self.samples_seen)} if self.progressive else None
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"sandwich state version {state.get('version')}, expected {STATE_VERSION}")
-        self.samples_seen = int(state["samples_seen"])
 
     def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
         logits = forward(x, arch)
