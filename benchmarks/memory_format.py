@@ -67,7 +67,9 @@ def build(part: str, arch: str, channels_last: bool, sets: list):
         cfg = load_config(RetrainConfig, "retrain", DATA_SETS)
         task = build_subnet_task(cfg, supernet_cfg(sets).space, json.loads(arch))
     else:
-        cfg = supernet_cfg([*sets, *(["strategy=spos"] if part == "uniform" else [])])
+        # the sandwich part times the whole rule: a few steps under the shipped progressive
+        # shrinking would all be its first phase (the teacher alone)
+        cfg = supernet_cfg([*sets, *(["strategy=spos"] if part == "uniform" else ["sandwich.progressive=[]"])])
         task = build_supernet_task(cfg)
     prec = Precision("fp32", channels_last)
     model = prec.model(task.model)
