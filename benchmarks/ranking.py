@@ -38,6 +38,11 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    past ``--num-train``, never trained on), N in all: tau by the number of images, top-1 and
    loss as the score, and on each block alone, so the scoring images' share of a supernet's
    ranking noise is measured.
+8. **The top of the band** (``--score-picks JSON``, a ranking JSON with ``--search-seeds``). Each
+   trained supernet scores the archs that JSON's searches picked and retrained, as the search
+   scores them: Kendall tau of its loss against their retrained top-1, held out per retrain
+   seed, beside one retrain's own held-out tau and the MACs proxy's (``picks_order``). That is
+   the order a search needs, among archs all near the best of the budget.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. A job
@@ -531,17 +536,18 @@ def trained_supernet(a, variant: str, seed: int, steps: int):
     return space, Precision(channels_last=a.channels_last).model(model)
 
 
-def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: int) -> dict:
-    """Every subnet scored again on a trained supernet in bf16 autocast + channels_last (the
-    evaluator's fast setting on AMX CPUs and GPUs; BN statistics stay fp32), its BN statistics
-    recalibrated on ``calib_images`` train images."""
+def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: int, bf16: bool = True) -> dict:
+    """``archs`` scored again on a trained supernet, their BN statistics recalibrated on
+    ``calib_images`` train images: in bf16 autocast + channels_last (the evaluator's fast setting on
+    AMX CPUs and GPUs; BN statistics stay fp32), or (``bf16=False``) as the search scores them."""
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, variant, seed)
     space, model = trained_supernet(a, variant, seed, steps)
-    Precision(channels_last=True).model(model)
+    if bf16:
+        Precision(channels_last=True).model(model)
     data = eval_data(build_dataset(cfg.data, cfg.space.input_size), calib_images, a.val_images, 0,
-                     precision="bf16", channels_last=True)
+                     precision="bf16" if bf16 else "fp32", channels_last=bf16 or a.channels_last)
     evals = [evaluate_arch(model, space.validate(arch), data) for arch in archs]
     return {"scores": [e["accuracy"] for e in evals], "val_losses": [round(e["loss"], 5) for e in evals]}
 
@@ -678,6 +684,43 @@ def images_rescores(a, work: Path, variants, archs, target, subsets, results, st
     return images_figures(a, scored, target, subsets, results, steps), [j[1] for j in jobs if j[1] not in results]
 
 
+def picks_order(a, work: Path, variants, results, steps) -> tuple[dict, list[str]]:
+    """Near the top of the band, where a search's picks lie: every trained supernet scores the
+    archs that ``--score-picks``'s searches picked and retrained (the picks of every search seed and
+    the largest arch under the budget), as the search scores them; Kendall tau of the loss against
+    their retrained top-1 (3-seed means), and held out (each retrain seed against the others'
+    mean) beside one retrain's own held-out tau and the MACs proxy's. The supernet that chose the
+    picks (the JSON's variant, seed 0) is marked: its scores picked them."""
+    source = json.loads(Path(a.score_picks).read_text())
+    q = source["search_quality"]
+    picked = [p[m] for p in q["search_seeds"] for m in ("evolution", "random")] + [q["picks"]["largest_macs"]]
+    archs = list({json.dumps(p["arch"]): p for p in picked}.values())
+    runs = [p["retrained_top1_seeds"] for p in archs]
+    found = np.mean(runs, 1)
+    key = hashlib.sha1(json.dumps([p["arch"] for p in archs]).encode()).hexdigest()[:10]
+    jobs = [(work, f"picks_{key}_{v}_s{s}_{steps[v]}", rescored, a, v, s, steps[v], [p["arch"] for p in archs],
+             a.calib_images, False) for v in variants for s in range(a.supernet_seeds)]
+    results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
+
+    def order(score) -> dict:  # higher ranks higher
+        return {"tau": round(kendall_tau(score, found), 4), "held_out": round(held_out_tau(runs, score), 4)}
+
+    out = {"source": Path(a.score_picks).name, "chosen_by": f"{q['variant']} seed 0", "archs": len(archs),
+           "retrain_steps": source.get("truth_steps"), "retrained_top1": [round(float(f), 2) for f in found],
+           "macs": order([p["macs"] for p in archs]), "one_retrain_held_out": round(held_out_tau(runs), 4)}
+    for v in variants:
+        keys = [f"picks_{key}_{v}_s{s}_{steps[v]}" for s in range(a.supernet_seeds)]
+        if all(k in results for k in keys):
+            seeds = [order(-np.array(results[k]["val_losses"])) for k in keys]
+            out[v] = {"seeds": seeds, "tau_mean": round(float(np.mean([r["tau"] for r in seeds])), 4),
+                      "held_out_mean": round(float(np.mean([r["held_out"] for r in seeds])), 4),
+                      "val_losses": [results[k]["val_losses"] for k in keys]}
+    if q["variant"] in out:  # the chooser rescored: the same losses its searches saw (as the search scores)
+        searched_loss = [(p.get("supernet_score"), loss) for p, loss in zip(archs, out[q["variant"]]["val_losses"][0])]
+        out["chooser_max_abs_diff_to_search"] = max(abs(s - loss) for s, loss in searched_loss if s is not None)
+    return out, [j[1] for j in jobs if j[1] not in results]
+
+
 def searched(a, variant: str, steps: int, method: str, budget: float, search_seed: int = 0) -> dict:
     """The pick of ``method`` (seeded ``search_seed``) on ``variant``'s seed-0 supernet (``steps``)
     under ``budget`` MACs."""
@@ -801,6 +844,9 @@ def run(a) -> dict:
     if a.score_images and partial is None:
         subsets = dict(subsets_of(archs, groups, budget, space), all=list(range(len(archs))))
         out["score_images"], not_scored = images_rescores(a, work, done, archs, truth.mean(1), subsets, results, steps)
+        out["missing_jobs"] += not_scored
+    if a.score_picks and partial is None:
+        out["picks_order"], not_scored = picks_order(a, work, done, results, steps)
         out["missing_jobs"] += not_scored
     if partial is None and done and not a.no_search:  # the search and its retrains (cached: a report-only run reads what is done)
         out["search_quality"] = search_quality(a, work, budget, out)
@@ -1213,6 +1259,9 @@ def main() -> None:
     ap.add_argument("--score-images", type=int, default=0, metavar="N",
                     help="each supernet also scores the subnets on N images: search_val's, then blocks of as "
                          "many fresh synthetic ones (how much of its ranking is scoring noise)")
+    ap.add_argument("--score-picks", default="", metavar="JSON",
+                    help="a ranking JSON with --search-seeds: every supernet also scores the archs its searches picked "
+                         "and retrained (the top of the band), judged against their retrains (picks_order)")
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
@@ -1248,6 +1297,11 @@ def main() -> None:
         ap.error("--score-images takes more than --val-images images, on the synthetic set (fresh images are generated)")
     if a.bf16 is not None:
         a.bf16 = [int(n) for n in a.bf16.split(",") if n] or [a.calib_images]
+    if a.score_picks:  # before any job: a JSON whose searches retrained their picks
+        try:
+            json.loads(Path(a.score_picks).read_text())["search_quality"]["search_seeds"][0]["evolution"]["arch"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            ap.error(f"--score-picks {a.score_picks}: not a ranking JSON with retrained search picks (--search-seeds)")
     if a.source != "synthetic" and not a.report_only:
         ensure_data(a)
     t0 = time.time()

@@ -8,6 +8,8 @@ than the stand-alone seed SD. Per JSON, with percentile bootstrap 95 % CIs:
 
 - evolution - random search, paired by search seed (the differences resampled);
 - each method - the largest-MACs arch (the picks' means over search seeds; its 3 seeds);
+- the supernet's score against the retrained top-1 over the picks (Kendall τ): how well it orders
+  archs near the top of the space, where a search's picks are;
 - the same arch retrained in more than one JSON: each run's seeds side by side (one arch, one
   recipe, other runs: how far a 3-seed figure moves between machines and layouts);
 - with ``--retrains``, the same picks rerun by ``standalone_noise.py --picks all`` (e.g. at twice
@@ -32,7 +34,7 @@ import numpy as np
 from ranking_table import Refused, exits_on_refusal, load
 
 from _common import write_result
-from elastic_nas.search.ranking import bootstrap_ci, kendall_tau, mean_difference_ci, seed_agreement
+from elastic_nas.search.ranking import bootstrap_ci, held_out_tau, kendall_tau, mean_difference_ci, seed_agreement
 
 METHODS = ("evolution", "random")
 
@@ -81,6 +83,19 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
            "evolution_minus_random": difference(np.subtract(means["evolution"], means["random"]), [0.0]),
            **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in METHODS}}
     out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
+    # among the picks themselves (near the top of the space): does the supernet's score still order them?
+    sign = -1.0 if out["search_score"] == "loss" else 1.0
+    score = [sign * (p[m].get("supernet_score") or np.nan) for p in per_seed for m in METHODS]
+    if not np.isnan(score).any():  # older JSONs kept no score with the picks
+        runs = [seeds(p[m]) for p in per_seed for m in METHODS]
+        found = [float(np.mean(r)) for r in runs]
+        lo, hi = bootstrap_ci(kendall_tau, score, found)
+        # held out: each retrain seed against the other seeds' mean, the score's and one retrain's own
+        # (how far one stand-alone training of each pick would order them: the noise at this range)
+        out["tau_score_vs_picks"] = {"archs": len(found), "tau": round(kendall_tau(score, found), 2),
+                                     "ci95": [round(lo, 2), round(hi, 2)],
+                                     "held_out": round(held_out_tau(runs, score), 2),
+                                     "one_retrain_held_out": round(held_out_tau(runs), 2)}
     if retrains:  # do the reruns keep the recorded retrains' order of the same archs?
         recorded = retrained_archs(run)
         before = [float(np.mean(v)) for v in recorded.values()]
@@ -157,6 +172,10 @@ def main() -> int:
             print(f"{name}: against {c['archs']} random archs of the band (mean {c['mean']:.2f}): " + ", ".join(
                 f"{m} {r[f'{m}_minus_random_archs']['mean']:+.2f} [{r[f'{m}_minus_random_archs']['ci95'][0]:+.2f}, "
                 f"{r[f'{m}_minus_random_archs']['ci95'][1]:+.2f}]" for m in METHODS))
+        if t := r.get("tau_score_vs_picks"):
+            print(f"{name}: Kendall tau of the supernet's score against the retrained top-1 over the {t['archs']} "
+                  f"picks {t['tau']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]; held out (a seed against the "
+                  f"others' mean) {t['held_out']:+.2f}, one retrain's own {t['one_retrain_held_out']:+.2f}")
         if t := r.get("tau_recorded_vs_reruns"):
             print(f"{name}: Kendall tau of the {t['archs']} archs' recorded means against the reruns' "
                   f"{t['tau']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]")

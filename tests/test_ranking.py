@@ -194,6 +194,41 @@ def test_score_images_figures_rank_a_lower_loss_higher_and_pool_blocks_by_size(m
     assert out["seeds"][0]["loss"]["pooled"] == pytest.approx(list(loss.mean(1)))  # the mean loss, not negated
 
 
+def test_picks_order_judges_each_supernet_on_the_searches_picks_and_checks_the_chooser(monkeypatch, tmp_path):
+    """``ranking.py --score-picks``: every supernet seed's loss on the picks against their retrained
+    top-1 (a lower loss ranks higher), held out per retrain seed; the chooser's rescored losses are
+    checked against the scores its searches saw; a supernet not yet scored is listed as missing."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking
+
+    def pick(i: int, top1: float, score: float | None) -> dict:
+        return {"arch": [[i]], "macs": 100 - i, "retrained_top1_seeds": [top1 - 1, top1, top1 + 1], "supernet_score": score}
+
+    seeds = [{"evolution": pick(0, 90, 0.70), "random": pick(1, 85, 0.75)},
+             {"evolution": pick(2, 88, 0.72), "random": pick(0, 90, 0.70)}]  # the same arch found twice: scored once
+    largest = pick(3, 80, None)  # the MACs proxy's pick: no supernet score
+    source = tmp_path / "search.json"
+    source.write_text(json.dumps({"truth_steps": 2000, "search_quality": {
+        "variant": "v", "search_seeds": seeds, "picks": {"largest_macs": largest}}}))
+    a = SimpleNamespace(score_picks=str(source), supernet_seeds=2, calib_images=10)
+    losses = {"v": [[0.70, 0.75, 0.72, 0.90], [0.70, 0.72, 0.75, 0.90]], "w": [[0.9, 0.8, 0.7, 0.6]] * 2}
+
+    def finished(a, work, jobs):  # the recorded losses of the jobs "done": supernet w's seed 1 is not
+        return [{"val_losses": losses[j[4]][j[5]]} if (j[4], j[5]) != ("w", 1) else None for j in jobs]
+
+    monkeypatch.setattr(ranking, "finished", finished)
+    out, missing = ranking.picks_order(a, tmp_path, ["v", "w"], {}, {"v": 5, "w": 5})
+    assert out["archs"] == 4 and out["retrained_top1"] == [90.0, 85.0, 88.0, 80.0]
+    assert out["v"]["seeds"][0] == {"tau": 1.0, "held_out": 1.0}  # seed 0 orders 90 > 88 > 85 > 80
+    assert out["v"]["seeds"][1]["tau"] == pytest.approx(4 / 6, abs=1e-4)  # 85 and 88 swapped
+    assert out["macs"]["tau"] == pytest.approx(4 / 6, abs=1e-4)  # MACs fall with the arch index: 85 and 88 swapped
+    assert out["chooser_max_abs_diff_to_search"] == pytest.approx(0.0)
+    assert "w" not in out and len(missing) == 1 and missing[0].endswith("_w_s1_5")
+
+
 def test_ranking_bias_reads_what_a_ranker_rewards_and_which_bias_goes_with_a_poor_band(monkeypatch):
     """benchmarks/ranking_bias.py: a ranker that orders by one feature prefers it at tau 1; a
     supernet's bias is its preference minus the truth's, and across supernets a larger bias on a
@@ -242,6 +277,18 @@ def test_search_picks_judges_evolution_paired_by_search_seed_and_against_the_see
     assert far["evolution_minus_largest_macs"]["mean"] == pytest.approx(19.75) and far["target_met"]
     assert far["truth_under_budget"] == {"subnets": 2, "best": 81.0, "median": 76.0}  # the headroom, over budget left out
     assert not search_picks.judged("x", run([72, 82, 92, 77], [70, 80, 90, 75], [60, 61, 62], sd=3.0))["target_met"]
+    assert "tau_score_vs_picks" not in far  # no supernet scores kept with these picks
+    scored = run([72, 82, 92, 77], [70, 80, 90, 75], [60, 61, 62], sd=1.5)
+    scored["search_quality"]["search_score"] = "loss"
+    for p in scored["search_quality"]["search_seeds"]:  # a lower loss for every higher top-1 but one pair
+        for m in search_picks.METHODS:
+            p[m]["supernet_score"] = 1.0 - p[m]["retrained_top1_mean"] / 100
+    seeds = scored["search_quality"]["search_seeds"]
+    seeds[0]["evolution"]["supernet_score"], seeds[0]["random"]["supernet_score"] = 0.30, 0.28  # 72 % and 70 %
+    t = search_picks.judged("x", scored)["tau_score_vs_picks"]
+    assert t["archs"] == 8 and t["tau"] == pytest.approx(1 - 2 / 28, abs=0.005) and t["ci95"][0] <= t["tau"] <= t["ci95"][1]
+    # every retrain seed is the pick's mean here: held out, the score reads as against the mean, one retrain perfectly
+    assert t["held_out"] == pytest.approx(1 - 2 / 28, abs=0.005) and t["one_retrain_held_out"] == 1.0
     archs = search_picks.retrained_archs(run([72, 82], [70, 80], [60, 61, 62], sd=1.0))
     assert archs[json.dumps([[9]])] == [60, 61, 62] and len(archs) == 5
     with pytest.raises(Refused):

@@ -133,7 +133,12 @@ class LRSettings:
         """From ``OptimConfig`` and ``ElasticConfig`` sections (any objects with their fields)."""
         return cls(elastic.batch_policy, optim.lr, optim.reference_batch, elastic.per_worker_batch,
                    elastic.global_batch, elastic.max_per_worker_batch, elastic.lr_ramp_steps, optim.schedule,
-                   optim.epochs * num_train, optim.warmup_epochs * num_train)
+                   run_samples(optim, num_train), optim.warmup_epochs * num_train)
+
+
+def run_samples(optim, num_train: int) -> float:
+    """A run's length in samples: where the LR schedule ends and the strategies' schedules count to."""
+    return optim.epochs * num_train
 
 
 class ElasticLRPolicy:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from elastic_nas.elastic.policy import run_samples
 from elastic_nas.errors import ConfigError
 from elastic_nas.io import RunFolder
 from elastic_nas.spaces.base import Arch, SearchSpace
@@ -149,7 +150,7 @@ class SupernetStrategy(Strategy):
         self.cfg, self.space = cfg, space
         self.arch_sampler = self.make_arch_sampler(cfg, space)
         self.landmarks = LandmarkTerm(cfg.landmarks, space, cfg.run.seed) if cfg.landmarks.path else None
-        self.total_samples = cfg.optim.epochs * len(splits.train) if splits is not None else 0  # the run's length
+        self.total_samples = run_samples(cfg.optim, len(splits.train)) if splits is not None else 0
 
     @classmethod
     def make_arch_sampler(cls, cfg, space: SearchSpace) -> ArchSampler:
