@@ -102,6 +102,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from search_picks import order, retrained_picks
 
 from _common import RESULTS, cpu_model, run_jobs, write_result
 from _nas import cosine, search, train_task, warm_cosine
@@ -693,8 +694,7 @@ def picks_order(a, work: Path, variants, results, steps) -> tuple[dict, list[str
     picks (the JSON's variant, seed 0) is marked: its scores picked them."""
     source = json.loads(Path(a.score_picks).read_text())
     q = source["search_quality"]
-    picked = [p[m] for p in q["search_seeds"] for m in ("evolution", "random")] + [q["picks"]["largest_macs"]]
-    archs = list({json.dumps(p["arch"]): p for p in picked}.values())
+    archs = retrained_picks(source)
     runs = [p["retrained_top1_seeds"] for p in archs]
     found = np.mean(runs, 1)
     key = hashlib.sha1(json.dumps([p["arch"] for p in archs]).encode()).hexdigest()[:10]
@@ -702,16 +702,16 @@ def picks_order(a, work: Path, variants, results, steps) -> tuple[dict, list[str
              a.calib_images, False) for v in variants for s in range(a.supernet_seeds)]
     results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
 
-    def order(score) -> dict:  # higher ranks higher
-        return {"tau": round(kendall_tau(score, found), 4), "held_out": round(held_out_tau(runs, score), 4)}
+    def judged(score) -> dict:  # higher ranks higher
+        return {k: round(v, 4) for k, v in order(score, runs).items()}
 
     out = {"source": Path(a.score_picks).name, "chosen_by": f"{q['variant']} seed 0", "archs": len(archs),
            "retrain_steps": source.get("truth_steps"), "retrained_top1": [round(float(f), 2) for f in found],
-           "macs": order([p["macs"] for p in archs]), "one_retrain_held_out": round(held_out_tau(runs), 4)}
+           "macs": judged([p["macs"] for p in archs]), "one_retrain_held_out": round(held_out_tau(runs), 4)}
     for v in variants:
         keys = [f"picks_{key}_{v}_s{s}_{steps[v]}" for s in range(a.supernet_seeds)]
         if all(k in results for k in keys):
-            seeds = [order(-np.array(results[k]["val_losses"])) for k in keys]
+            seeds = [judged(-np.array(results[k]["val_losses"])) for k in keys]
             out[v] = {"seeds": seeds, "tau_mean": round(float(np.mean([r["tau"] for r in seeds])), 4),
                       "held_out_mean": round(float(np.mean([r["held_out"] for r in seeds])), 4),
                       "val_losses": [results[k]["val_losses"] for k in keys]}

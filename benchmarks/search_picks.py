@@ -85,16 +85,13 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
     out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
     # among the picks themselves (near the top of the space): does the supernet's score still order them?
     sign = -1.0 if out["search_score"] == "loss" else 1.0
-    score = [sign * (p[m].get("supernet_score") or np.nan) for p in per_seed for m in METHODS]
+    score = [np.nan if p[m].get("supernet_score") is None else sign * p[m]["supernet_score"] for p in per_seed for m in METHODS]
     if not np.isnan(score).any():  # older JSONs kept no score with the picks
         runs = [seeds(p[m]) for p in per_seed for m in METHODS]
-        found = [float(np.mean(r)) for r in runs]
-        lo, hi = bootstrap_ci(kendall_tau, score, found)
-        # held out: each retrain seed against the other seeds' mean, the score's and one retrain's own
-        # (how far one stand-alone training of each pick would order them: the noise at this range)
-        out["tau_score_vs_picks"] = {"archs": len(found), "tau": round(kendall_tau(score, found), 2),
+        lo, hi = bootstrap_ci(kendall_tau, score, np.mean(runs, 1))
+        # beside one retrain's own held-out tau: how far one stand-alone training of each pick orders them
+        out["tau_score_vs_picks"] = {"archs": len(runs), **{k: round(v, 2) for k, v in order(score, runs).items()},
                                      "ci95": [round(lo, 2), round(hi, 2)],
-                                     "held_out": round(held_out_tau(runs, score), 2),
                                      "one_retrain_held_out": round(held_out_tau(runs), 2)}
     if retrains:  # do the reruns keep the recorded retrains' order of the same archs?
         recorded = retrained_archs(run)
@@ -117,11 +114,22 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
     return out
 
 
-def retrained_archs(run: dict) -> dict[str, list[float]]:
-    """Every arch the JSON retrained (picks of all search seeds, the largest-MACs arch): its seeds."""
+def retrained_picks(run: dict) -> list[dict]:
+    """Every arch the JSON retrained (picks of all search seeds, then the largest-MACs arch), once each."""
     q = run["search_quality"]
     picks = [p[m] for p in q.get("search_seeds", []) for m in METHODS] + list(q["picks"].values())
-    return {json.dumps(p["arch"]): p["retrained_top1_seeds"] for p in picks}
+    return list({json.dumps(p["arch"]): p for p in picks}.values())
+
+
+def retrained_archs(run: dict) -> dict[str, list[float]]:
+    """Every arch the JSON retrained: its seeds."""
+    return {json.dumps(p["arch"]): p["retrained_top1_seeds"] for p in retrained_picks(run)}
+
+
+def order(score, runs) -> dict:
+    """Kendall tau of ``score`` (higher ranks higher) against the archs' retrained means, and held
+    out: each retrain seed against the other seeds' mean (``runs[arch][seed]``)."""
+    return {"tau": kendall_tau(score, np.mean(runs, 1)), "held_out": held_out_tau(runs, score)}
 
 
 def markdown(rows: dict) -> str:
