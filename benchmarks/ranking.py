@@ -42,7 +42,10 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    trained supernet scores the archs that JSON's searches picked and retrained, as the search
    scores them: Kendall tau of its loss against their retrained top-1, held out per retrain
    seed, beside one retrain's own held-out tau and the MACs proxy's (``picks_order``). That is
-   the order a search needs, among archs all near the best of the budget.
+   the order a search needs, among archs all near the best of the budget. ``--finetune-steps N``
+   also scores each pick after N steps alone from the weights it inherits (``finetuned``, as
+   ``ranking_finetune.py`` does on the 36 subnets), beside N steps from scratch: whether a short
+   fine-tune of a search's finalists would order them better than the supernet does.
 
 Every job (one stand-alone training, one supernet) is cached in ``--work`` as it ends, so
 an interrupted run resumes where it was; ``--procs`` jobs run at once, one thread each. A job
@@ -553,6 +556,43 @@ def rescored(a, variant: str, seed: int, steps: int, archs: list, calib_images: 
     return {"scores": [e["accuracy"] for e in evals], "val_losses": [round(e["loss"], 5) for e in evals]}
 
 
+class _Fixed(torch.nn.Module):
+    """A subnet behind the supernet's ``forward(x, arch)``, so ``evaluate_arch`` scores it as the search does."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, arch) -> torch.Tensor:
+        return self.net(x)
+
+
+def finetuned(a, variant: str, seed: int, steps: int, archs: list, k: int, lr: float, init: str) -> dict:
+    """``archs`` scored as the search scores (exact BN recalibration, search_val) after ``k`` SGD
+    steps of each alone, from the weights it inherits from ``variant``'s supernet ``seed`` (``init``
+    ``inherited``) or from a fresh init (``scratch``): batch 64, cosine from ``lr`` over the k
+    steps, label smoothing 0.1 as the truth trains, the same batches for every subnet of one
+    supernet (their order's noise is common to all of them, not a ranker's)."""
+    from types import SimpleNamespace
+
+    from elastic_nas.data import build_dataset
+    from elastic_nas.train.strategies import Strategy
+
+    cfg = supernet_cfg(a, variant, seed)
+    splits = build_dataset(cfg.data, cfg.space.input_size)
+    data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
+    space, supernet = trained_supernet(a, variant, seed, steps)
+    out = []
+    for i, arch in enumerate(space.validate(x) for x in archs):
+        torch.manual_seed(1000 * seed + i)  # a fresh init's (the inherited weights overwrite it)
+        net = space.build_subnet(arch, supernet if init == "inherited" else None)
+        if k:
+            train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, k,
+                       BATCH, lr, seed, channels_last=a.channels_last)
+        out.append(evaluate_arch(Precision("fp32", a.channels_last).model(_Fixed(net)), None, data))
+    return {"scores": [e["accuracy"] for e in out], "val_losses": [round(e["loss"], 5) for e in out]}
+
+
 def bf16_key(a, variant: str, seed: int, steps: int, calib_images: int) -> str:
     calib = "" if calib_images == a.calib_images else f"c{calib_images}_"
     return f"bf16_{calib}{variant}_s{seed}_{steps}"
@@ -698,8 +738,16 @@ def picks_order(a, work: Path, variants, results, steps) -> tuple[dict, list[str
     runs = [p["retrained_top1_seeds"] for p in archs]
     found = np.mean(runs, 1)
     key = hashlib.sha1(json.dumps([p["arch"] for p in archs]).encode()).hexdigest()[:10]
-    jobs = [(work, f"picks_{key}_{v}_s{s}_{steps[v]}", rescored, a, v, s, steps[v], [p["arch"] for p in archs],
-             a.calib_images, False) for v in variants for s in range(a.supernet_seeds)]
+    picked = [p["arch"] for p in archs]
+    jobs = [(work, f"picks_{key}_{v}_s{s}_{steps[v]}", rescored, a, v, s, steps[v], picked, a.calib_images, False)
+            for v in variants for s in range(a.supernet_seeds)]
+    n, init = a.finetune_steps, "inherited"
+    ft_jobs = [(work, f"picksft{n}_lr{a.finetune_lr:g}_{key}_{v}_s{s}_{steps[v]}", finetuned, a, v, s, steps[v],
+                picked, n, a.finetune_lr, init) for s in range(a.supernet_seeds) for v in variants] if n else []
+    # the baseline at equal compute: the same steps from scratch at the truth's LR (the space is every variant's)
+    ft_jobs[1:1] = [(work, f"picksft{n}_lr{a.truth_lr:g}_{key}_scratch_s{s}", finetuned, a, variants[0], s,
+                     steps[variants[0]], picked, n, a.truth_lr, "scratch") for s in range(a.finetune_scratch_seeds)] if n else []
+    jobs += ft_jobs
     results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
 
     def judged(score) -> dict:  # higher ranks higher
@@ -708,13 +756,23 @@ def picks_order(a, work: Path, variants, results, steps) -> tuple[dict, list[str
     out = {"source": Path(a.score_picks).name, "chosen_by": f"{q['variant']} seed 0", "archs": len(archs),
            "retrain_steps": source.get("truth_steps"), "retrained_top1": [round(float(f), 2) for f in found],
            "macs": judged([p["macs"] for p in archs]), "one_retrain_held_out": round(held_out_tau(runs), 4)}
+
+    def seeds_judged(keys: list[str]) -> dict:  # each seed's loss order judged; their means
+        seeds = [judged(-np.array(results[k]["val_losses"])) for k in keys]
+        return {"seeds": seeds, "tau_mean": round(float(np.mean([r["tau"] for r in seeds])), 4),
+                "held_out_mean": round(float(np.mean([r["held_out"] for r in seeds])), 4),
+                "val_losses": [results[k]["val_losses"] for k in keys]}
+
     for v in variants:
         keys = [f"picks_{key}_{v}_s{s}_{steps[v]}" for s in range(a.supernet_seeds)]
         if all(k in results for k in keys):
-            seeds = [judged(-np.array(results[k]["val_losses"])) for k in keys]
-            out[v] = {"seeds": seeds, "tau_mean": round(float(np.mean([r["tau"] for r in seeds])), 4),
-                      "held_out_mean": round(float(np.mean([r["held_out"] for r in seeds])), 4),
-                      "val_losses": [results[k]["val_losses"] for k in keys]}
+            out[v] = seeds_judged(keys)
+    if ft_jobs:  # each pick trained on from its inherited weights, and the same steps from scratch
+        out[f"finetuned_{a.finetune_steps}"] = {"lr": a.finetune_lr, **{
+            name: seeds_judged(keys) for name, keys in
+            [(v, [j[1] for j in ft_jobs if j[4] == v and j[10] == init]) for v in variants]
+            + [("scratch", [j[1] for j in ft_jobs if j[10] == "scratch"])]
+            if keys and all(k in results for k in keys)}}
     if q["variant"] in out:  # the chooser rescored: the same losses its searches saw (as the search scores)
         searched_loss = [(p.get("supernet_score"), loss) for p, loss in zip(archs, out[q["variant"]]["val_losses"][0])]
         out["chooser_max_abs_diff_to_search"] = max(abs(s - loss) for s, loss in searched_loss if s is not None)
@@ -1074,17 +1132,19 @@ def finished(a, work: Path, jobs: list[tuple]) -> list:
 
 
 def needs_weights(a) -> bool:
-    """Whether this run uses its supernets' weights (the search, bf16 rescoring), not only their scores."""
-    return not a.no_search or a.bf16 is not None or bool(a.score_images)
+    """Whether this run uses its supernets' weights (the search, rescoring), not only their scores."""
+    return not a.no_search or a.bf16 is not None or bool(a.score_images) or bool(a.score_picks)
 
 
 def scores_only(a, work: Path, keys: list[str], copied: set[str]) -> None:
-    """Supernet jobs copied from a JSON (scores, no weights): dropped, so trained again, where this
-    run needs the weights (the search, bf16 rescoring); named where no job of this run uses them
+    """Supernet jobs copied from a JSON (scores, no weights kept here): dropped, so trained again, where
+    this run needs the weights (the search, rescoring); named where no job of this run uses them
     (e.g. steps at equal time that round otherwise here: pass ``--supernet-steps VARIANT=N``)."""
     for key in keys:
         path = work / f"{key}.json"
-        if needs_weights(a) and path.exists() and "from" in json.loads(path.read_text()):
+        variant, seed, steps = key[3:].rsplit("_", 2)  # sn_<variant>_s<seed>_<steps>
+        kept = weights_path(work, variant, int(seed[1:]), int(steps)).exists()  # trained here before
+        if needs_weights(a) and not kept and path.exists() and "from" in json.loads(path.read_text()):
             path.unlink()
     unused = sorted(k for k in copied if k.startswith("sn_") and k not in keys)
     if unused:
@@ -1262,6 +1322,11 @@ def main() -> None:
     ap.add_argument("--score-picks", default="", metavar="JSON",
                     help="a ranking JSON with --search-seeds: every supernet also scores the archs its searches picked "
                          "and retrained (the top of the band), judged against their retrains (picks_order)")
+    ap.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                    help="with --score-picks: also train each pick N steps on from the weights it inherits from each "
+                         "supernet, then score it (and N steps from scratch, the baseline at equal compute)")
+    ap.add_argument("--finetune-lr", type=float, default=0.02, help="--finetune-steps' LR at batch 64 (cosine to 0)")
+    ap.add_argument("--finetune-scratch-seeds", type=int, default=1, help="seeds of --finetune-steps' scratch baseline")
     ap.add_argument("--name", default="ranking")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every phase")
     ap.add_argument("--supernets-first", action="store_true",
@@ -1279,9 +1344,10 @@ def main() -> None:
                     help="write the figures of the jobs finished so far (the rest listed in missing_jobs); train nothing")
     a = ap.parse_args()
     a.variants = a.variants.split(",")
-    if set(FEW_SHOT) & set(a.variants) and not (a.no_search and a.bf16 is None and not a.score_images):
+    if set(FEW_SHOT) & set(a.variants) and not (a.no_search and a.bf16 is None and not a.score_images
+                                                 and not a.score_picks):
         ap.error("few-shot variants score their subnets once, each on its part's copy: add --no-search, "
-                 "without --bf16 or --score-images")
+                 "without --bf16, --score-images or --score-picks")
     if a.truth_seeds < 2:
         ap.error("--truth-seeds takes 2 or more: the noise ceiling compares seeds")
     if a.supernet_steps.keys() - {"*", *a.variants}:
@@ -1302,6 +1368,8 @@ def main() -> None:
             json.loads(Path(a.score_picks).read_text())["search_quality"]["search_seeds"][0]["evolution"]["arch"]
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             ap.error(f"--score-picks {a.score_picks}: not a ranking JSON with retrained search picks (--search-seeds)")
+    if a.finetune_steps < 0 or (a.finetune_steps and not a.score_picks):
+        ap.error("--finetune-steps takes a step count >= 0, with --score-picks")
     if a.source != "synthetic" and not a.report_only:
         ensure_data(a)
     t0 = time.time()

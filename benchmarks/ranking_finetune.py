@@ -33,8 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import torch
-from ranking import cached, supernet_batch, supernet_cfg, trained_supernet, weights_path
+from ranking import BATCH, cached, finetuned, supernet_batch, weights_path
 from ranking_bias import arch_features, preferences
 from ranking_ceiling import subset_indices
 from ranking_table import (
@@ -49,44 +48,7 @@ from ranking_table import (
 )
 
 from _common import run_jobs, write_result
-from _nas import train_task
-from elastic_nas.search.evaluator import eval_data, evaluate_arch
 from elastic_nas.search.ranking import kendall_tau
-from elastic_nas.spaces.precision import Precision
-from elastic_nas.train.strategies import Strategy
-
-BATCH = 64
-
-
-class _Fixed(torch.nn.Module):
-    """A subnet behind the supernet's ``forward(x, arch)``, so ``evaluate_arch`` scores it as the search does."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, arch) -> torch.Tensor:
-        return self.net(x)
-
-
-def finetuned(settings: dict, variant: str, seed: int, steps: int, archs: list, k: int, lr: float, init: str) -> dict:
-    """Every subnet of one supernet seed scored after ``k`` steps of fine-tuning (from ``init``)."""
-    from elastic_nas.data import build_dataset
-
-    a = SimpleNamespace(**settings)
-    cfg = supernet_cfg(a, variant, seed)
-    splits = build_dataset(cfg.data, cfg.space.input_size)
-    data = eval_data(splits, a.calib_images, a.val_images, 0, channels_last=a.channels_last)
-    space, supernet = trained_supernet(a, variant, seed, steps)
-    out = []
-    for i, arch in enumerate(space.validate(x) for x in archs):
-        torch.manual_seed(1000 * seed + i)  # a fresh init's (the inherited weights overwrite it)
-        net = space.build_subnet(arch, supernet if init == "inherited" else None)
-        if k:
-            train_task(SimpleNamespace(model=net, strategy=Strategy(net, label_smoothing=0.1)), splits.train, k,
-                       BATCH, lr, seed, channels_last=a.channels_last)
-        out.append(evaluate_arch(Precision("fp32", a.channels_last).model(_Fixed(net)), None, data))
-    return {"scores": [e["accuracy"] for e in out], "val_losses": [round(e["loss"], 5) for e in out]}
 
 
 def main() -> int:
@@ -127,7 +89,7 @@ def main() -> int:
     def key(k: int, s: int) -> str:  # K = 0 is the same job at every LR
         return f"finetune_{tag}k{k}{f'_lr{a.lr}' if k else ''}_{a.variant}_s{s}_{steps}"
 
-    jobs = [(work, key(k, s), finetuned, settings, a.variant, s, steps, archs, k, a.lr, a.init)
+    jobs = [(work, key(k, s), finetuned, SimpleNamespace(**settings), a.variant, s, steps, archs, k, a.lr, a.init)
             for k in ks for s in range(a.seeds)]
     done = dict(zip((j[1] for j in jobs), run_jobs(cached, jobs, a.procs)))
     subsets = subset_indices(truth)

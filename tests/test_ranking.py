@@ -213,11 +213,14 @@ def test_picks_order_judges_each_supernet_on_the_searches_picks_and_checks_the_c
     source = tmp_path / "search.json"
     source.write_text(json.dumps({"truth_steps": 2000, "search_quality": {
         "variant": "v", "search_seeds": seeds, "picks": {"largest_macs": largest}}}))
-    a = SimpleNamespace(score_picks=str(source), supernet_seeds=2, calib_images=10)
+    a = SimpleNamespace(score_picks=str(source), supernet_seeds=2, calib_images=10, finetune_steps=0)
     losses = {"v": [[0.70, 0.75, 0.72, 0.90], [0.70, 0.72, 0.75, 0.90]], "w": [[0.9, 0.8, 0.7, 0.6]] * 2}
+    # after a fine-tune (--finetune-steps): from v's weights in the reverse order, from scratch in v's seed-0 order
+    tuned = {"inherited": [0.9, 0.7, 0.8, 0.6], "scratch": losses["v"][0]}
 
     def finished(a, work, jobs):  # the recorded losses of the jobs "done": supernet w's seed 1 is not
-        return [{"val_losses": losses[j[4]][j[5]]} if (j[4], j[5]) != ("w", 1) else None for j in jobs]
+        return [None if (j[4], j[5]) == ("w", 1) else
+                {"val_losses": tuned[j[10]] if j[2] is ranking.finetuned else losses[j[4]][j[5]]} for j in jobs]
 
     monkeypatch.setattr(ranking, "finished", finished)
     out, missing = ranking.picks_order(a, tmp_path, ["v", "w"], {}, {"v": 5, "w": 5})
@@ -227,6 +230,13 @@ def test_picks_order_judges_each_supernet_on_the_searches_picks_and_checks_the_c
     assert out["macs"]["tau"] == pytest.approx(4 / 6, abs=1e-4)  # MACs fall with the arch index: 85 and 88 swapped
     assert out["chooser_max_abs_diff_to_search"] == pytest.approx(0.0)
     assert "w" not in out and len(missing) == 1 and missing[0].endswith("_w_s1_5")
+    assert "finetuned_0" not in out
+
+    a = SimpleNamespace(**{**vars(a), "finetune_steps": 7, "finetune_lr": 0.02, "truth_lr": 0.1, "finetune_scratch_seeds": 1})
+    out, missing = ranking.picks_order(a, tmp_path, ["v", "w"], {}, {"v": 5, "w": 5})
+    ft = out["finetuned_7"]
+    assert ft["v"]["tau_mean"] == -1.0 and ft["scratch"]["tau_mean"] == 1.0 and "w" not in ft
+    assert len(missing) == 2 and all(m.endswith("_w_s1_5") for m in missing)  # w's seed 1: scored, fine-tuned
 
 
 def test_ranking_bias_reads_what_a_ranker_rewards_and_which_bias_goes_with_a_poor_band(monkeypatch):

@@ -570,3 +570,28 @@ def test_search_config_checks_name_the_key():
     cfg = load_config(SearchConfig, "jobs/search.yaml", [])
     assert cfg.space is None and cfg.evolution.population == 32 and cfg.evaluator.candidates_per_trial == 0
     assert cfg.evaluator.score == "loss"  # the laptop search orders by loss: it ranks the band better
+
+
+def test_a_cut_off_tune_save_is_set_aside_with_its_searcher_state(tmp_path, capsys):
+    """A driver killed while Tune wrote its experiment state leaves it cut off: that session's
+    files are set aside, so Tune resumes from the last whole save with that save's searcher state."""
+    from elastic_nas.search.runner import set_aside_cut_off_state, tune_can_restore
+
+    tune = tmp_path / "tune"
+    tune.mkdir()
+    (tune / "tuner.pkl").write_bytes(b"x")  # what Tuner.can_restore looks for
+    whole, cut = "2026-01-01_10-00-00", "2026-01-01_10-05-00"
+    (tune / f"experiment_state-{whole}.json").write_text('{"trial_data": []}')
+    (tune / f"experiment_state-{cut}.json").write_text('{"trial_data": [[')
+    for session in (whole, cut):
+        (tune / f"searcher-state-{session}.pkl").write_bytes(b"s")
+        (tune / f"search_gen_state-{session}.json").write_text("{}")
+    set_aside_cut_off_state(tune)
+    names = sorted(p.name for p in tune.iterdir())
+    assert f"experiment_state-{whole}.json" in names and f"search_gen_state-{whole}.json" in names
+    assert sorted(n for n in names if cut in n) == [f"experiment_state-{cut}.json.cut-off",
+                                                    f"search_gen_state-{cut}.json.cut-off",
+                                                    f"searcher-state-{cut}.pkl.cut-off"]
+    assert tune_can_restore(tune) and "was cut off" in capsys.readouterr().out
+    set_aside_cut_off_state(tune)  # a whole save: nothing more to do
+    assert sorted(p.name for p in tune.iterdir()) == names

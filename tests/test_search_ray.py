@@ -295,6 +295,23 @@ def test_driver_killed_while_evaluators_hold_resumes(cluster, tmp_path, data_dir
     assert len(counts) == BUDGET and sum(counts.values()) - BUDGET <= 4 * 2  # at most the running batches redone
 
 
+def test_state_cut_off_mid_save_is_set_aside_and_the_search_completes(cluster, tmp_path, data_dir, snapshot_run):
+    """Tune writes its experiment state in place, so a driver killed while saving leaves it cut off
+    (seen here once: the resumed search then ran 1 candidate and wrote a table of 1). The next launch
+    sets it aside in one line and, with no whole save left, searches again: every candidate of the
+    budget is in the table, each once."""
+    args = search_args(tmp_path, data_dir, snapshot_run)
+    first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    assert first.finish(240) == 0, first.output()[-4000:]
+    tune_dir = tmp_path / "out" / "s" / "tune"
+    (newest := max(tune_dir.glob("experiment_state-*.json"))).write_text("")  # what a kill mid-save leaves
+    second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    assert second.finish(240) == 0, second.output()[-4000:]
+    assert f"{newest.name} was cut off" in second.output() and "starting it again" in second.output()
+    check_outputs(tmp_path / "out" / "s", BUDGET)
+    assert list(tune_dir.parent.glob("tune.cut-off-*")), "the old Tune folder is kept"
+
+
 def test_killed_evaluator_is_retried_and_search_completes(cluster, tmp_path, data_dir, snapshot_run):
     import ray
     from ray._private.state import actors  # the GCS actor table: no dashboard needed
