@@ -737,16 +737,18 @@ def picks_order(a, work: Path, variants, results, steps) -> tuple[dict, list[str
     archs = retrained_picks(source)
     runs = [p["retrained_top1_seeds"] for p in archs]
     found = np.mean(runs, 1)
-    key = hashlib.sha1(json.dumps([p["arch"] for p in archs]).encode()).hexdigest()[:10]
     picked = [p["arch"] for p in archs]
+    key = hashlib.sha1(json.dumps(picked).encode()).hexdigest()[:10]
     jobs = [(work, f"picks_{key}_{v}_s{s}_{steps[v]}", rescored, a, v, s, steps[v], picked, a.calib_images, False)
             for v in variants for s in range(a.supernet_seeds)]
-    n, init = a.finetune_steps, "inherited"
-    ft_jobs = [(work, f"picksft{n}_lr{a.finetune_lr:g}_{key}_{v}_s{s}_{steps[v]}", finetuned, a, v, s, steps[v],
-                picked, n, a.finetune_lr, init) for s in range(a.supernet_seeds) for v in variants] if n else []
-    # the baseline at equal compute: the same steps from scratch at the truth's LR (the space is every variant's)
-    ft_jobs[1:1] = [(work, f"picksft{n}_lr{a.truth_lr:g}_{key}_scratch_s{s}", finetuned, a, variants[0], s,
-                     steps[variants[0]], picked, n, a.truth_lr, "scratch") for s in range(a.finetune_scratch_seeds)] if n else []
+    n, init, ft_jobs = a.finetune_steps, "inherited", []
+    if n:
+        ft_jobs = [(work, f"picksft{n}_lr{a.finetune_lr:g}_{key}_{v}_s{s}_{steps[v]}", finetuned, a, v, s, steps[v],
+                    picked, n, a.finetune_lr, init) for s in range(a.supernet_seeds) for v in variants]
+        # the baseline at equal compute, second (an early read of both): the same steps from scratch at
+        # the truth's LR (the space is every variant's)
+        ft_jobs[1:1] = [(work, f"picksft{n}_lr{a.truth_lr:g}_{key}_scratch_s{s}", finetuned, a, variants[0], s,
+                         steps[variants[0]], picked, n, a.truth_lr, "scratch") for s in range(a.finetune_scratch_seeds)]
     jobs += ft_jobs
     results.update({j[1]: r for j, r in zip(jobs, finished(a, work, jobs)) if r is not None})
 

@@ -217,9 +217,7 @@ def run_search(cfg: SearchConfig) -> dict:
     snapshot = to_snapshot(ckpt)
     init_ray()
     # A resumed search keeps the batching its searcher was saved with.
-    if tune_can_restore(out_dir / TUNE_DIR):
-        set_aside_cut_off_state(out_dir / TUNE_DIR)
-    restoring = tune_can_restore(out_dir / TUNE_DIR)
+    restoring = tune_can_restore(out_dir / TUNE_DIR) and set_aside_cut_off_state(out_dir / TUNE_DIR)
     if not restoring:
         searcher.candidates_per_trial, searcher.slots = trial_batching(cfg)
     budget = searcher.generator.settings.budget
@@ -309,27 +307,28 @@ def tune_can_restore(tune_path: Path) -> bool:
     return tune.Tuner.can_restore(str(tune_path))
 
 
-def set_aside_cut_off_state(tune_path: Path) -> None:
-    """Tune writes its experiment state in place, not atomically: a driver killed mid-write leaves it
+def set_aside_cut_off_state(tune_path: Path) -> bool:
+    """Whether the search in ``tune_path`` (a folder Tune can restore) resumes from a whole save.
+    Tune writes its experiment state in place, not atomically: a driver killed mid-write leaves it
     cut off, and Tune's restore then "restarts the experiment" with a searcher of another time, so
     the search ends short and its results table loses what was done. Here each cut-off session's
     files are set aside (``*.cut-off``), so Tune resumes from the last whole save; where none is
-    left, the whole Tune folder is set aside and the search starts again."""
+    left, the whole Tune folder is set aside (False: the search starts again)."""
     for state in sorted(tune_path.glob("experiment_state-*.json"), reverse=True):
         try:
             json.loads(state.read_text())
-            return
+            return True
         except (OSError, ValueError):
             session = state.name[len("experiment_state-"):-len(".json")]
             for f in tune_path.glob(f"*{session}*"):
                 f.rename(f.with_name(f.name + ".cut-off"))
             print(f"elastic-nas: the search's saved state {state.name} was cut off (a driver killed while "
                   "saving it): set aside with its searcher state", flush=True)
-    if tune_can_restore(tune_path):  # nothing whole to resume from: start again, the old folder kept
-        kept = tune_path.with_name(f"{tune_path.name}.cut-off-{time.strftime('%Y%m%d-%H%M%S')}")
-        tune_path.rename(kept)
-        print(f"elastic-nas: no whole saved state of the search is left: starting it again ({kept.name} kept)",
-              flush=True)
+    kept = tune_path.with_name(f"{tune_path.name}.cut-off-{time.strftime('%Y%m%d-%H%M%S')}")
+    tune_path.rename(kept)  # nothing whole to resume from: start again, the old folder kept
+    print(f"elastic-nas: no whole saved state of the search is left: starting it again ({kept.name} kept)",
+          flush=True)
+    return False
 
 
 def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData, tune_path: Path):
