@@ -187,6 +187,12 @@ AT_BATCH_128 = {
     # model is partly trained)
     "entangled_sandwich_deep_rteacher_pslate_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "sandwich.progressive=[0.4,0.6,0.8]"],
+    # the shipped rule with Cream's prioritized paths as its teacher: the random archs under the budget
+    # in the band's lower half (where the search's picks lie) with the best batch top-1 enter a board
+    # of 10 once the expansion opens, whose archs then teach in turn
+    "entangled_sandwich_deep_prioritized_psofa_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=prioritized", "sandwich.progressive=[0.3,0.5,0.75]",
+        "sandwich.board_macs_min={band_lo}", "sandwich.board_macs_max={budget}"],
 }
 # Few-shot supernets (Zhao et al. 2021) of the shipped rule: shared for half the steps, then split into
 # one copy per kernel of the first choice block (stage 0, where the shared supernets' bias lies), each
@@ -225,7 +231,7 @@ def overrides(a, variant: str) -> list[str]:
     """``variant``'s config overrides, the search band (``--budget`` +- 15 %, millions) and the
     landmarks file filled in."""
     budget = search_budget(a.budget) / 1e6
-    fill = {"band_lo": round(0.85 * budget, 4), "band_hi": round(1.15 * budget, 4)}
+    fill = {"band_lo": round(0.85 * budget, 4), "band_hi": round(1.15 * budget, 4), "budget": round(budget, 4)}
     if any("{landmarks}" in o for o in VARIANTS[variant]):  # the landmarks file in the work dir
         fill["landmarks"] = landmarks_path(a)
     return [o.format(**fill) for o in VARIANTS[variant]]

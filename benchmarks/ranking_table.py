@@ -128,6 +128,9 @@ ROWS = {
     "the shipped schedule at twice the steps (2,400 of 128), seeds 0-3": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_b128_steps2400_s4.json",
         "entangled_sandwich_deep_rteacher_psofa_b128"),
+    "the shipped rule with Cream's prioritized paths as its teacher (`sandwich.largest: prioritized`), seeds 0-3": (
+        "ranking_t2000_s11_nr1_cl_deep_prioritized_psofa_b128_steps1200_s4.json",
+        "entangled_sandwich_deep_prioritized_psofa_b128"),
 }
 # label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
 LOSS_ROWS = {
@@ -186,6 +189,9 @@ LOSS_ROWS = {
     "the shipped schedule at twice the steps (2,400 of 128), seeds 0-3, by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_b128_steps2400_s4.json",
         "entangled_sandwich_deep_rteacher_psofa_b128"),
+    "the shipped rule with Cream's prioritized paths as its teacher, seeds 0-3, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_prioritized_psofa_b128_steps1200_s4.json",
+        "entangled_sandwich_deep_prioritized_psofa_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

@@ -302,7 +302,16 @@ class SandwichConfig:
     # the teacher: "max_macs" (the sandwich rule's largest arch) or "random_kernels" (every block at
     # full depth and the widest expansion, each block's kernel drawn per step: the later blocks then
     # do not learn to expect one kernel's features, which the largest arch's every-step update favours)
-    largest: Literal["max_macs", "random_kernels"] = "max_macs"
+    # "prioritized" (Cream's prioritized paths as the teacher): the random archs whose batch top-1 on
+    # the labels is best enter a board (Cream's rule); once it is full, each step's teacher is one of
+    # its archs, drawn per step (random_kernels' teacher until then)
+    largest: Literal["max_macs", "random_kernels", "prioritized"] = "max_macs"
+    board_size: int = 10  # prioritized: the archs the board keeps (Cream's POOL_SIZE)
+    board_gap: float = 5.0  # prioritized: a full board takes an arch that beats its worst by > this (top-1 points)
+    # prioritized: the MACs range (millions; 0 = the sampling range) an arch must lie in to enter the
+    # board, e.g. the search's band, so the teacher is an arch the search competes with
+    board_macs_min: float = 0.0
+    board_macs_max: float = 0.0
     # Once-for-All's progressive shrinking: the shares of the run's samples after which the kernel,
     # the depth and the expansion become elastic, in that order, e.g. [0.2, 0.35, 0.5]; before a
     # dimension opens, every arch of the step has it at its largest (before the first, the step
@@ -315,11 +324,14 @@ class SandwichConfig:
         if p and (len(p) != 3 or any(not 0 <= v < 1 for v in p) or list(p) != sorted(p)):
             raise ConfigError(f"{prefix}.progressive", f"three non-decreasing shares in [0, 1) (kernel, depth, "
                                                        f"expansion), got {p}")
-        _non_negative(self.random_macs_min, f"{prefix}.random_macs_min")
-        _non_negative(self.random_macs_max, f"{prefix}.random_macs_max")
-        if self.random_macs_max and self.random_macs_min > self.random_macs_max:
-            raise ConfigError(f"{prefix}.random_macs_min",
-                              f"random_macs_min ({self.random_macs_min}) > random_macs_max ({self.random_macs_max})")
+        _positive(self.board_size, f"{prefix}.board_size")
+        _non_negative(self.board_gap, f"{prefix}.board_gap")
+        for kind in ("random", "board"):
+            lo, hi = getattr(self, f"{kind}_macs_min"), getattr(self, f"{kind}_macs_max")
+            _non_negative(lo, f"{prefix}.{kind}_macs_min")
+            _non_negative(hi, f"{prefix}.{kind}_macs_max")
+            if hi and lo > hi:
+                raise ConfigError(f"{prefix}.{kind}_macs_min", f"{kind}_macs_min ({lo}) > {kind}_macs_max ({hi})")
 
 
 @dataclass

@@ -163,9 +163,11 @@ def test_node_removed_then_added(cluster, tmp_path, data_dir):
 
 def test_sandwich_on_entangled_weights_survives_a_node_loss(cluster, tmp_path, data_dir):
     """The sandwich rule (several archs per step, one all-reduce) under progressive shrinking
-    through the same elastic loop, in bf16 with channels_last: a node lost mid-run, the run
+    through the same elastic loop, in bf16 with channels_last, its teacher drawn from a board of
+    prioritized paths (their top-1 all-reduced over the workers): a node lost mid-run, the run
     resumes with one worker from its (fp32) checkpoint, its shrinking schedule from the run's own
-    count of samples in it, and every sample of every epoch is trained exactly once."""
+    count of samples in it and its board from the checkpoint, and every sample of every epoch is
+    trained exactly once."""
     import torch
 
     add_worker_node(cluster)
@@ -173,16 +175,21 @@ def test_sandwich_on_entangled_weights_survives_a_node_loss(cluster, tmp_path, d
     epochs = 2
     sandwich = {"strategy": "sandwich", "sandwich.num_random": 1, "space.name": "cream", "space.stem_stride": 2,
                 "space.weight_sharing": "entangled", "space.max_depths": "[1, 2, 2, 2, 1]",
-                "sandwich.progressive": "[0.1, 0.2, 0.3]", "optim.precision": "bf16", "optim.channels_last": "true"}
+                "sandwich.progressive": "[0.1, 0.2, 0.3]", "optim.precision": "bf16", "optim.channels_last": "true",
+                "sandwich.largest": "prioritized", "sandwich.board_size": 3}
     run = CliRun(supernet_args(tmp_path, data_dir, "sandwich", epochs, **sandwich),
                  env={"RAY_ADDRESS": cluster.address})
     finish_after_losing_a_node(cluster, second, run, tmp_path / "runs" / "sandwich")
     assert "sandwich supernet cream" in run.output()
     assert "progressive shrinking: kernel, depth, expansion elastic" in run.output(), run.output()[-3000:]
-    # The schedule keeps no count of its own: it follows the run's, which the checkpoint carries.
+    # The schedule keeps no count of its own: it follows the run's, which the checkpoint carries;
+    # the board is the strategy's own state, plain lists that load with weights_only.
     last = max((tmp_path / "runs" / "sandwich").glob("checkpoint_step*"), key=lambda p: p.name.split("_")[1])
     state = torch.load(last / "state.pt", weights_only=True)
-    assert "extra" not in state and state["samples_seen"] > 0
+    assert set(state["extra"]) == {"board"} and state["samples_seen"] > 0
+    board = state["extra"]["board"]
+    assert len(board) == 3 and len({json.dumps(e["arch"]) for e in board}) == 3, board
+    assert all(0 <= e["accuracy"] <= 100 and "images" not in e for e in board)
     assert_exactly_once(tmp_path, data_dir, epochs)
     starts = [e["world_size"] for e in history(tmp_path, "sandwich") if e["event"] == "start"]
     assert starts[0] == 2 and starts[-1] == 1, starts

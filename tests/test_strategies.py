@@ -183,6 +183,43 @@ def test_sandwich_random_kernel_teacher_is_full_width_and_agrees_across_ranks(tm
         SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
 
 
+def test_sandwich_prioritized_teacher_is_drawn_from_the_board_of_the_best_random_archs(tmp_path):
+    """``sandwich.largest: prioritized``: the step's random archs inside the board's MACs range enter
+    by their top-1 on the labels (Cream's rule); until the board is full the teacher is the drawn
+    kernels' one, then one of the board's archs a step; the board goes into checkpoints, so a
+    resumed run draws the same teachers; a range no random arch can reach is refused up front."""
+    space = build_space(cfg(tmp_path).space)
+    lo, hi = space.macs_range()
+    band = (lo + 0.2 * (hi - lo), lo + 0.8 * (hi - lo))
+    sets = ("strategy=sandwich", "sandwich.num_random=2", "sandwich.largest=prioritized", "sandwich.board_size=3",
+            f"sandwich.board_macs_min={band[0] / 1e6}", f"sandwich.board_macs_max={band[1] / 1e6}")
+    task = build_supernet_task(cfg(tmp_path, *sets))
+    strategy = task.strategy
+    assert strategy.fingerprint()["sandwich"]["board"] == [3, 5.0, *band] and strategy.report() == {"board_archs": 0}
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=0.05)
+    step, offered = 0, set()
+    while not strategy.board.full():
+        archs = strategy.archs(step)
+        assert archs[0] == space.deepest_wide_arch(strategy.arch_sampler.rng(step, stream=1000))
+        offered |= {a for a in archs[2:] if band[0] <= space.macs(a) <= band[1]}
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        TrainStep(task.model, strategy)(step, optimizer, 0.05, Batch(x, y, torch.ones(8)), num_real=8)
+        step += 1
+        assert step < 50
+    entries = strategy.board.entries
+    assert {e.arch for e in entries} <= offered and all(band[0] <= e.macs <= band[1] for e in entries)
+    assert all(0 <= e.accuracy <= 100 and e.images is None for e in entries)
+    teachers = [strategy.archs(t)[0] for t in range(step, step + 12)]
+    assert set(teachers) <= {e.arch for e in entries} and len(set(teachers)) > 1
+    resumed = build_supernet_task(cfg(tmp_path, *sets)).strategy
+    resumed.load_state_dict(strategy.state_dict())
+    assert [resumed.archs(t)[0] for t in range(step, step + 12)] == teachers
+    assert resumed.report() == {"board_archs": 3}
+    empty = f"sandwich.board_macs_max={(lo - 1000) / 1e6}"
+    with pytest.raises(ConfigError, match="sandwich.board_macs_min.*no random arch can enter the board"):
+        SandwichStrategy.check(cfg(tmp_path, *sets[:-2], empty), space)
+
+
 def test_sandwich_distils_the_others_from_the_largest_detached(tmp_path):
     task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.num_random=1"))
     strategy, model = task.strategy, task.model

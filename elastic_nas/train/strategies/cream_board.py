@@ -5,7 +5,8 @@ full, or when its batch top-1 -- all-reduced over the workers -- beats the worst
 by more than ``accuracy_gap`` points, or beats it with fewer MACs; it then replaces the
 worst entry. An entry keeps the arch, its accuracy and MACs, a slice of training images
 (with labels) and the *entering arch's own* softmax on them. (Cream's released code
-stores the teacher's softmax there by mistake.)
+stores the teacher's softmax there by mistake.) The sandwich's prioritized teacher keeps only
+the arch, its accuracy and MACs: no meta network matches its entries, so they hold no images.
 
 Entries are plain tensors and lists (``state()``), so they go into checkpoints that load
 with ``weights_only=True``; :func:`board_digest` lets every rank prove it holds the same
@@ -22,6 +23,8 @@ import torch
 
 from elastic_nas.spaces.base import Arch, SearchSpace, arch_to_json
 
+TENSORS = ("images", "labels", "probs")  # what a Cream entry holds beside its arch (a sandwich entry: none)
+
 
 @dataclass
 class BoardEntry:
@@ -29,19 +32,20 @@ class BoardEntry:
     accuracy: float  # batch top-1 (%) of the step it entered, all-reduced over the workers
     macs: int
     step: int  # the step it entered
-    images: torch.Tensor  # [slice, 3, H, W], normalised training images
-    labels: torch.Tensor  # [slice]
-    probs: torch.Tensor  # [slice, num_classes]: this arch's own softmax on ``images``
+    # Cream's meta network matches on these (None: an entry of the sandwich's board)
+    images: torch.Tensor | None = None  # [slice, 3, H, W], normalised training images
+    labels: torch.Tensor | None = None  # [slice]
+    probs: torch.Tensor | None = None  # [slice, num_classes]: this arch's own softmax on ``images``
 
     def to_state(self) -> dict:
+        tensors = {k: getattr(self, k).detach().cpu() for k in TENSORS if getattr(self, k) is not None}
         return {"arch": arch_to_json(self.arch), "accuracy": float(self.accuracy), "macs": int(self.macs),
-                "step": int(self.step), "images": self.images.detach().cpu(),
-                "labels": self.labels.detach().cpu(), "probs": self.probs.detach().cpu()}
+                "step": int(self.step), **tensors}
 
     @classmethod
     def from_state(cls, d: dict, space: SearchSpace, device: torch.device | str = "cpu") -> BoardEntry:
         return cls(space.validate(d["arch"]), float(d["accuracy"]), int(d["macs"]), int(d["step"]),
-                   d["images"].to(device), d["labels"].to(device), d["probs"].to(device))
+                   **{k: d[k].to(device) for k in TENSORS if k in d})
 
 
 class PrioritizedBoard:
@@ -99,8 +103,9 @@ def board_digest(entries: list[dict]) -> str:
     h = hashlib.sha256()
     for d in entries:
         h.update(json.dumps([d["arch"], repr(float(d["accuracy"])), int(d["macs"]), int(d["step"])]).encode())
-        for key in ("images", "labels", "probs"):
-            h.update(d[key].detach().cpu().contiguous().numpy().tobytes())
+        for key in TENSORS:
+            if key in d:
+                h.update(d[key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -15,6 +15,12 @@ widest expansion there (k3e6), so the small kernels train on every channel, and
 ``deepest_alternate`` the two on alternate steps. ``sandwich.largest: random_kernels`` makes the
 teacher the full-depth, widest arch with each block's kernel drawn per step, so the shared later
 blocks are not fitted to one kernel's features by the teacher's every-step update.
+``sandwich.largest: prioritized`` makes Cream's prioritized paths the teacher: each step's random
+archs inside ``board_macs_min``/``max`` (the search's band, say) offer their batch top-1 on the
+labels (all-reduced over the workers) to a board of ``board_size`` archs under Cream's entry rule;
+once it is full, each step's teacher is one of them, drawn per step, so the archs the search ends
+in learn from the labels and teach the rest (the random_kernels teacher until then; under
+progressive shrinking the board opens with the last dimension).
 ``sandwich.progressive`` is Once-for-All's progressive shrinking on the same step: the kernel,
 the depth and the expansion become elastic one after another at given shares of the run's
 samples; until then every arch of the step has that dimension at its largest, and an arch the
@@ -40,6 +46,7 @@ from elastic_nas.spaces.base import ELASTIC, Arch, SearchSpace
 from elastic_nas.train import distributed
 from elastic_nas.train.losses import kd_per_sample
 from elastic_nas.train.strategies.base import ArchSampler, SupernetStrategy
+from elastic_nas.train.strategies.cream_board import BoardEntry, PrioritizedBoard
 
 TEACHER_STREAM = 1000  # the teacher's draws: apart from the random archs' streams 1..num_random
 SHRINK_STREAM = 1001  # the ops of blocks that progressive shrinking's full depth adds
@@ -67,6 +74,11 @@ class SandwichStrategy(SupernetStrategy):
         self.distill = cfg.sandwich.distill
         self._teacher: torch.Tensor | None = None  # the largest arch's predictions on this micro-batch
         self.progressive = tuple(cfg.sandwich.progressive)
+        prioritized = cfg.sandwich.largest == "prioritized"
+        self.board = PrioritizedBoard(cfg.sandwich.board_size, cfg.sandwich.board_gap) if prioritized else None
+        self.board_range = self.macs_range(cfg.sandwich.board_macs_min, cfg.sandwich.board_macs_max, self.arch_sampler)
+        # (step, the random archs' argmax per micro-batch): set anew as each step draws its archs
+        self._predicted: tuple[int, dict[int, list[torch.Tensor]]] = (-1, {})
 
     @staticmethod
     def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, tuple[Arch, ...]]:
@@ -97,10 +109,23 @@ class SandwichStrategy(SupernetStrategy):
         require_in_range(space, arch_sampler, family, "sandwich.largest", "random_kernels teachers reach")
         return True
 
+    @staticmethod
+    def macs_range(lo_millions: float, hi_millions: float, arch_sampler: ArchSampler) -> tuple[float, float]:
+        """A range set in millions of MACs, the sampling range where a bound is 0."""
+        return (lo_millions * 1e6 if lo_millions else arch_sampler.lo,
+                hi_millions * 1e6 if hi_millions else arch_sampler.hi)
+
     def teacher(self, step: int) -> Arch:
         if not self.random_teacher:
             return self.largest
-        return self.space.deepest_wide_arch(self.arch_sampler.rng(step, stream=TEACHER_STREAM))
+        rng = self.arch_sampler.rng(step, stream=TEACHER_STREAM)
+        if self.board is not None and self.board.full() and self.board_open():
+            return self.board.entries[int(rng.integers(len(self.board)))].arch
+        return self.space.deepest_wide_arch(rng)
+
+    def board_open(self) -> bool:
+        """The board takes and teaches once every dimension is elastic: shrunk archs are not the band's."""
+        return len(self.elastic()) == len(ELASTIC)
 
     @classmethod
     def make_arch_sampler(cls, cfg, space: SearchSpace) -> ArchSampler:
@@ -128,6 +153,13 @@ class SandwichStrategy(SupernetStrategy):
             cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
         except ArchError as e:  # name the setting that asked for the impossible range
             raise ConfigError("sandwich.random_macs_min", str(e)) from None
+        if cfg.sandwich.largest == "prioritized":  # a board no random arch can enter would never teach
+            lo, hi = cls.macs_range(cfg.sandwich.board_macs_min, cfg.sandwich.board_macs_max, arch_sampler)
+            try:
+                space.sample_constrained(arch_sampler.rng(0), max(lo, arch_sampler.lo), min(hi, arch_sampler.hi), 1,
+                                         arch_sampler.max_tries)
+            except ArchError as e:
+                raise ConfigError("sandwich.board_macs_min", f"no random arch can enter the board: {e}") from None
         if cfg.sandwich.progressive:
             cls.check_progressive(cfg, space, arch_sampler)
 
@@ -151,11 +183,14 @@ class SandwichStrategy(SupernetStrategy):
             out["smallest"] = self.cfg.sandwich.smallest
         if self.random_teacher:
             out["largest"] = self.cfg.sandwich.largest
+        if self.board is not None:
+            out["board"] = [self.board.size, self.board.accuracy_gap, *self.board_range]
         if self.progressive:
             out["progressive"] = list(self.progressive)
         return {"sandwich": out}
 
     def archs(self, step: int) -> list[Arch]:
+        self._predicted = (step, {})  # a step that was skipped (non-finite gradients) offers nothing
         lower = self.lowers[step % len(self.lowers)]
         archs = [self.teacher(step), lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
         elastic = self.elastic()
@@ -174,18 +209,44 @@ class SandwichStrategy(SupernetStrategy):
         return tuple(dim for dim, share in zip(ELASTIC, self.progressive) if done >= share)
 
     def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
+        if self.board is not None and self.board_open() and self._predicted[0] == step:
+            self.offer(step, archs, batch, self._predicted[1])
         opened = self.elastic(self.samples_seen + stats.global_count)
         if opened != self.elastic() and distributed.rank() == 0:
             print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
 
+    def offer(self, step: int, archs: list[Arch], batch, predicted: dict[int, list[torch.Tensor]]) -> None:
+        """The step's random archs inside the board's range, by their top-1 on the labels over the
+        global batch (one all-reduce; every rank then takes the same decisions)."""
+        lo, hi = self.board_range
+        offered = [i for i in sorted(predicted) if lo <= self.space.macs(archs[i]) <= hi]
+        if not offered:
+            return
+        right = [float(((torch.cat(predicted[i]) == batch.y).float() * batch.weight).sum()) for i in offered]
+        *correct, count = distributed.allreduce_sum(right + [float(batch.weight.sum())], batch.y.device)
+        for i, c in zip(offered, correct if count > 0 else []):
+            accuracy, macs = 100.0 * c / count, self.space.macs(archs[i])
+            if self.board.would_enter(archs[i], accuracy, macs):
+                self.board.add(BoardEntry(archs[i], accuracy, macs, step))
+
     def report(self) -> dict[str, float]:
         # the dimensions open so far: TensorBoard shows where each phase began beside the loss
-        return {"elastic_dims": len(self.elastic())} if self.progressive else {}
+        out = {"elastic_dims": len(self.elastic())} if self.progressive else {}
+        return {**out, "board_archs": len(self.board)} if self.board is not None else out
+
+    def state_dict(self) -> dict | None:
+        return {"board": self.board.state()} if self.board is not None else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.board is not None:
+            self.board.load_state(state["board"], self.space)
 
     def loss(self, forward, x: torch.Tensor, y: torch.Tensor, arch: Arch, step: int, index: int):
         logits = forward(x, arch)
         if index == 0:  # the teacher (the largest arch by default) learns from the labels, teaches the others
             self._teacher = logits.detach()
+        if self.board is not None and index >= 2:  # a random arch: its top-1 may enter the board
+            self._predicted[1].setdefault(index, []).append(logits.argmax(1).detach())
         if index == 0 or not self.distill:
             return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none"), logits
         return kd_per_sample(logits, self._teacher), logits
