@@ -239,6 +239,38 @@ def test_picks_order_judges_each_supernet_on_the_searches_picks_and_checks_the_c
     assert len(missing) == 2 and all(m.endswith("_w_s1_5") for m in missing)  # w's seed 1: scored, fine-tuned
 
 
+def test_ranking_calibration_fits_a_correction_and_judges_it_on_archs_it_did_not_see(monkeypatch):
+    """benchmarks/ranking_calibration.py: an arch's features are per-stage depth, mean kernel and mean
+    expansion; the ridge recovers a linear truth, its leave-one-out penalty is the smallest where
+    nothing is noise; and a fitted correction is judged on the picks alone (never on its own archs)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_calibration as rc
+
+    assert rc.features([[5, 4], [0]]) == [2, 7.0, 5.0, 1, 3.0, 4.0]  # (7,6) (7,4) / (3,4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3))
+    y = 2.0 * x[:, 0] - x[:, 2] + 5.0
+    model, alpha = rc.loo_ridge(x, y)
+    assert alpha == min(rc.ALPHAS) and np.allclose(model(x), y, atol=0.05)
+    archs = [[[a], [b, c]] for a in range(6) for b in (0, 3) for c in (1, 5)]  # 24 distinct archs
+    truth = [float(np.sum(rc.features(a))) for a in archs]  # a truth the features explain exactly
+    subnets = {"subnets": [{"arch": a, "group": "band" if i % 2 else "stratified", "test_top1_seeds": [t, t]}
+                           for i, (a, t) in enumerate(zip(archs[:16], truth[:16]))],
+               "variants": {"v": {"val_losses": [[-t for t in truth[:16]]]}}}
+    picks = {"picks_order": {"chosen_by": "v seed 0", "retrained_top1": truth[16:], "v": {"val_losses": [
+        [-t for t in truth[16:]]]}}}
+    search = {"search_quality": {"search_seeds": [{"evolution": {"arch": a}, "random": {"arch": b}}
+                                                  for a, b in zip(archs[16::2], archs[17::2])], "picks": {}}}
+    out = rc.judged(subnets, picks, search)
+    # the loss orders the picks exactly; the features, fitted on the other 16, nearly (ties, the penalty)
+    assert out["picks"] == 8 and out["seeds"][0]["loss"] == 1.0 and out["features"]["tau"] > 0.8
+    search["search_quality"]["search_seeds"][0]["evolution"]["arch"] = archs[0]  # a pick the fit saw
+    with pytest.raises(SystemExit, match="overlap"):
+        rc.judged(subnets, picks, search)
+
+
 def test_ranking_bias_reads_what_a_ranker_rewards_and_which_bias_goes_with_a_poor_band(monkeypatch):
     """benchmarks/ranking_bias.py: a ranker that orders by one feature prefers it at tau 1; a
     supernet's bias is its preference minus the truth's, and across supernets a larger bias on a
