@@ -28,19 +28,20 @@ import json
 from pathlib import Path
 
 import numpy as np
+from ranking_bias import arch_features
 from search_picks import retrained_picks
 
 from _common import write_result
 from elastic_nas.search.ranking import kendall_tau
-from elastic_nas.spaces.cream import OPS
 
 ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 BAND_ALPHAS = (1.0, 10.0, 100.0)
 
 
 def features(arch) -> list[float]:
-    """Per choice stage: depth, mean kernel, mean expansion."""
-    return [v for ops in arch for v in (len(ops), np.mean([OPS[o][0] for o in ops]), np.mean([OPS[o][1] for o in ops]))]
+    """Per choice stage: depth, and ``ranking_bias``'s mean kernel and mean expansion."""
+    f = arch_features(arch)
+    return [v for i, ops in enumerate(arch) for v in (len(ops), f[f"kernel s{i}"], f[f"expansion s{i}"])]
 
 
 class Ridge:

@@ -219,15 +219,15 @@ class SandwichStrategy(SupernetStrategy):
         """The step's random archs inside the board's range, by their top-1 on the labels over the
         global batch (one all-reduce; every rank then takes the same decisions)."""
         lo, hi = self.board_range
-        offered = [i for i in sorted(predicted) if lo <= self.space.macs(archs[i]) <= hi]
+        macs = {i: self.space.macs(archs[i]) for i in sorted(predicted)}
+        offered = [i for i, m in macs.items() if lo <= m <= hi]
         if not offered:
             return
         right = [float(((torch.cat(predicted[i]) == batch.y).float() * batch.weight).sum()) for i in offered]
         *correct, count = distributed.allreduce_sum(right + [float(batch.weight.sum())], batch.y.device)
         for i, c in zip(offered, correct if count > 0 else []):
-            accuracy, macs = 100.0 * c / count, self.space.macs(archs[i])
-            if self.board.would_enter(archs[i], accuracy, macs):
-                self.board.add(BoardEntry(archs[i], accuracy, macs, step))
+            if self.board.would_enter(archs[i], 100.0 * c / count, macs[i]):
+                self.board.add(BoardEntry(archs[i], 100.0 * c / count, macs[i], step))
 
     def report(self) -> dict[str, float]:
         # the dimensions open so far: TensorBoard shows where each phase began beside the loss
@@ -245,7 +245,7 @@ class SandwichStrategy(SupernetStrategy):
         logits = forward(x, arch)
         if index == 0:  # the teacher (the largest arch by default) learns from the labels, teaches the others
             self._teacher = logits.detach()
-        if self.board is not None and index >= 2:  # a random arch: its top-1 may enter the board
+        if self.board is not None and index >= 2 and self.board_open():  # a random arch may enter the board
             self._predicted[1].setdefault(index, []).append(logits.argmax(1).detach())
         if index == 0 or not self.distill:
             return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none"), logits
