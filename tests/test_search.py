@@ -426,6 +426,31 @@ def test_a_driver_killed_between_tunes_two_saves_resumes_without_waiting_forever
     assert s2.suggest("t2")["candidates"][0]["generation"] == 1  # the barrier lifted
 
 
+def test_a_trial_table_newer_than_the_searcher_state_is_caught_up_on_restore(tmp_path):
+    """Tune copies its saved files up one at a time: a driver killed mid-copy can leave the
+    trial table listing as finished a batch the searcher state still runs. Tune will not run it
+    again, so the restore tells its last report: the scores count and the barrier lifts."""
+    from elastic_nas.search.searcher import GenerationSearcher
+
+    small = EvolutionSettings(population=2, top_k=1, mutation_children=1, crossover_children=1,
+                              generations=1, max_tries=50)
+    s = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=0),
+                           candidates_per_trial=1, slots=2)
+    cfgs = [s.suggest("t0"), s.suggest("t1")]
+    s.save_to_dir(str(tmp_path), "session")  # the searcher copied up before t0 ended...
+    done = _batch_report(cfgs[0], [50.0])
+    table = {"trial_data": [[json.dumps({"trial_id": "t0", "status": "TERMINATED"}), json.dumps({"last_result": done})],
+                            [json.dumps({"trial_id": "t1", "status": "RUNNING"}), json.dumps({"last_result": {}})]]}
+    (tmp_path / "experiment_state-session.json").write_text(json.dumps(table))  # ...the table after
+    s2 = GenerationSearcher(make_generator("evolution", SPACE, cost, Constraints(), small, seed=7), slots=2)
+    s2.restore(str(tmp_path / "searcher-state-session.pkl"))
+    assert list(s2.current.running) == ["t1"]
+    key = arch_key(SPACE, cfgs[0]["candidates"][0]["arch"])
+    assert s2.generator.candidates[key].evaluated and s2.generator.candidates[key].score == 50.0
+    s2.on_trial_complete("t1", _batch_report(cfgs[1], [40.0]))
+    assert s2.suggest("t2")["candidates"][0]["generation"] == 1  # the barrier lifted
+
+
 def _exact_stats(model, batches):
     feats = []
     hook = model[1].register_forward_pre_hook(lambda m, inp: feats.append(inp[0].detach()))
@@ -572,26 +597,46 @@ def test_search_config_checks_name_the_key():
     assert cfg.evaluator.score == "loss"  # the laptop search orders by loss: it ranks the band better
 
 
-def test_a_cut_off_tune_save_is_set_aside_with_its_searcher_state(tmp_path, capsys):
-    """A driver killed while Tune wrote its experiment state leaves it cut off: that session's
-    files are set aside, so Tune resumes from the last whole save with that save's searcher state."""
-    from elastic_nas.search.runner import set_aside_cut_off_state, tune_can_restore
+def test_a_cut_off_tune_save_is_put_back_from_its_whole_copy_else_set_aside(tmp_path, capsys):
+    """Tune copies its saves to the search's folder in place: a driver killed mid-copy leaves a
+    file cut off. The whole copies kept as Tune saved are put back; a session with a cut-off file
+    and no whole copy is set aside with its searcher state (Tune resumes from the older one); with
+    nothing whole left, the folder is set aside and the search starts again."""
+    import pickle
 
-    tune = tmp_path / "tune"
+    from elastic_nas.search import saves
+    from elastic_nas.search.runner import tune_can_restore
+
+    tune, staging = tmp_path / "tune", tmp_path / "staging"
     tune.mkdir()
+    staging.mkdir()
     (tune / "tuner.pkl").write_bytes(b"x")  # what Tuner.can_restore looks for
-    whole, cut = "2026-01-01_10-00-00", "2026-01-01_10-05-00"
-    (tune / f"experiment_state-{whole}.json").write_text('{"trial_data": []}')
-    (tune / f"experiment_state-{cut}.json").write_text('{"trial_data": [[')
-    for session in (whole, cut):
-        (tune / f"searcher-state-{session}.pkl").write_bytes(b"s")
-        (tune / f"search_gen_state-{session}.json").write_text("{}")
-    set_aside_cut_off_state(tune)
+    old, new = "2026-01-01_10-00-00", "2026-01-01_10-05-00"
+    for session in (old, new):
+        table, searcher, generator = saves.session_files(session)
+        (staging / table).write_text('{"trial_data": []}')
+        (staging / searcher).write_text('{"version": 3}')
+        (staging / generator).write_bytes(pickle.dumps({"counter": 4}))
+        for name in (table, searcher, generator):
+            (tune / name).write_bytes((staging / name).read_bytes())
+    saves.keep_in(tune)
+    saves.keep(str(staging), new)  # as Tune saved the newest session
+    saves.keep_in(None)
+    table = tune / saves.session_files(new)[0]
+    table.write_text('{"trial_data": [[')  # the copy a kill cut off
+    (tune / saves.session_files(new)[2]).write_bytes(pickle.dumps({"counter": 4})[:-3])
+    assert saves.put_back(tune) and table.read_text() == '{"trial_data": []}'
+    assert all(saves.whole(tune / name) for name in saves.session_files(new))
+    assert "put back from its whole copy" in capsys.readouterr().out
+    table.write_bytes(b"")  # cut off again, and its whole copy lost
+    (tune / (table.name + saves.KEPT)).unlink()
+    assert saves.put_back(tune) and tune_can_restore(tune)
     names = sorted(p.name for p in tune.iterdir())
-    assert f"experiment_state-{whole}.json" in names and f"search_gen_state-{whole}.json" in names
-    assert sorted(n for n in names if cut in n) == [f"experiment_state-{cut}.json.cut-off",
-                                                    f"search_gen_state-{cut}.json.cut-off",
-                                                    f"searcher-state-{cut}.pkl.cut-off"]
-    assert tune_can_restore(tune) and "was cut off" in capsys.readouterr().out
-    set_aside_cut_off_state(tune)  # a whole save: nothing more to do
-    assert sorted(p.name for p in tune.iterdir()) == names
+    assert set(saves.session_files(old)) <= set(names)
+    assert sorted(n for n in names if new in n) == sorted(
+        f"{n}.cut-off" for n in [*saves.session_files(new), *(f + saves.KEPT for f in saves.session_files(new)[1:])])
+    assert "set aside with its searcher state" in capsys.readouterr().out
+    assert saves.put_back(tune) and sorted(p.name for p in tune.iterdir()) == names  # whole: nothing to do
+    (tune / saves.session_files(old)[1]).write_text('{"vers')
+    assert not saves.put_back(tune) and not tune.exists() and list(tmp_path.glob("tune.cut-off-*"))
+    assert "starting it again" in capsys.readouterr().out

@@ -295,22 +295,28 @@ def test_driver_killed_while_evaluators_hold_resumes(cluster, tmp_path, data_dir
     assert len(counts) == BUDGET and sum(counts.values()) - BUDGET <= 4 * 2  # at most the running batches redone
 
 
-def test_state_cut_off_mid_save_is_set_aside_and_the_search_completes(cluster, tmp_path, data_dir, snapshot_run):
-    """Tune writes its experiment state in place, so a driver killed while saving leaves it cut off
-    (seen here once: the resumed search then ran 1 candidate and wrote a table of 1). The next launch
-    sets it aside in one line and, with no whole save left, searches again: every candidate of the
-    budget is in the table, each once."""
+def test_state_cut_off_mid_save_is_put_back_and_the_search_resumes(cluster, tmp_path, data_dir, snapshot_run):
+    """Tune copies its saves to the search's folder in place, so a driver killed mid-copy leaves
+    them cut off (seen in CI: the trial table at 0 bytes, and the search started again). The next
+    launch puts the whole copy kept at Tune's save back, in one line, and resumes: no candidate is
+    evaluated again. With the whole copy gone too, it sets the save aside and searches again."""
     args = search_args(tmp_path, data_dir, snapshot_run)
     first = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     assert first.finish(240) == 0, first.output()[-4000:]
     tune_dir = tmp_path / "out" / "s" / "tune"
-    (newest := max(tune_dir.glob("experiment_state-*.json"))).write_text("")  # what a kill mid-save leaves
+    (newest := max(tune_dir.glob("experiment_state-*.json"))).write_text("")  # what a kill mid-copy leaves
     second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     assert second.finish(240) == 0, second.output()[-4000:]
-    assert f"{newest.name} was cut off" in second.output() and "starting it again" in second.output()
+    assert f"{newest.name} was cut off" in second.output() and "put back from its whole copy" in second.output()
+    assert "resuming the search" in second.output()
+    check_outputs(tmp_path / "out" / "s", BUDGET)  # each candidate evaluated once, across both launches
+    newest = max(tune_dir.glob("experiment_state-*.json"))
+    newest.write_text("")
+    newest.with_name(newest.name + ".whole").unlink()
+    third = CliRun(args, env={"RAY_ADDRESS": cluster.address})
+    assert third.finish(240) == 0, third.output()[-4000:]
+    assert "set aside" in third.output() and "resuming the search" in third.output()  # from the first launch's save
     check_outputs(tmp_path / "out" / "s", BUDGET)
-    assert list(tune_dir.parent.glob("tune.cut-off-*")), "the old Tune folder is kept"
-
 
 def test_killed_evaluator_is_retried_and_search_completes(cluster, tmp_path, data_dir, snapshot_run):
     import ray

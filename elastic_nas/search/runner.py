@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from elastic_nas.cluster.launcher import init_ray, resolve_storage
 from elastic_nas.config import SearchConfig, SpaceConfig, from_dict, to_dict
 from elastic_nas.errors import ConfigError, UserError
 from elastic_nas.io import RunFolder, print_outputs, redact
-from elastic_nas.search import barrier
+from elastic_nas.search import barrier, saves
 from elastic_nas.search.evaluator import EvalData, Snapshot, candidate_results, eval_data, evaluate_candidate
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import SCORES, write_outputs
@@ -134,7 +133,9 @@ def results_table(grid) -> pd.DataFrame:
     for result in grid:
         for cand in (result.config or {}).get("candidates") or []:
             rows.setdefault(_key(cand["arch"]), _row(cand, {}, result.metrics or {}))
-        for report in trial_reports(result.path):
+        # The trial table's last result too: a resumed search's table can list a trial as finished
+        # whose result.json the killed driver never copied up (search/saves.py).
+        for report in [*reports(result.metrics), *trial_reports(result.path)]:
             rows[_key(report["arch"])] = _row(report, report, report)
     columns = ["arch", "macs", "params", "latency_ms", "accuracy", "loss", "generation", "trial_id", "eval_s"]
     return pd.DataFrame(list(rows.values()), columns=columns)
@@ -155,11 +156,23 @@ def _key(arch) -> str:
 
 
 def trial_reports(trial_dir: str) -> list[dict]:
-    """Every candidate's result a trial reported (Tune's result.json, one JSON line per report)."""
+    """Every candidate's result a trial reported (Tune's result.json, one JSON line per report;
+    a last line cut off by a killed driver's copy is left out)."""
     path = Path(trial_dir) / "result.json"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [{"trial_id": r.get("trial_id", ""), **c} for r in (json.loads(line) for line in lines if line.strip())
-            for c in candidate_results(r)]
+    lines = [line for line in (path.read_text().splitlines() if path.is_file() else []) if line.strip()]
+    results = []
+    for i, line in enumerate(lines):
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise
+    return [c for r in results for c in reports(r)]
+
+
+def reports(result: dict | None) -> list[dict]:
+    """The candidates' results in one of a trial's results, each with the trial's id."""
+    return [{"trial_id": (result or {}).get("trial_id", ""), **c} for c in candidate_results(result)]
 
 
 def _row(cand: dict, scores: dict, meta: dict) -> dict:
@@ -217,7 +230,7 @@ def run_search(cfg: SearchConfig) -> dict:
     snapshot = to_snapshot(ckpt)
     init_ray()
     # A resumed search keeps the batching its searcher was saved with.
-    restoring = tune_can_restore(out_dir / TUNE_DIR) and set_aside_cut_off_state(out_dir / TUNE_DIR)
+    restoring = tune_can_restore(out_dir / TUNE_DIR) and saves.put_back(out_dir / TUNE_DIR)
     if not restoring:
         searcher.candidates_per_trial, searcher.slots = trial_batching(cfg)
     budget = searcher.generator.settings.budget
@@ -307,30 +320,6 @@ def tune_can_restore(tune_path: Path) -> bool:
     return tune.Tuner.can_restore(str(tune_path))
 
 
-def set_aside_cut_off_state(tune_path: Path) -> bool:
-    """Whether the search in ``tune_path`` (a folder Tune can restore) resumes from a whole save.
-    Tune writes its experiment state in place, not atomically: a driver killed mid-write leaves it
-    cut off, and Tune's restore then "restarts the experiment" with a searcher of another time, so
-    the search ends short and its results table loses what was done. Here each cut-off session's
-    files are set aside (``*.cut-off``), so Tune resumes from the last whole save; where none is
-    left, the whole Tune folder is set aside (False: the search starts again)."""
-    for state in sorted(tune_path.glob("experiment_state-*.json"), reverse=True):
-        try:
-            json.loads(state.read_text())
-            return True
-        except (OSError, ValueError):
-            session = state.name[len("experiment_state-"):-len(".json")]
-            for f in tune_path.glob(f"*{session}*"):
-                f.rename(f.with_name(f.name + ".cut-off"))
-            print(f"elastic-nas: the search's saved state {state.name} was cut off (a driver killed while "
-                  "saving it): set aside with its searcher state", flush=True)
-    kept = tune_path.with_name(f"{tune_path.name}.cut-off-{time.strftime('%Y%m%d-%H%M%S')}")
-    tune_path.rename(kept)  # nothing whole to resume from: start again, the old folder kept
-    print(f"elastic-nas: no whole saved state of the search is left: starting it again ({kept.name} kept)",
-          flush=True)
-    return False
-
-
 def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot, data: EvalData, tune_path: Path):
     """Tune trials of candidate batches, the searcher proposing them; resumes a started search."""
     from ray import tune
@@ -358,6 +347,7 @@ def run_tune(cfg: SearchConfig, searcher: GenerationSearcher, snapshot: Snapshot
         tune.with_parameters(evaluate_candidate, snapshot=snapshot, data=data),
         {"cpu": cfg.evaluator.cpus_per_trial, "gpu": cfg.evaluator.gpus_per_trial},
     )
+    saves.keep_in(tune_path)
     if tune_can_restore(tune_path):
         print(f"elastic-nas: resuming the search in {tune_path}", flush=True)
         tuner = tune.Tuner.restore(str(tune_path), trainable, resume_unfinished=True, resume_errored=True)

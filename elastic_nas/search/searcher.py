@@ -41,7 +41,10 @@ the two would leave a trial finished in the table but running in the searcher, a
 generation barrier would wait for it forever. Hence the searcher saves itself again as soon
 as a trial completes (before Tune's next table), and a restored batch whose candidates are
 all scored no longer counts as running (if Tune does re-run it, its reports are told again,
-with the same scores).
+with the same scores). Tune then copies the saved files to the search's folder one at a time
+(:mod:`.saves` keeps them whole), so a driver killed mid-copy can still leave the table ahead
+of the searcher: a restore tells the searcher the last report of every batch the table lists as
+finished.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ import time
 from ray.tune.search import Searcher
 
 from elastic_nas.io import atomic_write
-from elastic_nas.search import barrier
+from elastic_nas.search import barrier, saves
 from elastic_nas.search.evaluator import candidate_results
 from elastic_nas.search.evolution import _Generator, arch_key
 
@@ -287,10 +290,18 @@ class GenerationSearcher(Searcher):
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
         self._state_path = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))
         super().save_to_dir(checkpoint_dir, session_str)
+        saves.keep(checkpoint_dir, session_str)  # Tune's copy to the search's folder is not atomic
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
             self.set_state(json.load(f))
+        # Tune copies its saved files up one at a time: a driver killed mid-copy can leave a trial
+        # table newer than this state, listing as finished a batch that runs here. Tune will not
+        # run it again, so its last report (the whole batch) is told now, or the barrier would
+        # wait for it forever.
+        finished = saves.finished_trials(os.path.dirname(checkpoint_path))
+        for trial_id in [t for t in self.current.running if t in finished]:
+            self.on_trial_complete(trial_id, finished[trial_id])
 
 
 def _score(value) -> float | None:
