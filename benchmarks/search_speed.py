@@ -179,6 +179,17 @@ class NoHolds(GenerationSearcher):
         return None
 
 
+class NoKeptSaves(GenerationSearcher):
+    """The searcher before it kept whole copies of Tune's saves (search/saves.py) at each save
+    (``--compare-no-kept-saves``)."""
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        from ray.tune.search import Searcher
+
+        self._state_path = os.path.join(checkpoint_dir, self.CKPT_FILE_TMPL.format(session_str))
+        Searcher.save_to_dir(self, checkpoint_dir, session_str)
+
+
 def sequential(space, snapshot, data, n: int) -> dict:
     """The candidates one after another in one plain process, spawned like the parallel
     ones (a loop in this process, which has built the data and imported Ray, ran each
@@ -451,6 +462,7 @@ BATCHED_COMPARISONS = {
                     "generation (needs --generations)", ""),
     "no_holds": ("no hold trials at the barriers (the searcher before them; needs --generations and 3+ "
                  "evaluators)", ""),
+    "no_kept_saves": ("no whole copies of Tune's saves (the searcher before search/saves.py)", ""),
 }
 REPORT_EACH_PHASE = BATCHED_VARIANT + "report_each"
 WAKERS_PHASE = "plain_parallel_wakers"  # --compare-wakers HZ
@@ -476,6 +488,8 @@ def run_phase(name: str, space, snapshot, data, args, tmp: str) -> dict:
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=EarlyStart)
     if name == BATCHED_VARIANT + "no_holds":
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=NoHolds)
+    if name == BATCHED_VARIANT + "no_kept_saves":
+        return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, searcher_cls=NoKeptSaves)
     if name in POLICIES:
         return tuned(space, snapshot, data, n, slots, f"{tmp}/{name}", 0, POLICIES[name])
     if name.startswith(NICE_PHASE):  # the batched run again, Ray's workers at one --compare-niceness value
