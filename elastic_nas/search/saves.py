@@ -32,14 +32,13 @@ from elastic_nas.io import atomic_write
 KEPT = ".whole"
 # The Tune folder of this driver's search, set at each launch: Tune restores the searcher it
 # pickled at the first launch, whose folder may have moved since.
-_FOLDER: dict[str, Path] = {}
+_FOLDER: dict[str, Path | None] = {}
+TABLE_PREFIX, TABLE_SUFFIX = TuneController.CKPT_FILE_TMPL.split("{}")
 
 
 def keep_in(tune_path: Path | None) -> None:
     """Where :func:`keep` writes (None: nowhere)."""
-    _FOLDER.pop("tune", None)
-    if tune_path is not None:
-        _FOLDER["tune"] = tune_path
+    _FOLDER["tune"] = tune_path
 
 
 def session_files(session: str) -> list[str]:
@@ -86,7 +85,7 @@ def put_back(tune_path: Path) -> bool:
     short), so Tune resumes from an older one. Where none is left, the Tune folder is set aside
     (False: the search starts again)."""
     for state in sorted(tune_path.glob(TuneController.CKPT_FILE_TMPL.format("*")), reverse=True):
-        session = state.name[len("experiment_state-"):-len(".json")]
+        session = state.name[len(TABLE_PREFIX):-len(TABLE_SUFFIX)]
         broken = [name for name in session_files(session) if not whole(tune_path / name)]
         if not broken:
             return True
