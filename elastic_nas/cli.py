@@ -16,7 +16,7 @@ def _add_config_args(p: argparse.ArgumentParser, default: str) -> None:
                    help=f"YAML job config: a file, or a shipped config's name (default: {default}; see `configs`)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. --set elastic.max_workers=4 (repeatable)",
+        help="override a config key: --set section.key=value (repeatable; `elastic-nas configs NAME` shows the keys)",
     )
 
 

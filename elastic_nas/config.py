@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from elastic_nas.errors import ConfigError
-from elastic_nas.io import join
+from elastic_nas.io import is_uri, join
 
 T = TypeVar("T")
 
@@ -534,7 +536,7 @@ class RetrainConfig:
     eval_batch: int = 256  # batch for the final test-split evaluation
 
     def validate(self, prefix: str = "") -> None:
-        _positive(self.eval_batch, "eval_batch")
+        _positive(self.eval_batch, f"{prefix}.eval_batch".lstrip("."))
 
 
 @dataclass
@@ -598,7 +600,9 @@ class TestConfig:
     output: str = ""  # export dir ("" = <checkpoint's run dir>/export)
 
     def validate(self, prefix: str = "") -> None:
-        _positive(self.batch_size, "batch_size")
+        _positive(self.batch_size, f"{prefix}.batch_size".lstrip("."))
+        if self.output and not is_uri(self.output) and Path(self.output).expanduser().is_file():
+            raise ConfigError(f"{prefix}.output".lstrip("."), f"{self.output} is a file; the export needs a folder")
 
 
 @dataclass
@@ -660,6 +664,8 @@ def find_config(name_or_path: str | Path) -> Path:
     shipped = shipped_configs()
     if str(p.parent) in (".", "jobs") and p.stem in shipped and p.suffix in ("", ".yaml"):
         return shipped[p.stem]
+    if p.is_dir():
+        raise ConfigError("--config", f"{p} is a folder; give a YAML file or a shipped config's name")
     raise ConfigError("--config", f"no such file: {p} (shipped configs, by name: {', '.join(shipped)})")
 
 
@@ -673,6 +679,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError("--config", f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{p} is not a text file (not UTF-8)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("--config", f"{p} must hold a mapping at top level")
         raw = loaded or {}
@@ -737,6 +745,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -784,8 +795,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

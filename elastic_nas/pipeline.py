@@ -7,6 +7,7 @@ import json
 import time
 
 from elastic_nas.config import PipelineConfig, load_config
+from elastic_nas.errors import ConfigError
 from elastic_nas.io import print_outputs
 
 
@@ -16,14 +17,34 @@ def pipeline_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
+def check_later_steps(cfg: PipelineConfig) -> None:
+    """What the search and test can be told before the supernet trains, so that a typo there
+    fails now and not after the supernet's minutes: storage, the search's space and data against
+    the supernet's, its constraints and latency table, its image counts."""
     from elastic_nas.cluster.launcher import resolve_storage
+    from elastic_nas.config import to_dict
+    from elastic_nas.search.runner import check_snapshot_matches, make_searcher
+    from elastic_nas.spaces import build_space
+
+    resolve_storage(cfg.supernet.run)
+    trained = {"space": to_dict(cfg.supernet.space), "data": {"source": cfg.data.source, "seed": cfg.data.seed}}
+    try:
+        make_searcher(cfg.search, build_space(check_snapshot_matches(cfg.search, trained)))
+    except ConfigError as e:  # the search names its own keys; here they are the search section's
+        raise ConfigError(f"search.{e.key}", str(e).split(": ", 2)[-1]) from None
+    ev = cfg.search.evaluator
+    if ev.val_images > cfg.data.search_val_size:
+        raise ConfigError("search.evaluator.val_images", f"{ev.val_images} > data.search_val_size "
+                                                         f"({cfg.data.search_val_size})")
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
     from elastic_nas.search.runner import run_search
     from elastic_nas.train.evaluate import run_test
     from elastic_nas.train.retrain import retrain
     from elastic_nas.train.supernet import train_supernet
 
-    resolve_storage(cfg.supernet.run)  # storage that cannot be written fails here, not after the supernet
+    check_later_steps(cfg)
     times: dict[str, float] = {}
     t0 = time.time()
 

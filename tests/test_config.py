@@ -137,3 +137,74 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
     listed = capsys.readouterr().out.splitlines()
     assert {line.split()[0] for line in listed} == names
     assert main(["configs", "search"]) == 0 and "evolution:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.nan", "optim.lr=.inf", "elastic.checkpoint_every_s=.nan"])
+def test_a_number_that_is_not_finite_is_refused(override):
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_config(SupernetConfig, "supernet", [override])
+
+
+def test_a_number_in_exponent_form_without_a_dot_is_a_number():
+    """YAML 1.1 reads ``1e-3`` as a string; people write it for learning rates all the time."""
+    assert load_config(SupernetConfig, "supernet", ["optim.lr=1e-3"]).optim.lr == 0.001
+    assert load_config(SupernetConfig, "supernet", ["optim.lr=2E+1"]).optim.lr == 20.0
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(SupernetConfig, "supernet", ["optim.lr=1e-3x"])
+
+
+def test_a_config_that_is_not_text_or_is_a_folder_is_one_line(tmp_path):
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(SupernetConfig, binary)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(SupernetConfig, tmp_path)
+
+
+def test_storage_path_on_a_file_is_refused_before_any_work(tmp_path):
+    from elastic_nas.cluster.launcher import resolve_storage
+    from elastic_nas.errors import UserError
+
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        resolve_storage(load_config(SupernetConfig, "supernet", [f"run.storage_path={tmp_path / 'runs'}"]).run)
+
+
+def test_supernet_checks_its_rule_before_it_builds_the_dataset(tmp_path):
+    """A rule the space cannot train fails before the dataset is generated (or downloaded)."""
+    from elastic_nas.train.supernet import train_supernet
+
+    cfg = load_config(SupernetConfig, "supernet", [f"run.storage_path={tmp_path / 'runs'}",
+                                                  f"data.path={tmp_path / 'data'}", "sampling.flops_max=300"])
+    with pytest.raises(ConfigError, match="sandwich.progressive"):
+        train_supernet(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_pipeline_checks_the_search_and_test_before_the_supernet_trains(tmp_path):
+    from elastic_nas.config import PipelineConfig
+    from elastic_nas.pipeline import check_later_steps
+
+    (tmp_path / "file").write_text("x")
+    base = [f"storage_path={tmp_path / 'runs'}"]
+    check_later_steps(load_config(PipelineConfig, "pipeline", base))
+    for override, fragment in [("search.latency_table=/nonexistent/lat.json", "search.latency_table: cannot read"),
+                               ("search.space.name=spos", "search.space: differs"),
+                               ("search.evaluator.val_images=999999", "search.evaluator.val_images"),
+                               ("search.evolution.macs_max=0.001", "search.evolution.macs_max: no architecture")]:
+        with pytest.raises(ConfigError, match=fragment):
+            check_later_steps(load_config(PipelineConfig, "pipeline", base + [override]))
+    with pytest.raises(ConfigError, match="test.output: .* is a file"):
+        load_config(PipelineConfig, "pipeline", base + [f"test.output={tmp_path / 'file'}"])
+
+
+@pytest.mark.parametrize("name", ["supernet", "retrain", "scale", "pipeline"])
+def test_data_prepare_reads_any_step_config_with_a_dataset(name):
+    from elastic_nas.data.cli import job_config
+
+    assert job_config(name, ["data.num_train=3000"]).data.num_train == 3000
+    with pytest.raises(ConfigError, match="foo: unknown key"):  # the step's own keys, not a supernet's
+        job_config(name, ["foo=1"])
+    with pytest.raises(ConfigError, match="prepare with the supernet's job config"):
+        job_config("search", [])

@@ -185,9 +185,10 @@ def test_cli_prepare_small(tmp_path):
     assert "train 180, search_val 20, test 50" in r.stdout
 
 
-@pytest.mark.parametrize("bad", ["--shard-size=0"])
+@pytest.mark.parametrize("bad", ["--shard-size=0", "--workers=-1"])
 def test_cli_convert_bad_args(tmp_path, bad):
     src = tmp_path / "src"
     _make_folder(src)
     r = _cli("data", "convert", str(src), str(tmp_path / "dst"), bad)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dst").exists()  # refused before the source is scanned or dst made

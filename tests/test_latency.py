@@ -127,7 +127,7 @@ def test_latency_build_and_arch_info_from_the_shell(tmp_path):
     space = build_space(SpaceConfig(**table.tags["space"]))
     assert out["latency_ms"] == round(table.predict_ms(space, arch), 4) and out["macs"] == space.macs(arch)
     for bad, words in ((["--ray-resources", "[1]"], "--ray-resources"), (["--repeats", "0"], "--repeats"),
-                       (["--set", "space.name=resnet"], "space.name")):
+                       (["--set", "space.name=resnet"], "space.name"), (["--out", str(tmp_path)], "--out")):
         r = latency_cli(tmp_path / "bad", *bad)
         assert r.finish(60) == 2 and words in r.output(), r.output()
         assert len(r.output().strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

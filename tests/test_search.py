@@ -568,6 +568,58 @@ def test_scored_by_loss_the_lowest_loss_ranks_first(tmp_path):
     assert read_choice(str(tmp_path), 2.5)[1] == [2] and read_choice(str(tmp_path))[1] == [3]
 
 
+def test_a_bad_search_choice_is_one_line(tmp_path):
+    """``retrain``'s ``arch.search``: a file named instead of the folder, a cut-off or foreign
+    ``chosen_arch.json``, a folder with none: one line each, no traceback."""
+    from elastic_nas.errors import UserError
+
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "chosen_arch.json").write_text('{"space": ')
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "chosen_arch.json").write_text("[1]")
+    for folder, fragment in [("cut", "is not valid JSON"), ("list", "is not a search's choice"),
+                             ("cut/chosen_arch.json", "give the search's folder"), ("none", "not found")]:
+        with pytest.raises(UserError, match=fragment):
+            read_choice(str(tmp_path / folder))
+
+
+def supernet_checkpoint(path, space_cfg: SpaceConfig):
+    from elastic_nas.config import to_dict
+    from elastic_nas.elastic.checkpoint import write_checkpoint
+
+    model = build_space(space_cfg).build_supernet()
+    write_checkpoint(path, {"model": model.state_dict()},
+                     {"step": 1, "fingerprint": {"kind": "supernet", "space": to_dict(space_cfg)}})
+    return str(path)
+
+
+def test_a_rejected_search_pins_nothing_and_a_resumed_one_keeps_its_snapshot(tmp_path, capsys):
+    """A launch refused before any work leaves no pinned snapshot, so the corrected launch
+    searches the snapshot it names; a search that did start resumes with its own weights and
+    says so, in one line, when given another snapshot."""
+    from elastic_nas.search.runner import run_search
+    from elastic_nas.search.snapshot import PIN_DIR, pin, pinned_or_resolved
+
+    spos = supernet_checkpoint(tmp_path / "spos", SpaceConfig(name="spos", width_mult=0.25))
+    cream = supernet_checkpoint(tmp_path / "cream", SpaceConfig(name="cream", width_mult=0.25))
+    cfg = load_config(SearchConfig, "search", [f"run.storage_path={tmp_path / 'runs'}", f"snapshot={spos}",
+                                               "space.name=cream"])
+    with pytest.raises(ConfigError, match="differs from the snapshot's space"):
+        run_search(cfg)
+    search_dir = tmp_path / "runs" / cfg.run.name
+    assert not search_dir.exists()
+    ckpt, pinned = pinned_or_resolved(search_dir, cream)
+    assert not pinned and ckpt.meta["fingerprint"]["space"]["name"] == "cream"
+    pin(search_dir, ckpt, cream)
+    again, pinned = pinned_or_resolved(search_dir, cream)
+    assert pinned and str(again.path) == str(search_dir / PIN_DIR)  # the search's copy, not the source
+    capsys.readouterr()
+    again, pinned = pinned_or_resolved(search_dir, spos)  # another snapshot named: the search's own weights
+    assert pinned and again.meta["fingerprint"]["space"]["name"] == "cream"
+    shown = capsys.readouterr().out.strip().splitlines()
+    assert len(shown) == 1 and "started on" in shown[0] and str(tmp_path / "spos") in shown[0]
+
+
 def test_searcher_on_a_min_metric_tells_the_generator_the_negated_loss():
     from elastic_nas.search.runner import make_searcher
 

@@ -83,7 +83,12 @@ def resolve_storage(run: RunConfig) -> str:
     path = run.storage_path
     if not is_uri(path):
         p = Path(path).expanduser().resolve()
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UserError(f"run.storage_path {p} is a file, not a folder") from None
+        except OSError as e:  # no permission, a read-only disk
+            raise UserError(f"cannot use run.storage_path {p}: {e.strerror or e}") from None
         return str(p)
     fs, fs_path = filesystem(path)
     probe = f"{fs_path.rstrip('/')}/.elastic-nas-write-check-{uuid.uuid4().hex[:8]}"

@@ -135,6 +135,8 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
         raise DatasetError(f"--shard-size must be >= 1, got {shard_size}")
     if row_group_size < 1:
         raise DatasetError(f"--row-group-size must be >= 1, got {row_group_size}")
+    if workers < 0:
+        raise DatasetError(f"--workers must be >= 0 (0: all cores), got {workers}")
     found = scan(src)
     dst = Path(dst).expanduser()
     try:

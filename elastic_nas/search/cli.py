@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from elastic_nas.config import SearchConfig, load_config
 
@@ -29,6 +30,9 @@ def latency_build(args: argparse.Namespace) -> int:
     cfg = load_config(SupernetConfig, args.config, args.overrides)
     if args.batch < 1 or args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise ConfigError("latency build", "--batch, --threads and --repeats must be >= 1, --warmup >= 0")
+    out = Path(args.out)
+    if out.is_dir() or any(p.exists() and not p.is_dir() for p in out.parents):
+        raise ConfigError("--out", f"{out} must name a file in a folder (the table is written there after timing)")
     resources = {}
     if args.ray_resources:
         try:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from elastic_nas.errors import UserError
-from elastic_nas.io import atomic_write, join, read_bytes, write_json
+from elastic_nas.io import atomic_write, join, read_bytes, redact, storage_error, write_json
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -155,6 +155,8 @@ def read_choice(search_dir: str, budget_m: float = 0.0) -> tuple[dict, Any]:
     ``budget_m`` > 0 the best arch (by the search's score) at or under that many million MACs.
     Local or a URI."""
     chosen = _read_json(join(search_dir, CHOSEN))
+    if not isinstance(chosen, dict) or not {"space", "arch"} <= chosen.keys():
+        raise UserError(f"arch.search: {join(search_dir, CHOSEN)} is not a search's choice (no space and arch)")
     if budget_m <= 0:
         return chosen["space"], chosen["arch"]
     entries = _read_json(join(search_dir, BEST_PER_BUDGET))
@@ -174,9 +176,17 @@ def _number(value) -> float | None:
 
 def _read_json(path: str) -> Any:
     try:
-        return json.loads(read_bytes(path))
+        data = read_bytes(path)
     except FileNotFoundError:
         raise UserError(f"arch.search: {path} not found (run `elastic-nas search` first)") from None
+    except NotADirectoryError:
+        raise UserError(f"arch.search: give the search's folder, not a file in it ({path})") from None
+    except (OSError, ValueError) as e:  # a URI out of reach (pyarrow's errors are either)
+        raise UserError(f"arch.search: cannot read {redact(path)}: {storage_error(e)}") from None
+    try:
+        return json.loads(data)
+    except ValueError:  # cut off, or not UTF-8
+        raise UserError(f"arch.search: {redact(path)} is not valid JSON (cut off?)") from None
 
 
 __all__ = ["BEST_PER_BUDGET", "CHOSEN", "PARETO_CSV", "PARETO_LATENCY_CSV", "PLOT", "PLOT_LATENCY", "RESULTS_CSV",

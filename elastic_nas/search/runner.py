@@ -30,7 +30,7 @@ from elastic_nas.search.evaluator import EvalData, Snapshot, candidate_results, 
 from elastic_nas.search.evolution import Constraints, EvolutionSettings, make_generator
 from elastic_nas.search.outputs import SCORES, write_outputs
 from elastic_nas.search.searcher import GenerationSearcher
-from elastic_nas.search.snapshot import pin_snapshot, to_snapshot
+from elastic_nas.search.snapshot import pin, pinned_or_resolved, to_snapshot
 from elastic_nas.spaces import build_space
 from elastic_nas.spaces.latency import LatencyTable
 
@@ -219,14 +219,16 @@ def run_search(cfg: SearchConfig) -> dict:
 
     folder = search_folder(cfg)
     out_dir = folder.local
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Fail before any work starts: snapshot, space/data agreement, constraints, images.
-    ckpt = pin_snapshot(out_dir, cfg.snapshot)
+    # Fail before any work starts, leaving nothing behind: snapshot, space/data agreement,
+    # constraints, images.
+    ckpt, pinned = pinned_or_resolved(out_dir, cfg.snapshot)
     fingerprint = ckpt.meta["fingerprint"]
     space_cfg = check_snapshot_matches(cfg, fingerprint)
     space = build_space(space_cfg)
     searcher = make_searcher(cfg, space)  # fails here if the constraints miss the space
     data = build_eval_data(cfg, space_cfg, fingerprint.get("data", {}).get("num_train"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt if pinned else pin(out_dir, ckpt, cfg.snapshot)
     snapshot = to_snapshot(ckpt)
     init_ray()
     # A resumed search keeps the batching its searcher was saved with.

@@ -23,6 +23,7 @@ from elastic_nas.elastic.checkpoint import (
     write_checkpoint,
 )
 from elastic_nas.errors import CheckpointError
+from elastic_nas.io import is_uri, redact
 from elastic_nas.search.evaluator import Snapshot
 
 PIN_DIR = "snapshot"
@@ -40,15 +41,32 @@ def resolve_snapshot(path: str) -> LoadedCheckpoint:
     return ckpt
 
 
-def pin_snapshot(search_dir: Path, source: str) -> LoadedCheckpoint:
-    """The pinned copy in ``search_dir`` if there is one, else resolve ``source`` and pin it."""
+def pinned_or_resolved(search_dir: Path, source: str) -> tuple[LoadedCheckpoint, bool]:
+    """(snapshot, whether it is pinned): a resumed search's pinned copy, else ``source``
+    resolved, to be pinned by :func:`pin` once the search's checks pass (a rejected launch
+    then leaves nothing that a corrected one would find)."""
     pinned = search_dir / PIN_DIR
-    if (pinned / META_FILE).is_file():
-        return read_checkpoint(str(pinned))
-    ckpt = resolve_snapshot(source)
-    meta = {"step": ckpt.meta.get("step"), "fingerprint": ckpt.meta["fingerprint"], "source": str(ckpt.path)}
-    write_checkpoint(pinned, {"model": ckpt.state["model"]}, meta)
-    return read_checkpoint(str(pinned))
+    if not (pinned / META_FILE).is_file():
+        return resolve_snapshot(source), False
+    ckpt = read_checkpoint(str(pinned))
+    asked = ckpt.meta.get("asked")
+    if asked is not None and asked != _asked(source):  # not refused: the first may have moved or gone
+        print(f"elastic-nas: this search was started on {asked} and resumes with those weights (pinned); "
+              f"snapshot {_asked(source)} is not used: a new run.name searches it", flush=True)
+    return ckpt, True
+
+
+def pin(search_dir: Path, ckpt: LoadedCheckpoint, source: str) -> LoadedCheckpoint:
+    """Copy the snapshot's weights into the search dir: every launch of it scores with these."""
+    meta = {"step": ckpt.meta.get("step"), "fingerprint": ckpt.meta["fingerprint"], "source": str(ckpt.path),
+            "asked": _asked(source)}
+    write_checkpoint(search_dir / PIN_DIR, {"model": ckpt.state["model"]}, meta)
+    return read_checkpoint(str(search_dir / PIN_DIR))
+
+
+def _asked(source: str) -> str:
+    """``snapshot`` as the user gave it, comparable between launches (and without credentials)."""
+    return redact(source) if is_uri(source) else str(Path(source).expanduser().resolve())
 
 
 def to_snapshot(ckpt: LoadedCheckpoint) -> Snapshot:
@@ -64,4 +82,4 @@ def to_snapshot(ckpt: LoadedCheckpoint) -> Snapshot:
     return Snapshot(snapshot_id=snapshot_id, space=dict(ckpt.meta["fingerprint"]["space"]), state=state)
 
 
-__all__ = ["PIN_DIR", "pin_snapshot", "resolve_snapshot", "to_snapshot"]
+__all__ = ["PIN_DIR", "pin", "pinned_or_resolved", "resolve_snapshot", "to_snapshot"]

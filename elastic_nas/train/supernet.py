@@ -51,12 +51,12 @@ def train_supernet(cfg: SupernetConfig) -> dict:
     from elastic_nas.data import build_dataset
     from elastic_nas.spaces import build_space
 
-    # Fail before any work starts: storage, the dataset (generates the synthetic cache once
-    # here, not on every worker at once), the space, the strategy's arch sampling, the landmarks.
+    # Fail before any work starts: storage, the space, the strategy's arch sampling, the
+    # landmarks, then the dataset (generated or downloaded once here, not on every worker).
     resolve_storage(cfg.run)
-    splits = build_dataset(cfg.data, cfg.space.input_size)
     strategy = STRATEGIES[cfg.strategy]
     strategy.check(cfg, build_space(cfg.space))
+    splits = build_dataset(cfg.data, cfg.space.input_size)
     print(f"elastic-nas: {cfg.strategy} supernet {cfg.space.name} on {cfg.data.source} "
           f"({len(splits.train)} train images)", flush=True)
     run = run_training(supernet_worker, cfg)
