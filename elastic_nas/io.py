@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -169,7 +170,15 @@ class RunFolder:
         fs, fs_path = filesystem(self.uri)
         if fs.get_file_info(fs_path).type != pafs.FileType.Directory:
             return False
-        pafs.copy_files(fs_path, str(self.local), fs, pafs.LocalFileSystem())
+        # Beside it, then renamed: a copy cut short would else pass for a whole staging folder.
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        part = tempfile.mkdtemp(dir=self.local.parent, prefix=f".{self.local.name}.fetch-")
+        try:
+            pafs.copy_files(fs_path, part, fs, pafs.LocalFileSystem())
+            os.replace(part, self.local)
+        except BaseException:
+            shutil.rmtree(part, ignore_errors=True)
+            raise
         return True
 
 

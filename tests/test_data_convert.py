@@ -96,6 +96,16 @@ def test_convert_roundtrip_corrupt_and_resume(tmp_path):
     x, y, ids = data.test.get_batch(np.arange(6))
     assert x.shape == (6, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
 
+    # Converted again in another order and killed with the shards written, before their index:
+    # the old index (and summary) must be gone, not left to pair its labels with the new images.
+    def killed(line):
+        if "shards," in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(src, dst, shard_size=5, workers=1, log=killed, row_group_size=2, seed=1)
+    assert not (dst / "_index.parquet").exists() and not (dst / "_dataset.json").exists()
+
 
 def test_converted_folder_is_a_plain_parquet_dataset_with_an_index(tmp_path):
     """Shards shuffled (not class-sorted) in row groups; _index.parquet locates every sample;

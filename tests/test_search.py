@@ -680,6 +680,12 @@ def test_a_cut_off_tune_save_is_put_back_from_its_whole_copy_else_set_aside(tmp_
     assert saves.put_back(tune) and table.read_text() == '{"trial_data": []}'
     assert all(saves.whole(tune / name) for name in saves.session_files(new))
     assert "put back from its whole copy" in capsys.readouterr().out
+    newest = "2026-01-01_10-10-00"  # a later launch killed in its first copy: a searcher state, no table
+    (tune / saves.session_files(newest)[1]).write_bytes(pickle.dumps({"counter": 5})[:-3])
+    assert saves.sessions(tune) == [newest, new, old]
+    assert saves.put_back(tune) and saves.sessions(tune) == [new, old]  # Tune reads the newest searcher state
+    assert (tune / (saves.session_files(newest)[1] + ".cut-off")).exists()
+    capsys.readouterr()
     table.write_bytes(b"")  # cut off again, and its whole copy lost
     (tune / (table.name + saves.KEPT)).unlink()
     assert saves.put_back(tune) and tune_can_restore(tune)

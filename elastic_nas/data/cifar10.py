@@ -72,7 +72,8 @@ def _read(root: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
             images.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(d["labels"], dtype=np.int64))
         except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
-            raise DatasetError(f"CIFAR-10 file {root / FOLDER / name} is unreadable: {e}") from None
+            raise DatasetError(f"CIFAR-10 file {root / FOLDER / name} is unreadable ({e}): cut off by an interrupted "
+                               f"download? delete {root / FOLDER} and run again to fetch it afresh") from None
     return np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1)), np.concatenate(labels)
 
 

@@ -171,6 +171,9 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
     for rec in report.corrupt:
         log(f"convert: corrupt image skipped: {rec['path']} ({rec['error']})")
 
+    if todo:  # the old index would pair its labels with the new shards' images until rewritten
+        for stale in (INDEX_FILE, SUMMARY_FILE):
+            (dst / stale).unlink(missing_ok=True)
     workers = workers or os.cpu_count() or 1
     t0 = last = time.monotonic()
 

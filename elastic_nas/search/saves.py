@@ -33,7 +33,7 @@ KEPT = ".whole"
 # The Tune folder of this driver's search, set at each launch: Tune restores the searcher it
 # pickled at the first launch, whose folder may have moved since.
 _FOLDER: dict[str, Path | None] = {}
-TABLE_PREFIX, TABLE_SUFFIX = TuneController.CKPT_FILE_TMPL.split("{}")
+TABLE_PREFIX = TuneController.CKPT_FILE_TMPL.split("{}")[0]
 
 
 def keep_in(tune_path: Path | None) -> None:
@@ -84,8 +84,8 @@ def put_back(tune_path: Path) -> bool:
     otherwise "restart the experiment" with a searcher of another time, and the search ended
     short), so Tune resumes from an older one. Where none is left, the Tune folder is set aside
     (False: the search starts again)."""
-    for state in sorted(tune_path.glob(TuneController.CKPT_FILE_TMPL.format("*")), reverse=True):
-        session = state.name[len(TABLE_PREFIX):-len(TABLE_SUFFIX)]
+    for session in sessions(tune_path):
+        state = tune_path / session_files(session)[0]
         broken = [name for name in session_files(session) if not whole(tune_path / name)]
         if not broken:
             return True
@@ -95,8 +95,8 @@ def put_back(tune_path: Path) -> bool:
             print(f"elastic-nas: the search's saved {', '.join(broken)} was cut off (a driver killed while "
                   "Tune copied it): put back from its whole copy", flush=True)
             return True
-        for f in tune_path.glob(f"*{session}*"):
-            f.rename(f.with_name(f.name + ".cut-off"))
+        for f in sorted(tune_path.glob(f"*{session}*"), key=lambda f: f.name.startswith(TABLE_PREFIX)):
+            f.rename(f.with_name(f.name + ".cut-off"))  # the table last: it alone marks a session for Tune
         print(f"elastic-nas: the search's saved state {state.name} was cut off (a driver killed while "
               "saving it): set aside with its searcher state", flush=True)
     kept = tune_path.with_name(f"{tune_path.name}.cut-off-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -104,6 +104,20 @@ def put_back(tune_path: Path) -> bool:
     print(f"elastic-nas: no whole saved state of the search is left: starting it again ({kept.name} kept)",
           flush=True)
     return False
+
+
+def sessions(tune_path: Path) -> list[str]:
+    """The sessions any of whose files (or whole copies) are in ``tune_path``, newest first: a
+    kill during Tune's copy can leave a session's searcher state without its trial table, and
+    Tune's restore reads the newest searcher state whatever the tables say."""
+    found = set()
+    for template in session_files("{}"):
+        head, tail = template.split("{}")
+        for f in tune_path.glob(f"{head}*{tail}*"):
+            rest = f.name[len(head):]
+            if rest.endswith(tail) or rest.endswith(tail + KEPT):
+                found.add(rest[:rest.rindex(tail)])
+    return sorted(found, reverse=True)
 
 
 def finished_trials(folder: str) -> dict[str, dict]:
@@ -116,4 +130,4 @@ def finished_trials(folder: str) -> dict[str, dict]:
     return {t["trial_id"]: r.get("last_result") or {} for t, r in trials if t.get("status") == "TERMINATED"}
 
 
-__all__ = ["finished_trials", "keep", "keep_in", "put_back", "session_files", "whole"]
+__all__ = ["finished_trials", "keep", "keep_in", "put_back", "session_files", "sessions", "whole"]
