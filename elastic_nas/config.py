@@ -506,6 +506,9 @@ class SearchConfig:
             raise ConfigError("evolution.latency_max_ms", "latency bounds need latency_table (elastic-nas latency build)")
         if any(b <= 0 for b in self.budgets):
             raise ConfigError("budgets", f"every budget must be > 0 (millions of MACs), got {self.budgets}")
+        if self.evaluator.val_images > self.data.search_val_size:
+            raise ConfigError(f"{prefix}.evaluator.val_images".lstrip("."), f"{self.evaluator.val_images} > "
+                              f"data.search_val_size ({self.data.search_val_size}), the images it scores on")
 
 
 @dataclass
@@ -672,23 +675,26 @@ def find_config(name_or_path: str | Path) -> Path:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` from a YAML file (or a shipped config's name) plus ``key.sub=value``
     overrides, fully validated."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = find_config(path)
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        except UnicodeDecodeError:
-            raise ConfigError("--config", f"{p} is not a text file (not UTF-8)") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError("--config", f"{p} must hold a mapping at top level")
-        raw = loaded or {}
+    raw = read_yaml(path) if path is not None else {}
     for item in overrides or []:
         _apply_override(raw, item)
     cfg = from_dict(cls, raw)
     validate(cfg)
     return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A job config's YAML as a mapping (a file, or a shipped config's name), one line if it is not."""
+    p = find_config(path)
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("--config", f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--config", f"{p} is not a text file (not UTF-8)") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError("--config", f"{p} must hold a mapping at top level")
+    return loaded or {}
 
 
 def from_dict(cls: type[T], raw: dict[str, Any], prefix: str = "") -> T:
@@ -799,9 +805,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float's range
+            number = math.inf
+        if not math.isfinite(number):
             raise ConfigError(key, f"expected a finite number, got {value!r}")
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")

@@ -14,7 +14,7 @@ class ConfigError(UserError):
     """A config key is unknown, of the wrong type, or holds an impossible value."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config error: {key}: {message}")
 
 

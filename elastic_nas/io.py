@@ -172,6 +172,8 @@ class RunFolder:
             return False
         # Beside it, then renamed: a copy cut short would else pass for a whole staging folder.
         self.local.parent.mkdir(parents=True, exist_ok=True)
+        for left in self.local.parent.glob(f".{self.local.name}.fetch-*"):  # a killed fetch's
+            shutil.rmtree(left, ignore_errors=True)
         part = tempfile.mkdtemp(dir=self.local.parent, prefix=f".{self.local.name}.fetch-")
         try:
             pafs.copy_files(fs_path, part, fs, pafs.LocalFileSystem())

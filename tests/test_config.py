@@ -191,7 +191,7 @@ def test_pipeline_checks_the_search_and_test_before_the_supernet_trains(tmp_path
     check_later_steps(load_config(PipelineConfig, "pipeline", base))
     for override, fragment in [("search.latency_table=/nonexistent/lat.json", "search.latency_table: cannot read"),
                                ("search.space.name=spos", "search.space: differs"),
-                               ("search.evaluator.val_images=999999", "search.evaluator.val_images"),
+                               ("search.evaluator.val_images=999999", "search.evaluator.val_images: 999999 >"),
                                ("search.evolution.macs_max=0.001", "search.evolution.macs_max: no architecture")]:
         with pytest.raises(ConfigError, match=fragment):
             check_later_steps(load_config(PipelineConfig, "pipeline", base + [override]))
@@ -199,12 +199,26 @@ def test_pipeline_checks_the_search_and_test_before_the_supernet_trains(tmp_path
         load_config(PipelineConfig, "pipeline", base + [f"test.output={tmp_path / 'file'}"])
 
 
-@pytest.mark.parametrize("name", ["supernet", "retrain", "scale", "pipeline"])
-def test_data_prepare_reads_any_step_config_with_a_dataset(name):
+@pytest.mark.parametrize("name", ["supernet", "retrain", "search", "scale", "pipeline"])
+def test_data_prepare_reads_any_step_config(name):
     from elastic_nas.data.cli import job_config
 
     assert job_config(name, ["data.num_train=3000"]).data.num_train == 3000
-    with pytest.raises(ConfigError, match="foo: unknown key"):  # the step's own keys, not a supernet's
+    with pytest.raises(ConfigError, match="foo: unknown key"):
         job_config(name, ["foo=1"])
-    with pytest.raises(ConfigError, match="prepare with the supernet's job config"):
-        job_config("search", [])
+
+
+def test_data_prepare_names_the_steps_own_keys_in_its_errors(tmp_path):
+    from elastic_nas.data.cli import job_config
+
+    retrain = tmp_path / "retrain.yaml"
+    retrain.write_text("arch:\n  value: [0]\neval_batch: 0\n")
+    with pytest.raises(ConfigError, match="eval_batch: must be > 0"):  # not a supernet's "arch: unknown key"
+        job_config(str(retrain), [])
+    with pytest.raises(ConfigError, match="retrain.eval_batch: must be > 0"):
+        job_config("pipeline", ["retrain.eval_batch=0"])
+
+
+def test_a_number_past_floats_range_is_one_line():
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_config(SupernetConfig, "supernet", ["optim.lr=1" + "0" * 400])

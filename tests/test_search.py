@@ -652,8 +652,8 @@ def test_search_config_checks_name_the_key():
 def test_a_cut_off_tune_save_is_put_back_from_its_whole_copy_else_set_aside(tmp_path, capsys):
     """Tune copies its saves to the search's folder in place: a driver killed mid-copy leaves a
     file cut off. The whole copies kept as Tune saved are put back; a session with a cut-off file
-    and no whole copy is set aside with its searcher state (Tune resumes from the older one); with
-    nothing whole left, the folder is set aside and the search starts again."""
+    and no whole copy of it is set aside (Tune resumes from the older one); with nothing whole
+    left, the folder is set aside and the search starts again."""
     import pickle
 
     from elastic_nas.search import saves
@@ -693,7 +693,7 @@ def test_a_cut_off_tune_save_is_put_back_from_its_whole_copy_else_set_aside(tmp_
     assert set(saves.session_files(old)) <= set(names)
     assert sorted(n for n in names if new in n) == sorted(
         f"{n}.cut-off" for n in [*saves.session_files(new), *(f + saves.KEPT for f in saves.session_files(new)[1:])])
-    assert "set aside with its searcher state" in capsys.readouterr().out
+    assert "its session is set aside" in capsys.readouterr().out
     assert saves.put_back(tune) and sorted(p.name for p in tune.iterdir()) == names  # whole: nothing to do
     (tune / saves.session_files(old)[1]).write_text('{"vers')
     assert not saves.put_back(tune) and not tune.exists() and list(tmp_path.glob("tune.cut-off-*"))

@@ -10,12 +10,13 @@ def prepare(args: argparse.Namespace) -> int:
     """Build (generate / download / read) the dataset of a job config and print its splits."""
     import time
 
+    from elastic_nas.config import SpaceConfig
     from elastic_nas.data import build_dataset
 
     cfg = job_config(args.config, args.overrides)
-    space = cfg.supernet.space if hasattr(cfg, "supernet") else cfg.space  # a pipeline's: its supernet's
+    space = cfg.supernet.space if hasattr(cfg, "supernet") else cfg.space or SpaceConfig()  # a search's: None
     t0 = time.time()
-    data = build_dataset(cfg.data, space.input_size)
+    data = build_dataset(cfg.data, space.input_size)  # the size only resizes as images load
     print(f"{cfg.data.source}: {data.summary()} ({time.time() - t0:.1f} s)")
     if cfg.data.source == "synthetic":
         from elastic_nas.data.synthetic import cache_dir
@@ -25,22 +26,24 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def job_config(path: str, overrides: list[str]):
-    """The job config at ``path`` read as the first step whose config it is and that has a dataset
-    of its own (supernet, retrain, scale, pipeline: a search's data follows its snapshot), so
-    that an override's error names that step's keys."""
-    from elastic_nas.config import PipelineConfig, RetrainConfig, ScaleConfig, SearchConfig, SupernetConfig, load_config
-    from elastic_nas.errors import ConfigError
+    """The job config at ``path`` as the step whose keys its file holds (supernet, retrain, search,
+    scale, pipeline: the first that has them all), so that its errors name that step's keys."""
+    import dataclasses
 
-    for cls in (SupernetConfig, RetrainConfig, ScaleConfig, PipelineConfig, SearchConfig):
-        try:
-            load_config(cls, path)
-        except ConfigError:
-            continue
-        if cls is SearchConfig:
-            raise ConfigError("--config", "a search's data takes its supernet's input size: prepare with the "
-                                          "supernet's job config")
-        return load_config(cls, path, overrides)
-    return load_config(SupernetConfig, path, overrides)  # its error, one line
+    from elastic_nas.config import (
+        PipelineConfig,
+        RetrainConfig,
+        ScaleConfig,
+        SearchConfig,
+        SupernetConfig,
+        load_config,
+        read_yaml,
+    )
+
+    keys = set(read_yaml(path))
+    steps = (SupernetConfig, RetrainConfig, SearchConfig, ScaleConfig, PipelineConfig)
+    cls = next((c for c in steps if keys <= {f.name for f in dataclasses.fields(c)}), SupernetConfig)
+    return load_config(cls, path, overrides)  # where none fits, the supernet's one line names the key
 
 
 def convert(args: argparse.Namespace) -> int:

@@ -161,19 +161,20 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
                 todo.append(task)
     expected = {t.out.name for t in todo} | {shard_name(s, k) for s, n in _shard_counts(found, shard_size).items()
                                              for k in range(n)}
-    for stale in sorted(dst.glob("*-[0-9][0-9][0-9][0-9][0-9].parquet")):
-        if stale.name.split("-")[0] in found.splits and stale.name not in expected:
-            log(f"convert: removing {stale.name}, left from a run with another file list or shard size")
-            stale.unlink()
+    stale = [p for p in sorted(dst.glob("*-[0-9][0-9][0-9][0-9][0-9].parquet"))
+             if p.name.split("-")[0] in found.splits and p.name not in expected]
+    if todo or stale:  # first: the old index would pair its labels with the new shards' images
+        for name in (INDEX_FILE, SUMMARY_FILE):
+            (dst / name).unlink(missing_ok=True)
+    for path in stale:
+        log(f"convert: removing {path.name}, left from a run with another file list or shard size")
+        path.unlink()
     total = report.skipped + len(todo)
     if report.skipped:
         log(f"convert: {report.skipped}/{total} shards already complete, skipped")
     for rec in report.corrupt:
         log(f"convert: corrupt image skipped: {rec['path']} ({rec['error']})")
 
-    if todo:  # the old index would pair its labels with the new shards' images until rewritten
-        for stale in (INDEX_FILE, SUMMARY_FILE):
-            (dst / stale).unlink(missing_ok=True)
     workers = workers or os.cpu_count() or 1
     t0 = last = time.monotonic()
 

@@ -156,7 +156,7 @@ def read_choice(search_dir: str, budget_m: float = 0.0) -> tuple[dict, Any]:
     Local or a URI."""
     chosen = _read_json(join(search_dir, CHOSEN))
     if not isinstance(chosen, dict) or not {"space", "arch"} <= chosen.keys():
-        raise UserError(f"arch.search: {join(search_dir, CHOSEN)} is not a search's choice (no space and arch)")
+        raise UserError(f"arch.search: {redact(join(search_dir, CHOSEN))} is not a search's choice (no space and arch)")
     if budget_m <= 0:
         return chosen["space"], chosen["arch"]
     entries = _read_json(join(search_dir, BEST_PER_BUDGET))
@@ -180,7 +180,7 @@ def _read_json(path: str) -> Any:
     except FileNotFoundError:
         raise UserError(f"arch.search: {path} not found (run `elastic-nas search` first)") from None
     except NotADirectoryError:
-        raise UserError(f"arch.search: give the search's folder, not a file in it ({path})") from None
+        raise UserError(f"arch.search: give the search's folder, not a file in it ({redact(path)})") from None
     except (OSError, ValueError) as e:  # a URI out of reach (pyarrow's errors are either)
         raise UserError(f"arch.search: cannot read {redact(path)}: {storage_error(e)}") from None
     try:

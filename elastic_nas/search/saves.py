@@ -85,7 +85,6 @@ def put_back(tune_path: Path) -> bool:
     short), so Tune resumes from an older one. Where none is left, the Tune folder is set aside
     (False: the search starts again)."""
     for session in sessions(tune_path):
-        state = tune_path / session_files(session)[0]
         broken = [name for name in session_files(session) if not whole(tune_path / name)]
         if not broken:
             return True
@@ -97,8 +96,8 @@ def put_back(tune_path: Path) -> bool:
             return True
         for f in sorted(tune_path.glob(f"*{session}*"), key=lambda f: f.name.startswith(TABLE_PREFIX)):
             f.rename(f.with_name(f.name + ".cut-off"))  # the table last: it alone marks a session for Tune
-        print(f"elastic-nas: the search's saved state {state.name} was cut off (a driver killed while "
-              "saving it): set aside with its searcher state", flush=True)
+        print(f"elastic-nas: the search's saved {', '.join(broken)} was cut off or missing (a driver killed "
+              "while saving it): its session is set aside", flush=True)
     kept = tune_path.with_name(f"{tune_path.name}.cut-off-{time.strftime('%Y%m%d-%H%M%S')}")
     tune_path.rename(kept)  # nothing whole to resume from: start again, the old folder kept
     print(f"elastic-nas: no whole saved state of the search is left: starting it again ({kept.name} kept)",
