@@ -119,6 +119,9 @@ def storage_error(e: BaseException) -> str:
 CACHE = Path(os.environ.get("ELASTIC_NAS_CACHE", "~/.cache/elastic-nas")).expanduser()
 
 
+PUBLISHED = "_published"  # written last by a run folder's first whole copy up
+
+
 class RunFolder:
     """A run's folder of outputs people read: ``<storage>/<name>``.
 
@@ -135,6 +138,8 @@ class RunFolder:
             self.local = CACHE / "staging" / scheme / rest
         else:
             self.uri, self.local = None, Path(storage).expanduser().resolve() / name
+        self._sent: dict[str, tuple[int, int]] = {}  # what this process copied up: (size, mtime) by file
+        self._marked = self._replace = False
 
     def show(self, path: Any) -> Any:
         """Where a file of the folder lives for the user: its URI once published (anything
@@ -151,8 +156,7 @@ class RunFolder:
             return True
         for attempt in range(retries + 1):
             try:
-                fs, fs_path = filesystem(self.uri)
-                pafs.copy_files(str(self.local), fs_path, pafs.LocalFileSystem(), fs)
+                self._copy_up()
                 return True
             except Exception as e:  # pyarrow raises OSError/ArrowInvalid subclasses per backend
                 error = storage_error(e)
@@ -162,6 +166,43 @@ class RunFolder:
               "the outputs stay on local disk", file=sys.stderr, flush=True)
         return False
 
+    def _copy_up(self) -> None:
+        """The files changed since the last copy, in the order they were written (a step writes
+        data before the record that names it, e.g. a snapshot's state before its meta.json), then
+        the ``_published`` marker that :meth:`fetch` requires. Each file appears whole: an object
+        store's put is atomic, and a local or NFS target gets a temp name and a rename."""
+        fs, root = filesystem(self.uri)
+        if self._replace:  # the folder's first copy up was cut short: its files are not this run's
+            fs.delete_dir_contents(root, missing_dir_ok=True)
+            self._replace = False
+        files = []
+        for f in self.local.rglob("*"):
+            try:
+                if f.is_file() and f.name != PUBLISHED:
+                    files.append((f.stat(), f))
+            except FileNotFoundError:  # a writer's temp file, renamed meanwhile
+                pass
+        for st, f in sorted(files, key=lambda t: t[0].st_mtime_ns):
+            rel = f.relative_to(self.local).as_posix()
+            if self._sent.get(rel) != (st.st_size, st.st_mtime_ns):
+                self._put(fs, str(f), f"{root}/{rel}")
+                self._sent[rel] = (st.st_size, st.st_mtime_ns)
+        if not self._marked:
+            with tempfile.NamedTemporaryFile("w", suffix=".json") as marker:
+                marker.write(json.dumps({"at": time.time()}))
+                marker.flush()
+                self._put(fs, marker.name, f"{root}/{PUBLISHED}")
+            self._marked = True
+
+    @staticmethod
+    def _put(fs: pafs.FileSystem, src: str, dst: str) -> None:
+        if not isinstance(fs, pafs.LocalFileSystem):
+            pafs.copy_files(src, dst, pafs.LocalFileSystem(), fs)
+            return
+        fs.create_dir(dst.rsplit("/", 1)[0])
+        pafs.copy_files(src, dst + ".part", pafs.LocalFileSystem(), fs)
+        fs.move(dst + ".part", dst)
+
     def fetch(self) -> bool:
         """Copy the published folder down when staging has none (a step resumed on another
         machine); True if there was one."""
@@ -169,6 +210,11 @@ class RunFolder:
             return False
         fs, fs_path = filesystem(self.uri)
         if fs.get_file_info(fs_path).type != pafs.FileType.Directory:
+            return False
+        if fs.get_file_info(f"{fs_path}/{PUBLISHED}").type != pafs.FileType.File:
+            print(f"elastic-nas: {redact(self.uri)} was never copied up whole (no {PUBLISHED}); starting afresh, "
+                  "its files are replaced at the first copy up", file=sys.stderr, flush=True)
+            self._replace = True
             return False
         # Beside it, then renamed: a copy cut short would else pass for a whole staging folder.
         self.local.parent.mkdir(parents=True, exist_ok=True)

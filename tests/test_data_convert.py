@@ -16,6 +16,7 @@ from PIL import Image
 from elastic_nas.config import DataConfig
 from elastic_nas.data import build_dataset
 from elastic_nas.data.convert import convert
+from elastic_nas.errors import DatasetError
 
 CLASSES = ["ant", "bee", "cat"]
 
@@ -105,6 +106,9 @@ def test_convert_roundtrip_corrupt_and_resume(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         convert(src, dst, shard_size=5, workers=1, log=killed, row_group_size=2, seed=1)
     assert not (dst / "_index.parquet").exists() and not (dst / "_dataset.json").exists()
+    # and such a folder is not read as a dataset (it would train on whatever shards are there)
+    with pytest.raises(DatasetError, match="did not finish; run it again"):
+        build_dataset(DataConfig(source="parquet", path=str(dst), search_val_size=3), image_size=16)
 
 
 def test_converted_folder_is_a_plain_parquet_dataset_with_an_index(tmp_path):

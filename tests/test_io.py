@@ -2,6 +2,7 @@
 one, files follow the umask as a plain open() would, and a failed write leaves nothing."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,7 @@ def test_a_fetch_cut_short_leaves_no_staging_folder_to_resume_from(tmp_path: Pat
     (published / "snapshot").mkdir(parents=True)
     (published / "snapshot" / "state.pt").write_bytes(b"w" * 1000)
     (published / "chosen_arch.json").write_text("{}")
+    (published / io.PUBLISHED).write_text("{}")
     folder = io.RunFolder(f"file://{tmp_path / 'bucket'}", "run")
     folder.local = tmp_path / "staging" / "run"  # a file:// URI's staging would be the folder itself
     whole = pafs.copy_files
@@ -66,3 +68,78 @@ def test_a_fetch_cut_short_leaves_no_staging_folder_to_resume_from(tmp_path: Pat
     monkeypatch.setattr(pafs, "copy_files", whole)
     assert folder.fetch() and (folder.local / "snapshot" / "state.pt").read_bytes() == b"w" * 1000
     assert not folder.fetch()  # staging is there now: nothing copied over it
+
+
+def _staged(tmp_path: Path, name: str = "staging"):
+    """A run folder on a file:// URI with its own staging (a machine of its own)."""
+    from elastic_nas import io
+
+    folder = io.RunFolder(f"file://{tmp_path / 'bucket'}", "run")
+    folder.local = tmp_path / name / "run"
+    return folder
+
+
+def _write_snapshot(root: Path) -> None:
+    (root / "snapshot").mkdir(parents=True)
+    (root / "snapshot" / "state.pt").write_bytes(b"w" * 1000)
+    time.sleep(0.01)  # written after the state it names, as the search pins it
+    (root / "snapshot" / "meta.json").write_text('{"step": 1}')
+
+
+def test_publish_copies_changes_in_written_order_then_the_marker(tmp_path: Path, monkeypatch):
+    """A snapshot's meta.json never reaches storage before its state; the marker comes last; a
+    later copy up sends only what changed (not the whole snapshot every generation)."""
+    import pyarrow.fs as pafs
+
+    from elastic_nas import io
+
+    folder = _staged(tmp_path)
+    _write_snapshot(folder.local)
+    whole, sent = pafs.copy_files, []
+    monkeypatch.setattr(pafs, "copy_files", lambda src, dst, *fs: (sent.append(Path(dst).name), whole(src, dst, *fs)))
+    assert folder.publish()
+    assert sent == ["state.pt.part", "meta.json.part", f"{io.PUBLISHED}.part"]
+    remote = tmp_path / "bucket" / "run"
+    assert (remote / "snapshot" / "state.pt").read_bytes() == b"w" * 1000 and (remote / io.PUBLISHED).is_file()
+    assert not list(remote.rglob("*.part"))
+    sent.clear()
+    time.sleep(0.01)
+    (folder.local / "results.csv").write_text("arch,score\n")
+    assert folder.publish() and sent == ["results.csv.part"]
+
+
+def test_a_first_copy_up_cut_short_is_not_resumed_from_and_is_replaced(tmp_path: Path, monkeypatch, capsys):
+    """Killed during its first copy up, a run left storage without the marker: another machine
+    starts afresh (it would else resume from a snapshot's meta.json without its state) and its
+    first copy up replaces the leftovers."""
+    import pyarrow.fs as pafs
+
+    from elastic_nas import io
+
+    first = _staged(tmp_path, "first")
+    _write_snapshot(first.local)
+    (first.local / "tune").mkdir()
+    (first.local / "tune" / "old-session.json").write_text("{}")
+    whole = pafs.copy_files
+
+    def killed_after_two(src, dst, *fs):
+        if len(list((tmp_path / "bucket").rglob("*.*"))) >= 2:
+            raise OSError("connection reset")
+        whole(src, dst, *fs)
+
+    monkeypatch.setattr(pafs, "copy_files", killed_after_two)
+    monkeypatch.setattr(io.time, "sleep", lambda s: None)
+    assert not first.publish(retries=0)
+    remote = tmp_path / "bucket" / "run"
+    assert (remote / "snapshot" / "state.pt").is_file() and not (remote / io.PUBLISHED).exists()
+    monkeypatch.setattr(pafs, "copy_files", whole)
+    second = _staged(tmp_path, "second")
+    assert not second.fetch() and not second.local.exists()
+    assert "never copied up whole" in capsys.readouterr().err
+    second.local.mkdir(parents=True)
+    (second.local / "chosen_arch.json").write_text("{}")
+    assert second.publish()
+    assert sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file()) == [
+        io.PUBLISHED, "chosen_arch.json"]
+    third = _staged(tmp_path, "third")
+    assert third.fetch() and (third.local / "chosen_arch.json").is_file()

@@ -284,3 +284,36 @@ def test_storage_lost_mid_run_costs_no_training(s3, tmp_path):
                    if p.endswith("/meta.json"))
     assert steps[-1] == 128  # 1,000 images, batch 64 (32 a worker): 16 steps an epoch, 8 epochs
     assert KEY not in run.output() and SECRET not in run.output()
+
+
+def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_replaced(s3, tmp_path, capsys):
+    """On a real S3 endpoint: a search's folder goes up with its marker last and comes down on
+    another machine; a folder whose first copy up never finished (a meta.json without its
+    state, no marker) is not resumed from, and the next copy up replaces it."""
+    from elastic_nas.io import PUBLISHED, RunFolder
+
+    def staged(name: str, machine: str) -> RunFolder:
+        folder = RunFolder(s3.uri("folders"), name)
+        folder.local = tmp_path / machine / name
+        return folder
+
+    first = staged("whole", "a")
+    (first.local / "snapshot").mkdir(parents=True)
+    (first.local / "snapshot" / "state.pt").write_bytes(b"w" * 1000)
+    (first.local / "snapshot" / "meta.json").write_text('{"step": 1}')
+    assert first.publish()
+    assert sorted(s3.files("folders/whole")) == [f"folders/whole/{PUBLISHED}", "folders/whole/snapshot/meta.json",
+                                                  "folders/whole/snapshot/state.pt"]
+    other = staged("whole", "b")
+    assert other.fetch() and (other.local / "snapshot" / "state.pt").read_bytes() == b"w" * 1000
+
+    with s3.fs.open_output_stream(f"{BUCKET}/folders/cut/snapshot/meta.json") as f:
+        f.write(b'{"step": 1}')
+    cut = staged("cut", "a")
+    assert not cut.fetch() and not cut.local.exists()
+    assert "never copied up whole" in capsys.readouterr().err
+    cut.local.mkdir(parents=True)
+    (cut.local / "results.csv").write_text("arch,score\n")
+    assert cut.publish()
+    assert sorted(s3.files("folders/cut")) == [f"folders/cut/{PUBLISHED}", "folders/cut/results.csv"]
+    assert KEY not in capsys.readouterr().err
