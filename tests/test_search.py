@@ -57,6 +57,19 @@ def test_same_seed_same_search_and_counts(method):
     assert len(flat) == len(set(flat)) == SETTINGS.budget  # dedup across the run
 
 
+@pytest.mark.parametrize("method", ["evolution", "random"])
+def test_a_network_is_scored_once_whatever_its_kernels_past_the_feature_map(method):
+    """Archs that differ only in kernels larger than their feature map are one network: the
+    search admits its cheapest name once, never a copy under another."""
+    space = build_space(SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], width_mult=0.5, stem_stride=2))
+    gen = make_generator(method, space, lambda a: (space.macs(a), space.params(a)), Constraints(), SETTINGS, seed=0)
+    while (batch := gen.next_generation()) is not None:
+        for c in batch:
+            gen.tell(c.arch, float(space.macs(c.arch)))  # a fitness that would favour the wasted MACs
+    archs = [c.arch for c in gen.evaluated()]
+    assert len(archs) == SETTINGS.budget and all(space.canonical(a) == a for a in archs)
+
+
 def test_constraints_respected_and_shortfall_filled():
     lo, hi = SPACE.macs_range()
     mid = (lo + hi) / 2

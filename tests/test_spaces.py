@@ -270,16 +270,24 @@ def test_subnet_equals_supernet_arch(key):
     sup = space.build_supernet()
     with torch.no_grad():
         _randomise_bn(sup, torch.Generator().manual_seed(0))
-    sup.eval()
+    for m in sup.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
     rng = np.random.default_rng(0)
     x = torch.randn(2, 3, 32, 32)
     for _ in range(4):
         arch = space.sample(rng)
+        with torch.no_grad():
+            # the path's running statistics set to its activations': with random ones the signal
+            # fades layer by layer and every output is the same constant, the input's and the subnet's
+            sup.train()(x, arch)
         sub = space.build_subnet(arch, sup).eval()
         assert all(m.affine for m in sub.modules() if isinstance(m, torch.nn.BatchNorm2d))
         with torch.no_grad():
-            diff = (sub(x) - sup(x, arch)).abs().max().item()
-        assert diff <= 1e-5, (arch, diff)
+            out = sup.eval()(x, arch)
+            diff = (sub(x) - out).abs().max().item()
+        assert (out[0] - out[1]).abs().max().item() > 1e-2  # the outputs follow the input: a wrong weight shows
+        assert diff <= 1e-6 * max(1.0, out.abs().max().item()), (arch, diff)
 
 
 def test_subnet_from_scratch_uses_affine_bn_and_runs():
@@ -370,6 +378,30 @@ def test_entangled_cream_ops_share_one_kernel_and_the_leading_channels():
     outside = torch.ones_like(grad, dtype=torch.bool)
     outside[:mid, :, 2:5, 2:5] = False  # all but the centre 3x3 of the leading channels
     assert grad[outside].abs().sum() == 0
+
+
+def test_a_kernel_larger_than_its_feature_map_is_named_as_the_3x3_it_computes():
+    """At 32 x 32 the last stages run at 2 x 2 and 1 x 1: there a 5x5 or 7x7 depthwise kernel's
+    outer taps meet only padding. The canonical arch (what the search scores and dedups) computes
+    the same outputs at fewer MACs; where a kernel's taps all meet pixels it is left alone."""
+    space = build_space(dataclasses.replace(CONFIGS["cream-entangled"], stem_stride=2))  # the laptop space
+    sup = space.build_supernet().train()  # BN on batch statistics: the random-init outputs follow the input
+    x, rng, renamed = torch.randn(2, 3, 32, 32), np.random.default_rng(0), 0
+    for _ in range(12):
+        arch = space.sample(rng)
+        canon = space.canonical(arch)
+        assert space.canonical(canon) == canon
+        if canon != arch:
+            renamed += 1
+            assert space.macs(canon) < space.macs(arch) and space.params(canon) < space.params(arch)
+        with torch.no_grad():
+            assert (sup(x, arch) - sup(x, canon)).abs().max().item() <= 1e-5, arch
+    assert renamed >= 6
+    # stage 2's first block strides from 4 x 4: its 5x5 kernel reaches pixels the 3x3 does not
+    k5, k3 = ((1,), (1,), (3,), (1,), (1,)), ((1,), (1,), (1,), (1,), (1,))
+    assert space.canonical(k5) == k5 and space.canonical(((5,),) * 5) == ((5,), (5,), (5,), (1,), (1,))  # k7e6
+    with torch.no_grad():
+        assert (sup(x, k5) - sup(x, k3)).abs().max().item() > 1e-3
 
 
 def test_kernel_transforms_train_only_below_the_largest_kernel():

@@ -228,8 +228,9 @@ class _Generator:
         raise NotImplementedError
 
     def _admit(self, arch: Any, generation: int, batch: list[Candidate]) -> bool:
-        """Add ``arch`` to ``batch`` if it is new and legal."""
-        arch = self.encoder.validate(arch)
+        """Add ``arch`` to ``batch`` if it is new and legal; new as a network, not as a name."""
+        canonical = getattr(self.encoder, "canonical", None)
+        arch = canonical(arch) if canonical is not None else self.encoder.validate(arch)
         key = arch_key(self.encoder, arch)
         if key in self.candidates:
             return False

@@ -72,6 +72,11 @@ class SearchSpace(abc.ABC):
     def to_json(self, arch: Any) -> list:
         return arch_to_json(self.validate(arch))
 
+    def canonical(self, arch: Any) -> Arch:
+        """The cheapest arch that computes the same functions as ``arch`` (its name for the
+        search's dedup: one network is scored once, and as what it costs)."""
+        return self.validate(arch)
+
     @abc.abstractmethod
     def deepen(self, arch: Any, factor: float) -> tuple[dict, Arch]:
         """The arch with every stage about ``factor`` times deeper: (space-config changes, arch)."""

@@ -303,6 +303,12 @@ class CreamNet(nn.Module):
 # ---------------------------------------------------------------------------
 
 
+def _used_kernel(kernel: int, h_in: int) -> int:
+    """The smallest op kernel that has every tap of ``kernel`` that meets an ``h_in`` x ``h_in`` input."""
+    reach = min(kernel // 2, h_in - 1)
+    return min(k for k, _ in OPS if k // 2 >= reach)
+
+
 class _BlockSpec:
     __slots__ = ("in_chs", "out_chs", "stride", "h_in", "h_out")
 
@@ -357,6 +363,17 @@ class CreamSpace(SearchSpace):
                 f"INPUT_ARCH [[0], s1..s5, [0]], got {len(stages)} items"
             )
         return tuple(self._stage(ops, i) for i, ops in enumerate(stages))
+
+    def canonical(self, arch: Any) -> Arch:
+        """Each depthwise kernel cut to what its feature map can use: on an h x h input no tap
+        farther than h - 1 from the centre ever meets an image pixel (only padding), so there
+        k = 5 and 7 compute what k = 3 does (h <= 2: the last stages at 32 x 32) at more MACs.
+        Entangled weights give both the same kernel centre, so the supernet scores them alike too."""
+        out = []
+        for ops, stage in zip(self.validate(arch), self.layout.stages):
+            out.append(tuple(OPS.index((_used_kernel(OPS[op][0], b.h_in), OPS[op][1]))
+                             for op, b in zip(ops, stage)))
+        return tuple(out)
 
     def _from_cream(self, stages: list) -> Arch:
         for i in (0, 6):
