@@ -67,6 +67,9 @@ def eval_data(splits, n: int, seed: int) -> EvalData:
     return search_eval_data(splits, n, n, seed)
 
 
+TOP_KEPT = 32  # the best candidates a search keeps, best first
+
+
 def search(method: str, space, model, data: EvalData, macs_max: float, settings: EvolutionSettings,
            seed: int, latency_table=None, latency_max_ms: float = 0.0, score: str = "top1") -> dict:
     """Evolution or random search on ``model`` under ``macs_max`` (and, with a latency table,
@@ -91,7 +94,9 @@ def search(method: str, space, model, data: EvalData, macs_max: float, settings:
         best_by_gen.append(shown(gen.top(1)[0].score))
     best = gen.top(1)[0]
     return {"best_accuracy" if score == "top1" else "best_loss": shown(best.score), "best_macs": best.macs,
-            "evaluated": len(gen.evaluated()), "best_by_generation": best_by_gen, "arch": space.to_json(best.arch)}
+            "evaluated": len(gen.evaluated()), "best_by_generation": best_by_gen, "arch": space.to_json(best.arch),
+            # the runners-up, best first: a second opinion (e.g. short stand-alone training) picks among them
+            "top": [[space.to_json(c.arch), shown(c.score)] for c in gen.top(TOP_KEPT)]}
 
 
 def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0,
@@ -102,7 +107,7 @@ def retrain(space, arch, splits, steps: int, batch: int, lr: float, seed: int, w
 
 def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: int, warmup: int = 0,
                   ema_decays: tuple[float, ...] = (), calib_images: int = 0, curve_every: int = 0,
-                  channels_last: bool = False, device: str = "cpu") -> dict[str, dict]:
+                  channels_last: bool = False, device: str = "cpu", split: str = "test") -> dict[str, dict]:
     """``retrain``'s run, read several ways, each ``evaluate``'s figures on the test split:
     ``final`` (the weights and BN statistics as trained), and with ``calib_images``
     class-balanced train images ``recal`` (BN statistics recomputed exactly over them) and
@@ -111,7 +116,8 @@ def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: 
     spread says how much of a stand-alone truth's noise is the end point's. ``curve_every``:
     also ``curve``, the train loss and top-1 of every that many steps (where a run's path went).
     ``channels_last``: trained and evaluated in fp32 channels_last (the same math, faster on CPUs).
-    ``device``: where it trains and is read (fp32 there: TF32 off, the CPU truth's math)."""
+    ``device``: where it trains and is read (fp32 there: TF32 off, the CPU truth's math).
+    ``split``: what it is read on (``search_val``: where a choice among archs may look)."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from elastic_nas.data import class_balanced_subset
@@ -141,11 +147,11 @@ def retrain_views(space, arch, splits, steps: int, batch: int, lr: float, seed: 
                lr, seed + 1000, warmup=warmup, every=every, on_interval=update if every else None,
                channels_last=channels_last, device=device)
     prec = Precision("fp32", channels_last, device)
-    views: dict = {"final": evaluate(net, splits.test, 256, device, prec)}
+    views: dict = {"final": evaluate(net, getattr(splits, split), 256, device, prec)}
     if calib_images:
         calib, _, _ = class_balanced_subset(splits.train, calib_images, seed).get_batch(np.arange(calib_images))
         for name, model in [("recal", net), *((f"ema{d}", ema.module) for d, ema in emas.items())]:
             with torch.no_grad():
                 recalibrate_bn(model, model, [prec.input(x.to(device)) for x in calib.split(200)])
-            views[name] = evaluate(prec.model(model), splits.test, 256, device, prec)
+            views[name] = evaluate(prec.model(model), getattr(splits, split), 256, device, prec)
     return {**views, **({"curve": curve} if curve_every else {})}

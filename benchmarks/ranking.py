@@ -108,7 +108,7 @@ import torch
 from search_picks import order, retrained_picks
 
 from _common import RESULTS, cpu_model, run_jobs, write_result
-from _nas import cosine, search, train_task, warm_cosine
+from _nas import TOP_KEPT, cosine, search, train_task, warm_cosine
 from elastic_nas.config import SpaceConfig, SupernetConfig, from_dict, load_config
 from elastic_nas.errors import ArchError
 from elastic_nas.io import atomic_write
@@ -417,18 +417,18 @@ def check_work_dir(a) -> None:
         atomic_write(path, json.dumps(ours, indent=1))
 
 
-def standalone(a, arch, seed: int, steps: int) -> dict:
-    """Test top-1 of ``arch`` trained from scratch."""
-    from _nas import retrain
+def standalone(a, arch, seed: int, steps: int, split: str = "test") -> dict:
+    """Top-1 of ``arch`` trained from scratch, on the test split (or ``split``)."""
+    from _nas import retrain_views
     from elastic_nas.data import build_dataset
 
     cfg = supernet_cfg(a, "independent_spos", 0)
     space, splits = build_space(cfg.space), build_dataset(cfg.data, cfg.space.input_size)
     t0 = time.perf_counter()
-    top1 = retrain(space, space.validate(arch), splits, steps, BATCH, a.truth_lr, seed, warmup=steps // 20,
-                   channels_last=a.truth_channels_last)
+    top1 = retrain_views(space, space.validate(arch), splits, steps, BATCH, a.truth_lr, seed, warmup=steps // 20,
+                         channels_last=a.truth_channels_last, split=split)["final"]["top1"]
     # the CPU model and layout: runs of one subnet and seed differ between machine types (RESULTS.md)
-    return {"test_top1": top1, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model(),
+    return {f"{split}_top1": top1, "seconds": round(time.perf_counter() - t0, 1), "cpu_model": cpu_model(),
             "channels_last": a.truth_channels_last}
 
 
@@ -1054,16 +1054,28 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
     methods = ("evolution", "random")
     seeds = range(a.search_seeds)  # seed 0's key is the one runs before --search-seeds wrote
     by = "" if a.search_score == "top1" else f"_{a.search_score}"  # top-1 keeps the keys of earlier runs
-    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}{by}" + (f"_seed{s}" if s else ""),
+    # _c: searches since the generator names each network canonically (and keeps its runners-up)
+    searches = [(work, f"search_{best}_{steps}_{m}_{a.population}_{a.generations}{by}_c" + (f"_seed{s}" if s else ""),
                  searched, a, best, steps, m, budget, s) for s in seeds for m in methods]
     found = finished(a, work, searches)
     if None in found:
         return {"variant": best, "missing": [j[1] for j, r in zip(searches, found) if r is None]}
     picks = [dict(zip(methods, found[i:i + 2])) for i in range(0, len(found), 2)]
+    kind = "best_accuracy" if a.search_score == "top1" else "best_loss"
+    scores = [{m: p[m][kind] for m in methods} for p in picks]
+    shortlists = {}
+    if a.finalists:
+        chosen = finalists(a, work, picks)
+        if "missing" in chosen:
+            return {"variant": best, **chosen}
+        shortlists = chosen.pop("shortlists")
+        for p, s, c in zip(picks, scores, chosen["picks"]):
+            p.update(c)
+            s.update({m: c[m]["supernet_score"] for m in c})
     largest = space.to_json(space.extreme_arch(True, 0, budget))
     names = {json.dumps(largest): "largest_macs"}  # one set of retrain jobs per arch, named by its first picker
     for p in picks:
-        for m in methods:
+        for m in p:
             names.setdefault(json.dumps(p[m]["arch"]), m)
     jobs = [(work, f"pick_{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}_s{s}_{a.truth_steps}",
              standalone, a, json.loads(key), s, a.truth_steps) for key, name in names.items() for s in range(3)]
@@ -1077,15 +1089,15 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
         return {"arch": arch, "macs": space.macs(arch), "retrained_top1_seeds": seeds_top1,
                 "retrained_top1_mean": round(float(np.mean(seeds_top1)), 2), "supernet_score": score}
 
-    kind = "best_accuracy" if a.search_score == "top1" else "best_loss"
-    per_seed = [{m: pick(p[m]["arch"], p[m][kind]) for m in methods} for p in picks]
+    per_seed = [{m: pick(p[m]["arch"], s[m]) for m in p} for p, s in zip(picks, scores)]
     report = {"variant": best, "budget_macs": budget, "search_score": a.search_score, "evaluations": picks[0]["evolution"]["evaluated"],
               "picks": dict(per_seed[0], largest_macs=pick(largest, None)),  # search seed 0
-              "standalone_seed_sd": round(out["standalone_seed_sd"], 2)}  # the truth's, one run
+              "standalone_seed_sd": round(out["standalone_seed_sd"], 2),  # the truth's, one run
+              **({"finalists": shortlists} if shortlists else {})}
     if len(per_seed) > 1:  # each method's retrained mean over its picks, one per search seed
         report["search_seeds"] = per_seed
         report["mean_over_search_seeds"] = {m: round(float(np.mean([p[m]["retrained_top1_mean"] for p in per_seed])), 2)
-                                            for m in methods}
+                                            for m in per_seed[0]}
     extra = chance_archs(a, space, budget, [s["arch"] for s in out["subnets"]])
     n = a.chance_seeds or a.truth_seeds
     jobs = [(work, f"chance_{i}_s{s}_{a.truth_steps}", standalone, a, arch, s, a.truth_steps)
@@ -1098,6 +1110,32 @@ def search_quality(a, work: Path, budget: float, out: dict) -> dict:
     report["against_random_archs"] = against_random_archs(out["subnets"], budget, per_seed, methods,
                                                           extra, extra_top1)
     return report
+
+
+def finalists(a, work: Path, picks: list[dict]) -> dict:
+    """A second opinion among each search's ``--finalists`` best: each trained stand-alone for
+    ``--finalist-steps`` (seed ``--finalist-seed``, none of the retrains'), read on search_val;
+    the best of them is that search's ``<method>_finalists`` pick. {"picks": [{method: pick}] per
+    search seed, "shortlists": each finalist's figures}, or {"missing": jobs not run}."""
+    def key(arch) -> str:
+        return hashlib.sha1(json.dumps(arch).encode()).hexdigest()[:10]
+
+    lists = [{m: p[m]["top"][:a.finalists] for m in p} for p in picks]
+    archs = {json.dumps(arch): arch for shortlist in lists for top in shortlist.values() for arch, _ in top}
+    jobs = [(work, f"finalist_{key(arch)}_s{a.finalist_seed}_{a.finalist_steps}", standalone, a, arch,
+             a.finalist_seed, a.finalist_steps, "search_val") for arch in archs.values()]
+    results = finished(a, work, jobs)
+    if None in results:
+        return {"missing": [j[1] for j, r in zip(jobs, results) if r is None]}
+    val = {k: r["search_val_top1"] for k, r in zip(archs, results)}
+    chosen, shortlists = [], []
+    for shortlist in lists:
+        rows = {m: [{"arch": arch, "supernet_score": score, "search_val_top1": val[json.dumps(arch)]} for arch, score in top]
+                for m, top in shortlist.items()}
+        # ties go to the supernet's better score: the list is in its order
+        chosen.append({f"{m}_finalists": max(r, key=lambda f: f["search_val_top1"]) for m, r in rows.items()})
+        shortlists.append(rows)
+    return {"picks": chosen, "shortlists": shortlists}
 
 
 def chance_archs(a, space, budget: float, taken: list) -> list:
@@ -1321,6 +1359,11 @@ def main() -> None:
                     help="what the searches order by: search_val top-1, or its loss (the shipped jobs/search.yaml)")
     ap.add_argument("--search-seeds", type=int, default=1,
                     help="searches per method (evolution, random) on the seed-0 supernet, each pick retrained")
+    ap.add_argument("--finalists", type=int, default=0, metavar="K",
+                    help="each search's K best (by the supernet) also trained stand-alone --finalist-steps and read on "
+                         "search_val; the best is one more pick (<method>_finalists), retrained like the others")
+    ap.add_argument("--finalist-steps", type=int, default=0, help="--finalists' stand-alone steps (0: half --truth-steps)")
+    ap.add_argument("--finalist-seed", type=int, default=100, help="--finalists' seed (none of the retrains' 0-2)")
     ap.add_argument("--bf16", nargs="?", const="", default=None, metavar="CALIB,...",
                     help="also score every subnet on each trained supernet in bf16 + channels_last, beside fp32, "
                          "with BN recalibrated on each of these image counts (default: --calib-images)")
@@ -1376,6 +1419,10 @@ def main() -> None:
             json.loads(Path(a.score_picks).read_text())["search_quality"]["search_seeds"][0]["evolution"]["arch"]
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             ap.error(f"--score-picks {a.score_picks}: not a ranking JSON with retrained search picks (--search-seeds)")
+    if a.finalists < 0 or a.finalist_steps < 0 or (a.finalists and (a.no_search or a.finalists > TOP_KEPT)):
+        ap.error(f"--finalists takes 1-{TOP_KEPT} (the runners-up a search keeps) and --finalist-steps >= 0, "
+                 "with the search")
+    a.finalist_steps = a.finalist_steps or a.truth_steps // 2
     if a.finetune_steps < 0 or (a.finetune_steps and not a.score_picks):
         ap.error("--finetune-steps takes a step count >= 0, with --score-picks")
     if a.source != "synthetic" and not a.report_only:

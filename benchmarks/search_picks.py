@@ -37,6 +37,11 @@ from _common import write_result
 from elastic_nas.search.ranking import bootstrap_ci, held_out_tau, kendall_tau, mean_difference_ci, seed_agreement
 
 METHODS = ("evolution", "random")
+FINALISTS = ("evolution_finalists", "random_finalists")  # ranking.py --finalists: a second opinion's picks
+# paired by search seed, beside the target's evolution - random: what the second opinion adds, and
+# whether evolution still leads when random search gets the same second opinion
+FINALIST_PAIRS = (("evolution_finalists", "random"), ("evolution_finalists", "random_finalists"),
+                  ("evolution_finalists", "evolution"), ("random_finalists", "random"))
 
 
 def difference(a, b) -> dict:
@@ -71,7 +76,8 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
     def seeds(pick: dict) -> list[float]:
         return rerun(json.dumps(pick["arch"])) if retrains else pick["retrained_top1_seeds"]
 
-    means = {m: [float(np.mean(seeds(p[m]))) for p in per_seed] for m in METHODS}
+    methods = tuple(per_seed[0])
+    means = {m: [float(np.mean(seeds(p[m]))) for p in per_seed] for m in methods}
     largest = seeds(q["picks"]["largest_macs"])
     out = {"variant": q["variant"], "search_score": q.get("search_score", "top1"), "search_seeds": len(per_seed),
            "retrain_steps": steps, "evaluations": q["evaluations"], "standalone_seed_sd": sd,
@@ -81,8 +87,12 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
            "largest_macs_mean": round(float(np.mean(largest)), 2),
            # paired by search seed: the per-seed differences against 0
            "evolution_minus_random": difference(np.subtract(means["evolution"], means["random"]), [0.0]),
-           **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in METHODS}}
+           **{f"{m}_minus_largest_macs": difference(means[m], largest) for m in methods}}
     out["target_met"] = all(out[k]["mean"] > sd for k in ("evolution_minus_random", "evolution_minus_largest_macs"))
+    if set(FINALISTS) <= set(methods):
+        out |= {f"{m}_minus_{n}": difference(np.subtract(means[m], means[n]), [0.0]) for m, n in FINALIST_PAIRS}
+        out["target_met_finalists"] = all(out[f"evolution_finalists_minus_{n}"]["mean"] > sd
+                                          for n in ("random", "random_finalists", "largest_macs"))
     # among the picks themselves (near the top of the space): does the supernet's score still order them?
     sign = -1.0 if out["search_score"] == "loss" else 1.0
     score = [np.nan if p[m].get("supernet_score") is None else sign * p[m]["supernet_score"] for p in per_seed for m in METHODS]
@@ -105,7 +115,7 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
         if chance and all(c in by_arch for c in chance):
             base = [float(np.mean(by_arch[c])) for c in chance]
             out["random_archs"] = {"archs": len(base), "mean": round(float(np.mean(base)), 2)}
-            out |= {f"{m}_minus_random_archs": difference(means[m], base) for m in METHODS}
+            out |= {f"{m}_minus_random_archs": difference(means[m], base) for m in methods}
     else:  # the headroom: the truth's own subnets under the budget, same recipe as the retrains
         under = sorted(float(np.mean(t["test_top1_seeds"])) for t in run.get("subnets", [])
                        if t["macs"] <= q["budget_macs"])
@@ -117,7 +127,7 @@ def judged(path: str, run: dict, retrains: tuple | None = None) -> dict:
 def retrained_picks(run: dict) -> list[dict]:
     """Every arch the JSON retrained (picks of all search seeds, then the largest-MACs arch), once each."""
     q = run["search_quality"]
-    picks = [p[m] for p in q.get("search_seeds", []) for m in METHODS] + list(q["picks"].values())
+    picks = [pick for p in q.get("search_seeds", []) for pick in p.values()] + list(q["picks"].values())
     return list({json.dumps(p["arch"]): p for p in picks}.values())
 
 
@@ -146,6 +156,18 @@ def markdown(rows: dict) -> str:
                      f"{r['largest_macs_mean']:.2f} | {cell(r['evolution_minus_random'])} | "
                      f"{cell(r['evolution_minus_largest_macs'])} | {cell(r['random_minus_largest_macs'])} | "
                      f"{r['standalone_seed_sd']:.2f} ({r['sd_of_3_seed_mean']:.2f}) | {'yes' if r['target_met'] else 'no'} |")
+    rows_f = {name: r for name, r in rows.items() if "target_met_finalists" in r}
+    if rows_f:
+        lines += ["", "| JSON | evolution + finalists / random search + finalists (mean) | "
+                  + " | ".join(f"{m.replace('_finalists', ' + finalists')} - {n.replace('_finalists', ' + finalists')} (paired)"
+                               for m, n in FINALIST_PAIRS) + " | evolution + finalists - largest | target met |",
+                  "| --- | --- | " + "--- | " * len(FINALIST_PAIRS) + "--- | --- |"]
+        for name, r in rows_f.items():
+            m = r["mean_over_search_seeds"]
+            lines.append(f"| {name} | {m['evolution_finalists']:.2f} / {m['random_finalists']:.2f} | "
+                         + " | ".join(cell(r[f"{a}_minus_{b}"]) for a, b in FINALIST_PAIRS)
+                         + f" | {cell(r['evolution_finalists_minus_largest_macs'])} | "
+                         f"{'yes' if r['target_met_finalists'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -179,7 +201,7 @@ def main() -> int:
         if c := r.get("random_archs"):
             print(f"{name}: against {c['archs']} random archs of the band (mean {c['mean']:.2f}): " + ", ".join(
                 f"{m} {r[f'{m}_minus_random_archs']['mean']:+.2f} [{r[f'{m}_minus_random_archs']['ci95'][0]:+.2f}, "
-                f"{r[f'{m}_minus_random_archs']['ci95'][1]:+.2f}]" for m in METHODS))
+                f"{r[f'{m}_minus_random_archs']['ci95'][1]:+.2f}]" for m in r["pick_means"]))
         if t := r.get("tau_score_vs_picks"):
             print(f"{name}: Kendall tau of the supernet's score against the retrained top-1 over the {t['archs']} "
                   f"picks {t['tau']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]; held out (a seed against the "

@@ -139,7 +139,7 @@ class RunFolder:
         else:
             self.uri, self.local = None, Path(storage).expanduser().resolve() / name
         self._sent: dict[str, tuple[int, int]] = {}  # what this process copied up: (size, mtime) by file
-        self._marked = self._replace = False
+        self._marked = False
 
     def show(self, path: Any) -> Any:
         """Where a file of the folder lives for the user: its URI once published (anything
@@ -172,9 +172,6 @@ class RunFolder:
         the ``_published`` marker that :meth:`fetch` requires. Each file appears whole: an object
         store's put is atomic, and a local or NFS target gets a temp name and a rename."""
         fs, root = filesystem(self.uri)
-        if self._replace:  # the folder's first copy up was cut short: its files are not this run's
-            fs.delete_dir_contents(root, missing_dir_ok=True)
-            self._replace = False
         files = []
         for f in self.local.rglob("*"):
             try:
@@ -212,9 +209,9 @@ class RunFolder:
         if fs.get_file_info(fs_path).type != pafs.FileType.Directory:
             return False
         if fs.get_file_info(f"{fs_path}/{PUBLISHED}").type != pafs.FileType.File:
-            print(f"elastic-nas: {redact(self.uri)} was never copied up whole (no {PUBLISHED}); starting afresh, "
-                  "its files are replaced at the first copy up", file=sys.stderr, flush=True)
-            self._replace = True
+            # Not deleted: it may hold what a mistyped run name points at. This run's files overwrite theirs.
+            print(f"elastic-nas: {redact(self.uri)} was never copied up whole (no {PUBLISHED}: a first copy up "
+                  "cut short); not resumed from, starting afresh", file=sys.stderr, flush=True)
             return False
         # Beside it, then renamed: a copy cut short would else pass for a whole staging folder.
         self.local.parent.mkdir(parents=True, exist_ok=True)

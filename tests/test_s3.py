@@ -286,10 +286,10 @@ def test_storage_lost_mid_run_costs_no_training(s3, tmp_path):
     assert KEY not in run.output() and SECRET not in run.output()
 
 
-def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_replaced(s3, tmp_path, capsys):
+def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_not(s3, tmp_path, capsys):
     """On a real S3 endpoint: a search's folder goes up with its marker last and comes down on
     another machine; a folder whose first copy up never finished (a meta.json without its
-    state, no marker) is not resumed from, and the next copy up replaces it."""
+    state, no marker) is not resumed from, until a run has copied itself up there whole."""
     from elastic_nas.io import PUBLISHED, RunFolder
 
     def staged(name: str, machine: str) -> RunFolder:
@@ -315,5 +315,7 @@ def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_replaced(s
     cut.local.mkdir(parents=True)
     (cut.local / "results.csv").write_text("arch,score\n")
     assert cut.publish()
-    assert sorted(s3.files("folders/cut")) == [f"folders/cut/{PUBLISHED}", "folders/cut/results.csv"]
+    assert sorted(s3.files("folders/cut")) == [f"folders/cut/{PUBLISHED}", "folders/cut/results.csv",
+                                                "folders/cut/snapshot/meta.json"]
+    assert staged("cut", "b").fetch()
     assert KEY not in capsys.readouterr().err
