@@ -52,3 +52,27 @@ def cluster():
     c = slot_cluster()
     yield c
     c.shutdown()
+
+
+def live_bn(model, forward, x, seed: int = 0):
+    """BN as after training, for tests that compare two nets' outputs: random affine weights
+    (the zero-initialised last BN of a residual branch opens it) and running statistics of
+    ``x`` through ``forward``. At init, in eval mode, the signal fades block by block and every
+    output is one constant, so any two nets 'agree'; ``follows_input`` checks it does not."""
+    import torch
+
+    from elastic_nas.spaces.bn import recalibrate_bn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d) and m.affine:
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    recalibrate_bn(model, forward, [x])
+    return model
+
+
+def follows_input(out) -> bool:
+    """Whether a batch's outputs differ between its first two inputs: an equality of outputs means something."""
+    return bool((out[0] - out[1]).abs().max() > 1e-2)

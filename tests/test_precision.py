@@ -22,6 +22,7 @@ from elastic_nas.train.evaluate import evaluate
 from elastic_nas.train.state import TrainState
 from elastic_nas.train.step import Batch, TrainStep
 from elastic_nas.train.supernet import build_supernet_task
+from tests.conftest import follows_input, live_bn
 from tests.test_strategies import cfg
 
 MODES = [("bf16", False), ("bf16", True), ("fp16", False), ("fp32", True)]
@@ -84,6 +85,9 @@ def test_checkpoints_are_fp32_plain_and_load_across_precisions(tmp_path):
     for i, b in enumerate(batches(src, 16, 3)):
         step(i, src.optimizer, 0.05, b, num_real=16)
         src.advance(src.sampler.plan(1, 16))
+    x = batches(src, 8, 1)[0].x
+    arch = src.task.strategy.archs(0)[0]
+    live_bn(src.model, lambda b: src.model(b, arch), x)
     path = write_checkpoint(tmp_path / "run" / checkpoint_dir_name(src.step), src.state_dict(), src.meta("periodic", 1))
     loaded = read_checkpoint(str(path))  # weights_only=True
     weights = loaded.state["model"]
@@ -91,10 +95,9 @@ def test_checkpoints_are_fp32_plain_and_load_across_precisions(tmp_path):
     assert all(v.is_contiguous() for v in weights.values())
     assert loaded.state["scaler"]["scale"] == src.precision.scaler.get_scale()
 
-    x = batches(src, 8, 1)[0].x
-    arch = src.task.strategy.archs(0)[0]
     with torch.no_grad():
         want = src.model.eval()(x, arch)
+    assert follows_input(want)
     for precision, channels_last in [("fp32", False), ("bf16", True), ("fp16", False)]:
         dst = state_of(tmp_path, precision, channels_last)
         dst.load_state_dict(loaded.state)
@@ -126,6 +129,8 @@ def test_evaluator_and_test_evaluation_in_bf16_agree_with_fp32(tmp_path, precisi
         assert abs(full["accuracy"] - half["accuracy"]) <= 5.0  # 3 of 60 images
         assert half["loss"] == pytest.approx(full["loss"], rel=0.05)
     net = space.build_subnet(archs[0])
+    calib, _, _ = splits.train.get_batch(np.arange(64))
+    live_bn(net, net, calib)  # else every image is one class, in any precision
     full = evaluate(net, splits.test, 64)
     half = evaluate(net, splits.test, 64, precision=Precision(precision, channels_last))
     assert abs(full["top1"] - half["top1"]) <= 2.0 and half["loss"] == pytest.approx(full["loss"], rel=0.05)

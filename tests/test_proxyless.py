@@ -14,6 +14,7 @@ from elastic_nas.spaces import build_space
 from elastic_nas.spaces.latency import build_table
 from elastic_nas.train.strategies.proxyless import _pair_grad_, gated_forward, latency_tensor
 from elastic_nas.train.supernet import build_supernet_task
+from tests.conftest import follows_input, live_bn
 
 BASE = ["strategy=proxyless", "space.name=cream", "space.width_mult=0.25", "space.stem_stride=2",
         "space.max_depths=[1,2,2,2,1]", "space.weight_sharing=entangled", "data.num_train=300", "data.num_test=50",
@@ -50,9 +51,14 @@ def test_gated_forward_is_the_active_path_and_gives_every_gate_a_gradient(tmp_pa
     strategy, model = task.strategy, task.model.eval()
     plan = strategy.alpha.plan(np.random.default_rng(3))
     x = torch.randn(4, 3, 32, 32)
-    logits, op_gates, depth_gates = gated_forward(model, x, plan)
     active = tuple(tuple(ops[j][0] for j in range(d)) for (d, _), ops in zip(plan.depths, plan.ops))
-    assert torch.allclose(logits, model(x, active), atol=1e-5)
+    other = tuple(tuple(ops[j][1] for j in range(d)) for (d, _), ops in zip(plan.depths, plan.ops))
+    live_bn(model, lambda b: model(b, active), x)
+    logits, op_gates, depth_gates = gated_forward(model, x, plan)
+    with torch.no_grad():
+        want = model(x, active)
+        assert follows_input(want) and (want - model(x, other)).abs().max() > 1e-2  # another path differs
+    assert torch.allclose(logits, want, atol=1e-5)
     gates = [g for stage in op_gates for g in stage] + [g for g in depth_gates if g is not None]
     assert len(gates) == sum(d for d, _ in plan.depths) + sum(o is not None for _, o in plan.depths)
     grads = torch.autograd.grad(logits.logsumexp(1).sum(), gates)

@@ -13,6 +13,7 @@ from elastic_nas.errors import ArchError, ConfigError, UserError
 from elastic_nas.spaces import build_space
 from elastic_nas.train.evaluate import load_exported, run_test, subnet_fingerprint
 from elastic_nas.train.retrain import select_arch
+from tests.conftest import follows_input, live_bn
 
 SMALL = SpaceConfig(width_mult=0.25)
 ARCH = [0, 1, 2, 3] * 5
@@ -63,6 +64,7 @@ def test_test_command_evaluates_and_export_matches_checkpoint(tmp_path, fmt):
     space = build_space(SMALL)
     torch.manual_seed(0)
     model = space.build_subnet(space.validate(ARCH))
+    live_bn(model, model, torch.randn(16, 3, 32, 32))
     write_checkpoint(tmp_path / "run" / checkpoint_dir_name(7), {"model": model.state_dict()},
                      {"step": 7, "fingerprint": subnet_fingerprint(SMALL, ARCH, data)})
     info = run_test(TestConfig(checkpoint=str(tmp_path / "run"), export=fmt, output=str(tmp_path / "out")))
@@ -72,7 +74,8 @@ def test_test_command_evaluates_and_export_matches_checkpoint(tmp_path, fmt):
     exported = load_exported(tmp_path / "out" / card["export"].rsplit("/", 1)[-1])
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(exported(x), model.eval()(x), atol=1e-5)
+        want = model.eval()(x)
+        assert follows_input(want) and torch.allclose(exported(x), want, atol=1e-5)
     assert info["export_max_abs_diff"] <= 1e-5
 
 
