@@ -368,7 +368,8 @@ class CreamSpace(SearchSpace):
         """Each depthwise kernel cut to what its feature map can use: on an h x h input no tap
         farther than h - 1 from the centre ever meets an image pixel (only padding), so there
         k = 5 and 7 compute what k = 3 does (h <= 2: the last stages at 32 x 32) at more MACs.
-        Entangled weights give both the same kernel centre, so the supernet scores them alike too."""
+        Entangled weights (without kernel transforms or offsets) give both the same kernel
+        centre, so the supernet scores them alike too."""
         out = []
         for ops, stage in zip(self.validate(arch), self.layout.stages):
             out.append(tuple(OPS.index((_used_kernel(OPS[op][0], b.h_in), OPS[op][1]))
