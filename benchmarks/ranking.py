@@ -29,6 +29,10 @@ On the embedded synthetic set, the laptop Cream space (32x32, stem stride 2):
    search N times (seeds 0..N-1) and reports each method's retrained mean over its N picks,
    and against chance: the picks minus the truth subnets of 0.85-1.0x the budget's MACs and
    ``--chance-archs N`` more random archs there (``against_random_archs``, a bootstrap 95 % CI).
+   ``--finalists K``: a second opinion among each search's K best (by the supernet): each trained
+   stand-alone ``--finalist-steps`` (a seed none of the retrains use) and read on search_val; the
+   best is one more pick per method (``evolution_finalists``, ``random_finalists``), retrained
+   like the others. Searches name candidates canonically (``space.canonical``; keys ``_c``).
 6. **bf16 scores** (``--bf16 [CALIB,...]``). Each trained supernet scores the subnets again
    in bf16 autocast + channels_last (the evaluator's fast setting: 3.2x fp32 on an AMX CPU,
    ``gpu_check.py``), ranked beside the fp32 scores; with BN recalibrated on each given
@@ -1422,6 +1426,8 @@ def main() -> None:
     if a.finalists < 0 or a.finalist_steps < 0 or (a.finalists and (a.no_search or a.finalists > TOP_KEPT)):
         ap.error(f"--finalists takes 1-{TOP_KEPT} (the runners-up a search keeps) and --finalist-steps >= 0, "
                  "with the search")
+    if a.finalists and a.finalist_seed in range(3):
+        ap.error("--finalist-seed takes a seed the retrains do not (0-2): else choice and figure share a run's noise")
     a.finalist_steps = a.finalist_steps or a.truth_steps // 2
     if a.finetune_steps < 0 or (a.finetune_steps and not a.score_picks):
         ap.error("--finetune-steps takes a step count >= 0, with --score-picks")

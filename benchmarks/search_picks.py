@@ -8,6 +8,8 @@ than the stand-alone seed SD. Per JSON, with percentile bootstrap 95 % CIs:
 
 - evolution - random search, paired by search seed (the differences resampled);
 - each method - the largest-MACs arch (the picks' means over search seeds; its 3 seeds);
+- with ``ranking.py --finalists``, the finalist picks: evolution's against random search's plain
+  and finalist picks, and each method's finalist pick against its plain one (paired);
 - the supernet's score against the retrained top-1 over the picks (Kendall τ): how well it orders
   archs near the top of the space, where a search's picks are;
 - the same arch retrained in more than one JSON: each run's seeds side by side (one arch, one

@@ -138,7 +138,7 @@ class RunFolder:
             self.local = CACHE / "staging" / scheme / rest
         else:
             self.uri, self.local = None, Path(storage).expanduser().resolve() / name
-        self._sent: dict[str, tuple[int, int]] = {}  # what this process copied up: (size, mtime) by file
+        self._sent: dict[str, tuple[int, int, int]] = {}  # what this process copied up: (inode, size, mtime) by file
         self._marked = False
 
     def show(self, path: Any) -> Any:
@@ -172,6 +172,8 @@ class RunFolder:
         the ``_published`` marker that :meth:`fetch` requires. Each file appears whole: an object
         store's put is atomic, and a local or NFS target gets a temp name and a rename."""
         fs, root = filesystem(self.uri)
+        if isinstance(fs, pafs.LocalFileSystem) and Path(root).resolve() == self.local.resolve():
+            return  # a file:// URI stages in the folder itself: nothing to copy
         files = []
         for f in self.local.rglob("*"):
             try:
@@ -181,9 +183,10 @@ class RunFolder:
                 pass
         for st, f in sorted(files, key=lambda t: t[0].st_mtime_ns):
             rel = f.relative_to(self.local).as_posix()
-            if self._sent.get(rel) != (st.st_size, st.st_mtime_ns):
+            seen = (st.st_ino, st.st_size, st.st_mtime_ns)  # an atomic rewrite is a new inode
+            if self._sent.get(rel) != seen:
                 self._put(fs, str(f), f"{root}/{rel}")
-                self._sent[rel] = (st.st_size, st.st_mtime_ns)
+                self._sent[rel] = seen
         if not self._marked:
             with tempfile.NamedTemporaryFile("w", suffix=".json") as marker:
                 marker.write(json.dumps({"at": time.time()}))
@@ -202,17 +205,18 @@ class RunFolder:
 
     def fetch(self) -> bool:
         """Copy the published folder down when staging has none (a step resumed on another
-        machine); True if there was one."""
+        machine); True if there was one. A folder there without the marker is refused."""
         if self.uri is None or self.local.is_dir():
             return False
         fs, fs_path = filesystem(self.uri)
         if fs.get_file_info(fs_path).type != pafs.FileType.Directory:
             return False
         if fs.get_file_info(f"{fs_path}/{PUBLISHED}").type != pafs.FileType.File:
-            # Not deleted: it may hold what a mistyped run name points at. This run's files overwrite theirs.
-            print(f"elastic-nas: {redact(self.uri)} was never copied up whole (no {PUBLISHED}: a first copy up "
-                  "cut short); not resumed from, starting afresh", file=sys.stderr, flush=True)
-            return False
+            # Neither resumed from nor written over: it may be a cut-off first copy, another run's
+            # folder under a mistyped name, or a whole folder from before the marker.
+            raise UserError(f"{redact(self.uri)} exists but was never copied up whole (no {PUBLISHED}): remove it "
+                            f"or choose another run.name; if it is a whole run of an earlier version, add an empty "
+                            f"{PUBLISHED} file there to resume from it")
         # Beside it, then renamed: a copy cut short would else pass for a whole staging folder.
         self.local.parent.mkdir(parents=True, exist_ok=True)
         for left in self.local.parent.glob(f".{self.local.name}.fetch-*"):  # a killed fetch's

@@ -105,13 +105,17 @@ def test_publish_copies_changes_in_written_order_then_the_marker(tmp_path: Path,
     sent.clear()
     time.sleep(0.01)
     (folder.local / "results.csv").write_text("arch,score\n")
-    assert folder.publish() and sent == ["results.csv.part"]
+    io.atomic_write(folder.local / "snapshot" / "meta.json", '{"step": 2}')  # rewritten, same size
+    assert folder.publish() and sent == ["results.csv.part", "meta.json.part"]
+    assert (remote / "snapshot" / "meta.json").read_text() == '{"step": 2}'
+    sent.clear()
+    assert folder.publish() and sent == []
 
 
-def test_a_first_copy_up_cut_short_is_not_resumed_from(tmp_path: Path, monkeypatch, capsys):
+def test_a_first_copy_up_cut_short_is_refused_not_resumed_from(tmp_path: Path, monkeypatch):
     """Killed during its first copy up, a run left storage without the marker: another machine
-    starts afresh (it would else resume from a snapshot's meta.json without its state), and once
-    that run has copied itself up whole, a third machine resumes from it."""
+    refuses it in one line (it would else resume from a snapshot's meta.json without its state, or
+    write over another run's folder), and resumes once the folder is marked whole."""
     import pyarrow.fs as pafs
 
     from elastic_nas import io
@@ -134,10 +138,8 @@ def test_a_first_copy_up_cut_short_is_not_resumed_from(tmp_path: Path, monkeypat
     assert (remote / "snapshot" / "state.pt").is_file() and not (remote / io.PUBLISHED).exists()
     monkeypatch.setattr(pafs, "copy_files", whole)
     second = _staged(tmp_path, "second")
-    assert not second.fetch() and not second.local.exists()
-    assert "never copied up whole" in capsys.readouterr().err
-    second.local.mkdir(parents=True)
-    (second.local / "chosen_arch.json").write_text("{}")
-    assert second.publish() and (remote / io.PUBLISHED).is_file()
-    third = _staged(tmp_path, "third")
-    assert third.fetch() and (third.local / "chosen_arch.json").is_file()
+    with pytest.raises(io.UserError, match="never copied up whole .* remove it or choose another run.name"):
+        second.fetch()
+    assert not second.local.exists()
+    (remote / io.PUBLISHED).write_text("")  # what the message says to do for a whole folder
+    assert second.fetch() and (second.local / "snapshot" / "state.pt").is_file()

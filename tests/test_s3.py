@@ -286,10 +286,11 @@ def test_storage_lost_mid_run_costs_no_training(s3, tmp_path):
     assert KEY not in run.output() and SECRET not in run.output()
 
 
-def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_not(s3, tmp_path, capsys):
+def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_refused(s3, tmp_path):
     """On a real S3 endpoint: a search's folder goes up with its marker last and comes down on
     another machine; a folder whose first copy up never finished (a meta.json without its
-    state, no marker) is not resumed from, until a run has copied itself up there whole."""
+    state, no marker) is refused in one line, without its credentials."""
+    from elastic_nas.errors import UserError
     from elastic_nas.io import PUBLISHED, RunFolder
 
     def staged(name: str, machine: str) -> RunFolder:
@@ -310,12 +311,7 @@ def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_not(s3, tm
     with s3.fs.open_output_stream(f"{BUCKET}/folders/cut/snapshot/meta.json") as f:
         f.write(b'{"step": 1}')
     cut = staged("cut", "a")
-    assert not cut.fetch() and not cut.local.exists()
-    assert "never copied up whole" in capsys.readouterr().err
-    cut.local.mkdir(parents=True)
-    (cut.local / "results.csv").write_text("arch,score\n")
-    assert cut.publish()
-    assert sorted(s3.files("folders/cut")) == [f"folders/cut/{PUBLISHED}", "folders/cut/results.csv",
-                                                "folders/cut/snapshot/meta.json"]
-    assert staged("cut", "b").fetch()
-    assert KEY not in capsys.readouterr().err
+    with pytest.raises(UserError, match="never copied up whole") as refused:
+        cut.fetch()
+    assert not cut.local.exists() and KEY not in str(refused.value) and SECRET not in str(refused.value)
+    assert s3.files("folders/cut") == ["folders/cut/snapshot/meta.json"]  # left as it was

@@ -164,7 +164,7 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
     stale = [p for p in sorted(dst.glob("*-[0-9][0-9][0-9][0-9][0-9].parquet"))
              if p.name.split("-")[0] in found.splits and p.name not in expected]
     if todo or stale:  # first: the old index would pair its labels with the new shards' images
-        for name in (INDEX_FILE, SUMMARY_FILE):
+        for name in (INDEX_FILE, SUMMARY_FILE, *OLD_METADATA):
             (dst / name).unlink(missing_ok=True)
     for path in stale:
         log(f"convert: removing {path.name}, left from a run with another file list or shard size")

@@ -40,9 +40,9 @@ def write_proxyless_results(cfg: SupernetConfig, checkpoint_path: str, out_dir: 
     if not extra["arch_updates"]:
         return {"proxyless": "no alpha step (training ended before proxyless.warmup_fraction): no derived arch"}
     space = build_space(cfg.space)
-    # under its cheapest name, as the search names its candidates
-    arch = space.canonical(derived_arch(extra["alpha_ops"], extra["alpha_depths"], list(cfg.space.max_depths)))
-    (score,) = rescore(cfg, state, [arch], cfg.proxyless.eval_images)
+    derived = space.validate(derived_arch(extra["alpha_ops"], extra["alpha_depths"], list(cfg.space.max_depths)))
+    (score,) = rescore(cfg, state, [derived], cfg.proxyless.eval_images)  # the path alpha chose
+    arch = space.canonical(derived)  # written under its cheapest name, as the search names its candidates
     row = {"arch": json.dumps(space.to_json(arch), separators=(",", ":")), "macs": space.macs(arch),
            "params": space.params(arch), "accuracy": float(score["accuracy"]), "loss": float(score["loss"]),
            "generation": int(extra["arch_updates"])}
