@@ -44,10 +44,12 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, l
             sizes[m.group(1)] += info.size or 0
     if not shards["train"]:
         raise DatasetError(f"no train-NNNNN.parquet shards in {where} (make them with `elastic-nas data convert`)")
+    from elastic_nas.data.convert import OLD_METADATA, SUMMARY_FILE  # lazily, as stream.py: PIL and all
+
     # convert writes its summary last (and removes it first when it rewrites shards): without it
     # the shards are a convert cut short, some missing or out of step with each other
-    if not {"_dataset.json", "dataset.json"} & {i.base_name for i in infos}:  # dataset.json: format 1
-        raise DatasetError(f"{where} has shards but no _dataset.json: its `elastic-nas data convert` did not "
+    if not {SUMMARY_FILE, OLD_METADATA[0]} & {i.base_name for i in infos}:  # format 1's summary
+        raise DatasetError(f"{where} has shards but no {SUMMARY_FILE}: its `elastic-nas data convert` did not "
                            "finish; run it again (finished shards are kept)")
     return shards, sizes
 

@@ -48,6 +48,7 @@ class ArchEncoder(Protocol):
     def crossover(self, a: Any, b: Any, rng: np.random.Generator) -> Any: ...
     def to_json(self, arch: Any) -> list: ...
     def validate(self, arch: Any) -> Any: ...
+    def canonical(self, arch: Any) -> Any: ...  # validated, under the name of its cheapest equivalent
 
 
 CostFn = Callable[[Any], tuple]  # arch -> (macs, params) or (macs, params, latency in ms)
@@ -229,8 +230,7 @@ class _Generator:
 
     def _admit(self, arch: Any, generation: int, batch: list[Candidate]) -> bool:
         """Add ``arch`` to ``batch`` if it is new and legal; new as a network, not as a name."""
-        canonical = getattr(self.encoder, "canonical", None)
-        arch = canonical(arch) if canonical is not None else self.encoder.validate(arch)
+        arch = self.encoder.canonical(arch)
         key = arch_key(self.encoder, arch)
         if key in self.candidates:
             return False
