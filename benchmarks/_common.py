@@ -46,6 +46,9 @@ def machine() -> dict:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),  # float results differ between CPU models (RESULTS.md, ranking)
+        # The vector ISA torch's CPU kernels use: hosts named alike ("AMD EPYC") differ in it
+        # (AVX2 or AVX-512), and the laptop flow's speed with them.
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

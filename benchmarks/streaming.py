@@ -57,7 +57,8 @@ def _write_images(root: str, start: int, stop: int, size: int) -> None:
 
 def dataset(work: Path, n: int, size: int, procs: int) -> Path:
     """A converted folder of ``n`` JPEGs (cached)."""
-    from elastic_nas.data.convert import SUMMARY_FILE, convert
+    from elastic_nas.data.convert import convert
+    from elastic_nas.data.layout import SUMMARY_FILE
 
     dst = work / f"parquet-{n}-{size}"
     if (dst / SUMMARY_FILE).exists():

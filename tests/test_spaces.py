@@ -366,11 +366,25 @@ def test_entangled_cream_ops_share_one_kernel_and_the_leading_channels():
     assert grad[outside].abs().sum() == 0
 
 
-def test_a_kernel_larger_than_its_feature_map_is_named_as_the_3x3_it_computes():
+_K3 = ((1,),) * 5  # cream: k3e6 everywhere
+_SPOS_K3 = ((0,) * 20, (4,) * 20)  # spos (channel search): k3 everywhere, scale 1.0
+_SPOS_LAST_4X4 = 16  # the last stage's first block: it strides from 4 x 4
+
+
+@pytest.mark.parametrize("cfg, wasted, cut, reaching, smaller", [
+    # the laptop Cream space: k7e6 everywhere, cut to k3e6 from stage 3 on; stage 2's first block
+    # strides from 4 x 4, where its 5x5 kernel reaches pixels the 3x3 does not
+    (dataclasses.replace(CONFIGS["cream-entangled"], stem_stride=2), ((5,),) * 5,
+     ((5,), (5,), (5,), (1,), (1,)), ((1,), (1,), (3,), (1,), (1,)), _K3),
+    # SPOS at 32 x 32: the last stage's blocks after the first run at 2 x 2; the Xception choice stays
+    (CONFIGS["spos-channel-entangled"], ((2,) * 19 + (3,), (4,) * 20), ((2,) * 17 + (0, 0, 3), (4,) * 20),
+     ((0,) * _SPOS_LAST_4X4 + (2, 0, 0, 0), (4,) * 20), _SPOS_K3),
+], ids=["cream", "spos"])
+def test_a_kernel_larger_than_its_feature_map_is_named_as_the_3x3_it_computes(cfg, wasted, cut, reaching, smaller):
     """At 32 x 32 the last stages run at 2 x 2 and 1 x 1: there a 5x5 or 7x7 depthwise kernel's
     outer taps meet only padding. The canonical arch (what the search scores and dedups) computes
     the same outputs at fewer MACs; where a kernel's taps all meet pixels it is left alone."""
-    space = build_space(dataclasses.replace(CONFIGS["cream-entangled"], stem_stride=2))  # the laptop space
+    space = build_space(cfg)
     sup = space.build_supernet()
     x, rng, renamed = torch.randn(2, 3, 32, 32), np.random.default_rng(0), 0
 
@@ -388,11 +402,9 @@ def test_a_kernel_larger_than_its_feature_map_is_named_as_the_3x3_it_computes():
         live_bn(sup, lambda b: sup(b, arch), x)  # residual branches open, the path's statistics
         assert follows_input(out(arch)) and (out(arch) - out(canon)).abs().max().item() <= 1e-5, arch
     assert renamed >= 6
-    # stage 2's first block strides from 4 x 4: its 5x5 kernel reaches pixels the 3x3 does not
-    k5, k3 = ((1,), (1,), (3,), (1,), (1,)), ((1,), (1,), (1,), (1,), (1,))
-    assert space.canonical(k5) == k5 and space.canonical(((5,),) * 5) == ((5,), (5,), (5,), (1,), (1,))  # k7e6
-    live_bn(sup, lambda b: sup(b, k5), x)
-    assert (out(k5) - out(k3)).abs().max().item() > 1e-3
+    assert space.canonical(wasted) == cut and space.canonical(reaching) == reaching
+    live_bn(sup, lambda b: sup(b, reaching), x)
+    assert (out(reaching) - out(smaller)).abs().max().item() > 1e-3
 
 
 def test_kernel_transforms_train_only_below_the_largest_kernel():

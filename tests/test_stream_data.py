@@ -13,7 +13,8 @@ from PIL import Image
 
 from elastic_nas.config import DataConfig, ElasticConfig, OptimConfig
 from elastic_nas.data import build_dataset
-from elastic_nas.data.convert import INDEX_FILE, convert
+from elastic_nas.data.convert import convert
+from elastic_nas.data.layout import INDEX_FILE
 from elastic_nas.errors import DatasetError
 
 CLASSES = 5

@@ -47,8 +47,8 @@ def job_config(path: str, overrides: list[str]):
 
 
 def convert(args: argparse.Namespace) -> int:
-    from elastic_nas.data.convert import CORRUPT_FILE
     from elastic_nas.data.convert import convert as run
+    from elastic_nas.data.layout import CORRUPT_FILE
 
     report = run(args.src, args.dst, shard_size=args.shard_size, workers=args.workers,
                  row_group_size=args.row_group_size, seed=args.seed)

@@ -32,15 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from elastic_nas.data.imagefolder import ImageFile, scan
+from elastic_nas.data.layout import CORRUPT_FILE, INDEX_FILE, META_KEY, OLD_METADATA, SUMMARY_FILE
 from elastic_nas.errors import DatasetError
 from elastic_nas.io import atomic_write, write_json
 
 FORMAT_VERSION = 2  # 2: shuffled shards in row groups, _index.parquet, "_" metadata names
-META_KEY = b"elastic_nas"
-CORRUPT_FILE = "_corrupt.json"
-SUMMARY_FILE = "_dataset.json"
-INDEX_FILE = "_index.parquet"
-OLD_METADATA = ("dataset.json", "corrupt.json")  # version 1's names: they made the folder unreadable as parquet
 ROW_GROUP_SIZE = 256
 PROGRESS_EVERY_S = 2.0
 

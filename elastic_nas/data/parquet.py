@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 
 from elastic_nas.config import DataConfig
 from elastic_nas.data.base import IMAGENET_MEAN, IMAGENET_STD, EncodedStore, Split
+from elastic_nas.data.layout import META_KEY, OLD_METADATA, SUMMARY_FILE
 from elastic_nas.errors import DatasetError
 from elastic_nas.io import filesystem
 
 _SHARD = re.compile(r"^(train|test)-(\d{5})\.parquet$")
-META_KEY = b"elastic_nas"
 
 
 def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, list[str]], dict[str, int]]:
@@ -44,8 +44,6 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, l
             sizes[m.group(1)] += info.size or 0
     if not shards["train"]:
         raise DatasetError(f"no train-NNNNN.parquet shards in {where} (make them with `elastic-nas data convert`)")
-    from elastic_nas.data.convert import OLD_METADATA, SUMMARY_FILE  # lazily, as stream.py: PIL and all
-
     # convert writes its summary last (and removes it first when it rewrites shards): without it
     # the shards are a convert cut short, some missing or out of step with each other
     if not {SUMMARY_FILE, OLD_METADATA[0]} & {i.base_name for i in infos}:  # format 1's summary

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from elastic_nas.data.base import decode_batch
+from elastic_nas.data.layout import INDEX_FILE
 from elastic_nas.errors import DatasetError
 
 
@@ -120,8 +121,6 @@ class RowGroupStore:
 
 def read_index(fs: pafs.FileSystem, base: str, where: str):
     """The folder's ``_index.parquet`` as a table, or None for a folder converted before it."""
-    from elastic_nas.data.convert import INDEX_FILE
-
     path = f"{base}/{INDEX_FILE}"
     try:
         if fs.get_file_info(path).type != pafs.FileType.File:

@@ -75,7 +75,7 @@ class SearchSpace(abc.ABC):
     def canonical(self, arch: Any) -> Arch:
         """The cheapest arch that computes the same functions as ``arch`` (its name for the
         search's dedup: one network is scored once, and as what it costs). Here the arch as it
-        is: a space that knows its equivalent names (Cream) overrides it."""
+        is: a space that knows its equivalent names (Cream, SPOS) overrides it."""
         return self.validate(arch)
 
     @abc.abstractmethod

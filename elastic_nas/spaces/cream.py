@@ -49,6 +49,7 @@ from elastic_nas.spaces.layers import (
     make_divisible,
     sliced_bn,
     sliced_conv,
+    used_kernel,
 )
 
 STEM_CHS = 16
@@ -58,7 +59,8 @@ STAGE_DEFAULT_OPS = (0, 2, 1, 1, 3)  # Cream's one-block-stage quirk: k3e4, k5e4
 FINAL_CHS = 320
 HEAD_CHS = 1280
 SE_RATIO = 0.25
-OPS = tuple((k, e) for k in (3, 5, 7) for e in (4, 6))  # op id -> (kernel, expansion)
+KERNELS = (3, 5, 7)
+OPS = tuple((k, e) for k in KERNELS for e in (4, 6))  # op id -> (kernel, expansion)
 NUM_OPS = len(OPS)
 MAX_KERNEL = max(k for k, _ in OPS)
 PUBLISHED_MAX_DEPTHS = (5, 5, 5, 6, 6)  # deepest stages of the published models (Cream-604)
@@ -303,12 +305,6 @@ class CreamNet(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-def _used_kernel(kernel: int, h_in: int) -> int:
-    """The smallest op kernel that has every tap of ``kernel`` that meets an ``h_in`` x ``h_in`` input."""
-    reach = min(kernel // 2, h_in - 1)
-    return min(k for k, _ in OPS if k // 2 >= reach)
-
-
 class _BlockSpec:
     __slots__ = ("in_chs", "out_chs", "stride", "h_in", "h_out")
 
@@ -372,7 +368,7 @@ class CreamSpace(SearchSpace):
         centre, so the supernet scores them alike too."""
         out = []
         for ops, stage in zip(self.validate(arch), self.layout.stages):
-            out.append(tuple(OPS.index((_used_kernel(OPS[op][0], b.h_in), OPS[op][1]))
+            out.append(tuple(OPS.index((used_kernel(OPS[op][0], b.h_in, KERNELS), OPS[op][1]))
                              for op, b in zip(ops, stage)))
         return tuple(out)
 

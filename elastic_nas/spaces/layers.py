@@ -23,6 +23,14 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
+def used_kernel(kernel: int, h_in: int, kernels) -> int:
+    """The smallest of ``kernels`` that has every tap of a ``kernel`` x ``kernel`` depthwise conv
+    (padding ``kernel // 2``) that meets an ``h_in`` x ``h_in`` input: on such a map no tap farther
+    than ``h_in - 1`` from the centre ever meets a pixel, only padding."""
+    reach = min(kernel // 2, h_in - 1)
+    return min(k for k in kernels if k // 2 >= reach)
+
+
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return F.relu6(x + 3.0) / 6.0
 

@@ -35,7 +35,7 @@ from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError
 from elastic_nas.spaces.base import Arch, SearchSpace, Supernet, as_int, as_list, inherit_weights
 from elastic_nas.spaces.latency import LatencyParts, Part
-from elastic_nas.spaces.layers import channel_shuffle, conv_bn, make_divisible, sliced_bn, sliced_conv
+from elastic_nas.spaces.layers import channel_shuffle, conv_bn, make_divisible, sliced_bn, sliced_conv, used_kernel
 
 STAGE_REPEATS = (4, 4, 8, 4)
 STAGE_OUT_CHS = (64, 160, 320, 640)
@@ -305,6 +305,16 @@ class SposSpace(SearchSpace):
                 return arch  # already normalised
             return (ops, scales)
         return self._genes(arch, NUM_OPS, "op")
+
+    def canonical(self, arch: Any) -> Arch:
+        """Each ShuffleNetV2 block's depthwise kernel (main and projection branch alike) cut to what
+        its input map can use (see ``used_kernel``): at 32 x 32 the last stage runs at 2 x 2, where
+        k = 5 and 7 compute what k = 3 does at more MACs. The Xception choice is left alone: its
+        three 3x3 convs are a different network."""
+        ops, scales = self.split(self.validate(arch))
+        ops = tuple(op if op >= len(KERNEL_LIST) else KERNEL_LIST.index(used_kernel(KERNEL_LIST[op], b.h_in, KERNEL_LIST))
+                    for op, b in zip(ops, self.layout.blocks))
+        return self._join(ops, scales)
 
     def _genes(self, value: Any, card: int, what: str) -> tuple[int, ...]:
         n = self.num_blocks
