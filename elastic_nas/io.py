@@ -122,6 +122,18 @@ CACHE = Path(os.environ.get("ELASTIC_NAS_CACHE", "~/.cache/elastic-nas")).expand
 PUBLISHED = "_published"  # written last by a run folder's first whole copy up
 
 
+def put_whole(src: str, fs: pafs.FileSystem, dst: str) -> None:
+    """Copy the local file ``src`` to ``dst`` on ``fs`` so that ``dst`` is never seen in part:
+    an object store's put is atomic; a local or NFS copy is written in place, so there it goes
+    under ``dst.part`` first and is renamed."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        pafs.copy_files(src, dst, pafs.LocalFileSystem(), fs)
+        return
+    fs.create_dir(dst.rsplit("/", 1)[0])
+    pafs.copy_files(src, dst + ".part", pafs.LocalFileSystem(), fs)
+    fs.move(dst + ".part", dst)
+
+
 class RunFolder:
     """A run's folder of outputs people read: ``<storage>/<name>``.
 
@@ -185,23 +197,14 @@ class RunFolder:
             rel = f.relative_to(self.local).as_posix()
             seen = (st.st_ino, st.st_size, st.st_mtime_ns)  # an atomic rewrite is a new inode
             if self._sent.get(rel) != seen:
-                self._put(fs, str(f), f"{root}/{rel}")
+                put_whole(str(f), fs, f"{root}/{rel}")
                 self._sent[rel] = seen
         if not self._marked:
             with tempfile.NamedTemporaryFile("w", suffix=".json") as marker:
                 marker.write(json.dumps({"at": time.time()}))
                 marker.flush()
-                self._put(fs, marker.name, f"{root}/{PUBLISHED}")
+                put_whole(marker.name, fs, f"{root}/{PUBLISHED}")
             self._marked = True
-
-    @staticmethod
-    def _put(fs: pafs.FileSystem, src: str, dst: str) -> None:
-        if not isinstance(fs, pafs.LocalFileSystem):
-            pafs.copy_files(src, dst, pafs.LocalFileSystem(), fs)
-            return
-        fs.create_dir(dst.rsplit("/", 1)[0])
-        pafs.copy_files(src, dst + ".part", pafs.LocalFileSystem(), fs)
-        fs.move(dst + ".part", dst)
 
     def fetch(self) -> bool:
         """Copy the published folder down when staging has none (a step resumed on another

@@ -29,7 +29,7 @@ import torch
 
 from elastic_nas.config import SpaceConfig, from_dict
 from elastic_nas.errors import CheckpointError, ConfigError
-from elastic_nas.io import atomic_write, filesystem, first_line, is_uri, redact
+from elastic_nas.io import atomic_write, filesystem, first_line, is_uri, put_whole, redact
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -67,9 +67,7 @@ def upload_checkpoint(local_dir: str | Path, fs: pafs.FileSystem, dest: str) -> 
     state (a directory copy moves files in parallel, and a kill mid-copy would leave one)."""
     fs.create_dir(dest)  # local storage needs it; object stores ignore it
     pafs.copy_files(f"{local_dir}/{STATE_FILE}", f"{dest}/{STATE_FILE}", pafs.LocalFileSystem(), fs)
-    # meta.json under another name, then renamed: a local or NFS copy is written in place
-    pafs.copy_files(f"{local_dir}/{META_FILE}", f"{dest}/{META_FILE}.tmp", pafs.LocalFileSystem(), fs)
-    fs.move(f"{dest}/{META_FILE}.tmp", f"{dest}/{META_FILE}")
+    put_whole(f"{local_dir}/{META_FILE}", fs, f"{dest}/{META_FILE}")
 
 
 def _free(directory: Path) -> str:
