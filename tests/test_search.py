@@ -70,6 +70,36 @@ def test_a_network_is_scored_once_whatever_its_kernels_past_the_feature_map(meth
     assert len(archs) == SETTINGS.budget and all(space.canonical(a) == a for a in archs)
 
 
+def test_a_state_saved_before_canonical_names_is_not_scored_again_under_them():
+    """A search resumed from a state that holds networks under wasteful names (saved by an
+    earlier version) never admits one of them again under its canonical name."""
+    space = build_space(SpaceConfig(name="cream", max_depths=[1, 1, 1, 1, 1], width_mult=0.25, stem_stride=2))
+    settings = EvolutionSettings(population=60, top_k=4, mutation_children=30, crossover_children=30,
+                                 mutation_prob=0.3, generations=8, max_tries=50)
+
+    def make():
+        return make_generator("evolution", space, lambda a: (space.macs(a), space.params(a)), Constraints(),
+                              settings, seed=1)
+
+    old, rng, held = make(), np.random.default_rng(0), set()
+    state = old.get_state()
+    while len(held) < 200:  # the last stage's 7x7 kernel runs on 1 x 1: a name the search no longer makes
+        arch = space.sample(rng)
+        arch = arch[:4] + ((4 + arch[4][0] % 2,),)
+        if (key := arch_key(space, space.canonical(arch))) not in held:
+            held.add(key)
+            state["candidates"].append({"arch": space.to_json(arch), "macs": space.macs(arch),
+                                        "params": space.params(arch), "generation": 0, "score": 1.0})
+    gen = make()
+    gen.set_state(state)
+    new = []
+    while (batch := gen.next_generation()) is not None:
+        for c in batch:
+            gen.tell(c.arch, float(space.macs(c.arch)))
+        new += [c.key for c in batch]
+    assert len(new) >= 300 and not held & set(new)
+
+
 def test_constraints_respected_and_shortfall_filled():
     lo, hi = SPACE.macs_range()
     mid = (lo + hi) / 2

@@ -134,6 +134,9 @@ class _Generator:
         self.shortfall = 0  # children replaced by random legal candidates, over the run
         self.exhausted = False  # no new legal candidate could be found
         self._early: dict | None = None  # the next generation, started before this one is scored (start_early)
+        # Networks a restored state holds under other names (saved before canonical names):
+        # never admitted again under their canonical one.
+        self._renamed: set[str] = set()
 
     # -- the generation protocol ------------------------------------------------------
     def pending(self) -> list[Candidate]:
@@ -232,7 +235,7 @@ class _Generator:
         """Add ``arch`` to ``batch`` if it is new and legal; new as a network, not as a name."""
         arch = self.encoder.canonical(arch)
         key = arch_key(self.encoder, arch)
-        if key in self.candidates:
+        if key in self.candidates or key in self._renamed:
             return False
         macs, params, *latency = self.cost_fn(arch)
         latency_ms = float(latency[0]) if latency else 0.0
@@ -293,7 +296,7 @@ class _Generator:
         self.shortfall = int(state["shortfall"])
         self.exhausted = bool(state["exhausted"])
         self._early = None
-        self.candidates = {}
+        self.candidates, self._renamed = {}, set()
         for row in state["candidates"]:
             arch = self.encoder.validate(row["arch"])
             score = row["score"]
@@ -301,6 +304,8 @@ class _Generator:
             cand = Candidate(arch_key(self.encoder, arch), arch, int(row["macs"]), int(row["params"]),
                              int(row["generation"]), score, float(row.get("latency_ms", 0.0)))
             self.candidates[cand.key] = cand
+            if (canon := arch_key(self.encoder, self.encoder.canonical(arch))) != cand.key:
+                self._renamed.add(canon)
 
 
 class EvolutionSearch(_Generator):
