@@ -111,6 +111,23 @@ def test_convert_roundtrip_corrupt_and_resume(tmp_path):
         build_dataset(DataConfig(source="parquet", path=str(dst), search_val_size=3), image_size=16)
 
 
+def test_a_copy_missing_a_shard_is_refused_not_trained_on(tmp_path):
+    """A copy or sync of a converted folder cut short can hold the summary but not every shard:
+    it is refused with one line, where it would have trained on part of the data."""
+    import shutil
+
+    src, dst, copy = tmp_path / "src", tmp_path / "dst", tmp_path / "copy"
+    _make_folder(src, per_class=8)
+    convert(src, dst, shard_size=10, workers=1, log=_quiet)
+    assert json.loads((dst / "_dataset.json").read_text())["shards"] == {"train": 3, "test": 1}
+    shutil.copytree(dst, copy, ignore=lambda d, names: ["train-00001.parquet"])
+    with pytest.raises(DatasetError, match=r"holds 2 of 3 train shards that its _dataset.json lists: a copy of it "
+                                           r"was cut short"):
+        build_dataset(DataConfig(source="parquet", path=str(copy)), image_size=16)
+    shutil.copy(dst / "train-00001.parquet", copy)
+    assert len(build_dataset(DataConfig(source="parquet", path=str(copy), search_val_size=3), image_size=16).train) == 21
+
+
 def test_converted_folder_is_a_plain_parquet_dataset_with_an_index(tmp_path):
     """Shards shuffled (not class-sorted) in row groups; _index.parquet locates every sample;
     pandas, pyarrow and Ray Data read the folder as it is (metadata files start with _)."""

@@ -200,7 +200,8 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
     report.corrupt.sort(key=lambda r: r["path"])
     _write_metadata(dst, report, {"version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
                                   "class_names": found.class_names, "shard_size": shard_size,
-                                  "row_group_size": row_group_size, "seed": seed},
+                                  "row_group_size": row_group_size, "seed": seed,
+                                  "shards": _shard_counts(found, shard_size)},
                     [dst / shard_name(s, k) for s, n in _shard_counts(found, shard_size).items() for k in range(n)])
     return report
 

@@ -46,10 +46,28 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, l
         raise DatasetError(f"no train-NNNNN.parquet shards in {where} (make them with `elastic-nas data convert`)")
     # convert writes its summary last (and removes it first when it rewrites shards): without it
     # the shards are a convert cut short, some missing or out of step with each other
-    if not {SUMMARY_FILE, OLD_METADATA[0]} & {i.base_name for i in infos}:  # format 1's summary
+    names = {i.base_name for i in infos}
+    if not {SUMMARY_FILE, OLD_METADATA[0]} & names:  # format 1's summary
         raise DatasetError(f"{where} has shards but no {SUMMARY_FILE}: its `elastic-nas data convert` did not "
                            "finish; run it again (finished shards are kept)")
+    if SUMMARY_FILE in names:  # a copy or sync cut short has the summary but not every shard
+        expected = _read_summary(fs, base, where).get("shards") or {}  # none before it was recorded
+        short = {s: f"{len(shards[s])} of {n}" for s, n in expected.items() if len(shards.get(s, [])) != n}
+        if short:
+            raise DatasetError(f"{where} holds {', '.join(f'{v} {s} shards' for s, v in short.items())} that its "
+                               f"{SUMMARY_FILE} lists: a copy of it was cut short; copy the folder again")
     return shards, sizes
+
+
+def _read_summary(fs: pafs.FileSystem, base: str, where: str) -> dict:
+    try:
+        with fs.open_input_stream(posixpath.join(base, SUMMARY_FILE)) as f:
+            summary = json.loads(f.read())
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DatasetError(f"cannot read {where}/{SUMMARY_FILE}: {str(e).splitlines()[0]}") from None
+    if not isinstance(summary, dict):
+        raise DatasetError(f"{where}/{SUMMARY_FILE} is not the summary `elastic-nas data convert` writes")
+    return summary
 
 
 def _read_split(fs: pafs.FileSystem, files: list[str], image_size: int, name: str,
