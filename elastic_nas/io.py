@@ -227,6 +227,8 @@ class RunFolder:
         part = tempfile.mkdtemp(dir=self.local.parent, prefix=f".{self.local.name}.fetch-")
         try:
             pafs.copy_files(fs_path, part, fs, pafs.LocalFileSystem())
+            for left in Path(part).rglob("*.part"):  # a later copy up cut short (put_whole): not the run's
+                left.unlink()
             os.replace(part, self.local)
         except BaseException:
             shutil.rmtree(part, ignore_errors=True)
@@ -243,5 +245,5 @@ def print_outputs(title: str, outputs: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["CACHE", "RunFolder", "atomic_write", "filesystem", "first_line", "is_uri", "join", "print_outputs", "read_bytes",
-           "redact", "storage_error", "write_json"]
+__all__ = ["CACHE", "RunFolder", "atomic_write", "filesystem", "first_line", "is_uri", "join", "print_outputs", "put_whole",
+           "read_bytes", "redact", "storage_error", "write_json"]

@@ -112,6 +112,19 @@ def test_publish_copies_changes_in_written_order_then_the_marker(tmp_path: Path,
     assert folder.publish() and sent == []
 
 
+def test_a_later_copy_up_cut_short_leaves_no_part_file_in_a_fetch(tmp_path: Path):
+    """A copy up killed between a file's copy and its rename leaves ``<name>.part`` beside the
+    published file: a fetch brings the run down without it."""
+    first = _staged(tmp_path, "first")
+    _write_snapshot(first.local)
+    assert first.publish()
+    remote = tmp_path / "bucket" / "run"
+    (remote / "snapshot" / "meta.json.part").write_text('{"step": 2')
+    second = _staged(tmp_path, "second")
+    assert second.fetch() and (second.local / "snapshot" / "meta.json").read_text() == '{"step": 1}'
+    assert not list(second.local.rglob("*.part"))
+
+
 def test_a_first_copy_up_cut_short_is_refused_not_resumed_from(tmp_path: Path, monkeypatch):
     """Killed during its first copy up, a run left storage without the marker: another machine
     refuses it in one line (it would else resume from a snapshot's meta.json without its state, or
