@@ -122,11 +122,14 @@ CACHE = Path(os.environ.get("ELASTIC_NAS_CACHE", "~/.cache/elastic-nas")).expand
 PUBLISHED = "_published"  # written last by a run folder's first whole copy up
 
 
+OBJECT_STORES = {"s3", "gcs"}  # pyarrow filesystems whose upload appears whole or not at all
+
+
 def put_whole(src: str, fs: pafs.FileSystem, dst: str) -> None:
     """Copy the local file ``src`` to ``dst`` on ``fs`` so that ``dst`` is never seen in part:
-    an object store's put is atomic; a local or NFS copy is written in place, so there it goes
-    under ``dst.part`` first and is renamed."""
-    if not isinstance(fs, pafs.LocalFileSystem):
+    an object store's put is atomic; elsewhere (local, NFS, HDFS) a file is readable while it is
+    written, so there it goes under ``dst.part`` first and is renamed."""
+    if fs.type_name in OBJECT_STORES:
         pafs.copy_files(src, dst, pafs.LocalFileSystem(), fs)
         return
     fs.create_dir(dst.rsplit("/", 1)[0])

@@ -121,7 +121,7 @@ def test_a_copy_missing_a_shard_is_refused_not_trained_on(tmp_path):
     convert(src, dst, shard_size=10, workers=1, log=_quiet)
     assert json.loads((dst / "_dataset.json").read_text())["shards"] == {"train": 3, "test": 1}
     shutil.copytree(dst, copy, ignore=lambda d, names: ["train-00001.parquet"])
-    with pytest.raises(DatasetError, match=r"holds 2 of 3 train shards that its _dataset.json lists: a copy of it "
+    with pytest.raises(DatasetError, match=r"holds 2 train shards where it lists 3 \(_dataset.json\): a copy of it "
                                            r"was cut short"):
         build_dataset(DataConfig(source="parquet", path=str(copy)), image_size=16)
     shutil.copy(dst / "train-00001.parquet", copy)

@@ -52,10 +52,11 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, l
                            "finish; run it again (finished shards are kept)")
     if SUMMARY_FILE in names:  # a copy or sync cut short has the summary but not every shard
         expected = _read_summary(fs, base, where).get("shards") or {}  # none before it was recorded
-        short = {s: f"{len(shards[s])} of {n}" for s, n in expected.items() if len(shards.get(s, [])) != n}
-        if short:
-            raise DatasetError(f"{where} holds {', '.join(f'{v} {s} shards' for s, v in short.items())} that its "
-                               f"{SUMMARY_FILE} lists: a copy of it was cut short; copy the folder again")
+        off = [f"{len(shards.get(s, []))} {s} shards where it lists {n}" for s, n in expected.items()
+               if len(shards.get(s, [])) != n]
+        if off:
+            raise DatasetError(f"{where} holds {', '.join(off)} ({SUMMARY_FILE}): a copy of it was cut short or "
+                               "mixed with another conversion; copy the folder again")
     return shards, sizes
 
 

@@ -310,7 +310,8 @@ class SposSpace(SearchSpace):
         """Each ShuffleNetV2 block's depthwise kernel (main and projection branch alike) cut to what
         its input map can use (see ``used_kernel``): at 32 x 32 the last stage runs at 2 x 2, where
         k = 5 and 7 compute what k = 3 does at more MACs. The Xception choice is left alone: its
-        three 3x3 convs are a different network."""
+        three 3x3 convs are a different network. With independent weights the supernet scores the
+        renamed arch with the 3x3 op's own weights: the name is the network trained from scratch."""
         ops, scales = self.split(self.validate(arch))
         ops = tuple(op if op >= len(KERNEL_LIST) else KERNEL_LIST.index(used_kernel(KERNEL_LIST[op], b.h_in, KERNEL_LIST))
                     for op, b in zip(ops, self.layout.blocks))
