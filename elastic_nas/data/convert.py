@@ -155,8 +155,8 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
                 report.counts[split] += len(chunk) - len(meta.get("corrupt", []))
             else:
                 todo.append(task)
-    expected = {t.out.name for t in todo} | {shard_name(s, k) for s, n in _shard_counts(found, shard_size).items()
-                                             for k in range(n)}
+    shards = [dst / shard_name(s, k) for s, n in _shard_counts(found, shard_size).items() for k in range(n)]
+    expected = {p.name for p in shards}
     stale = [p for p in sorted(dst.glob("*-[0-9][0-9][0-9][0-9][0-9].parquet"))
              if p.name.split("-")[0] in found.splits and p.name not in expected]
     if todo or stale:  # first: the old index would pair its labels with the new shards' images
@@ -201,8 +201,7 @@ def convert(src: str | Path, dst: str | Path, shard_size: int = 1000, workers: i
     _write_metadata(dst, report, {"version": FORMAT_VERSION, "source": str(Path(src).expanduser().resolve()),
                                   "class_names": found.class_names, "shard_size": shard_size,
                                   "row_group_size": row_group_size, "seed": seed,
-                                  "shards": _shard_counts(found, shard_size)},
-                    [dst / shard_name(s, k) for s, n in _shard_counts(found, shard_size).items() for k in range(n)])
+                                  "shards": _shard_counts(found, shard_size)}, shards)
     return report
 
 
