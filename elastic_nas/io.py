@@ -101,8 +101,12 @@ def filesystem(path: str, error: type[UserError] = UserError) -> tuple[pafs.File
 
 def read_bytes(path: str, error: type[UserError] = UserError) -> bytes:
     """A whole file, local or through a URI."""
-    fs, fs_path = filesystem(path, error)
-    with fs.open_input_stream(fs_path) as f:
+    return read_from(*filesystem(path, error))
+
+
+def read_from(fs: pafs.FileSystem, path: str) -> bytes:
+    """A whole file of ``fs`` (a path inside it, as :func:`filesystem` returns)."""
+    with fs.open_input_stream(path) as f:
         return f.read()
 
 
@@ -249,4 +253,4 @@ def print_outputs(title: str, outputs: dict[str, Any]) -> None:
 
 
 __all__ = ["CACHE", "RunFolder", "atomic_write", "filesystem", "first_line", "is_uri", "join", "print_outputs", "put_whole",
-           "read_bytes", "redact", "storage_error", "write_json"]
+           "read_bytes", "read_from", "redact", "storage_error", "write_json"]

@@ -22,7 +22,7 @@ from elastic_nas.config import DataConfig
 from elastic_nas.data.base import IMAGENET_MEAN, IMAGENET_STD, EncodedStore, Split
 from elastic_nas.data.layout import META_KEY, OLD_METADATA, SUMMARY_FILE
 from elastic_nas.errors import DatasetError
-from elastic_nas.io import filesystem
+from elastic_nas.io import filesystem, first_line, read_from
 
 _SHARD = re.compile(r"^(train|test)-(\d{5})\.parquet$")
 
@@ -34,7 +34,7 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, l
     except FileNotFoundError:
         raise DatasetError(f"parquet dataset {where} does not exist") from None
     except (OSError, pa.ArrowException) as e:
-        raise DatasetError(f"cannot list {where}: {str(e).splitlines()[0]}") from None
+        raise DatasetError(f"cannot list {where}: {first_line(e)}") from None
     shards: dict[str, list[str]] = {"train": [], "test": []}
     sizes = {"train": 0, "test": 0}
     for info in sorted(infos, key=lambda i: i.base_name):
@@ -62,10 +62,9 @@ def list_shards(fs: pafs.FileSystem, base: str, where: str) -> tuple[dict[str, l
 
 def _read_summary(fs: pafs.FileSystem, base: str, where: str) -> dict:
     try:
-        with fs.open_input_stream(posixpath.join(base, SUMMARY_FILE)) as f:
-            summary = json.loads(f.read())
+        summary = json.loads(read_from(fs, posixpath.join(base, SUMMARY_FILE)))
     except (OSError, ValueError, pa.ArrowException) as e:
-        raise DatasetError(f"cannot read {where}/{SUMMARY_FILE}: {str(e).splitlines()[0]}") from None
+        raise DatasetError(f"cannot read {where}/{SUMMARY_FILE}: {first_line(e)}") from None
     if not isinstance(summary, dict):
         raise DatasetError(f"{where}/{SUMMARY_FILE} is not the summary `elastic-nas data convert` writes")
     return summary

@@ -29,7 +29,7 @@ import torch
 
 from elastic_nas.config import SpaceConfig, from_dict
 from elastic_nas.errors import CheckpointError, ConfigError
-from elastic_nas.io import atomic_write, filesystem, first_line, is_uri, put_whole, redact
+from elastic_nas.io import atomic_write, filesystem, first_line, is_uri, put_whole, read_from, redact
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -90,17 +90,12 @@ class LoadedCheckpoint:
     listed: list[str] = field(default_factory=list)
 
 
-def _read(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
 def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheckpoint:
     """Read and verify one checkpoint directory; :class:`CheckpointError` says what is wrong."""
     if fs is None:
         fs, path = filesystem(path, CheckpointError)
     try:
-        meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
+        meta = json.loads(read_from(fs, f"{path}/{META_FILE}"))
     except FileNotFoundError:
         raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: no {META_FILE}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -108,7 +103,7 @@ def read_checkpoint(path: str, fs: pafs.FileSystem | None = None) -> LoadedCheck
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
     try:
-        payload = _read(fs, f"{path}/{STATE_FILE}")
+        payload = read_from(fs, f"{path}/{STATE_FILE}")
     except FileNotFoundError:
         raise IncompleteCheckpoint(f"checkpoint {path} is incomplete: no {STATE_FILE}") from None
     if unfinished(meta, len(payload)):  # longer than recorded: corrupt, below
@@ -160,7 +155,7 @@ def partial_checkpoints(fs: pafs.FileSystem, listed: list[str], loaded_path: str
     out = []
     for path in listed[listed.index(loaded_path) + 1:]:
         try:
-            meta = json.loads(_read(fs, f"{path}/{META_FILE}"))
+            meta = json.loads(read_from(fs, f"{path}/{META_FILE}"))
         except FileNotFoundError:
             out.append(path)
             continue
