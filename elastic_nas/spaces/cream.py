@@ -62,7 +62,7 @@ SE_RATIO = 0.25
 KERNELS = (3, 5, 7)
 OPS = tuple((k, e) for k in KERNELS for e in (4, 6))  # op id -> (kernel, expansion)
 NUM_OPS = len(OPS)
-MAX_KERNEL = max(k for k, _ in OPS)
+MAX_KERNEL = max(KERNELS)
 PUBLISHED_MAX_DEPTHS = (5, 5, 5, 6, 6)  # deepest stages of the published models (Cream-604)
 
 
