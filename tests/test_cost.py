@@ -10,16 +10,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from elastic_nas.config import SpaceConfig
-from elastic_nas.spaces import PUBLISHED, build_space
+from elastic_nas.spaces import PUBLISHED, build_space, depthwise
 from tests.conftest import SPACE_CONFIGS
 
 CONFIGS = SPACE_CONFIGS
 
 
 def counted(net: torch.nn.Module, size: int, device: str = "cpu") -> tuple[int, int]:
-    """(FlopCounterMode FLOPs / 2, sum of parameter numels) of a standalone net."""
+    """(FlopCounterMode FLOPs / 2, sum of parameter numels) of a standalone net as designed and
+    exported: depthwise kernels whole (training and scoring cut them to their map, the same math)."""
     net.eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    with FlopCounterMode(display=False) as fc, torch.no_grad(), depthwise.whole_kernels():
         net(torch.zeros(1, 3, size, size, device=device))
     return fc.get_total_flops() // 2, sum(p.numel() for p in net.parameters())
 

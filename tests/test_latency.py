@@ -81,6 +81,9 @@ def test_a_table_round_trips_and_refuses_another_space(tables, tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(ConfigError, match="not an elastic-nas latency table"):
         LatencyTable.load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({**json.loads(path.read_text()), "format": "elastic-nas latency table 1"}))
+    with pytest.raises(ConfigError, match="from an earlier elastic-nas .* rebuild it"):  # slower depthwise convs
+        LatencyTable.load(tmp_path / "old.json")
     (tmp_path / "short.json").write_text(json.dumps({"format": FORMAT, "tags": {}, "fixed_ms": {}}))
     with pytest.raises(ConfigError, match="needs tags"):
         LatencyTable.load(tmp_path / "short.json")

@@ -210,10 +210,14 @@ def test_two_ranks_train_exactly_as_one_process_with_their_shards_as_micro_batch
         distributed = {k: v for k, v in dict(out)[grad_sync].items() if k in WEIGHTS}
     state = one_process(path)
     initial = supernet_and_archs()[0].state_dict()
+    # The landmark hinge's two extra paths through BN over 4 samples of 1 x 1 maps (stage 4 at 8 px)
+    # magnify rounding: weights differ from one process by up to 1.5e-4 (1.6e-4 with the depthwise
+    # weight gradient by taps), where they move by up to 0.45 in the 3 steps.
+    tol = {"rtol": 1e-4, "atol": 3e-4} if landmarks else {"rtol": 1e-4, "atol": 1e-5}
     changed = 0
     for key, value in state.items():
         if key in WEIGHTS:  # BN running statistics are per rank by design
-            torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(distributed[key], value, **tol, msg=key)
             changed += int(not torch.equal(value, initial[key]))
     assert changed > 10  # both archs' weights moved
     if landmarks:  # the term changed the training

@@ -29,7 +29,10 @@ from elastic_nas.config import SpaceConfig
 from elastic_nas.errors import ArchError, ConfigError
 from elastic_nas.spaces.precision import Precision
 
-FORMAT = "elastic-nas latency table 1"
+# 2: depthwise kernels cut to their map (spaces/depthwise.py) made small-map blocks faster than
+# format 1 tables timed them
+FORMAT = "elastic-nas latency table 2"
+FORMAT_NAME = "elastic-nas latency table"
 TAGS = ("device", "device_type", "torch", "batch", "threads", "precision", "channels_last", "space")
 # The space keys that decide a part's shape (weight sharing only changes the supernet).
 SPACE_KEYS = ("name", "input_size", "num_classes", "stem_stride", "width_mult", "channel_search", "max_depths",
@@ -153,7 +156,11 @@ class LatencyTable:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(where, f"cannot read latency table {path}: {e}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        if isinstance(found, str) and found.startswith(FORMAT_NAME) and found != FORMAT:
+            raise ConfigError(where, f"{path} is {found!r}, from an earlier elastic-nas that timed blocks "
+                                     f"otherwise (this one reads {FORMAT!r}); rebuild it: elastic-nas latency build")
+        if found != FORMAT:
             raise ConfigError(where, f"{path} is not an elastic-nas latency table ({FORMAT!r})")
         try:
             table = cls(data["tags"], data["fixed_ms"], data["choices_ms"], data.get("settings", {}))

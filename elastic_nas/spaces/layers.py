@@ -3,8 +3,9 @@
 Sliced ops are what Once-for-All calls elastic width (in this project "elastic" means world
 size): a layer allocates its maximum width (``max_*``) and an arch runs the leading
 ``active_*`` channels. The layers themselves are plain
-``nn.Conv2d`` / ``nn.BatchNorm2d``, so a standalone subnet is built from the very same
-block classes at the active width, and inherits weights by leading slices.
+``nn.Conv2d`` / ``nn.BatchNorm2d`` (a depthwise conv: ``depthwise.DepthwiseConv2d``, the same
+parameters), so a standalone subnet is built from the very same block classes at the active
+width, and inherits weights by leading slices.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from elastic_nas.spaces import depthwise
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -27,8 +30,8 @@ def used_kernel(kernel: int, h_in: int, kernels) -> int:
     """The smallest of ``kernels`` that has every tap of a ``kernel`` x ``kernel`` depthwise conv
     (padding ``kernel // 2``) that meets an ``h_in`` x ``h_in`` input: on such a map no tap farther
     than ``h_in - 1`` from the centre ever meets a pixel, only padding."""
-    reach = min(kernel // 2, h_in - 1)
-    return min(k for k in kernels if k // 2 >= reach)
+    taps = depthwise.reach(kernel, h_in)
+    return min(k for k in kernels if k // 2 >= taps)
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +47,8 @@ def channel_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
             affine: bool = True) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+    cls = depthwise.DepthwiseConv2d if 1 < groups == in_chs == out_chs else nn.Conv2d
+    conv = cls(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
     return conv, nn.BatchNorm2d(out_chs, affine=affine)
 
 
@@ -62,8 +66,8 @@ def sliced_conv(conv: nn.Conv2d, x: torch.Tensor, active_out_chs: int | None = N
     A depthwise conv (groups == in_channels) follows its input width.
     """
     active_in_chs = x.shape[1]
-    depthwise = conv.groups > 1
-    if depthwise:
+    is_depthwise = conv.groups > 1
+    if is_depthwise:
         active_out_chs = active_in_chs
     active_out_chs = active_out_chs or conv.out_channels
     kernel_size = kernel_size or conv.kernel_size[0]
@@ -71,10 +75,10 @@ def sliced_conv(conv: nn.Conv2d, x: torch.Tensor, active_out_chs: int | None = N
             and kernel_size == conv.kernel_size[0] and weight is None):
         return conv(x)
     weight = centre_kernel(conv.weight, kernel_size) if weight is None else weight
-    weight = weight[:active_in_chs] if depthwise else weight[:active_out_chs, :active_in_chs]
+    if is_depthwise:
+        return depthwise.conv2d(x, weight[:active_in_chs], conv.stride[0])
     bias = conv.bias[:active_out_chs] if conv.bias is not None else None
-    groups = active_in_chs if depthwise else 1
-    return F.conv2d(x, weight, bias, conv.stride, kernel_size // 2, conv.dilation, groups)
+    return F.conv2d(x, weight[:active_out_chs, :active_in_chs], bias, conv.stride, kernel_size // 2, conv.dilation)
 
 
 def sliced_bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
