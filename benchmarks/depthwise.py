@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
 
+import memory_format
 import numpy as np
 import torch
 import torch.nn.functional as F
+from memory_format import PIPELINE_PICK
 
 from _common import write_result
 
 MODES = ("plain", "product")
-PIPELINE_PICK = "[[5], [5, 2], [5], [5, 1], [2]]"  # a pick of the laptop pipeline (memory_format.py's)
-DATA_SETS = ["data.num_train=2500", "data.num_test=64", "data.search_val_size=256"]  # the weights need no data
 BATCH = 64
 # sandwich.progressive for each supernet part: the teacher alone throughout, or every dimension elastic
 SUPERNET_PARTS = {"supernet_teacher_alone": "[0.99,0.99,0.99]", "supernet_all_elastic": "[]"}
@@ -97,24 +96,12 @@ def weight_grad_part(reps: int) -> list[dict]:
 
 
 def build(part: str, sets: list):
-    """(TrainStep, optimizer) of ``part``, fp32 channels_last, the same weights each call."""
-    from elastic_nas.config import RetrainConfig, SupernetConfig, load_config
-    from elastic_nas.spaces.precision import Precision
-    from elastic_nas.train.retrain import build_subnet_task
-    from elastic_nas.train.step import TrainStep, make_optimizer
-    from elastic_nas.train.supernet import build_supernet_task
-
+    """(TrainStep, optimizer) of ``part`` in fp32 channels_last (``memory_format.build``), the same
+    weights each call."""
     torch.manual_seed(0)
     if part == "subnet":
-        space = load_config(SupernetConfig, "supernet", [*DATA_SETS, *sets]).space
-        cfg = load_config(RetrainConfig, "retrain", DATA_SETS)
-        task = build_subnet_task(cfg, space, json.loads(PIPELINE_PICK))
-    else:
-        cfg = load_config(SupernetConfig, "supernet", [*DATA_SETS, *sets, f"sandwich.progressive={SUPERNET_PARTS[part]}"])
-        task = build_supernet_task(cfg)
-    prec = Precision("fp32", True)
-    model = prec.model(task.model)
-    return TrainStep(model, task.strategy, precision=prec), make_optimizer(model, cfg.optim)
+        return memory_format.build("subnet", PIPELINE_PICK, True, sets)
+    return memory_format.build("sandwich", PIPELINE_PICK, True, [*sets, f"sandwich.progressive={SUPERNET_PARTS[part]}"])
 
 
 def steps_part(part: str, sets: list, steps: int, block: int, check_steps: int) -> dict:
@@ -144,12 +131,11 @@ def steps_part(part: str, sets: list, steps: int, block: int, check_steps: int) 
 
 
 def evaluator_part(candidates: int, sets: list) -> dict:
-    from elastic_nas.config import SupernetConfig, load_config
     from elastic_nas.search.evaluator import EvalData, evaluate_arch
     from elastic_nas.spaces import build_space
     from elastic_nas.spaces.precision import Precision
 
-    space = build_space(load_config(SupernetConfig, "supernet", [*DATA_SETS, *sets]).space)
+    space = build_space(memory_format.supernet_cfg(sets).space)
     torch.manual_seed(0)
     model = Precision(channels_last=True).model(space.build_supernet())
     g = torch.Generator().manual_seed(0)

@@ -68,8 +68,8 @@ def build(part: str, arch: str, channels_last: bool, sets: list):
         task = build_subnet_task(cfg, supernet_cfg(sets).space, json.loads(arch))
     else:
         # the sandwich part times the whole rule: a few steps under the shipped progressive
-        # shrinking would all be its first phase (the teacher alone)
-        cfg = supernet_cfg([*sets, *(["strategy=spos"] if part == "uniform" else ["sandwich.progressive=[]"])])
+        # shrinking would all be its first phase (the teacher alone); ``sets`` may say otherwise
+        cfg = supernet_cfg([*(["strategy=spos"] if part == "uniform" else ["sandwich.progressive=[]"]), *sets])
         task = build_supernet_task(cfg)
     prec = Precision("fp32", channels_last)
     model = prec.model(task.model)
