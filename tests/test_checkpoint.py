@@ -214,3 +214,21 @@ print(_fill_and_fail(Path({str(tmp_path)!r})))
     assert out.returncode == 0, out.stderr
     assert "File too large" in out.stdout
     _assert_previous_checkpoint_survives(tmp_path, out.stdout)
+
+
+@pytest.mark.parametrize("cut", [b"", b'{"checkpoint_results": [{"training_re', b"\xff\xfe"])
+def test_ray_checkpoint_record_a_kill_cut_short_is_removed_before_a_resume(tmp_path, capsys, cut):
+    """Ray Train writes its record in place: a driver killed mid-write leaves it empty or half
+    written, and Ray's controller would refuse to start. The launch removes it and says so;
+    a whole record, and a run without one, are left alone."""
+    from elastic_nas.cluster.launcher import RAY_CHECKPOINT_RECORD, drop_cut_checkpoint_record
+
+    assert not drop_cut_checkpoint_record(str(tmp_path), "run")  # a new run: nothing there
+    record = tmp_path / "run" / RAY_CHECKPOINT_RECORD
+    record.parent.mkdir()
+    record.write_text('{"checkpoint_results": []}')
+    assert not drop_cut_checkpoint_record(str(tmp_path), "run") and record.exists()
+    record.write_bytes(cut)
+    assert drop_cut_checkpoint_record(str(tmp_path), "run")
+    assert not record.exists()
+    assert f"removed Ray Train's checkpoint record {record}: a kill cut its write short" in capsys.readouterr().out

@@ -344,8 +344,9 @@ def test_the_same_seed_trains_the_same_weights(tmp_path, data_dir):
 
 
 def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_dir):
-    """Stop the driver, corrupt the newest checkpoint, launch again with the same name:
-    the run says which checkpoint it skipped, resumes from the previous one, finishes."""
+    """Stop the driver, corrupt the newest checkpoint (and cut Ray's record of them short, as
+    a kill mid-write does), launch again with the same name: the run says which checkpoint
+    it skipped, resumes from the previous one, finishes."""
     add_worker_node(cluster)
     epochs = 2
     args = supernet_args(tmp_path, data_dir, "restart", epochs, **{"elastic.max_workers": 1})
@@ -367,6 +368,11 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     partial.mkdir()
     (partial / "meta.json").write_bytes((newest / "meta.json").read_bytes())
     (partial / "state.pt").write_bytes(b"\0" * 100)
+    # Ray Train's own record of the checkpoints, as a kill in the middle of its write leaves it.
+    from elastic_nas.cluster.launcher import RAY_CHECKPOINT_RECORD
+
+    record = run_dir / RAY_CHECKPOINT_RECORD
+    record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
 
     second = CliRun(args, env={"RAY_ADDRESS": cluster.address})
     try:
@@ -378,6 +384,7 @@ def test_driver_restart_resumes_past_corrupt_checkpoint(cluster, tmp_path, data_
     assert f"{newest} is corrupt" in out
     assert "resuming from" in out
     assert f"removed {partial}: its copy into storage never finished" in out
+    assert f"removed Ray Train's checkpoint record {record}: a kill cut its write short" in out
     assert not partial.exists()
     assert f"removed {newest}" not in out  # newer than the one resumed: left alone (Ray's keep may drop it)
     assert 0 < int(m.group(1)) < int(newest.name.split("_")[1].removeprefix("step")), (m.group(0), newest)

@@ -315,3 +315,16 @@ def test_a_run_folder_copied_up_whole_is_fetched_and_one_cut_short_is_refused(s3
         cut.fetch()
     assert not cut.local.exists() and KEY not in str(refused.value) and SECRET not in str(refused.value)
     assert s3.files("folders/cut") == ["folders/cut/snapshot/meta.json"]  # left as it was
+
+
+def test_ray_checkpoint_record_cut_short_on_s3_is_removed_without_credentials(s3, capsys):
+    """The same repair on a real S3 endpoint, and its line names no credentials."""
+    from elastic_nas.cluster.launcher import RAY_CHECKPOINT_RECORD, drop_cut_checkpoint_record
+
+    with s3.fs.open_output_stream(f"{BUCKET}/records/run/{RAY_CHECKPOINT_RECORD}") as f:
+        f.write(b'{"checkpoint_res')
+    assert drop_cut_checkpoint_record(s3.uri("records"), "run")
+    assert s3.files("records/run") == []
+    out = capsys.readouterr().out
+    assert f"records/run/{RAY_CHECKPOINT_RECORD}: a kill cut its write short" in out
+    assert KEY not in out and SECRET not in out

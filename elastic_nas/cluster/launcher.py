@@ -6,6 +6,7 @@ from the driver to its controller. A user's own environment always wins (setdefa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -20,7 +21,9 @@ from elastic_nas.cluster.takeover import release_dead_driver
 from elastic_nas.cluster.warm_workers import WarmPool
 from elastic_nas.config import ElasticConfig, RunConfig
 from elastic_nas.errors import UserError
-from elastic_nas.io import filesystem, first_line, is_uri, redact, storage_error
+from elastic_nas.io import filesystem, first_line, is_uri, join, read_from, redact, storage_error
+
+RAY_CHECKPOINT_RECORD = "checkpoint_manager_snapshot.json"  # Ray Train's list of a run's checkpoints
 
 # Ray's defaults wait 60 s for a restarted worker group and check health every 2 s;
 # on a resize that is most of the ~68 s it takes to resume (see README, "Elastic").
@@ -135,6 +138,7 @@ def run_trainer(
             callbacks=[controller_setup()],
         ),
     )
+    drop_cut_checkpoint_record(storage, run.name)
     per_worker = worker_resources(elastic)
     if private_cluster():
         check_fits(per_worker, elastic.min_workers)
@@ -146,6 +150,26 @@ def run_trainer(
     with NodeWatcher(run_name=run.name, join_checkpoint_timeout_s=elastic.join_checkpoint_timeout_s,
                      warm_pool=warm_pool, need=(per_worker, elastic.min_workers), join_settle_s=elastic.join_settle_s):
         return trainer.fit()
+
+
+def drop_cut_checkpoint_record(storage: str, name: str) -> bool:
+    """Remove Ray Train's checkpoint record of run ``name`` when a kill cut its write short
+    (Ray writes it in place, so a driver killed then leaves it empty or half written, and
+    Ray's controller would refuse to start on it). The resume does not need it: it lists the
+    run's checkpoint directories itself. True when it removed one."""
+    record = join(storage, name, RAY_CHECKPOINT_RECORD)
+    fs, path = filesystem(record)
+    try:
+        json.loads(read_from(fs, path))
+        return False
+    except OSError:  # none yet, or storage that does not answer: Ray reports that itself
+        return False
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    fs.delete_file(path)
+    print(f"elastic-nas: removed Ray Train's checkpoint record {redact(record)}: a kill cut its write short "
+          "(the resume lists the checkpoints itself)", flush=True)
+    return True
 
 
 def controller_setup():
@@ -177,5 +201,5 @@ def _release_dead_driver(run_name: str) -> None:
               "still held with Ray", flush=True)
 
 
-__all__ = ["RAY_TRAIN_ENV_DEFAULTS", "init_ray", "private_cluster", "resolve_storage",
-           "run_trainer"]
+__all__ = ["RAY_CHECKPOINT_RECORD", "RAY_TRAIN_ENV_DEFAULTS", "drop_cut_checkpoint_record", "init_ray",
+           "private_cluster", "resolve_storage", "run_trainer"]
