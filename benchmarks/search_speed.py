@@ -79,7 +79,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -91,7 +90,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import env_var
+from _common import env_var, machine
 from elastic_nas.config import DataConfig, SpaceConfig
 from elastic_nas.search.barrier import HOLD
 from elastic_nas.search.evaluator import EvalData, Snapshot, evaluate_arch
@@ -733,7 +732,6 @@ def main() -> int:
         os.environ[NICENESS_ENV] = str(args.worker_niceness)
     import tempfile
 
-    import ray
 
     space, snapshot, data = setup(args)
     rounds = []
@@ -758,8 +756,7 @@ def main() -> int:
                   flush=True)
     result = {
         "command": "python " + shlex.join(sys.argv),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__},
+        "machine": machine(),  # with the CPU model and torch's vector ISA
         "settings": vars(args),
         "targets": {"speedup_vs_sequential": SPEEDUP_TARGET, "tune_vs_plain_parallel": CEILING_TARGET,
                     "tune_overhead_per_candidate": OVERHEAD_TARGET},

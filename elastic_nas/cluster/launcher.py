@@ -166,7 +166,11 @@ def drop_cut_checkpoint_record(storage: str, name: str) -> bool:
         return False
     except (json.JSONDecodeError, UnicodeDecodeError):
         pass
-    fs.delete_file(path)
+    try:
+        fs.delete_file(path)
+    except OSError as e:
+        raise UserError(f"Ray Train's checkpoint record {redact(record)} was cut short by a kill and cannot be "
+                        f"removed ({storage_error(e)}); remove it and run again") from None
     print(f"elastic-nas: removed Ray Train's checkpoint record {redact(record)}: a kill cut its write short "
           "(the resume lists the checkpoints itself)", flush=True)
     return True
