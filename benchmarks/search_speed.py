@@ -732,7 +732,6 @@ def main() -> int:
         os.environ[NICENESS_ENV] = str(args.worker_niceness)
     import tempfile
 
-
     space, snapshot, data = setup(args)
     rounds = []
     phases_run = tuple(p for p in PHASES if p not in args.skip) + tuple(f"{NICE_PHASE}{v}"
