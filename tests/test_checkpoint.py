@@ -232,3 +232,29 @@ def test_ray_checkpoint_record_a_kill_cut_short_is_removed_before_a_resume(tmp_p
     assert drop_cut_checkpoint_record(str(tmp_path), "run")
     assert not record.exists()
     assert f"removed Ray Train's checkpoint record {record}: a kill cut its write short" in capsys.readouterr().out
+
+
+def test_ray_checkpoint_record_cut_short_that_storage_will_not_delete_is_one_line(tmp_path, monkeypatch):
+    """Storage that refuses the delete (permissions, a read-only mount): one clear line before
+    any work, the record left as it was."""
+    from elastic_nas.cluster import launcher
+    from elastic_nas.errors import UserError
+
+    class RefusesDeletes:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def open_input_stream(self, path):
+            return self.fs.open_input_stream(path)
+
+        def delete_file(self, path):
+            raise PermissionError(13, "Permission denied", path)
+
+    real = launcher.filesystem
+    monkeypatch.setattr(launcher, "filesystem", lambda path: (RefusesDeletes(real(path)[0]), real(path)[1]))
+    record = tmp_path / "run" / launcher.RAY_CHECKPOINT_RECORD
+    record.parent.mkdir()
+    record.write_bytes(b'{"checkpoint_res')
+    with pytest.raises(UserError, match=r"record .* was cut short by a kill and cannot be removed \(PermissionError"):
+        launcher.drop_cut_checkpoint_record(str(tmp_path), "run")
+    assert record.read_bytes() == b'{"checkpoint_res'
