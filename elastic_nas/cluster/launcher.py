@@ -157,21 +157,24 @@ def drop_cut_checkpoint_record(storage: str, name: str) -> bool:
     (Ray writes it in place, so a driver killed then leaves it empty or half written, and
     Ray's controller would refuse to start on it). The resume does not need it: it lists the
     run's checkpoint directories itself. True when it removed one."""
-    record = join(storage, name, RAY_CHECKPOINT_RECORD)
-    fs, path = filesystem(record)
+    fs, root = filesystem(storage)
+    path = f"{root.rstrip('/')}/{name}/{RAY_CHECKPOINT_RECORD}"  # where Ray reads it
+    shown = redact(join(storage, name, RAY_CHECKPOINT_RECORD))
     try:
-        json.loads(read_from(fs, path))
+        data = read_from(fs, path)
+    except Exception:  # none yet, or storage that does not answer (pyarrow raises OSError/ArrowInvalid)
         return False
-    except OSError:  # none yet, or storage that does not answer: Ray reports that itself
+    try:
+        json.loads(data.decode("utf-8"))  # as Ray decodes it
         return False
     except (json.JSONDecodeError, UnicodeDecodeError):
         pass
     try:
         fs.delete_file(path)
-    except OSError as e:
-        raise UserError(f"Ray Train's checkpoint record {redact(record)} was cut short by a kill and cannot be "
-                        f"removed ({storage_error(e)}); remove it and run again") from None
-    print(f"elastic-nas: removed Ray Train's checkpoint record {redact(record)}: a kill cut its write short "
+    except Exception as e:
+        raise UserError(f"Ray Train's checkpoint record {shown} was cut short by a kill and cannot be removed "
+                        f"({storage_error(e)}); remove it and run again") from None
+    print(f"elastic-nas: removed Ray Train's checkpoint record {shown}: a kill cut its write short "
           "(the resume lists the checkpoints itself)", flush=True)
     return True
 
