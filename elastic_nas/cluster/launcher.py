@@ -167,7 +167,7 @@ def drop_cut_checkpoint_record(storage: str, name: str) -> bool:
     try:
         json.loads(data.decode("utf-8"))  # as Ray decodes it
         return False
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, or not UTF-8: cut short
         pass
     try:
         fs.delete_file(path)
