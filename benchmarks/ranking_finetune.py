@@ -51,36 +51,50 @@ from _common import run_jobs, write_result
 from elastic_nas.search.ranking import kendall_tau
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_supernet_args(ap: argparse.ArgumentParser, seeds: int) -> None:
+    """The kept supernets a rescoring reads (``kept_supernets``), the truth it is judged against, its procs."""
     ap.add_argument("--from", dest="source", required=True, metavar="JSON",
                     help="a ranking.py results JSON whose supernets (weights in its --work) are rescored")
     ap.add_argument("--variant", required=True)
-    ap.add_argument("--seeds", type=int, default=4, help="supernet seeds 0..N-1")
+    ap.add_argument("--seeds", type=int, default=seeds, help="supernet seeds 0..N-1")
+    ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
+    ap.add_argument("--work", required=True, help="the --from run's work dir (its supernets' weights)")
+    ap.add_argument("--procs", type=int, default=2)
+
+
+def kept_supernets(a) -> tuple[dict, np.ndarray, dict, dict]:
+    """``(truth, runs, settings, kept)``: the ``--truth`` JSON and its stand-alone top-1 ``[subnet,
+    seed]``, the ``--from`` run's settings with ``--work`` and the shared data cache, and its
+    ``--variant``'s record; refused unless that run scored the truth's subnets and the work dir holds
+    the weights of ``--seeds`` of its supernets."""
+    source, (truth, runs) = load(Path(a.source)), load_truth(a.truth)
+    check_same_subnets(truth, source, a.source)
+    if a.variant not in source.get("variants", {}):
+        raise Refused(f"{a.source} has no variant {a.variant!r}")
+    kept = source["variants"][a.variant]
+    if not 1 <= a.seeds <= len(kept["scores"]):
+        raise Refused(f"{a.source} kept {len(kept['scores'])} seeds of {a.variant}, --seeds asks {a.seeds}")
+    settings = {**source["settings"], "work": str(Path(a.work).expanduser()), "data": ""}  # the shared data cache
+    missing = [s for s in range(a.seeds) if not weights_path(settings["work"], a.variant, s, kept["steps"]).exists()]
+    if missing:
+        raise Refused(f"{settings['work']} has no weights of {a.variant} seeds {missing} at {kept['steps']} steps")
+    return truth, runs, settings, kept
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_supernet_args(ap, seeds=4)
     ap.add_argument("--finetune-steps", default="0,100", help="K, comma-separated")
     ap.add_argument("--lr", type=float, default=0.02, help="the fine-tune's starting LR (cosine to 0 over K)")
     ap.add_argument("--init", choices=("inherited", "scratch"), default="inherited")
-    ap.add_argument("--truth", required=True, help="a ranking.py results JSON: its subnets' stand-alone seeds")
     ap.add_argument("--longer", default="", help="standalone_noise.py JSONs of the band at more steps (as ranking_table.py)")
-    ap.add_argument("--work", required=True, help="the --from run's work dir (its supernets' weights)")
-    ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--name", default="ranking_finetune")
     a = ap.parse_args()
     with exits_on_refusal(ap, "ranking_finetune"):
         ks = [int(k) for k in a.finetune_steps.split(",") if k.strip()]
         if not ks or min(ks) < 0:
             raise Refused(f"--finetune-steps takes step counts >= 0, got {a.finetune_steps!r}")
-        source, (truth, runs) = load(Path(a.source)), load_truth(a.truth)
-        check_same_subnets(truth, source, a.source)
-        if a.variant not in source.get("variants", {}):
-            raise Refused(f"{a.source} has no variant {a.variant!r}")
-        kept = source["variants"][a.variant]
-        if a.seeds > len(kept["scores"]):
-            raise Refused(f"{a.source} kept {len(kept['scores'])} seeds of {a.variant}, --seeds asks {a.seeds}")
-        settings = {**source["settings"], "work": str(Path(a.work).expanduser()), "data": ""}  # the shared data cache
-        missing = [s for s in range(a.seeds) if not weights_path(settings["work"], a.variant, s, kept["steps"]).exists()]
-        if missing:
-            raise Refused(f"{settings['work']} has no weights of {a.variant} seeds {missing} at {kept['steps']} steps")
+        truth, runs, settings, kept = kept_supernets(a)
         longer = longer_runs(a.longer, truth) if a.longer else None
     work, archs, steps = Path(settings["work"]), [s["arch"] for s in truth["subnets"]], kept["steps"]
     batch, sn_lr = supernet_batch(SimpleNamespace(**settings), a.variant)

@@ -595,6 +595,7 @@ class ScaleConfig:
 class TestConfig:
     """``elastic-nas test``: evaluate a retrained checkpoint on the test split and export it."""
 
+    __test__ = False  # a config, not a test class, to pytest's collector
     checkpoint: str = "runs/retrain"  # a retrain run dir (newest valid checkpoint) or one checkpoint dir
     batch_size: int = 256
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # of the test evaluation; the export is fp32

@@ -501,3 +501,98 @@ def test_benchmark_jobs_return_in_order_with_a_line_each_interval(monkeypatch, c
     monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)  # every job ends an interval
     assert _common.run_jobs(pow, jobs, 1) == [1024, 9, 5]
     assert shown() == ["1/3", "2/3", "3/3"]
+
+
+def test_zero_cost_proxies_follow_their_definitions(monkeypatch):
+    """benchmarks/ranking_zero_cost.py: NASWOT reads which activation inputs are positive (also
+    through an in-place SiLU, which overwrites its input), and SynFlow is the synaptic flow: for a
+    chain of layers with positive weights, each layer's sum of |w * dR/dw| is R (Euler), so L x R."""
+    import copy
+    import math
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_zero_cost as zc
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4)
+    lin = nn.Linear(4, 8)
+    codes = (lin(x) > 0).double()
+    brute = torch.linalg.slogdet(codes @ codes.T + (1 - codes) @ (1 - codes).T)[1]
+    for inplace in (False, True):
+        net = nn.Sequential(lin, nn.SiLU(inplace=inplace))
+        assert zc.naswot(net, x) == pytest.approx(float(brute))
+    chain = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.Conv2d(4, 2, 1, bias=False), nn.Flatten())
+    ones = torch.ones(1, 3, 5, 5, dtype=torch.float64)
+    positive = copy.deepcopy(chain).double()
+    with torch.no_grad():
+        for p in positive.parameters():
+            p.abs_()
+        r = float(positive(ones).sum())
+    assert zc.synflow(chain, (1, 3, 5, 5)) == pytest.approx(math.log(2 * r))
+
+
+def test_zero_cost_picks_keep_each_arch_once_and_each_run_its_own_scores(monkeypatch):
+    """benchmarks/ranking_zero_cost.py --picks: an arch picked in two runs keeps its first run's
+    retrains, each run keeps the loss its own supernet gave each of its picks, and a run of
+    another space or without a search is refused."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_zero_cost as zc
+    from ranking_table import Refused
+
+    truth = {"space": {"name": "cream"}, "data": {"num_train": 10}, "truth_steps": 2000}
+
+    def run(picks: list[tuple[list, list, float]]) -> dict:
+        seeds = [{"evolution": {"arch": a, "retrained_top1_seeds": r, "supernet_score": s}} for a, r, s in picks]
+        return {**truth, "search_quality": {"search_seeds": seeds, "picks": {
+            "largest_macs": {"arch": [[9]], "retrained_top1_seeds": [60, 61, 62], "supernet_score": None}}}}
+
+    files = {"a.json": run([([[1]], [80, 81, 82], 0.5), ([[2]], [70, 71, 72], 0.6)]),
+             "b.json": run([([[2]], [90, 91, 92], 0.4), ([[3]], [75, 76, 77], 0.7)])}
+    monkeypatch.setattr(zc, "load", lambda path: files[Path(path).name])
+    picks = zc.retrained_picks(["a.json", "b.json"], truth)
+    assert picks["archs"] == [[[1]], [[2]], [[9]], [[3]]]
+    assert picks["retrains"][1].tolist() == [70, 71, 72]  # the first run's retrains of [[2]]
+    assert picks["scored"] == {"a.json": {0: 0.5, 1: 0.6}, "b.json": {1: 0.4, 3: 0.7}}
+    files["c.json"] = {**run([([[4]], [1, 2, 3], 0.1)]), "space": {"name": "spos"}}
+    files["d.json"] = dict(truth)
+    for bad in ("c.json", "d.json"):
+        with pytest.raises(Refused):
+            zc.retrained_picks(["a.json", bad], truth)
+
+
+def test_neighbourhood_scores_draw_distinct_networks_one_op_away(monkeypatch):
+    """benchmarks/ranking_neighbours.py: an arch's neighbours differ from it in one block's op with
+    every stage's depth kept, each is another network than the arch and than the others (a kernel
+    whose outer taps meet only padding is the smaller kernel), and the smoothed score is the mean
+    loss of the arch and its neighbours."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ranking_neighbours as rn
+
+    from elastic_nas.config import SpaceConfig
+    from elastic_nas.spaces import build_space
+
+    space = build_space(SpaceConfig(name="cream", input_size=32, stem_stride=2, width_mult=0.5,
+                                    max_depths=[2, 3, 3, 3, 2]))
+    arch = space.validate([[5, 2], [2, 4, 4], [3], [1], [1]])
+    near = rn.op_neighbours(space, arch, 200, np.random.default_rng(0))
+    assert near and len({space.canonical(n) for n in near}) == len(near)
+    assert space.canonical(arch) not in {space.canonical(n) for n in near}
+    for n in near:
+        assert [len(s) for s in n] == [len(s) for s in arch]
+        assert sum(a != b for s, t in zip(n, arch) for a, b in zip(s, t)) == 1
+    # fewer networks than ops: on the 1 x 1 maps of the last stages k5/k7 are k3
+    assert len(near) < sum(len(s) for s in arch) * 5
+    drawn = rn.op_neighbours(space, arch, 3, np.random.default_rng(1))
+    assert len(drawn) == 3 and drawn == rn.op_neighbours(space, arch, 3, np.random.default_rng(1))
+    scores = rn.ranked([{"loss": 1.0, "neighbour_losses": [2.0, 3.0]}, {"loss": 0.5, "neighbour_losses": [4.0]}])
+    assert scores["the arch alone"].tolist() == [-1.0, -0.5]
+    assert scores["the arch and its neighbours"].tolist() == [-2.0, -2.25]
+    assert scores["its neighbours alone"].tolist() == [-2.5, -4.0]
