@@ -7,7 +7,8 @@ arch-specific (an arch scored far better than its near relatives), the mean scor
 its neighbours (each differing in one block's op, depths kept) damps them, while an order that
 holds for a whole region of the space stays. This measures that on each kept supernet of a
 ``ranking.py`` run (``--from``: its JSON and settings; ``--work``: its weights): every subnet of the
-``--truth`` JSON and (``--picks``) every arch those searches picked and retrained, each scored as
+``--truth`` JSON and (``--picks``) every arch those runs retrained (their searches' picks and the
+largest arch under the budget), each scored as
 the search scores it (exact BN recalibration, search_val loss) together with ``--neighbours`` of
 its neighbours drawn at random (the same for every supernet; a neighbour that is the same network,
 ``space.canonical``, left out), judged as ``ranking_table.py`` judges a supernet and, on the
@@ -26,7 +27,9 @@ thread each. Writes ``results/<--name>.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -65,7 +68,7 @@ def neighbourhood(a, variant: str, seed: int, steps: int, archs: list, k: int) -
     space, model = trained_supernet(a, variant, seed, steps)
     data = eval_data(build_dataset(cfg.data, cfg.space.input_size), a.calib_images, a.val_images, 0,
                      channels_last=a.channels_last)
-    memo: dict = {}
+    memo, t0 = {}, time.perf_counter()
 
     def loss(arch) -> float:
         key = space.canonical(arch)  # one network, one evaluation
@@ -78,7 +81,7 @@ def neighbourhood(a, variant: str, seed: int, steps: int, archs: list, k: int) -
         near = op_neighbours(space, arch, k, np.random.default_rng(i))  # the same draw for every supernet
         out.append({"loss": loss(arch), "neighbours": [space.to_json(n) for n in near],
                     "neighbour_losses": [loss(n) for n in near]})
-    return {"archs": out, "evaluations": len(memo)}
+    return {"archs": out, "evaluations": len(memo), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def ranked(scored: list[dict]) -> dict[str, np.ndarray]:
@@ -104,7 +107,8 @@ def main() -> int:
         picks = retrained_picks([p for p in a.picks.split(",") if p], truth) if a.picks else {"archs": []}
     subnets, steps = [s["arch"] for s in truth["subnets"]], kept["steps"]
     archs = subnets + picks["archs"]
-    key = f"neighbours{a.neighbours}_{len(archs)}_{a.variant}_s{{}}_{steps}"
+    which = hashlib.sha256(json.dumps(archs).encode()).hexdigest()[:10]  # the archs scored: part of the job
+    key = f"neighbours{a.neighbours}_{which}_{a.variant}_s{{}}_{steps}"
     jobs = [(Path(settings["work"]), key.format(s), neighbourhood, SimpleNamespace(**settings), a.variant, s, steps,
              archs, a.neighbours) for s in range(a.seeds)]
     done = run_jobs(cached, jobs, a.procs)
@@ -139,6 +143,7 @@ def main() -> int:
                           "neighbours": a.neighbours, "truth": a.truth, "truth_seeds": runs.shape[1],
                           "picks_runs": a.picks.split(",") if a.picks else [], "subsets": subsets,
                           "evaluations_per_supernet": [d["evaluations"] for d in done],
+                          "seconds_per_supernet": [d.get("seconds") for d in done],
                           "archs": [json.dumps(x) for x in archs], "scored": done, **figures})
     return 0
 

@@ -4,9 +4,9 @@ Zero-cost proxies score an architecture at initialisation, from one batch, witho
 NASWOT (Mellor et al. 2021: how differently a batch's images switch the activations),
 SynFlow (Tanaka et al. 2020, as Abdelfattah et al. 2021 use it for NAS: the synaptic flow through
 the absolute weights, data-free) and SNIP (Lee et al. 2019: the loss's sensitivity to each
-weight, summed). The NAS literature reports them near the parameter-count proxy on NAS-Bench-201
-(Kendall tau ~0.5-0.6); this measures them on the ranking benchmark's own 36 subnets of the laptop
-Cream space, against the ``--truth`` JSON's stand-alone seeds, with the same figures
+weight, summed). On NAS-Bench-201 the NAS literature reports SynFlow and jacob_cov at Spearman
+~0.73, and on synthetic CIFAR-10 their collapse (``reference/ranking.md``). This measures them on
+the ranking benchmark's own 36 subnets of the laptop Cream space, against the ``--truth`` JSON's stand-alone seeds, with the same figures
 ``ranking_table.py`` gives every supernet: tau over all / stratified / band subnets per init seed,
 the stratified CI's lower bound, the lead over the MACs proxy with its paired CI, and the
 held-out tau. It also adds each proxy to the shipped supernet's scores (each side z-scored and
@@ -14,8 +14,9 @@ summed, no weight tuned on the truth), as ``ranking_table.py`` adds the MACs pri
 proxy carries order the supernet lacks.
 
 ``--picks JSON[,JSON...]`` (``ranking.py`` runs with ``--search-seeds``) adds the order near the top
-of the band, where the supernet orders least: every distinct arch those searches picked and
-retrained (3 seeds each; an arch picked in several runs keeps its first run's retrains), each
+of the band, where the supernet orders least: every distinct arch those runs retrained, their
+searches' picks and the largest arch under the budget (3 seeds each; an arch retrained in several
+runs keeps its first run's retrains), each
 proxy's Kendall tau against their retrained top-1, held out per retrain seed as ``ranking.py
 --score-picks`` judges the supernet there, beside MACs, params and one retrain's own held-out tau.
 
@@ -26,7 +27,8 @@ last BN, which would hide those blocks from SynFlow and SNIP (no gradient reache
 
     python benchmarks/ranking_zero_cost.py --truth benchmarks/results/ranking_t2000_s11_nr1_cl_steps1970.json
 
-Writes ``benchmarks/results/<--name>.json`` and prints the tables as Markdown. About a minute.
+Writes ``benchmarks/results/<--name>.json`` and prints the tables as Markdown. About a minute on 2
+CPU cores, three with ``--picks``.
 """
 
 from __future__ import annotations
@@ -109,10 +111,11 @@ def scores(space, arch, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str
 
 
 def retrained_picks(paths: list[str], truth: dict) -> dict:
-    """Every distinct arch the searches of ``paths`` picked and retrained: ``archs``, ``retrains``
-    ``[arch, seed]`` (an arch picked in several runs keeps its first run's) and ``scored``: per run,
-    each of its picks' index among ``archs`` with the loss that run's supernet gave it. Refused
-    unless each run used the truth's space, data and stand-alone recipe."""
+    """Every distinct arch the runs of ``paths`` retrained (their searches' picks and the largest arch
+    under the budget): ``archs``, ``retrains`` ``[arch, seed]`` (an arch retrained in several runs keeps
+    its first run's) and ``scored``: per run, each of its picks' index among ``archs`` with the score
+    that run's supernet gave it, higher ranking higher (a loss negated). Refused unless each run used
+    the truth's space, data and stand-alone steps."""
     out, index = {"archs": [], "retrains": [], "scored": {}}, {}
     for path in paths:
         run = load(Path(path))
@@ -122,6 +125,7 @@ def retrained_picks(paths: list[str], truth: dict) -> dict:
         if "search_quality" not in run:
             raise Refused(f"{path} ran no search")
         scored = out["scored"].setdefault(Path(path).name, {})
+        sign = -1.0 if run["search_quality"].get("search_score") == "loss" else 1.0  # top-1: higher is better
         for pick in search_picks.retrained_picks(run):
             key = json.dumps(pick["arch"])
             if key not in index:
@@ -129,7 +133,7 @@ def retrained_picks(paths: list[str], truth: dict) -> dict:
                 out["archs"].append(pick["arch"])
                 out["retrains"].append(pick["retrained_top1_seeds"])
             if pick.get("supernet_score") is not None:
-                scored[index[key]] = pick["supernet_score"]
+                scored[index[key]] = sign * pick["supernet_score"]
     if len(out["archs"]) < 3 or len({len(r) for r in out["retrains"]}) != 1:
         raise Refused(f"the --picks runs hold {len(out['archs'])} retrained picks, or picks with unequal retrain seeds")
     out["retrains"] = np.array(out["retrains"], dtype=float)
@@ -159,7 +163,7 @@ def picks_order(space, raw: np.ndarray, picks: dict) -> dict:
     """Over retrained picks: each ranker's Kendall tau against their retrained mean (with a bootstrap
     95 % CI), and held out (each retrain seed against the others' mean), beside one retrain's own
     held-out tau. ``per_run``: within each run's picks, scored by its one supernet (5 or more), that
-    supernet's loss, NASWOT, and the two z-scored and summed (a second opinion on the search's loss)."""
+    supernet's score, NASWOT, and the two z-scored and summed (a second opinion on the search's score)."""
     archs, runs = picks["archs"], picks["retrains"]
     rankers = {"MACs": [space.macs(space.validate(a)) for a in archs],
                "params": [space.params(space.validate(a)) for a in archs]}
@@ -178,10 +182,10 @@ def picks_order(space, raw: np.ndarray, picks: dict) -> dict:
     for source, scored in picks["scored"].items():
         idx = np.array(list(scored), dtype=int)
         if len(idx) >= 5:
-            loss = -np.array(list(scored.values()))  # lower loss ranks higher
-            out["per_run"][source] = {"picks": len(idx), "supernet loss": judge(loss, idx),
+            score = np.array(list(scored.values()))
+            out["per_run"][source] = {"picks": len(idx), "supernet score": judge(score, idx),
                                       "naswot": judge(naswot[idx], idx),
-                                      "supernet loss + naswot": judge(z(loss) + z(naswot[idx]), idx),
+                                      "supernet score + naswot": judge(z(score) + z(naswot[idx]), idx),
                                       "one retrain": {"held_out": round(held_out_tau(runs[idx]), 4)}}
     return out
 

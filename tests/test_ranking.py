@@ -504,9 +504,11 @@ def test_benchmark_jobs_return_in_order_with_a_line_each_interval(monkeypatch, c
 
 
 def test_zero_cost_proxies_follow_their_definitions(monkeypatch):
-    """benchmarks/ranking_zero_cost.py: NASWOT reads which activation inputs are positive (also
-    through an in-place SiLU, which overwrites its input), and SynFlow is the synaptic flow: for a
-    chain of layers with positive weights, each layer's sum of |w * dR/dw| is R (Euler), so L x R."""
+    """benchmarks/ranking_zero_cost.py: NASWOT reads which activation inputs are positive (an
+    in-place SiLU overwrites its input, keeping its sign), and SynFlow is the synaptic flow: for a
+    chain of layers with positive weights, each layer's sum of |w * dR/dw| is R (Euler), so L x R.
+    On the space's subnets a residual block adds to SynFlow and SNIP only because every BN scale
+    starts at 1: the space zero-initialises each residual branch's last BN, hiding the block."""
     import copy
     import math
     from pathlib import Path
@@ -534,11 +536,29 @@ def test_zero_cost_proxies_follow_their_definitions(monkeypatch):
         r = float(positive(ones).sum())
     assert zc.synflow(chain, (1, 3, 5, 5)) == pytest.approx(math.log(2 * r))
 
+    from elastic_nas.config import SpaceConfig
+    from elastic_nas.spaces import build_space
+
+    space = build_space(SpaceConfig(name="cream", input_size=32, stem_stride=2, width_mult=0.25,
+                                    max_depths=[2, 3, 3, 3, 2]))
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    shallow, deep = (space.validate(a) for a in ([[1], [1], [1], [1], [1]], [[1], [1, 1], [1], [1], [1]]))
+    one, two = zc.scores(space, shallow, x, y, 0), zc.scores(space, deep, x, y, 0)
+    assert two["synflow"] > one["synflow"] + 1 and two["snip"] > one["snip"]
+    assert zc.scores(space, deep, x, y, 0) == two  # each proxy on its own fresh net: SynFlow's |w| leaks nowhere
+
+    def as_built(arch):  # the residual branches' last BNs at zero, as the space initialises them
+        torch.manual_seed(0)
+        return space.build_subnet(arch)
+
+    assert zc.synflow(as_built(deep), x.shape) < zc.synflow(as_built(shallow), x.shape) + 0.1
+
 
 def test_zero_cost_picks_keep_each_arch_once_and_each_run_its_own_scores(monkeypatch):
-    """benchmarks/ranking_zero_cost.py --picks: an arch picked in two runs keeps its first run's
-    retrains, each run keeps the loss its own supernet gave each of its picks, and a run of
-    another space or without a search is refused."""
+    """benchmarks/ranking_zero_cost.py --picks: an arch retrained in two runs keeps its first run's
+    retrains, each run keeps the score its own supernet gave each of its picks (higher ranking
+    higher, whether the search scored by the loss or by top-1), and a run of another space or
+    without a search is refused."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -549,7 +569,7 @@ def test_zero_cost_picks_keep_each_arch_once_and_each_run_its_own_scores(monkeyp
 
     def run(picks: list[tuple[list, list, float]]) -> dict:
         seeds = [{"evolution": {"arch": a, "retrained_top1_seeds": r, "supernet_score": s}} for a, r, s in picks]
-        return {**truth, "search_quality": {"search_seeds": seeds, "picks": {
+        return {**truth, "search_quality": {"search_score": "loss", "search_seeds": seeds, "picks": {
             "largest_macs": {"arch": [[9]], "retrained_top1_seeds": [60, 61, 62], "supernet_score": None}}}}
 
     files = {"a.json": run([([[1]], [80, 81, 82], 0.5), ([[2]], [70, 71, 72], 0.6)]),
@@ -558,7 +578,10 @@ def test_zero_cost_picks_keep_each_arch_once_and_each_run_its_own_scores(monkeyp
     picks = zc.retrained_picks(["a.json", "b.json"], truth)
     assert picks["archs"] == [[[1]], [[2]], [[9]], [[3]]]
     assert picks["retrains"][1].tolist() == [70, 71, 72]  # the first run's retrains of [[2]]
-    assert picks["scored"] == {"a.json": {0: 0.5, 1: 0.6}, "b.json": {1: 0.4, 3: 0.7}}
+    assert picks["scored"] == {"a.json": {0: -0.5, 1: -0.6}, "b.json": {1: -0.4, 3: -0.7}}  # losses: lower ranks higher
+    files["e.json"] = run([([[5]], [80, 82, 84], 81.5), ([[6]], [70, 72, 74], 71.5)])
+    files["e.json"]["search_quality"]["search_score"] = "top1"
+    assert zc.retrained_picks(["e.json"], truth)["scored"] == {"e.json": {0: 81.5, 1: 71.5}}  # top-1: higher ranks higher
     files["c.json"] = {**run([([[4]], [1, 2, 3], 0.1)]), "space": {"name": "spos"}}
     files["d.json"] = dict(truth)
     for bad in ("c.json", "d.json"):
