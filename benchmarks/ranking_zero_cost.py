@@ -223,7 +223,7 @@ def main() -> int:
     splits = build_dataset(DataConfig(path=a.data, **truth["data"]), space.cfg.input_size)
     subnets, subsets = truth["subnets"], subset_indices(truth)
     macs = np.array([s["macs"] for s in subnets], dtype=float)
-    raw = proxy_scores(space, [s["arch"] for s in subnets], splits, a.init_seeds, a.batch, "36 subnets")
+    raw = proxy_scores(space, [s["arch"] for s in subnets], splits, a.init_seeds, a.batch, f"{len(subnets)} subnets")
     rows = {"MACs alone": judged([macs], runs, subsets, None),
             "params alone": judged([[s["params"] for s in subnets]], runs, subsets, macs),
             "the shipped supernet, by the loss": judged(shipped["scores"], runs, subsets, macs)}
