@@ -552,6 +552,7 @@ def test_zero_cost_proxies_follow_their_definitions(monkeypatch):
         return space.build_subnet(arch)
 
     assert zc.synflow(as_built(deep), x.shape) < zc.synflow(as_built(shallow), x.shape) + 0.1
+    assert zc.snip(as_built(deep), x, y) < zc.snip(as_built(shallow), x, y)
 
 
 def test_zero_cost_picks_keep_each_arch_once_and_each_run_its_own_scores(monkeypatch):
