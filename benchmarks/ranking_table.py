@@ -228,12 +228,14 @@ def check_same_subnets(truth: dict, other: dict, name: str) -> None:
             raise Refused(f"{name} has {key} {other.get(key)!r}, the truth {truth.get(key)!r}")
 
 
+def zscore(x) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    return (x - x.mean()) / x.std()
+
+
 def with_macs(scores: list, macs: np.ndarray) -> list[np.ndarray]:
     """Each seed's scores plus the log-MACs prior, both z-scored (``WITH_MACS``)."""
-    def z(x):
-        x = np.asarray(x, dtype=float)
-        return (x - x.mean()) / x.std()
-    return [z(s) + z(np.log(macs)) for s in scores]
+    return [zscore(s) + zscore(np.log(macs)) for s in scores]
 
 
 def taus(pred, target: np.ndarray, subsets: dict[str, list[int]]) -> dict[str, float]:

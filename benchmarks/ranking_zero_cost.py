@@ -45,7 +45,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from ranking_ceiling import subset_indices
-from ranking_table import Refused, exits_on_refusal, judged, lead_markdown, load, load_truth, markdown, read_rows
+from ranking_table import (
+    Refused,
+    exits_on_refusal,
+    judged,
+    lead_markdown,
+    load,
+    load_truth,
+    markdown,
+    read_rows,
+    zscore,
+)
 
 from _common import write_result
 from elastic_nas.config import DataConfig, SpaceConfig, from_dict
@@ -140,11 +150,6 @@ def retrained_picks(paths: list[str], truth: dict) -> dict:
     return out
 
 
-def z(x) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    return (x - x.mean()) / x.std()
-
-
 def proxy_scores(space, archs: list, splits, init_seeds: int, batch: int, what: str) -> np.ndarray:
     """Every proxy of every arch at each init seed (each seed its own batch of train images):
     ``[proxy, init seed, arch]``."""
@@ -185,7 +190,7 @@ def picks_order(space, raw: np.ndarray, picks: dict) -> dict:
             score = np.array(list(scored.values()))
             out["per_run"][source] = {"picks": len(idx), "supernet score": judge(score, idx),
                                       "naswot": judge(naswot[idx], idx),
-                                      "supernet score + naswot": judge(z(score) + z(naswot[idx]), idx),
+                                      "supernet score + naswot": judge(zscore(score) + zscore(naswot[idx]), idx),
                                       "one retrain": {"held_out": round(held_out_tau(runs[idx]), 4)}}
     return out
 
@@ -232,7 +237,7 @@ def main() -> int:
     for i, name in enumerate(PROXIES):
         mean = raw[i].mean(0)  # the proxy averaged over its init seeds, added to each supernet seed's scores
         rows[f"the shipped supernet + {name} (z-scores summed)"] = judged(
-            [z(s) + z(mean) for s in shipped["scores"]], runs, subsets, macs)
+            [zscore(s) + zscore(mean) for s in shipped["scores"]], runs, subsets, macs)
     held_out = {name: round(held_out_tau(runs[idx]), 4) for name, idx in subsets.items()}
     table, leads = markdown(rows, held_out, runs.shape[1]), lead_markdown(rows)
     agree = {name: round(float(np.mean([np.corrcoef(raw[i, s], np.log(macs))[0, 1] for s in range(a.init_seeds)])), 4)

@@ -158,7 +158,7 @@ def drop_cut_checkpoint_record(storage: str, name: str) -> bool:
     Ray's controller would refuse to start on it). The resume does not need it: it lists the
     run's checkpoint directories itself. True when it removed one."""
     fs, root = filesystem(storage)
-    path = f"{root.rstrip('/')}/{name}/{RAY_CHECKPOINT_RECORD}"  # where Ray reads it
+    path = join(root, name, RAY_CHECKPOINT_RECORD)  # inside the filesystem, where Ray reads it
     shown = redact(join(storage, name, RAY_CHECKPOINT_RECORD))
     try:
         data = read_from(fs, path)
