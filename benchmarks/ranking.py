@@ -187,6 +187,12 @@ AT_BATCH_128 = {
     # kernel phase to about half, depth to three quarters): the teacher alone longer
     "entangled_sandwich_deep_rteacher_psofa_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]"],
+    # the shipped rule with the first choice stage's (and the first two's) k = 5 and 3 depthwise kernels
+    # tensors of their own, not the 7x7's centre: the supernets' preference for large stage-0 kernels
+    "entangled_sandwich_deep_rteacher_psofa_own0_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]", "space.own_kernel_stages=[0]"],
+    "entangled_sandwich_deep_rteacher_psofa_own01_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]", "space.own_kernel_stages=[0,1]"],
     # the teacher alone longer still (Delayed eps-Shrinking, arXiv 2407.06167: shrink once the full
     # model is partly trained)
     "entangled_sandwich_deep_rteacher_pslate_b128": VARIANTS["entangled_sandwich_deep"] + [

@@ -131,6 +131,15 @@ ROWS = {
     "the shipped rule with Cream's prioritized paths as its teacher (`sandwich.largest: prioritized`), seeds 0-3": (
         "ranking_t2000_s11_nr1_cl_deep_prioritized_psofa_b128_steps1200_s4.json",
         "entangled_sandwich_deep_prioritized_psofa_b128"),
+    "the shipped rule again, seeds 0-1 on an AVX-512 Xeon (the own-kernel rows' control)": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_b128_steps1200_xeon_avx512.json",
+        "entangled_sandwich_deep_rteacher_psofa_b128"),
+    "the shipped rule, stage 0's k = 5 and 3 kernels their own (`space.own_kernel_stages: [0]`), seeds 0-1": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_own_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_psofa_own0_b128"),
+    "the same in stages 0 and 1 (`[0, 1]`), seeds 0-1": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_own_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_psofa_own01_b128"),
 }
 # label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
 LOSS_ROWS = {
@@ -192,6 +201,15 @@ LOSS_ROWS = {
     "the shipped rule with Cream's prioritized paths as its teacher, seeds 0-3, by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_prioritized_psofa_b128_steps1200_s4.json",
         "entangled_sandwich_deep_prioritized_psofa_b128"),
+    "the shipped rule again, seeds 0-1 on an AVX-512 Xeon (the own-kernel rows' control), by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_b128_steps1200_xeon_avx512.json",
+        "entangled_sandwich_deep_rteacher_psofa_b128"),
+    "the shipped rule, stage 0's k = 5 and 3 kernels their own, seeds 0-1, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_own_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_psofa_own0_b128"),
+    "the same in stages 0 and 1, seeds 0-1, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_own_b128_steps1200.json",
+        "entangled_sandwich_deep_rteacher_psofa_own01_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

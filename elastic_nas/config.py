@@ -97,6 +97,10 @@ class SpaceConfig:
     # cream + entangled: k = 5 and 3 add their own per-channel offset (zero at start) to the centre
     # they share, so a small kernel need not be every tap of the largest one's centre
     kernel_offsets: bool = False
+    # cream + entangled: choice stages (0-4) whose k = 5 and 3 depthwise kernels are tensors of their
+    # own, not the largest one's centre (the rest of each block stays entangled): the shared centre
+    # is where a supernet's preference for large early kernels can come from
+    own_kernel_stages: list[int] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
         _positive(self.input_size, f"{prefix}.input_size")
@@ -113,6 +117,16 @@ class SpaceConfig:
         for key in ("kernel_transform", "kernel_offsets"):
             if getattr(self, key) and (self.name != "cream" or self.weight_sharing != "entangled"):
                 raise ConfigError(f"{prefix}.{key}", "needs space.name: cream and weight_sharing: entangled")
+        if self.own_kernel_stages:
+            if self.name != "cream" or self.weight_sharing != "entangled":
+                raise ConfigError(f"{prefix}.own_kernel_stages", "needs space.name: cream and weight_sharing: entangled")
+            if self.kernel_transform or self.kernel_offsets:
+                raise ConfigError(f"{prefix}.own_kernel_stages", "replaces the shared centre that kernel_transform "
+                                  "and kernel_offsets adjust: use one of them")
+            stages = self.own_kernel_stages
+            if len(set(stages)) != len(stages) or not all(0 <= s < len(self.max_depths) for s in stages):
+                raise ConfigError(f"{prefix}.own_kernel_stages",
+                                  f"must be distinct choice stages 0-4, got {self.own_kernel_stages}")
 
 
 @dataclass

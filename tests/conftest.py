@@ -25,6 +25,8 @@ SPACE_CONFIGS = {
                                              kernel_transform=True),
     "cream-entangled-offsets": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled",
                                            kernel_offsets=True),
+    "cream-entangled-own": SpaceConfig(name="cream", max_depths=[2, 3, 3, 3, 2], weight_sharing="entangled",
+                                       own_kernel_stages=[0, 1]),
 }
 
 

@@ -37,6 +37,7 @@ def test_job_config_loads_with_overrides():
         ("sandwich.smallest=tiny", "must be one of 'min_macs', 'deepest'"),
         ("sandwich.largest=huge", "must be one of 'max_macs', 'random_kernels'"),
         ("space.kernel_offsets=true", "needs space.name: cream and weight_sharing: entangled"),
+        ("space.own_kernel_stages=[0]", "needs space.name: cream and weight_sharing: entangled"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):
@@ -46,6 +47,22 @@ def test_bad_values_name_the_key(override, fragment):
         load_config(SupernetConfig, None, extra + [override])
     assert fragment in str(e.value)
     assert override.split("=")[0].split(".")[0] in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["space.own_kernel_stages=[0,0]"], "must be distinct choice stages 0-4, got [0, 0]"),
+        (["space.own_kernel_stages=[5]"], "must be distinct choice stages 0-4, got [5]"),
+        (["space.own_kernel_stages=[0]", "space.kernel_offsets=true"], "use one of them"),
+    ],
+)
+def test_own_kernel_stages_are_checked(extra, fragment):
+    cream = ["space.name=cream", "space.weight_sharing=entangled"]
+    with pytest.raises(ConfigError, match="space.own_kernel_stages") as e:
+        load_config(SupernetConfig, None, cream + extra)
+    assert fragment in str(e.value)
+    assert load_config(SupernetConfig, None, [*cream, "space.own_kernel_stages=[0,1]"]).space.own_kernel_stages == [0, 1]
 
 
 def test_missing_config_file_is_a_config_error(tmp_path):

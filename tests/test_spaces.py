@@ -292,8 +292,11 @@ def test_supernet_train_step_touches_only_its_arch(key):
     sup = space.build_supernet().train()
     rng = np.random.default_rng(3)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    # Kernel transforms and offsets only run for some kernels below the largest: left out here.
-    transforms = {id(p) for n, p in sup.named_parameters() if "kernel_transforms" in n or "kernel_offsets" in n}
+    # Kernel transforms, offsets and own kernels run for some kernel sizes only (and beside own
+    # kernels, the largest kernel for k = 7 only): left out here.
+    own = {f"{n}.conv_dw.weight" for n, m in sup.named_modules() if getattr(m, "own_kernels", None) is not None}
+    transforms = {id(p) for n, p in sup.named_parameters()
+                  if n in own or any(k in n for k in ("kernel_transforms", "kernel_offsets", "own_kernels"))}
     for _ in range(2):
         arch = space.sample(rng)
         sup.zero_grad(set_to_none=True)
@@ -428,3 +431,17 @@ def test_kernel_offsets_train_only_their_own_kernel():
         block = sup.stages[2][0]
         assert {name for name, p in block.kernel_offsets.items() if p.grad is not None} == used
         assert block.conv_dw.weight.grad is not None  # the shared kernel trains with every size
+
+
+def test_own_kernels_train_apart_from_the_largest():
+    space = build_space(CONFIGS["cream-entangled-own"])
+    sup = space.build_supernet().train()
+    x = torch.randn(2, 3, 32, 32)
+    for op, used in ((5, set()), (3, {"k5"}), (1, {"k3"})):  # k7e6, k5e6, k3e6
+        sup.zero_grad(set_to_none=True)
+        sup(x, tuple((op,) for _ in range(5))).sum().backward()
+        block = sup.stages[0][0]
+        assert {name for name, p in block.own_kernels.items() if p.grad is not None} == used
+        # the 7x7 kernel trains only when k = 7 runs; a stage without own kernels stays entangled
+        assert (block.conv_dw.weight.grad is not None) == (op == 5)
+        assert sup.stages[2][0].own_kernels is None and sup.stages[2][0].conv_dw.weight.grad is not None

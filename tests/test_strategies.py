@@ -297,6 +297,31 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
         SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
 
 
+def test_own_kernels_start_from_the_trained_largest_kernel_as_it_opens(tmp_path):
+    """``space.own_kernel_stages`` under progressive shrinking: k = 5 and 3 run unused while only the
+    7x7 kernel trains, so as the kernel opens they start from its trained centre (every rank alike);
+    the stages without own kernels are untouched."""
+    from elastic_nas.spaces.layers import centre_kernel
+    from elastic_nas.train.step import StepStats
+
+    task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.smallest=deepest",
+                                   "sandwich.largest=random_kernels", "sandwich.progressive=[0.2,0.4,0.6]",
+                                   "space.own_kernel_stages=[0]", "optim.epochs=1"))
+    own, shared = task.model.stages[0][0], task.model.stages[1][0]
+    assert shared.own_kernels is None
+    assert torch.equal(own.kernel(3), centre_kernel(own.conv_dw.weight, 3))  # at first, the entangled block
+    with torch.no_grad():
+        own.conv_dw.weight.add_(1.0)  # what the 7x7 kernel's training alone did
+    strategy = task.strategy
+    strategy.after_step(0, [], None, StepStats(global_count=int(0.1 * strategy.total_samples)))
+    strategy.samples_seen += int(0.1 * strategy.total_samples)
+    assert not torch.equal(own.kernel(3), centre_kernel(own.conv_dw.weight, 3))  # not yet open
+    strategy.after_step(1, [], None, StepStats(global_count=int(0.1 * strategy.total_samples) + 1))
+    for k in (3, 5):
+        assert torch.equal(own.kernel(k), centre_kernel(own.conv_dw.weight, k))
+        assert own.kernel(k) is not own.conv_dw.weight and own.own_kernels[f"k{k}"].requires_grad
+
+
 def test_a_reports_metrics_carry_the_strategys_own_figures(tmp_path):
     """What a report writes (the run's metrics, TensorBoard's ``train/*`` scalars) includes the
     strategy's ``report()``: under progressive shrinking, how many dimensions are elastic."""

@@ -39,6 +39,11 @@ class Supernet(nn.Module):
         """The modules the arch runs (stem, chosen blocks, head)."""
         raise NotImplementedError
 
+    def open_dimension(self, dim: str) -> None:
+        """Called on every rank once progressive shrinking makes ``dim`` (kernel, depth,
+        expansion) elastic; a supernet whose smaller choices hold weights of their own starts
+        them here from the trained largest one. Default: nothing."""
+
     def arch_parameters(self, arch: Arch) -> list[nn.Parameter]:
         """The parameters of the modules the arch runs, each once, in a fixed order.
 

@@ -152,11 +152,12 @@ class EntangledInvertedResidual(nn.Module):
     through OFA's learned kernel-transform matrices (7->5 on the 5x5 centre, 5->3 on the
     3x3 centre of that; identity at start), and with ``kernel_offsets`` plus a per-channel
     offset of their own (zero at start). Expansion 4 runs the leading channels of
-    expansion 6 in pw, BN, dw, SE and pw-linear alike. Every op thus trains the same tensors.
+    expansion 6 in pw, BN, dw, SE and pw-linear alike. Every op thus trains the same tensors,
+    except with ``own_kernels``: there k = 5 and 3 run depthwise kernels of their own.
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, kernel_transform: bool = False,
-                 kernel_offsets: bool = False):
+                 kernel_offsets: bool = False, own_kernels: bool = False):
         super().__init__()
         self.in_chs = in_chs
         max_mid_chs = make_divisible(in_chs * max(e for _, e in OPS))
@@ -174,10 +175,23 @@ class EntangledInvertedResidual(nn.Module):
         self.kernel_offsets = nn.ParameterDict(
             {f"k{k}": nn.Parameter(torch.zeros(max_mid_chs, 1, k, k)) for k in range(MAX_KERNEL - 2, 2, -2)}
         ) if kernel_offsets else None
+        self.own_kernels = nn.ParameterDict(
+            {f"k{k}": nn.Parameter(torch.empty(max_mid_chs, 1, k, k)) for k in range(MAX_KERNEL - 2, 2, -2)}
+        ) if own_kernels else None
+        self.start_own_kernels()
+
+    @torch.no_grad()
+    def start_own_kernels(self) -> None:
+        """Own kernels start as the largest kernel's centre (Once-for-All's small kernels start from
+        the trained large one), so at first the block computes what its entangled twin does."""
+        for name, p in (self.own_kernels or {}).items():
+            p.copy_(centre_kernel(self.conv_dw.weight, int(name[1:])))
 
     def kernel(self, kernel_size: int) -> torch.Tensor:
         """The depthwise kernel of op size ``kernel_size``, for every allocated channel."""
         weight = self.conv_dw.weight
+        if self.own_kernels is not None and kernel_size < MAX_KERNEL:
+            return self.own_kernels[f"k{kernel_size}"]
         if self.kernel_transforms is None:
             weight = centre_kernel(weight, kernel_size)
         else:
@@ -193,7 +207,7 @@ class EntangledInvertedResidual(nn.Module):
     @property
     def _own_kernels(self) -> bool:
         """Whether a smaller kernel is more than the largest one's centre."""
-        return self.kernel_transforms is not None or self.kernel_offsets is not None
+        return any(p is not None for p in (self.kernel_transforms, self.kernel_offsets, self.own_kernels))
 
     def forward(self, x: torch.Tensor, op: int) -> torch.Tensor:
         kernel_size, exp_ratio = OPS[op]
@@ -250,15 +264,22 @@ class CreamSupernet(Supernet):
         self.stem = ConvBnAct(3, lay.stem_chs, 3, cfg.stem_stride)
         self.block0 = DepthwiseSeparable(lay.stem_chs)
 
-        def position(b: _BlockSpec) -> nn.Module:
+        def position(b: _BlockSpec, s: int) -> nn.Module:
             if cfg.weight_sharing == "entangled":
                 return EntangledInvertedResidual(b.in_chs, b.out_chs, b.stride, cfg.kernel_transform,
-                                                 cfg.kernel_offsets)
+                                                 cfg.kernel_offsets, s in cfg.own_kernel_stages)
             return ChoiceBlock(b.in_chs, b.out_chs, b.stride)
 
-        self.stages = nn.ModuleList(nn.ModuleList(position(b) for b in stage) for stage in lay.stages)
+        self.stages = nn.ModuleList(nn.ModuleList(position(b, s) for b in stage) for s, stage in enumerate(lay.stages))
         self.conv_final = ConvBnAct(lay.stage_chs[-1], lay.final_chs, 1)
         self.head = _Head(lay.final_chs, lay.head_chs, space.cfg.num_classes)
+
+    def open_dimension(self, dim: str) -> None:
+        if dim == "kernel":  # the 7x7 kernel trained alone so far: the own smaller ones start from it
+            for stage in self.stages:
+                for position in stage:
+                    if isinstance(position, EntangledInvertedResidual):
+                        position.start_own_kernels()
 
     def forward(self, x: torch.Tensor, arch: Any) -> torch.Tensor:
         x = self.block0(self.stem(x))
@@ -364,7 +385,7 @@ class CreamSpace(SearchSpace):
         """Each depthwise kernel cut to what its feature map can use: on an h x h input no tap
         farther than h - 1 from the centre ever meets an image pixel (only padding), so there
         k = 5 and 7 compute what k = 3 does (h <= 2: the last stages at 32 x 32) at more MACs.
-        Entangled weights (without kernel transforms or offsets) give both the same kernel
+        Entangled weights (without kernel transforms, offsets or own kernels) give both the same kernel
         centre, so the supernet scores them alike too."""
         out = []
         for ops, stage in zip(self.validate(arch), self.layout.stages):

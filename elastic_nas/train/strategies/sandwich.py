@@ -212,6 +212,8 @@ class SandwichStrategy(SupernetStrategy):
         if self.board is not None and self.board_open() and self._predicted[0] == step:
             self.offer(step, archs, batch, self._predicted[1])
         opened = self.elastic(self.samples_seen + stats.global_count)
+        for dim in opened[len(self.elastic()):]:
+            self.model.open_dimension(dim)
         if opened != self.elastic() and distributed.rank() == 0:
             print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
 
