@@ -193,6 +193,10 @@ AT_BATCH_128 = {
         "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]", "space.own_kernel_stages=[0]"],
     "entangled_sandwich_deep_rteacher_psofa_own01_b128": VARIANTS["entangled_sandwich_deep"] + [
         "sandwich.largest=random_kernels", "sandwich.progressive=[0.3,0.5,0.75]", "space.own_kernel_stages=[0,1]"],
+    # the shipped rule with the teacher's kernels all the smallest (k3e6 at full depth): does the
+    # teacher's kernel set the kernel the supernet prefers?
+    "entangled_sandwich_deep_k3teacher_psofa_b128": VARIANTS["entangled_sandwich_deep"] + [
+        "sandwich.largest=small_kernels", "sandwich.progressive=[0.3,0.5,0.75]"],
     # the teacher alone longer still (Delayed eps-Shrinking, arXiv 2407.06167: shrink once the full
     # model is partly trained)
     "entangled_sandwich_deep_rteacher_pslate_b128": VARIANTS["entangled_sandwich_deep"] + [

@@ -140,6 +140,9 @@ ROWS = {
     "the same in stages 0 and 1 (`[0, 1]`), seeds 0-1": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_own_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_psofa_own01_b128"),
+    "the shipped rule with the teacher's kernels all the smallest (`sandwich.largest: small_kernels`), seeds 0-1": (
+        "ranking_t2000_s11_nr1_cl_deep_k3teacher_psofa_b128_steps1200.json",
+        "entangled_sandwich_deep_k3teacher_psofa_b128"),
 }
 # label -> (results JSON, variant): supernets whose per-subnet search_val losses the JSON keeps
 LOSS_ROWS = {
@@ -210,6 +213,9 @@ LOSS_ROWS = {
     "the same in stages 0 and 1, seeds 0-1, by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_own_b128_steps1200.json",
         "entangled_sandwich_deep_rteacher_psofa_own01_b128"),
+    "the shipped rule with a k3e6 teacher, seeds 0-1, by the loss": (
+        "ranking_t2000_s11_nr1_cl_deep_k3teacher_psofa_b128_steps1200.json",
+        "entangled_sandwich_deep_k3teacher_psofa_b128"),
 }
 # --plot's names for the rankers it can draw
 PLOTTED = {"macs": "MACs alone", "pipeline": "**the pipeline's**: sandwich (1 random), 7 epochs in channels_last",

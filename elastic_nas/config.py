@@ -320,8 +320,9 @@ class SandwichConfig:
     # do not learn to expect one kernel's features, which the largest arch's every-step update favours)
     # "prioritized" (Cream's prioritized paths as the teacher): the random archs whose batch top-1 on
     # the labels is best enter a board (Cream's rule); once it is full, each step's teacher is one of
-    # its archs, drawn per step (random_kernels' teacher until then)
-    largest: Literal["max_macs", "random_kernels", "prioritized"] = "max_macs"
+    # its archs, drawn per step (random_kernels' teacher until then); "small_kernels": full depth, the
+    # widest expansion and the smallest kernel in every block (cream's k3e6), every step
+    largest: Literal["max_macs", "random_kernels", "small_kernels", "prioritized"] = "max_macs"
     board_size: int = 10  # prioritized: the archs the board keeps (Cream's POOL_SIZE)
     board_gap: float = 5.0  # prioritized: a full board takes an arch that beats its worst by > this (top-1 points)
     # prioritized: the MACs range (millions; 0 = the sampling range) an arch must lie in to enter the

@@ -181,6 +181,10 @@ def test_sandwich_random_kernel_teacher_is_full_width_and_agrees_across_ranks(tm
                                                   "sandwich.largest=random_kernels"])
     with pytest.raises(ConfigError, match="sandwich.largest.*no kernel and expansion choices"):
         SandwichStrategy.check(spos_cfg, build_space(spos_cfg.space))
+    # small_kernels: the same family's k3e6 member, every step
+    small = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.largest=small_kernels")).strategy
+    assert [small.archs(step)[0] for step in range(3)] == [space.deepest_wide_arch()] * 3
+    assert small.fingerprint()["sandwich"]["largest"] == "small_kernels"
 
 
 def test_sandwich_prioritized_teacher_is_drawn_from_the_board_of_the_best_random_archs(tmp_path):

@@ -15,6 +15,8 @@ widest expansion there (k3e6), so the small kernels train on every channel, and
 ``deepest_alternate`` the two on alternate steps. ``sandwich.largest: random_kernels`` makes the
 teacher the full-depth, widest arch with each block's kernel drawn per step, so the shared later
 blocks are not fitted to one kernel's features by the teacher's every-step update.
+``sandwich.largest: small_kernels`` makes it that arch with the smallest kernel in every block
+(k3e6), to see whether the teacher's kernel sets the kernel the supernet prefers.
 ``sandwich.largest: prioritized`` makes Cream's prioritized paths the teacher: each step's random
 archs inside ``board_macs_min``/``max`` (the search's band, say) offer their batch top-1 on the
 labels (all-reduced over the workers) to a board of ``board_size`` archs under Cream's entry rule;
@@ -68,7 +70,7 @@ class SandwichStrategy(SupernetStrategy):
     def __init__(self, cfg, space: SearchSpace, model, splits):
         super().__init__(cfg, space, model, splits)
         self.largest, self.lowers = self.sandwich_bounds(space, self.arch_sampler, cfg.sandwich.smallest)
-        self.random_teacher = self.check_teacher(space, self.arch_sampler, cfg.sandwich.largest)
+        self.full_depth_teacher = self.check_teacher(space, self.arch_sampler, cfg.sandwich.largest)
         self.random_sampler = self.make_random_sampler(cfg, space, self.arch_sampler)
         self.num_random = cfg.sandwich.num_random
         self.distill = cfg.sandwich.distill
@@ -99,14 +101,15 @@ class SandwichStrategy(SupernetStrategy):
 
     @staticmethod
     def check_teacher(space: SearchSpace, arch_sampler, largest: str) -> bool:
-        """Whether the teacher's kernels are drawn per step; one line if the space or range cannot."""
+        """Whether the teacher is a full-depth, widest arch (its kernels drawn per step, or the
+        smallest); one line if the space or range cannot."""
         if largest == "max_macs":
             return False
         try:
             family = (space.deepest_wide_arch(), space.largest_arch())  # MACs are monotone in the kernel
         except ArchError as e:
             raise ConfigError("sandwich.largest", str(e)) from None
-        require_in_range(space, arch_sampler, family, "sandwich.largest", "random_kernels teachers reach")
+        require_in_range(space, arch_sampler, family, "sandwich.largest", f"{largest} teachers reach")
         return True
 
     @staticmethod
@@ -116,8 +119,10 @@ class SandwichStrategy(SupernetStrategy):
                 hi_millions * 1e6 if hi_millions else arch_sampler.hi)
 
     def teacher(self, step: int) -> Arch:
-        if not self.random_teacher:
+        if not self.full_depth_teacher:
             return self.largest
+        if self.cfg.sandwich.largest == "small_kernels":
+            return self.space.deepest_wide_arch()
         rng = self.arch_sampler.rng(step, stream=TEACHER_STREAM)
         if self.board is not None and self.board.full() and self.board_open():
             return self.board.entries[int(rng.integers(len(self.board)))].arch
@@ -181,7 +186,7 @@ class SandwichStrategy(SupernetStrategy):
             out["random_macs"] = [self.cfg.sandwich.random_macs_min, self.cfg.sandwich.random_macs_max]
         if self.cfg.sandwich.smallest != "min_macs":
             out["smallest"] = self.cfg.sandwich.smallest
-        if self.random_teacher:
+        if self.full_depth_teacher:
             out["largest"] = self.cfg.sandwich.largest
         if self.board is not None:
             out["board"] = [self.board.size, self.board.accuracy_gap, *self.board_range]
