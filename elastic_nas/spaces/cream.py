@@ -205,7 +205,7 @@ class EntangledInvertedResidual(nn.Module):
         return weight
 
     @property
-    def _own_kernels(self) -> bool:
+    def _kernels_apart(self) -> bool:
         """Whether a smaller kernel is more than the largest one's centre."""
         return any(p is not None for p in (self.kernel_transforms, self.kernel_offsets, self.own_kernels))
 
@@ -213,7 +213,7 @@ class EntangledInvertedResidual(nn.Module):
         kernel_size, exp_ratio = OPS[op]
         shortcut = x
         x = self.act(sliced_bn(self.bn1, sliced_conv(self.conv_pw, x, make_divisible(self.in_chs * exp_ratio))))
-        weight = self.kernel(kernel_size) if self._own_kernels else None
+        weight = self.kernel(kernel_size) if self._kernels_apart else None
         x = self.act(sliced_bn(self.bn2, sliced_conv(self.conv_dw, x, kernel_size=kernel_size, weight=weight)))
         x = self.se(x)
         x = self.bn3(sliced_conv(self.conv_pwl, x))
@@ -225,7 +225,7 @@ class EntangledInvertedResidual(nn.Module):
     def copy_weights_to(self, block: InvertedResidual, op: int) -> None:
         """``block`` (op ``op``, standalone) takes exactly the weights the op runs here."""
         inherit_weights(block, self)
-        if self._own_kernels:
+        if self._kernels_apart:
             with torch.no_grad():
                 block.conv_dw.weight.copy_(self.kernel(OPS[op][0])[:block.conv_dw.out_channels])
 
