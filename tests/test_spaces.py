@@ -410,38 +410,38 @@ def test_a_kernel_larger_than_its_feature_map_is_named_as_the_3x3_it_computes(cf
     assert (out(reaching) - out(smaller)).abs().max().item() > 1e-3
 
 
-def test_kernel_transforms_train_only_below_the_largest_kernel():
-    space = build_space(CONFIGS["cream-entangled-transform"])
-    sup = space.build_supernet().train()
+def _backward_per_kernel(key: str):
+    """The supernet of ``CONFIGS[key]`` after a backward with every block k7e6, k5e6, then k3e6
+    (yields it and the kernel size each time)."""
+    sup = build_space(CONFIGS[key]).build_supernet().train()
     x = torch.randn(2, 3, 32, 32)
-    for op, used in ((5, set()), (3, {"7to5"}), (1, {"7to5", "5to3"})):  # k7e6, k5e6, k3e6
+    for op, kernel in ((5, 7), (3, 5), (1, 3)):
         sup.zero_grad(set_to_none=True)
         sup(x, tuple((op,) for _ in range(5))).sum().backward()
-        transforms = sup.stages[2][0].kernel_transforms
-        assert {name for name, p in transforms.items() if p.grad is not None} == used
+        yield sup, kernel
+
+
+def _trained(params) -> set[str]:
+    return {name for name, p in params.items() if p.grad is not None}
+
+
+def test_kernel_transforms_train_only_below_the_largest_kernel():
+    used = {7: set(), 5: {"7to5"}, 3: {"7to5", "5to3"}}
+    for sup, kernel in _backward_per_kernel("cream-entangled-transform"):
+        assert _trained(sup.stages[2][0].kernel_transforms) == used[kernel]
 
 
 def test_kernel_offsets_train_only_their_own_kernel():
-    space = build_space(CONFIGS["cream-entangled-offsets"])
-    sup = space.build_supernet().train()
-    x = torch.randn(2, 3, 32, 32)
-    for op, used in ((5, set()), (3, {"k5"}), (1, {"k3"})):  # k7e6, k5e6, k3e6
-        sup.zero_grad(set_to_none=True)
-        sup(x, tuple((op,) for _ in range(5))).sum().backward()
+    for sup, kernel in _backward_per_kernel("cream-entangled-offsets"):
         block = sup.stages[2][0]
-        assert {name for name, p in block.kernel_offsets.items() if p.grad is not None} == used
+        assert _trained(block.kernel_offsets) == ({f"k{kernel}"} if kernel < 7 else set())
         assert block.conv_dw.weight.grad is not None  # the shared kernel trains with every size
 
 
 def test_own_kernels_train_apart_from_the_largest():
-    space = build_space(CONFIGS["cream-entangled-own"])
-    sup = space.build_supernet().train()
-    x = torch.randn(2, 3, 32, 32)
-    for op, used in ((5, set()), (3, {"k5"}), (1, {"k3"})):  # k7e6, k5e6, k3e6
-        sup.zero_grad(set_to_none=True)
-        sup(x, tuple((op,) for _ in range(5))).sum().backward()
+    for sup, kernel in _backward_per_kernel("cream-entangled-own"):
         block = sup.stages[0][0]
-        assert {name for name, p in block.own_kernels.items() if p.grad is not None} == used
+        assert _trained(block.own_kernels) == ({f"k{kernel}"} if kernel < 7 else set())
         # the 7x7 kernel trains only when k = 7 runs; a stage without own kernels stays entangled
-        assert (block.conv_dw.weight.grad is not None) == (op == 5)
+        assert (block.conv_dw.weight.grad is not None) == (kernel == 7)
         assert sup.stages[2][0].own_kernels is None and sup.stages[2][0].conv_dw.weight.grad is not None
