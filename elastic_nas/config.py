@@ -98,8 +98,8 @@ class SpaceConfig:
     # they share, so a small kernel need not be every tap of the largest one's centre
     kernel_offsets: bool = False
     # cream + entangled: choice stages (0-4) whose k = 5 and 3 depthwise kernels are tensors of their
-    # own, not the largest one's centre (the rest of each block stays entangled): the shared centre
-    # is where a supernet's preference for large early kernels can come from
+    # own, not the largest one's centre (the rest of each block stays entangled); a test of whether
+    # the shared centre makes supernets prefer large early kernels (it does not: benchmarks/RESULTS.md)
     own_kernel_stages: list[int] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
