@@ -131,7 +131,7 @@ ROWS = {
     "the shipped rule with Cream's prioritized paths as its teacher (`sandwich.largest: prioritized`), seeds 0-3": (
         "ranking_t2000_s11_nr1_cl_deep_prioritized_psofa_b128_steps1200_s4.json",
         "entangled_sandwich_deep_prioritized_psofa_b128"),
-    "the shipped rule again, seeds 0-1 on an AVX-512 Xeon (the own-kernel rows' control)": (
+    "the shipped rule again, seeds 0-1 on an AVX-512 Xeon (the own-kernel and k3e6-teacher rows' control)": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_b128_steps1200_xeon_avx512.json",
         "entangled_sandwich_deep_rteacher_psofa_b128"),
     "the shipped rule, stage 0's k = 5 and 3 kernels their own (`space.own_kernel_stages: [0]`), seeds 0-1": (
@@ -204,7 +204,7 @@ LOSS_ROWS = {
     "the shipped rule with Cream's prioritized paths as its teacher, seeds 0-3, by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_prioritized_psofa_b128_steps1200_s4.json",
         "entangled_sandwich_deep_prioritized_psofa_b128"),
-    "the shipped rule again, seeds 0-1 on an AVX-512 Xeon (the own-kernel rows' control), by the loss": (
+    "the shipped rule again, seeds 0-1 on an AVX-512 Xeon (the own-kernel and k3e6-teacher rows' control), by the loss": (
         "ranking_t2000_s11_nr1_cl_deep_rteacher_psofa_b128_steps1200_xeon_avx512.json",
         "entangled_sandwich_deep_rteacher_psofa_b128"),
     "the shipped rule, stage 0's k = 5 and 3 kernels their own, seeds 0-1, by the loss": (

@@ -99,7 +99,7 @@ class SpaceConfig:
     kernel_offsets: bool = False
     # cream + entangled: choice stages (0-4) whose k = 5 and 3 depthwise kernels are tensors of their
     # own, not the largest one's centre (the rest of each block stays entangled); a test of whether
-    # the shared centre makes supernets prefer large early kernels (it does not: benchmarks/RESULTS.md)
+    # the shared centre makes supernets prefer large early kernels (no better ranking: benchmarks/RESULTS.md)
     own_kernel_stages: list[int] = field(default_factory=list)
 
     def validate(self, prefix: str) -> None:
@@ -321,7 +321,8 @@ class SandwichConfig:
     # "prioritized" (Cream's prioritized paths as the teacher): the random archs whose batch top-1 on
     # the labels is best enter a board (Cream's rule); once it is full, each step's teacher is one of
     # its archs, drawn per step (random_kernels' teacher until then); "small_kernels": full depth, the
-    # widest expansion and the smallest kernel in every block (cream's k3e6), every step
+    # widest expansion and the smallest kernel in every block (cream's k3e6; under progressive
+    # shrinking k7e6 until the kernel opens, as every arch)
     largest: Literal["max_macs", "random_kernels", "small_kernels", "prioritized"] = "max_macs"
     board_size: int = 10  # prioritized: the archs the board keeps (Cream's POOL_SIZE)
     board_gap: float = 5.0  # prioritized: a full board takes an arch that beats its worst by > this (top-1 points)

@@ -249,10 +249,10 @@ def test_constrained_sampling_narrow_range_and_bounds():
 
 
 def _randomise_kernels(module: torch.nn.Module, gen: torch.Generator) -> None:
-    """Kernel transforms and offsets away from their identity init, so that equality tests see
-    them (BN: ``live_bn``)."""
+    """Kernel transforms, offsets and own kernels away from their init (identity, zero, the
+    centre), so that equality tests see them (BN: ``live_bn``)."""
     for name, p in module.named_parameters():
-        if "kernel_transforms" in name or "kernel_offsets" in name:
+        if any(k in name for k in ("kernel_transforms", "kernel_offsets", "own_kernels")):
             p.data.add_(torch.randn(p.shape, generator=gen) * 0.1)
 
 

@@ -185,6 +185,9 @@ def test_sandwich_random_kernel_teacher_is_full_width_and_agrees_across_ranks(tm
     small = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.largest=small_kernels")).strategy
     assert [small.archs(step)[0] for step in range(3)] == [space.deepest_wide_arch()] * 3
     assert small.fingerprint()["sandwich"]["largest"] == "small_kernels"
+    with pytest.raises(ConfigError, match="sandwich.largest.*twice"):  # the k3e6 lower path is the same arch
+        SandwichStrategy.check(cfg(tmp_path, "strategy=sandwich", "sandwich.largest=small_kernels",
+                                   "sandwich.smallest=deepest_wide"), space)
 
 
 def test_sandwich_prioritized_teacher_is_drawn_from_the_board_of_the_best_random_archs(tmp_path):
@@ -304,28 +307,46 @@ def test_progressive_shrinking_opens_kernel_then_depth_then_expansion_on_schedul
 def test_own_kernels_start_from_the_trained_largest_kernel_as_it_opens(tmp_path):
     """``space.own_kernel_stages`` under progressive shrinking: k = 5 and 3 run unused while only the
     7x7 kernel trains, so as the kernel opens they start from its trained centre, as copies that
-    then train apart from it."""
+    then train apart from it; once, even where the step that crossed the share was skipped (non-finite
+    gradients: no hook), and not again later or in a run resumed past it."""
     from elastic_nas.spaces.layers import centre_kernel
     from elastic_nas.train.step import StepStats
 
-    task = build_supernet_task(cfg(tmp_path, "strategy=sandwich", "sandwich.smallest=deepest",
-                                   "sandwich.largest=random_kernels", "sandwich.progressive=[0.2,0.4,0.6]",
-                                   "space.own_kernel_stages=[0]", "optim.epochs=1"))
+    sets = ("strategy=sandwich", "sandwich.smallest=deepest", "sandwich.largest=random_kernels",
+            "sandwich.progressive=[0.2,0.4,0.6]", "space.own_kernel_stages=[0]", "optim.epochs=1")
+    task = build_supernet_task(cfg(tmp_path, *sets))
     own, shared = task.model.stages[0][0], task.model.stages[1][0]
-    assert shared.own_kernels is None
-    assert torch.equal(own.kernel(3), centre_kernel(own.conv_dw.weight, 3))  # at first, the entangled block
+    strategy, tenth = task.strategy, int(0.1 * task.strategy.total_samples) + 1
+
+    def centred() -> list[bool]:
+        return [torch.equal(own.kernel(k), centre_kernel(own.conv_dw.weight, k)) for k in (3, 5)]
+
+    assert shared.own_kernels is None and centred() == [True, True]  # at first, the entangled block
     with torch.no_grad():
         own.conv_dw.weight.add_(1.0)  # what the 7x7 kernel's training alone did
-    strategy = task.strategy
-    strategy.after_step(0, [], None, StepStats(global_count=int(0.1 * strategy.total_samples)))
-    strategy.samples_seen += int(0.1 * strategy.total_samples)
-    assert not torch.equal(own.kernel(3), centre_kernel(own.conv_dw.weight, 3))  # not yet open
-    strategy.after_step(1, [], None, StepStats(global_count=int(0.1 * strategy.total_samples) + 1))
-    for k in (3, 5):
-        assert torch.equal(own.kernel(k), centre_kernel(own.conv_dw.weight, k))
+    for step in range(2):  # step 1 crosses the kernel's share and is skipped: no after_step
+        strategy.archs(step)
+        if step == 0:
+            strategy.after_step(step, [], None, StepStats(global_count=tenth))
+        strategy.samples_seen += tenth
+    assert centred() == [False, False]
+    strategy.archs(2)
+    strategy.after_step(2, [], None, StepStats(global_count=tenth))  # the next step catches up
+    assert centred() == [True, True]
     with torch.no_grad():
         own.conv_dw.weight.add_(1.0)
-    assert not any(torch.equal(own.kernel(k), centre_kernel(own.conv_dw.weight, k)) for k in (3, 5))
+    for step in range(3, 9):  # later shares open depth and expansion: the kernels stay apart
+        strategy.samples_seen += tenth
+        strategy.archs(step)
+        strategy.after_step(step, [], None, StepStats(global_count=tenth))
+    assert strategy.elastic() == ("kernel", "depth", "expansion") and centred() == [False, False]
+    resumed = build_supernet_task(cfg(tmp_path, *sets))
+    resumed.model.load_state_dict(task.model.state_dict())
+    resumed.strategy.samples_seen = 3 * tenth  # a checkpoint past the kernel's share
+    resumed.strategy.archs(3)
+    resumed.strategy.after_step(3, [], None, StepStats(global_count=tenth))
+    own = resumed.model.stages[0][0]
+    assert centred() == [False, False]
 
 
 def test_a_reports_metrics_carry_the_strategys_own_figures(tmp_path):

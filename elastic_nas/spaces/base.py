@@ -40,9 +40,10 @@ class Supernet(nn.Module):
         raise NotImplementedError
 
     def open_dimension(self, dim: str) -> None:
-        """Called on every rank once progressive shrinking makes ``dim`` (kernel, depth,
-        expansion) elastic; a supernet whose smaller choices hold weights of their own starts
-        them here from the trained largest one. Default: nothing."""
+        """Called on every rank once a run's progressive shrinking makes ``dim`` (kernel, depth,
+        expansion) elastic (not again on a resume past it: the checkpoint holds what it did); a
+        supernet whose smaller choices hold weights of their own starts them here from the
+        trained largest one. Default: nothing."""
 
     def arch_parameters(self, arch: Arch) -> list[nn.Parameter]:
         """The parameters of the modules the arch runs, each once, in a fixed order.

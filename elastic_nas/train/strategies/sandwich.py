@@ -16,7 +16,8 @@ widest expansion there (k3e6), so the small kernels train on every channel, and
 teacher the full-depth, widest arch with each block's kernel drawn per step, so the shared later
 blocks are not fitted to one kernel's features by the teacher's every-step update.
 ``sandwich.largest: small_kernels`` makes it that arch with the smallest kernel in every block
-(k3e6), to see whether the teacher's kernel sets the kernel the supernet prefers.
+(k3e6; under progressive shrinking k7e6 until the kernel opens, as every arch), to see whether the
+teacher's kernel sets the kernel the supernet prefers.
 ``sandwich.largest: prioritized`` makes Cream's prioritized paths the teacher: each step's random
 archs inside ``board_macs_min``/``max`` (the search's band, say) offer their batch top-1 on the
 labels (all-reduced over the workers) to a board of ``board_size`` archs under Cream's entry rule;
@@ -81,6 +82,10 @@ class SandwichStrategy(SupernetStrategy):
         self.board_range = self.macs_range(cfg.sandwich.board_macs_min, cfg.sandwich.board_macs_max, self.arch_sampler)
         # (step, the random archs' argmax per micro-batch): set anew as each step draws its archs
         self._predicted: tuple[int, dict[int, list[torch.Tensor]]] = (-1, {})
+        # the dimensions whose opening the supernet has been told of: from the run's count at this
+        # process's first step (a resumed run's weights already hold earlier openings), then by
+        # every step that ends past a share, so a skipped step that crossed one is caught up
+        self._opened: tuple[str, ...] | None = None
 
     @staticmethod
     def sandwich_bounds(space: SearchSpace, arch_sampler, smallest: str = "min_macs") -> tuple[Arch, tuple[Arch, ...]]:
@@ -105,8 +110,8 @@ class SandwichStrategy(SupernetStrategy):
         smallest); one line if the space or range cannot."""
         if largest == "max_macs":
             return False
-        try:
-            family = (space.deepest_wide_arch(), space.largest_arch())  # MACs are monotone in the kernel
+        try:  # MACs are monotone in the kernel: the family's ends
+            family = (space.deepest_wide_arch(),) + (() if largest == "small_kernels" else (space.largest_arch(),))
         except ArchError as e:
             raise ConfigError("sandwich.largest", str(e)) from None
         require_in_range(space, arch_sampler, family, "sandwich.largest", f"{largest} teachers reach")
@@ -154,6 +159,9 @@ class SandwichStrategy(SupernetStrategy):
         arch_sampler = cls.make_arch_sampler(cfg, space)
         cls.sandwich_bounds(space, arch_sampler, cfg.sandwich.smallest)
         cls.check_teacher(space, arch_sampler, cfg.sandwich.largest)
+        if cfg.sandwich.largest == "small_kernels" and cfg.sandwich.smallest in ("deepest_wide", "deepest_alternate"):
+            raise ConfigError("sandwich.largest", f"small_kernels is the {cfg.sandwich.smallest} lower path's k3e6 arch: "
+                                                  "the step would train it twice, once on its own predictions")
         try:
             cls.make_random_sampler(cfg, space, arch_sampler)(0, stream=1)
         except ArchError as e:  # name the setting that asked for the impossible range
@@ -196,6 +204,8 @@ class SandwichStrategy(SupernetStrategy):
 
     def archs(self, step: int) -> list[Arch]:
         self._predicted = (step, {})  # a step that was skipped (non-finite gradients) offers nothing
+        if self._opened is None:
+            self._opened = self.elastic()
         lower = self.lowers[step % len(self.lowers)]
         archs = [self.teacher(step), lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
         elastic = self.elastic()
@@ -216,10 +226,13 @@ class SandwichStrategy(SupernetStrategy):
     def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
         if self.board is not None and self.board_open() and self._predicted[0] == step:
             self.offer(step, archs, batch, self._predicted[1])
+        before = self.elastic() if self._opened is None else self._opened
         opened = self.elastic(self.samples_seen + stats.global_count)
-        for dim in opened[len(self.elastic()):]:
+        new = [dim for dim in opened if dim not in before]
+        for dim in new:
             self.model.open_dimension(dim)
-        if opened != self.elastic() and distributed.rank() == 0:
+        self._opened = tuple(dim for dim in ELASTIC if dim in opened or dim in before)
+        if new and distributed.rank() == 0:
             print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
 
     def offer(self, step: int, archs: list[Arch], batch, predicted: dict[int, list[torch.Tensor]]) -> None:
