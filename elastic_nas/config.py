@@ -114,12 +114,10 @@ class SpaceConfig:
         if self.stage_repeats and (self.name != "spos" or len(self.stage_repeats) != 4
                                    or any(r < 1 for r in self.stage_repeats)):
             raise ConfigError(f"{prefix}.stage_repeats", f"spos only: 4 block counts >= 1, got {self.stage_repeats}")
-        for key in ("kernel_transform", "kernel_offsets"):
+        for key in ("kernel_transform", "kernel_offsets", "own_kernel_stages"):
             if getattr(self, key) and (self.name != "cream" or self.weight_sharing != "entangled"):
                 raise ConfigError(f"{prefix}.{key}", "needs space.name: cream and weight_sharing: entangled")
         if self.own_kernel_stages:
-            if self.name != "cream" or self.weight_sharing != "entangled":
-                raise ConfigError(f"{prefix}.own_kernel_stages", "needs space.name: cream and weight_sharing: entangled")
             if self.kernel_transform or self.kernel_offsets:
                 raise ConfigError(f"{prefix}.own_kernel_stages", "replaces the shared centre that kernel_transform "
                                   "and kernel_offsets adjust: use one of them")

@@ -204,8 +204,7 @@ class SandwichStrategy(SupernetStrategy):
 
     def archs(self, step: int) -> list[Arch]:
         self._predicted = (step, {})  # a step that was skipped (non-finite gradients) offers nothing
-        if self._opened is None:
-            self._opened = self.elastic()
+        self._opened = self.opened()
         lower = self.lowers[step % len(self.lowers)]
         archs = [self.teacher(step), lower] + [self.random_sampler(step, stream=i + 1) for i in range(self.num_random)]
         elastic = self.elastic()
@@ -214,6 +213,10 @@ class SandwichStrategy(SupernetStrategy):
         rng = self.arch_sampler.rng(step, stream=SHRINK_STREAM)
         shrunk = [self.space.shrink(a, elastic, rng) for a in archs]
         return [a for i, a in enumerate(shrunk) if a not in shrunk[:i]]  # the teacher stays first
+
+    def opened(self) -> tuple[str, ...]:
+        """The dimensions the supernet has been told are open (see ``_opened``)."""
+        return self.elastic() if self._opened is None else self._opened
 
     def elastic(self, samples_seen: int | None = None) -> tuple[str, ...]:
         """The dimensions open after ``samples_seen`` of the run's samples (default: at this step;
@@ -226,14 +229,14 @@ class SandwichStrategy(SupernetStrategy):
     def after_step(self, step: int, archs: list[Arch], batch, stats) -> None:
         if self.board is not None and self.board_open() and self._predicted[0] == step:
             self.offer(step, archs, batch, self._predicted[1])
-        before = self.elastic() if self._opened is None else self._opened
-        opened = self.elastic(self.samples_seen + stats.global_count)
-        new = [dim for dim in opened if dim not in before]
+        before = self.opened()
+        now = self.elastic(self.samples_seen + stats.global_count)
+        new = [dim for dim in now if dim not in before]
         for dim in new:
             self.model.open_dimension(dim)
-        self._opened = tuple(dim for dim in ELASTIC if dim in opened or dim in before)
+        self._opened = tuple(dim for dim in ELASTIC if dim in now or dim in before)
         if new and distributed.rank() == 0:
-            print(f"elastic-nas: progressive shrinking: {', '.join(opened)} elastic from step {step + 1}", flush=True)
+            print(f"elastic-nas: progressive shrinking: {', '.join(now)} elastic from step {step + 1}", flush=True)
 
     def offer(self, step: int, archs: list[Arch], batch, predicted: dict[int, list[torch.Tensor]]) -> None:
         """The step's random archs inside the board's range, by their top-1 on the labels over the
